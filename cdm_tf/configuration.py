@@ -1,0 +1,22 @@
+"""Gin parsing shared by the binaries, with errors that name what is wrong."""
+
+import gin
+import tensorflow as tf
+
+
+class ConfigError(ValueError):
+  """A gin file or binding could not be used."""
+
+
+def parse_gin(gin_files, gin_bindings):
+  """Parses gin files then bindings (bindings win), or raises ConfigError."""
+  for path in gin_files or ():
+    if not tf.io.gfile.exists(path):
+      raise ConfigError(f"gin file not found: {path}")
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files or ()),
+                                        list(gin_bindings or ()),
+                                        finalize_config=True)
+  except (ValueError, SyntaxError, ImportError, KeyError, TypeError) as e:
+    raise ConfigError(f"bad gin configuration ({', '.join(gin_files or ())}"
+                      f"; bindings {list(gin_bindings or ())}): {e}") from e
