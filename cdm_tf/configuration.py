@@ -1,5 +1,7 @@
 """Gin parsing shared by the binaries, with errors that name what is wrong."""
 
+import sys
+
 import gin
 import tensorflow as tf
 
@@ -20,3 +22,12 @@ def parse_gin(gin_files, gin_bindings):
   except (ValueError, SyntaxError, ImportError, KeyError, TypeError) as e:
     raise ConfigError(f"bad gin configuration ({', '.join(gin_files or ())}"
                       f"; bindings {list(gin_bindings or ())}): {e}") from e
+
+
+def parse_gin_or_exit(gin_files, gin_bindings):
+  """For binaries: parse, or exit with the error (no traceback) and status 2."""
+  try:
+    parse_gin(gin_files, gin_bindings)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

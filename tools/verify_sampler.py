@@ -39,7 +39,7 @@ def _print_row(row):
 
 def main(argv):
   del argv
-  configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+  configuration.parse_gin_or_exit(FLAGS.gin_file, FLAGS.gin_bindings)
   rows = gin.get_configurable(analytic.moment_report)(progress=_print_row)
   if FLAGS.output_dir:
     path = os.path.join(FLAGS.output_dir, "report.json")

@@ -87,6 +87,9 @@ def moment_report(settings, data_mean=0.3, data_std=0.5, num_samples=64,
     their errors against the data distribution, and ``ok`` (both errors
     within ``tolerance``).
   """
+  for name, value in (("num_samples", num_samples), ("dims", dims)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be a positive int, got {value!r}")
   diffusion_keys = ("schedule", "num_timesteps", "timestep_respacing",
                     "model_var_type", "noise_conditioning")
   data = GaussianData(data_mean, data_std)
