@@ -370,3 +370,19 @@ def test_continuous_training_draws_alpha_bar_inside_the_step():
   np.testing.assert_allclose(time_input.numpy()[1:], expected, rtol=2e-3)
   with pytest.raises(ValueError, match="u"):
     d.training_inputs(x0, t, tf.zeros([4, 1]))
+
+
+def test_bfloat16_network_outputs_are_computed_in_float32():
+  d = GaussianDiffusion(BETAS4, model_var_type="learned_range",
+                        loss_type="hybrid")
+  output = tf.constant([[0.25, 0.5]], tf.bfloat16)
+  out = d.p_mean_variance(output, _f32([[0.3]]), _t([2]),
+                          clip_denoised=False)
+  reference = d.p_mean_variance(_f32([[0.25, 0.5]]), _f32([[0.3]]), _t([2]),
+                                clip_denoised=False)
+  assert out["mean"].dtype == tf.float32
+  np.testing.assert_allclose(out["mean"].numpy(), reference["mean"].numpy(),
+                             rtol=1e-6)
+  terms = d.training_losses(output, _f32([[0.1]]), _f32([[0.3]]), _t([2]),
+                            _f32([[0.2]]))
+  assert terms["loss"].dtype == tf.float32
