@@ -25,6 +25,8 @@ setuptools.setup(
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",
+            # Writes the CMYK and PNG-as-JPEG test images.
+            "pillow>=10",
         ],
     },
 )

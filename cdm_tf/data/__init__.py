@@ -1,0 +1,1 @@
+"""Data layer: ImageNet-format TFRecords in and out, preprocessing, mixing."""
