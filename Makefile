@@ -36,6 +36,8 @@ $(DATA_DIR)/classes.json: | setup
 	$(PY) tools/prepare_data.py --output_dir=$(DATA_DIR)
 
 demo: setup $(DATA_DIR)/classes.json
+	$(PY) tools/inspect_data.py --data_dir=$(DATA_DIR) --split=train \
+	  --resolutions=16,32 --output_dir=$(RUN_DIR)
 	$(PY) tools/verify_sampler.py --gin_file=gin/verify_sampler.gin \
 	  --output_dir=$(RUN_DIR)
 
