@@ -8,31 +8,12 @@ import pytest
 from cdm_tf.data import class_names
 from cdm_tf.data import fashion_mnist
 from cdm_tf.data import synthetic_writer
-
-
-def _write_idx(path, array, magic):
-  header = struct.pack(">I", magic) + struct.pack(
-      f">{array.ndim}I", *array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
-def _small_source(tmp_path, per_class=(3, 2)):
-  """A real subset of Fashion-MNIST in IDX files: per_class of train, val."""
-  source = tmp_path / "source"
-  source.mkdir()
-  for (split, (images_file, labels_file)), n in zip(
-      fashion_mnist.SPLIT_FILES.items(), per_class):
-    images, labels = fashion_mnist.load_split(split)
-    keep = np.concatenate([np.nonzero(labels == c)[0][:n] for c in range(10)])
-    _write_idx(str(source / images_file), images[keep], 0x803)
-    _write_idx(str(source / labels_file), labels[keep], 0x801)
-  return str(source)
+from tests import fashion_mnist_subset
 
 
 def test_read_idx_by_hand(tmp_path):
   array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-  _write_idx(str(tmp_path / "x.gz"), array, 0x803)
+  fashion_mnist_subset.write_idx(str(tmp_path / "x.gz"), array, 0x803)
   np.testing.assert_array_equal(fashion_mnist.read_idx(str(tmp_path / "x.gz")),
                                 array)
 
@@ -75,7 +56,7 @@ def test_missing_source_dir_is_named(tmp_path):
 
 
 def test_convert_writes_complete_splits_and_keeps_them_on_restart(tmp_path):
-  source = _small_source(tmp_path)
+  source = fashion_mnist_subset.write_source(str(tmp_path / "source"))
   out = str(tmp_path / "out")
   manifests = fashion_mnist.convert(out, source_dir=source)
   assert manifests["train"].num_examples == 30

@@ -374,3 +374,41 @@ def test_a_file_of_the_other_format_is_named(shard_sets):
     _read_all(dataset)
   assert (f"{tfds_paths[-1]}, record 0: no image: feature image/encoded"
           in raised.value.message.replace("\\'", "'"))
+
+
+def test_consecutive_undecodable_records_are_each_counted(small_photos,
+                                                          tmp_path):
+  # Several records the decoder rejects, next to each other and at the end
+  # of the file: each must be found, not only the first of a run.
+  photo = small_photos[8]
+  bad = records.tfds_example(photo, image=_truncated_jpeg(photo))
+  good = [records.tfds_example(p) for p in small_photos[:3]]
+  examples = [good[0], bad, bad, good[1], _RawRecord(b"\x07junk"), good[2],
+              bad, bad]
+  paths = records.write_shards(str(tmp_path), schema.FORMAT_TFDS, examples,
+                               1)
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    _read_all(imagenet_reader.read_dataset(paths, shuffle=False))
+  assert f"{paths[0]}, record 1: " in raised.value.message
+  assert "decoder rejected" in raised.value.message
+
+  stats = imagenet_reader.ReadStats()
+  got = _read_all(imagenet_reader.read_dataset(
+      paths, shuffle=False, skip_corrupt=True, stats=stats))
+  assert [e[schema.LABEL] for e in got] == [p.label
+                                            for p in small_photos[:3]]
+  assert stats.as_dict() == {"skipped_records": 5, "damaged_files": 0}
+
+
+def test_many_records_keep_their_order_unshuffled(small_photos, tmp_path):
+  # More records than one decoding group, and a bad one in the middle.
+  examples = [records.tpu_example(p) for p in small_photos] * 3
+  examples[25] = records.tpu_example(small_photos[0], label=5000)
+  paths = records.write_shards(str(tmp_path), schema.FORMAT_TPU, examples, 1)
+  stats = imagenet_reader.ReadStats()
+  got = _read_all(imagenet_reader.read_dataset(
+      paths, shuffle=False, skip_corrupt=True, stats=stats))
+  expected = [p.label for p in small_photos] * 3
+  del expected[25]
+  assert [int(e[schema.LABEL]) for e in got] == expected
+  assert stats.as_dict() == {"skipped_records": 1, "damaged_files": 0}

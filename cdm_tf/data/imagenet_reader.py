@@ -14,12 +14,15 @@ let TensorFlow fail on a record:
   takes ``len + 16`` bytes in a TFRecord file, so a marker whose byte count
   is short of the file size means reading stopped at a corrupt (bad CRC) or
   truncated record, whose index is the marker's record count.
-* Each record is parsed and decoded inside a one-element dataset with
-  ``ignore_errors()`` followed by a fallback element: if parsing or decoding
-  fails, the fallback (carrying file and index) comes out instead. Checks
-  that do not need a decoder (missing image, label out of range, bytes that
-  are no image) set a status directly, with a precise message.
-* A final filter raises, naming file and record, on any bad status, or with
+* Records are decoded in groups of ``_GROUP_SIZE``, each group inside its
+  own nested dataset with ``ignore_errors()`` followed by a closing element:
+  a record whose parsing or decoding fails is dropped, and a scan over the
+  group finds the missing position and names the record from the group's
+  files and indices. Checks that do not need a decoder (missing image,
+  label out of range, bytes that are no image) set an integer status.
+  Messages are built only for problems: string work for every record cost
+  more than the decoding of a small image.
+* The scan raises, naming file and record, on any problem, or with
   ``skip_corrupt=True`` drops the record, counts it in a ``ReadStats`` and
   logs a warning.
 
@@ -57,24 +60,36 @@ _STAT_THREADS = 32
 # Default of a missing label: far outside any label range.
 _MISSING_LABEL = -(2**62)
 
-# Status of an element inside the pipeline.
+# Status of an element inside the pipeline: small integers, so that the
+# common path carries no strings; messages are built only for problems.
 _RECORD = 0  # raw record, not yet decoded
 _OK = 1  # decoded, passes all checks
 _END_OF_FILE = 2  # end-of-file marker, the file was read to its end
-_FIRST_PROBLEM = 3
-_MISSING_IMAGE = 3
-_MISSING_LABEL_STATUS = 4
-_LABEL_OUT_OF_RANGE = 5
-_NOT_AN_IMAGE = 6
-_UNDECODABLE = 7
-_DAMAGED_FILE = 8
+_END_OF_GROUP = 3  # closes a group of decoded records (see _decode_groups)
+_FIRST_PROBLEM = 4
+_MISSING_IMAGE = 4
+_MISSING_LABEL_STATUS = 5
+_LABEL_OUT_OF_RANGE = 6
+_NOT_AN_IMAGE = 7
+_UNDECODABLE = 8
+_DAMAGED_FILE = 9
 
 # Keys of the elements inside the pipeline.
 _PATH = "path"
 _INDEX = "index"
 _RAW = "raw"
 _STATUS = "status"
-_DETAIL = "detail"
+_BYTES_READ = "bytes_read"  # bytes of the file before this element
+_SIZE = "size"  # byte size of the file
+_STORED_LABEL = "stored_label"
+_POSITION = "position"  # place in its group
+
+_UNDECODABLE_DETAIL = (
+    "not a valid tf.train.Example, or the image decoder rejected its image "
+    "(explain_record(path, index) shows TensorFlow's reason)")
+
+# Records decoded per nested dataset: amortizes building that dataset.
+_GROUP_SIZE = 16
 
 # The pipeline's functions use tf.cond / tf.where, not Python control flow
 # on tensors, so AutoGraph conversion is skipped (it only costs build time).
@@ -246,29 +261,25 @@ class ReadStats:
 
 def _records_of_file(path, size):
   """Numbered raw records of one file, then an end-of-file marker."""
-  records = tf.data.TFRecordDataset(path).ignore_errors()
-  records = records.map(_no_autograph(lambda raw: (raw, tf.constant(False))))
+  # zip with a constant flag instead of a map: no function call per record.
+  records = tf.data.Dataset.zip((
+      tf.data.TFRecordDataset(path).ignore_errors(),
+      tf.data.Dataset.from_tensors(tf.constant(False)).repeat()))
   end_marker = tf.data.Dataset.from_tensors(
       (tf.constant(b""), tf.constant(True)))
 
   def number(state, item):
+    # Integer work only: the message of a damaged file is built later, and
+    # only for that file's marker.
     index, offset = state
     raw, is_end = item
-    read_to_end = tf.equal(offset, size)
     status = tf.where(
-        is_end, tf.where(read_to_end, _END_OF_FILE, _DAMAGED_FILE), _RECORD)
-    detail = tf.where(
-        tf.equal(status, _DAMAGED_FILE),
-        tf.strings.join([
-            "reading stopped at byte ", tf.strings.as_string(offset), " of ",
-            tf.strings.as_string(size), ": this record is corrupt (bad "
-            "checksum), the file is truncated or it could not be read; the "
-            "rest of the file is lost"]),
-        "")
+        is_end, tf.where(tf.equal(offset, size), _END_OF_FILE, _DAMAGED_FILE),
+        _RECORD)
     next_offset = (offset + tf.cast(tf.strings.length(raw), tf.int64)
                    + RECORD_OVERHEAD_BYTES)
     element = {_PATH: path, _INDEX: index, _RAW: raw, _STATUS: status,
-               _DETAIL: detail}
+               _BYTES_READ: offset, _SIZE: size}
     return (index + 1, next_offset), element
 
   return records.concatenate(end_marker).scan(
@@ -277,114 +288,178 @@ def _records_of_file(path, size):
 
 
 def _make_decoder(keys, num_classes):
-  """A map function: raw record element -> decoded element with a status."""
+  """A map function: raw record element -> decoded element with a status.
+
+  A record's problems are told by status alone; ``_make_describer`` turns a
+  status into words. Markers (no record) keep their status.
+  """
   spec = {
       keys.image: tf.io.FixedLenFeature([], tf.string, default_value=""),
       keys.label: tf.io.FixedLenFeature([], tf.int64,
                                         default_value=_MISSING_LABEL),
   }
-  first_label = str(keys.label_offset)
-  last_label = str(keys.label_offset + num_classes - 1)
 
-  def parse_and_decode(raw):
-    features = tf.io.parse_single_example(raw, spec)
+  def decode(element):
+    # A marker's empty raw parses as an empty Example (cheaper than a
+    # tf.cond around the parse); its status is restored below.
+    features = tf.io.parse_single_example(element[_RAW], spec)
     encoded = features[keys.image]
     stored_label = features[keys.label]
     label = stored_label - keys.label_offset
-    # In order of precedence. No quotes in messages: tf.debugging.Assert
-    # would print them escaped.
+    # In order of precedence, so the first failing check sets the status.
     checks = [
-        (tf.equal(tf.strings.length(encoded), 0), _MISSING_IMAGE,
-         tf.constant(f"no image: feature {keys.image} is missing or empty")),
-        (tf.equal(stored_label, _MISSING_LABEL), _MISSING_LABEL_STATUS,
-         tf.constant(f"no label: feature {keys.label} is missing")),
-        ((label < 0) | (label >= num_classes), _LABEL_OUT_OF_RANGE,
-         tf.strings.join([
-             f"label {keys.label} = ", tf.strings.as_string(stored_label),
-             f" is outside {first_label}..{last_label} ({num_classes} "
-             "classes)"])),
+        (tf.equal(tf.strings.length(encoded), 0), _MISSING_IMAGE),
+        (tf.equal(stored_label, _MISSING_LABEL), _MISSING_LABEL_STATUS),
+        ((label < 0) | (label >= num_classes), _LABEL_OUT_OF_RANGE),
         (tf.logical_not(image_decoding.is_supported_image(encoded)),
-         _NOT_AN_IMAGE,
-         tf.constant(f"feature {keys.image} is not an image (not "
-                     f"{image_decoding.SUPPORTED_FORMATS})")),
+         _NOT_AN_IMAGE),
     ]
     status = tf.constant(_OK)
-    detail = tf.constant("")
-    for failed, failed_status, message in reversed(checks):
+    for failed, failed_status in reversed(checks):
       status = tf.where(failed, failed_status, status)
-      detail = tf.where(failed, message, detail)
-    image = tf.cond(tf.equal(status, _OK),
-                    lambda: image_decoding.decode_rgb(encoded),
-                    image_decoding.empty_image)
-    return image, tf.cast(label, tf.int32), status, detail
-
-  def decode(element):
-    def pass_through():  # End-of-file markers carry no record.
-      return (image_decoding.empty_image(), tf.constant(-1),
-              element[_STATUS], element[_DETAIL])
-
-    image, label, status, detail = tf.cond(
-        tf.equal(element[_STATUS], _RECORD),
-        lambda: parse_and_decode(element[_RAW]), pass_through)
-    return {_PATH: element[_PATH], _INDEX: element[_INDEX], _STATUS: status,
-            _DETAIL: detail, schema.IMAGE: image, schema.LABEL: label}
+    status = tf.where(tf.equal(element[_STATUS], _RECORD), status,
+                      element[_STATUS])
+    image = image_decoding.decode_rgb_or_placeholder(
+        encoded, tf.equal(status, _OK))
+    decoded = dict(element)
+    del decoded[_RAW]
+    decoded.update({_STATUS: status, _STORED_LABEL: stored_label,
+                    schema.IMAGE: image,
+                    schema.LABEL: tf.cast(label, tf.int32)})
+    return decoded
 
   return _no_autograph(decode)
 
 
-@_no_autograph
-def _undecodable(element):
-  return {
-      _PATH: element[_PATH], _INDEX: element[_INDEX],
-      _STATUS: tf.constant(_UNDECODABLE),
-      _DETAIL: tf.constant(
-          "not a valid tf.train.Example, or the image decoder rejected its "
-          "image (explain_record(path, index) shows TensorFlow's reason)"),
-      schema.IMAGE: image_decoding.empty_image(),
-      schema.LABEL: tf.constant(-1),
+def _make_describer(keys, num_classes):
+  """(status, stored label, bytes read, file size) -> what is wrong.
+
+  Only called for problems: string formatting is too slow for every record.
+  No quotes in messages: tf.debugging.Assert would print them escaped.
+  """
+  first_label = keys.label_offset
+  last_label = keys.label_offset + num_classes - 1
+  constant_details = {
+      _MISSING_IMAGE: f"no image: feature {keys.image} is missing or empty",
+      _MISSING_LABEL_STATUS: f"no label: feature {keys.label} is missing",
+      _NOT_AN_IMAGE: (f"feature {keys.image} is not an image (not "
+                      f"{image_decoding.SUPPORTED_FORMATS})"),
+      _UNDECODABLE: _UNDECODABLE_DETAIL,
   }
 
+  def describe(status, stored_label, bytes_read, size):
+    branches = {s: (lambda d=d: tf.constant(d))
+                for s, d in constant_details.items()}
+    branches[_LABEL_OUT_OF_RANGE] = lambda: tf.strings.join([
+        f"label {keys.label} = ", tf.strings.as_string(stored_label),
+        f" is outside {first_label}..{last_label} ({num_classes} classes)"])
+    branches[_DAMAGED_FILE] = lambda: tf.strings.join([
+        "reading stopped at byte ", tf.strings.as_string(bytes_read), " of ",
+        tf.strings.as_string(size), ": this record is corrupt (bad "
+        "checksum), the file is truncated or it could not be read; the rest "
+        "of the file is lost"])
+    # switch_case wants branches 0..n-1: number the problems from 0.
+    return tf.switch_case(
+        status - _FIRST_PROBLEM,
+        [branches[s] for s in range(_FIRST_PROBLEM, _DAMAGED_FILE + 1)])
 
-def _attempt_decode(decode, element):
-  """Decodes one element, or yields it marked undecodable if TF fails.
+  return describe
+
+
+def _where(path, index):
+  return tf.strings.join(["bad ImageNet record: ", path, ", record ",
+                          tf.strings.as_string(index), ": "])
+
+
+def _as_true(op):
+  """True, once ``op`` has run (a tf.cond branch must return a tensor)."""
+  with tf.control_dependencies([op]):
+    return tf.constant(True)
+
+
+def _make_group_decoder(keys, num_classes, skip_corrupt, stats):
+  """An interleave function: a batch of raw elements -> their good examples.
 
   tf.data has no try/except: an error in a map function ends the iteration
-  with a message that names no file. Here the attempt runs in its own
-  one-element dataset; ignore_errors() turns a failure into "no element",
-  and then the fallback, which still knows file and index, is taken instead.
+  with a message that names no file. So each group of records is decoded in
+  its own nested dataset with ignore_errors(), which drops a record whose
+  parsing or decoding fails. A closing element carries the group's size,
+  and a scan over the group sees which positions are missing: those are the
+  records TensorFlow rejected, named from the group's paths and indices.
+  Problems found by status or by a gap raise, naming file and record, or
+  with ``skip_corrupt`` are counted in ``stats`` and logged.
   """
-  attempt = tf.data.Dataset.from_tensors(element).map(decode).ignore_errors()
-  fallback = tf.data.Dataset.from_tensors(element).map(_undecodable)
-  return attempt.concatenate(fallback).take(1)
+  decode = _make_decoder(keys, num_classes)
+  describe = _make_describer(keys, num_classes)
 
+  def decode_group(group):
+    size = tf.shape(group[_INDEX], out_type=tf.int64)[0]
+    positioned = dict(group)
+    positioned[_POSITION] = tf.range(size)
+    decoded = tf.data.Dataset.from_tensor_slices(positioned).map(
+        decode).ignore_errors()
+    closing = {
+        _PATH: tf.constant(""), _INDEX: tf.constant(-1, tf.int64),
+        _STATUS: tf.constant(_END_OF_GROUP), _BYTES_READ: tf.constant(
+            0, tf.int64), _SIZE: tf.constant(0, tf.int64),
+        _POSITION: size, _STORED_LABEL: tf.constant(0, tf.int64),
+        schema.IMAGE: image_decoding.empty_image(),
+        schema.LABEL: tf.constant(-1),
+    }
+    decoded = decoded.concatenate(tf.data.Dataset.from_tensors(closing))
 
-def _make_checker(skip_corrupt, stats):
-  """A filter predicate: keeps good examples, raises or skips bad ones."""
+    def lost_lines(first, end):
+      # One message per record missing from positions first..end-1.
+      return tf.strings.join([
+          _where(group[_PATH][first:end], group[_INDEX][first:end]),
+          _UNDECODABLE_DETAIL])
 
-  def keep(element):
-    status = element[_STATUS]
-    is_problem = status >= _FIRST_PROBLEM
-    message = tf.strings.join([
-        "bad ImageNet record: ", element[_PATH], ", record ",
-        tf.strings.as_string(element[_INDEX]), ": ", element[_DETAIL]])
-    if not skip_corrupt:
-      check = tf.debugging.Assert(tf.logical_not(is_problem), [message])
-      with tf.control_dependencies([check]):
-        return tf.equal(status, _OK)
+    def element_message(element):
+      return tf.strings.join([
+          _where(element[_PATH], element[_INDEX]),
+          describe(element[_STATUS], element[_STORED_LABEL],
+                   element[_BYTES_READ], element[_SIZE])])
 
-    def count_and_warn():
-      skipped = stats.skipped_records.assign_add(1)
+    def report(expected, element):
+      position = element[_POSITION]
+      is_problem = element[_STATUS] >= _FIRST_PROBLEM
+      if not skip_corrupt:
+        # Lost records come before this element in record order.
+        message = tf.cond(position > expected,
+                          lambda: lost_lines(expected, expected + 1)[0],
+                          lambda: element_message(element))
+        return tf.debugging.Assert(False, [message])
+      # (A marker's message is built but masked out: this runs rarely.)
+      lines = tf.concat([
+          lost_lines(expected, position),
+          tf.boolean_mask([element_message(element)], [is_problem])], 0)
+      skipped = stats.skipped_records.assign_add(
+          position - expected + tf.cast(is_problem, tf.int64))
       damaged = stats.damaged_files.assign_add(
-          tf.cast(tf.equal(status, _DAMAGED_FILE), tf.int64))
-      warn = tf.print("skipping", message, output_stream=logging.warning)
-      with tf.control_dependencies([skipped, damaged, warn]):
-        return tf.constant(True)
+          tf.cast(tf.equal(element[_STATUS], _DAMAGED_FILE), tf.int64))
+      warn = tf.print("skipping", tf.strings.reduce_join(
+          lines, separator="\nskipping "), output_stream=logging.warning)
+      return tf.group(skipped, damaged, warn)
 
-    counted = tf.cond(is_problem, count_and_warn, lambda: tf.constant(True))
-    with tf.control_dependencies([counted]):
-      return tf.equal(status, _OK)
+    def check(expected, element):
+      bad = ((element[_POSITION] > expected)
+             | (element[_STATUS] >= _FIRST_PROBLEM))
+      # Messages are built only inside this branch.
+      checked = tf.cond(bad,
+                        lambda: _as_true(report(expected, element)),
+                        lambda: tf.constant(True))
+      with tf.control_dependencies([checked]):
+        keep = tf.equal(element[_STATUS], _OK)
+      example = {schema.IMAGE: element[schema.IMAGE],
+                 schema.LABEL: element[schema.LABEL],
+                 schema.SOURCE: element[_PATH]}
+      return element[_POSITION] + 1, (keep, example)
 
-  return _no_autograph(keep)
+    return decoded.scan(tf.constant(0, tf.int64), _no_autograph(check)).filter(
+        _no_autograph(lambda keep, example: keep)).map(
+            _no_autograph(lambda keep, example: example))
+
+  return _no_autograph(decode_group)
 
 
 def read_dataset(files,
@@ -466,15 +541,13 @@ def read_dataset(files,
         shuffle_buffer, seed=None if seed is None else seed + 1,
         reshuffle_each_iteration=True)
 
-  decode = _make_decoder(keys, num_classes)
-  examples = records.interleave(
-      _no_autograph(lambda element: _attempt_decode(decode, element)),
-      cycle_length=tf.data.AUTOTUNE, block_length=1,
-      num_parallel_calls=tf.data.AUTOTUNE)
-  examples = examples.filter(_make_checker(skip_corrupt, stats))
-  return examples.map(_no_autograph(
-      lambda e: {schema.IMAGE: e[schema.IMAGE], schema.LABEL: e[schema.LABEL],
-                 schema.SOURCE: e[_PATH]}))
+  # A seeded shuffle promises a reproducible order; otherwise examples may
+  # come out of order, as soon as any group is decoded.
+  deterministic = not shuffle or seed is not None
+  return records.batch(_GROUP_SIZE).interleave(
+      _make_group_decoder(keys, num_classes, skip_corrupt, stats),
+      cycle_length=tf.data.AUTOTUNE, block_length=_GROUP_SIZE,
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def explain_record(path, index, record_format=None, num_classes=1000):
@@ -500,11 +573,14 @@ def explain_record(path, index, record_format=None, num_classes=1000):
   try:
     element = _make_decoder(keys, num_classes)(
         {_PATH: path, _INDEX: index, _RAW: raw[0], _STATUS: _RECORD,
-         _DETAIL: ""})
+         _BYTES_READ: 0, _SIZE: 0})
   except tf.errors.OpError as e:
     return f"{where}: {e.message}"
-  if int(element[_STATUS]) != _OK:
-    return f"{where}: {element[_DETAIL].numpy().decode()}"
+  status = int(element[_STATUS])
+  if status != _OK:
+    detail = _make_describer(keys, num_classes)(
+        status, element[_STORED_LABEL], 0, 0)
+    return f"{where}: {detail.numpy().decode()}"
   height, width, _ = element[schema.IMAGE].shape
   return (f"{where}: fine, label {int(element[schema.LABEL])}, image "
           f"{height}x{width}")
