@@ -47,3 +47,4 @@ test: setup
 benchmark: setup $(DATA_DIR)/classes.json
 	$(PY) benchmarks/sampler_step.py
 	$(PY) benchmarks/data_pipeline.py --data_dir=$(DATA_DIR)
+	$(PY) benchmarks/train_step.py

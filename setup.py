@@ -17,6 +17,7 @@ setuptools.setup(
         "tensorflow-text==2.21.*",
         "tensorflow-datasets==4.9.*",
         "gin-config==0.5.0",
+        "tensorboard>=2.20",
         "absl-py>=2.1",
         "numpy>=1.26",
         "scipy>=1.11",

@@ -8,6 +8,17 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _value(node):
+  """A literal, or Bazel's glob([...]) expanded against the tree."""
+  if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "glob":
+    patterns = ast.literal_eval(node.args[0])
+    matches = sorted({p.relative_to(ROOT).as_posix()
+                      for pattern in patterns for p in ROOT.glob(pattern)})
+    assert matches, f"BUILD glob {patterns} matches nothing"
+    return matches
+  return ast.literal_eval(node)
+
+
 def _targets():
   tree = ast.parse((ROOT / "BUILD").read_text(), filename="BUILD")
   targets = {}
@@ -18,7 +29,7 @@ def _targets():
     rule = call.func.id
     if rule in ("load", "package"):
       continue
-    kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    kwargs = {kw.arg: _value(kw.value) for kw in call.keywords}
     name = kwargs["name"]
     assert name not in targets, f"BUILD defines {name!r} twice"
     targets[name] = dict(kwargs, rule=rule)

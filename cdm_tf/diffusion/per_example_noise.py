@@ -12,6 +12,8 @@ import tensorflow as tf
 STREAM_INITIAL_NOISE = 0
 STREAM_STEP_NOISE = 1
 STREAM_CONDITIONING_AUGMENTATION = 2
+STREAM_TRAINING_UNIFORMS = 3  # step, in-step position, label dropout, ...
+STREAM_TRAINING_NOISE = 4
 
 
 def example_seeds(example_ids, base_seed=0):

@@ -1,0 +1,1 @@
+"""Training: distribution strategies, optimizers, input pipelines, the loop."""

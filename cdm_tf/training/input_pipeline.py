@@ -1,0 +1,62 @@
+"""Training batches for diffusion models, from ImageNet-format TFRecords.
+
+Each example gets its own seed, ``[base_seed, pipeline_id * 2**40 + index]``,
+from which the model draws all of its training randomness: the result of a
+step does not depend on how the global batch is split across replicas.
+"""
+
+import tensorflow as tf
+
+from cdm_tf.data import diffusion_preprocessing
+from cdm_tf.data import imagenet_reader
+from cdm_tf.data import schema
+
+_PIPELINE_STRIDE = 2**40
+
+
+def diffusion_dataset(data_dir, split="train", resolution=64,
+                      low_res_resolution=None, num_classes=1000,
+                      global_batch_size=64, random_flip=True, seed=0,
+                      shuffle_buffer=10_000, input_context=None):
+  """Batches of ``x_start`` (and ``low_res``), ``label`` and ``seed``.
+
+  Args:
+    data_dir: directory (or pattern) of the split's TFRecords.
+    resolution: the stage's output side.
+    low_res_resolution: the conditioning side for super-resolution stages;
+      both images come from the same crop and flip.
+    num_classes: label space of the records.
+    global_batch_size: split evenly across replicas.
+    random_flip: left-right flip (CDM trains with random flips).
+    seed: base seed of data order, flips and the per-example training seeds.
+    input_context: from ``distribute_datasets_from_function``.
+  """
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
+                if input_context else global_batch_size)
+  examples = imagenet_reader.read_dataset(
+      data_dir, split=split, num_classes=num_classes, seed=seed + pipeline_id,
+      shuffle_buffer=shuffle_buffer, repeat=True, input_context=input_context)
+  base = tf.constant([seed, 0], tf.int64)
+
+  def prepare(index, example):
+    example_seed = base + tf.stack(
+        [tf.constant(0, tf.int64),
+         tf.cast(pipeline_id, tf.int64) * _PIPELINE_STRIDE + index])
+    flip_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
+    resolutions = [resolution] + ([low_res_resolution] if low_res_resolution
+                                  else [])
+    images = diffusion_preprocessing.cascade_example(
+        example, resolutions, random_flip=random_flip,
+        seed=flip_seed if random_flip else None)
+    batch = {"x_start": images[diffusion_preprocessing.image_key(resolution)],
+             "label": images[schema.LABEL], "seed": example_seed}
+    if low_res_resolution:
+      batch["low_res"] = images[
+          diffusion_preprocessing.image_key(low_res_resolution)]
+    return batch
+
+  return (examples.enumerate()
+          .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(batch_size, drop_remainder=True)
+          .prefetch(tf.data.AUTOTUNE))

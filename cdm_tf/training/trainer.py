@@ -1,0 +1,235 @@
+"""The training loop of a diffusion stage, under any tf.distribute strategy.
+
+Checkpoints (U-Net weights, their EMA, optimizer slots and step, and the
+data iterator where the strategy supports it) every ``checkpoint_every``
+steps and at exit; resumes from the latest checkpoint with the same step
+count; keeps the last ``keep_checkpoints``. Writes TensorBoard scalars and
+sample grids, prints progress, stops on a non-finite loss without saving the
+bad state, and exports the EMA model for sampling at the end.
+"""
+
+import math
+import os
+import signal
+import time
+
+from absl import logging
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cdm_tf.data import contact_sheet
+from cdm_tf.data import diffusion_preprocessing
+from cdm_tf.diffusion import create_diffusion
+from cdm_tf.diffusion import per_example_noise
+from cdm_tf.models import export
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or Inf; the run stopped without saving it."""
+
+
+class _StopRequested:
+  """Turns SIGTERM (preemption, a kill without -9) into a clean stop."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _checkpoint(model, optimizer, iterator):
+  """Weights, EMA and optimizer; plus the data iterator when it can be saved
+  (TF can save single-device iterators, not all distributed ones)."""
+  items = {"unet_weights": list(model.unet.weights),
+           "ema_weights": list(model.ema_variables),
+           "optimizer": optimizer}
+  if iterator is not None:
+    try:
+      return tf.train.Checkpoint(data_iterator=iterator, **items)
+    except ValueError:
+      logging.warning("this strategy's data iterator cannot be checkpointed; "
+                      "a resumed run restarts the data order")
+  return tf.train.Checkpoint(**items)
+
+
+@gin.configurable(denylist=["model_dir", "strategy"])
+def train(model_dir, strategy, model_factory=gin.REQUIRED,
+          dataset_factory=gin.REQUIRED, optimizer_factory=gin.REQUIRED,
+          global_batch_size=64, num_steps=1000, checkpoint_every=500,
+          keep_checkpoints=3, log_every=50, sample_every=0, num_samples=16,
+          sample_respacing="100", sample_guidance_weight=1.0,
+          save_iterator_state=True, export_at_end=True, seed=0,
+          print_fn=print):
+  """Trains (or resumes training) a ``DiffusionModel``.
+
+  Args:
+    model_dir: checkpoints/, tensorboard/, samples/ and export/ go here.
+    strategy: a ``tf.distribute.Strategy``.
+    model_factory: callable returning a ``DiffusionModel`` (called in scope).
+    dataset_factory: callable(input_context=, global_batch_size=) returning
+      batches (``input_pipeline.diffusion_dataset``).
+    optimizer_factory: callable(loss_scaling=) returning a Keras optimizer.
+    global_batch_size: examples per step over all replicas.
+    num_steps: total optimizer steps (a resumed run continues to this).
+    checkpoint_every, keep_checkpoints, log_every: in steps.
+    sample_every: write a sample grid every this many steps (0: only at the
+      end); ``num_samples`` images with the EMA weights, sampled with the
+      training schedule respaced to ``sample_respacing`` steps.
+    save_iterator_state: checkpoint the input pipeline's position. Its
+      shuffle buffer goes into every checkpoint, so large buffers cost disk.
+    export_at_end: write the EMA model to model_dir/export.
+    seed: seed of the initial weights and of the sample grids.
+    print_fn: where progress lines go.
+
+  Returns:
+    dict of the last logged metrics (floats) and the final step.
+  """
+  tf.io.gfile.makedirs(model_dir)
+  # float16 needs loss scaling; bfloat16 has float32's exponent range.
+  loss_scaling = keras.mixed_precision.global_policy().name == "mixed_float16"
+  # Same seed, same initial weights: runs are reproducible, whatever the
+  # strategy.
+  keras.utils.set_random_seed(seed)
+  with strategy.scope():
+    model = model_factory()
+    optimizer = optimizer_factory(loss_scaling=loss_scaling)
+    model.build_all(optimizer)
+  logging.info("U-Net parameters: %d", model.unet.count_params())
+
+  dataset = strategy.distribute_datasets_from_function(
+      lambda ctx: dataset_factory(input_context=ctx,
+                                  global_batch_size=global_batch_size))
+  iterator = iter(dataset)
+  checkpoint = _checkpoint(model, optimizer,
+                           iterator if save_iterator_state else None)
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(model_dir, "checkpoints"),
+      max_to_keep=keep_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    print_fn(f"resumed from {manager.latest_checkpoint} at step "
+             f"{int(optimizer.iterations.numpy())}")
+
+  @tf.function
+  def train_step(iterator):
+    batch = next(iterator)
+    per_replica = strategy.run(model.train_step, args=(batch,))
+    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+            for k, v in per_replica.items()}
+
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+  step = int(optimizer.iterations.numpy())
+  metrics = {}
+  window_start, window_steps, window_sums = time.perf_counter(), 0, {}
+  run_start, start_step = time.perf_counter(), step
+  sample_inputs = None
+  with _StopRequested() as stop, writer.as_default():
+    while step < num_steps and not stop.requested:
+      values = train_step(iterator)
+      step += 1
+      window_steps += 1
+      values = {k: float(v) for k, v in values.items()}
+      for name, value in values.items():
+        window_sums[name] = window_sums.get(name, 0.0) + value
+      if not math.isfinite(values["loss"]):
+        raise NonFiniteLossError(
+            f"non-finite loss {values['loss']} at step {step} (grad norm "
+            f"{values.get('grad_norm')}); stopped without saving. The last "
+            f"good checkpoint is {manager.latest_checkpoint}. Lower the "
+            "learning rate, add warmup or gradient clipping, or check the "
+            "data.")
+      if step % log_every == 0 or step == num_steps:
+        # Means over the steps since the last log: one step's hybrid loss
+        # is too noisy to read.
+        elapsed = time.perf_counter() - window_start
+        steps_per_second = window_steps / max(elapsed, 1e-9)
+        means = {k: v / window_steps for k, v in window_sums.items()}
+        window_start, window_steps, window_sums = time.perf_counter(), 0, {}
+        learning_rate = float(optimizer.learning_rate)
+        metrics = dict(means, learning_rate=learning_rate,
+                       steps_per_second=steps_per_second)
+        for name, value in metrics.items():
+          tf.summary.scalar(f"train/{name}", value, step=step)
+        eta = (num_steps - step) / max(steps_per_second, 1e-9)
+        print_fn(f"step {step}/{num_steps} loss {means['loss']:.4f} "
+                 f"grad_norm {means['grad_norm']:.3f} lr {learning_rate:.2e} "
+                 f"{steps_per_second:.2f} steps/s eta {eta / 60:.1f} min")
+      if step % checkpoint_every == 0:
+        manager.save(checkpoint_number=step)
+      if sample_every and step % sample_every == 0:
+        sample_inputs = sample_inputs or _sample_inputs(model, iterator,
+                                                        strategy, num_samples)
+        _write_samples(model, model_dir, step, sample_inputs, sample_respacing,
+                       sample_guidance_weight, seed)
+    if manager.latest_checkpoint is None or int(
+        manager.latest_checkpoint.rsplit("-", 1)[1]) != step:
+      manager.save(checkpoint_number=step)
+    writer.flush()
+  if stop.requested:
+    print_fn(f"stopped at step {step} on request; checkpoint saved")
+    return dict(metrics, step=step, stopped=True)
+  if step > start_step:
+    print_fn(f"trained steps {start_step}..{step} in "
+             f"{time.perf_counter() - run_start:.1f} s")
+  if export_at_end:
+    sample_inputs = sample_inputs or _sample_inputs(model, iterator, strategy,
+                                                    num_samples)
+    _write_samples(model, model_dir, step, sample_inputs, sample_respacing,
+                   sample_guidance_weight, seed)
+    path = export.export_model(model, os.path.join(model_dir, "export"))
+    print_fn(f"exported the EMA model to {path}")
+  return dict(metrics, step=step)
+
+
+def _sample_inputs(model, iterator, strategy, count):
+  """Labels (and low-res conditioning images) for the sample grids."""
+  labels = np.arange(count) % max(model.unet.num_classes, 1)
+  low_res = None
+  if model.is_super_resolution:
+    batch = next(iterator)
+    parts = strategy.experimental_local_results(batch["low_res"])
+    low_res = np.concatenate([p.numpy() for p in parts])
+    labels = np.concatenate([
+        p.numpy() for p in strategy.experimental_local_results(
+            batch["label"])])
+    while len(low_res) < count:
+      low_res = np.concatenate([low_res, low_res])
+      labels = np.concatenate([labels, labels])
+    low_res, labels = low_res[:count], labels[:count]
+  return labels, low_res
+
+
+def _write_samples(model, model_dir, step, inputs, respacing, guidance_weight,
+                   seed):
+  labels, low_res = inputs
+  config = dict(model.diffusion_config)
+  config.pop("loss_type")
+  diffusion = create_diffusion(timestep_respacing=respacing, **config)
+  seeds = per_example_noise.example_seeds(np.arange(len(labels)), seed)
+  with model.ema_weights():
+    samples = model.sample(seeds, labels=labels, low_res=low_res,
+                           diffusion=diffusion,
+                           guidance_weight=guidance_weight)
+  images = diffusion_preprocessing.to_uint8(samples).numpy()
+  columns = int(math.ceil(math.sqrt(len(images))))
+  rows = [list(images[i:i + columns]) for i in range(0, len(images), columns)]
+  if low_res is not None:  # show the conditioning next to each sample
+    lows = diffusion_preprocessing.to_uint8(low_res).numpy()
+    rows = [[img for pair in zip(lows[i:i + columns], images[i:i + columns])
+             for img in pair] for i in range(0, len(images), columns)]
+  sheet = contact_sheet.grid(rows, cell_size=max(model.unet.resolution, 64))
+  path = os.path.join(model_dir, "samples", f"step_{step:08d}.png")
+  contact_sheet.write_png(path, sheet)
+  tf.summary.image("samples", sheet[None], step=step)
+  logging.info("wrote %s", path)
