@@ -37,13 +37,29 @@ class Photo:
   kind: str  # "jpeg", "cmyk", "png" or "grayscale"
 
 
-def foolbox_photo_paths():
-  """(path, 0-based label) of foolbox's ImageNet photos, in file order."""
+# Two photos whose sizes the preprocessing tests rely on.
+LANDSCAPE = "imagenet_10_541.jpg"  # 1024 wide, 683 high
+SQUARE = "imagenet_00_243.jpg"  # 512 x 512
+
+
+def photo_dir():
+  """foolbox's data folder (foolbox is found, never imported)."""
   spec = importlib.util.find_spec("foolbox")
   if spec is None:
     raise RuntimeError("foolbox (3.3.4, installed without deps) is needed for "
                        "its ImageNet photos")
-  data_dir = os.path.join(spec.submodule_search_locations[0], "data")
+  return os.path.join(spec.submodule_search_locations[0], "data")
+
+
+def decode_photo(name):
+  """One of foolbox's photos as uint8 [H, W, 3]."""
+  return tf.io.decode_jpeg(tf.io.read_file(os.path.join(photo_dir(), name)),
+                           channels=3)
+
+
+def foolbox_photo_paths():
+  """(path, 0-based label) of foolbox's ImageNet photos, in file order."""
+  data_dir = photo_dir()
   found = []
   for name in sorted(os.listdir(data_dir)):
     match = re.fullmatch(r"imagenet_(\d+)_(\d+)\.jpg", name)

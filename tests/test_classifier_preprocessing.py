@@ -1,7 +1,5 @@
 """Tests of the CAS evaluation crop and the random-resized training crop."""
 
-import importlib.util
-import os
 
 import numpy as np
 from PIL import Image
@@ -10,17 +8,7 @@ import tensorflow as tf
 
 from cdm_tf.data import classifier_preprocessing as cp
 from cdm_tf.data import schema
-
-# foolbox ships labelled ImageNet JPEGs; it is found, never imported.
-PHOTO_DIR = os.path.join(
-    importlib.util.find_spec("foolbox").submodule_search_locations[0], "data")
-LANDSCAPE = "imagenet_10_541.jpg"  # 1024 wide, 683 high
-SQUARE = "imagenet_00_243.jpg"  # 512 x 512
-
-
-def _photo(name):
-  return tf.io.decode_jpeg(tf.io.read_file(os.path.join(PHOTO_DIR, name)),
-                           channels=3)
+from tests import real_photo_records as photos
 
 
 def _pil_resize(array, width, height):
@@ -41,7 +29,7 @@ def test_resize_size_scales_256_over_224(image_size, expected):
 
 
 def test_real_photo_short_side_becomes_256():
-  photo = _photo(LANDSCAPE)
+  photo = photos.decode_photo(photos.LANDSCAPE)
   assert photo.shape == (683, 1024, 3)
   # 1024 * 256 / 683 = 383.8 -> 384.
   assert cp.resize_short_side(photo, 256).shape == (256, 384, 3)
@@ -52,7 +40,7 @@ def test_real_photo_short_side_becomes_256():
 
 
 def test_real_photo_eval_crop_is_the_centre_of_the_resize():
-  photo = _photo(LANDSCAPE)
+  photo = photos.decode_photo(photos.LANDSCAPE)
   out = cp.preprocess_for_eval(photo)
   assert out.shape == (224, 224, 3) and out.dtype == tf.float32
   values = out.numpy()
@@ -65,7 +53,8 @@ def test_real_photo_eval_crop_is_the_centre_of_the_resize():
 
 
 def test_generated_256_is_only_centre_cropped():
-  generated = tf.image.resize(_photo(SQUARE), [256, 256], antialias=True)
+  generated = tf.image.resize(photos.decode_photo(photos.SQUARE), [256, 256],
+                              antialias=True)
   generated = tf.cast(tf.round(generated), tf.uint8)
   out = cp.preprocess_for_eval(generated, generated=True).numpy()
   expected = generated.numpy()[16:240, 16:240] / 255.0
@@ -73,7 +62,7 @@ def test_generated_256_is_only_centre_cropped():
 
 
 def test_generated_images_are_resized_ignoring_aspect_ratio():
-  photo = _photo(LANDSCAPE)
+  photo = photos.decode_photo(photos.LANDSCAPE)
   out = cp.preprocess_for_eval(photo, generated=True).numpy()
   expected = _pil_resize(photo, 256, 256)[16:240, 16:240] / 255.0
   assert np.abs(out - expected).mean() < 1.5 / 255
@@ -84,7 +73,7 @@ def test_generated_images_are_resized_ignoring_aspect_ratio():
 
 @pytest.mark.parametrize("image_size", [160, 190, 384])
 def test_eval_for_other_model_sizes(image_size):
-  photo = _photo(SQUARE)
+  photo = photos.decode_photo(photos.SQUARE)
   out = cp.preprocess_for_eval(photo, image_size).numpy()
   assert out.shape == (image_size, image_size, 3)
   side = cp.resize_size(image_size)
@@ -114,7 +103,8 @@ def test_tiny_images_are_resized_up():
   out = cp.preprocess_for_train(tiny, _seed(1)).numpy()
   assert out.shape == (224, 224, 3)
   np.testing.assert_allclose(out, 200 / 255, atol=1e-6)
-  small_photo = tf.image.resize(_photo(SQUARE), [32, 32], antialias=True)
+  small_photo = tf.image.resize(photos.decode_photo(photos.SQUARE), [32, 32],
+                                antialias=True)
   small_photo = tf.cast(tf.round(small_photo), tf.uint8)
   for seed in range(4):
     assert cp.random_resized_crop(small_photo, 160, _seed(seed)).shape == (
@@ -151,7 +141,7 @@ def test_random_crop_falls_back_to_a_centre_crop():
 
 
 def test_random_resized_crop_is_seeded():
-  photo = _photo(LANDSCAPE)
+  photo = photos.decode_photo(photos.LANDSCAPE)
   first = cp.random_resized_crop(photo, 224, _seed(1))
   assert first.shape == (224, 224, 3) and first.dtype == tf.float32
   values = first.numpy()
@@ -165,7 +155,7 @@ def test_random_resized_crop_is_seeded():
 
 
 def test_random_resized_crop_is_the_resized_box():
-  photo = _photo(LANDSCAPE)
+  photo = photos.decode_photo(photos.LANDSCAPE)
   (top, left), (height, width) = (
       t.numpy() for t in cp.random_crop_box(tf.shape(photo), _seed(7)))
   box = photo.numpy()[top:top + height, left:left + width]
@@ -175,7 +165,7 @@ def test_random_resized_crop_is_the_resized_box():
 
 
 def test_train_flip_keeps_the_crop_and_happens_both_ways():
-  photo = _photo(SQUARE)
+  photo = photos.decode_photo(photos.SQUARE)
   flips = []
   for seed in range(10):
     unflipped = cp.preprocess_for_train(photo, _seed(seed), 128,
@@ -192,11 +182,12 @@ def test_train_flip_keeps_the_crop_and_happens_both_ways():
 
 
 def test_examples_inside_dataset_map():
-  names = [LANDSCAPE, SQUARE]
+  names = [photos.LANDSCAPE, photos.SQUARE]
   dataset = None
   for label, name in zip((541, 243), names):
     element = tf.data.Dataset.from_tensors(
-        {schema.IMAGE: _photo(name), schema.LABEL: tf.constant(label),
+        {schema.IMAGE: photos.decode_photo(name),
+         schema.LABEL: tf.constant(label),
          schema.SOURCE: tf.constant(name)})
     dataset = element if dataset is None else dataset.concatenate(element)
   base_seed = _seed(11, 12)
@@ -212,7 +203,7 @@ def test_examples_inside_dataset_map():
     # enumerate() yields int64; fold_in depends on the dtype.
     seed = tf.random.experimental.stateless_fold_in(
         base_seed, tf.constant(index, tf.int64))
-    eager = cp.preprocess_for_train(_photo(name), seed, 160)
+    eager = cp.preprocess_for_train(photos.decode_photo(name), seed, 160)
     np.testing.assert_allclose(images[index], eager, atol=1e-5)
 
   images, labels = next(iter(dataset.map(
@@ -220,4 +211,4 @@ def test_examples_inside_dataset_map():
   assert images.shape == (2, 384, 384, 3)
   assert labels.dtype == tf.int32
   np.testing.assert_allclose(images[1], cp.preprocess_for_eval(
-      _photo(SQUARE), 384), atol=1e-5)
+      photos.decode_photo(photos.SQUARE), 384), atol=1e-5)

@@ -1,6 +1,5 @@
 """Tests of the cascade's crop / resize / flip on real ImageNet photos."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -10,21 +9,12 @@ import tensorflow as tf
 
 from cdm_tf.data import diffusion_preprocessing as dp
 from cdm_tf.data import schema
-
-# foolbox ships labelled ImageNet JPEGs; it is found, never imported.
-PHOTO_DIR = os.path.join(
-    importlib.util.find_spec("foolbox").submodule_search_locations[0], "data")
-LANDSCAPE = "imagenet_10_541.jpg"  # 1024 wide, 683 high
-SQUARE = "imagenet_00_243.jpg"  # 512 x 512
-
-
-def _photo(name):
-  return tf.io.decode_jpeg(tf.io.read_file(os.path.join(PHOTO_DIR, name)),
-                           channels=3)
+from tests import real_photo_records as photos
 
 
 def _example(name, label=7):
-  return {schema.IMAGE: _photo(name), schema.LABEL: tf.constant(label),
+  return {schema.IMAGE: photos.decode_photo(name),
+          schema.LABEL: tf.constant(label),
           schema.SOURCE: tf.constant(name)}
 
 
@@ -36,26 +26,26 @@ def _checkerboard(side):
 
 
 def test_photos_have_the_expected_sizes():
-  assert _photo(LANDSCAPE).shape == (683, 1024, 3)
-  assert _photo(SQUARE).shape == (512, 512, 3)
+  assert photos.decode_photo(photos.LANDSCAPE).shape == (683, 1024, 3)
+  assert photos.decode_photo(photos.SQUARE).shape == (512, 512, 3)
 
 
 def test_center_crop_is_the_middle_square_of_the_short_side():
-  photo = _photo(LANDSCAPE).numpy()
+  photo = photos.decode_photo(photos.LANDSCAPE).numpy()
   # (1024 - 683) = 341 extra columns: 170 on the left, 171 on the right.
   np.testing.assert_array_equal(dp.center_crop_square(photo).numpy(),
                                 photo[:, 170:853])
   portrait = np.transpose(photo, (1, 0, 2))
   np.testing.assert_array_equal(dp.center_crop_square(portrait).numpy(),
                                 portrait[170:853])
-  square = _photo(SQUARE)
+  square = photos.decode_photo(photos.SQUARE)
   np.testing.assert_array_equal(dp.center_crop_square(square).numpy(),
                                 square.numpy())
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 256, 1024])
 def test_preprocess_image_range_dtype_and_shape(resolution):
-  out = dp.preprocess_image(_photo(LANDSCAPE), resolution)
+  out = dp.preprocess_image(photos.decode_photo(photos.LANDSCAPE), resolution)
   assert out.dtype == tf.float32
   assert out.shape == (resolution, resolution, 3)
   values = out.numpy()
@@ -68,10 +58,11 @@ def test_preprocess_image_range_dtype_and_shape(resolution):
 
 def test_matches_pil_bicubic_of_the_center_crop():
   # An independent implementation: PIL's BICUBIC (antialiased) on the crop.
-  crop = Image.open(os.path.join(PHOTO_DIR, LANDSCAPE)).crop(
-      (170, 0, 853, 683))
+  crop = Image.open(os.path.join(photos.photo_dir(), photos.LANDSCAPE))
+  crop = crop.crop((170, 0, 853, 683))
   expected = np.asarray(crop.resize((64, 64), Image.BICUBIC), np.float32)
-  got = (dp.preprocess_image(_photo(LANDSCAPE), 64).numpy() + 1.0) * 127.5
+  photo = photos.decode_photo(photos.LANDSCAPE)
+  got = (dp.preprocess_image(photo, 64).numpy() + 1.0) * 127.5
   assert np.abs(got - expected).mean() < 1.5
   # The comparison can tell a one-pixel shift apart.
   assert np.abs(got[:, 1:] - expected[:, :-1]).mean() > 4.0
@@ -103,7 +94,7 @@ def test_downsampling_a_checkerboard_gives_grey_not_aliasing():
 
 
 def test_downsampled_photo_is_close_to_the_box_average():
-  photo = _photo(SQUARE)
+  photo = photos.decode_photo(photos.SQUARE)
   # 512 -> 64: the box average of each 8 x 8 block.
   box = tf.reshape(tf.cast(photo, tf.float32), [64, 8, 64, 8, 3])
   box = tf.reduce_mean(box, axis=[1, 3]).numpy()
@@ -115,7 +106,7 @@ def test_downsampled_photo_is_close_to_the_box_average():
 
 
 def test_each_resolution_comes_from_the_crop_not_a_chain():
-  photo = _photo(LANDSCAPE)
+  photo = photos.decode_photo(photos.LANDSCAPE)
   images = dp.cascade_images(photo, (32, 64, 256))
   assert sorted(images) == ["image_256", "image_32", "image_64"]
   for resolution in (32, 64, 256):
@@ -128,18 +119,18 @@ def test_each_resolution_comes_from_the_crop_not_a_chain():
 
 
 def test_cascade_example_structure():
-  out = dp.cascade_example(_example(LANDSCAPE, label=541), (64, 256))
+  out = dp.cascade_example(_example(photos.LANDSCAPE, label=541), (64, 256))
   assert sorted(out) == ["image_256", "image_64", schema.LABEL]
   assert out[schema.LABEL].dtype == tf.int32
   assert int(out[schema.LABEL]) == 541
   with pytest.raises(ValueError, match="seed"):
-    dp.cascade_example(_example(LANDSCAPE), (64,), random_flip=True)
+    dp.cascade_example(_example(photos.LANDSCAPE), (64,), random_flip=True)
   with pytest.raises(ValueError, match="distinct"):
-    dp.cascade_images(_photo(SQUARE), (64, 64))
+    dp.cascade_images(photos.decode_photo(photos.SQUARE), (64, 64))
 
 
 def test_flip_is_identical_at_every_resolution_and_seeded():
-  example = _example(LANDSCAPE)
+  example = _example(photos.LANDSCAPE)
   resolutions = (32, 64, 128)
   plain = dp.cascade_example(example, resolutions)
   decisions = []
@@ -166,7 +157,7 @@ def test_flip_is_identical_at_every_resolution_and_seeded():
 
 
 def test_super_resolution_pair():
-  example = _example(SQUARE, label=243)
+  example = _example(photos.SQUARE, label=243)
   low, high, label = dp.super_resolution_pair(example, 64, 256)
   assert low.shape == (64, 64, 3) and high.shape == (256, 256, 3)
   assert int(label) == 243
@@ -199,7 +190,7 @@ def test_to_uint8_rounds_clips_and_inverts_to_float():
 
 
 def test_works_inside_dataset_map_with_per_example_seeds():
-  examples = [_example(LANDSCAPE, 541), _example(SQUARE, 243)]
+  examples = [_example(photos.LANDSCAPE, 541), _example(photos.SQUARE, 243)]
   dataset = tf.data.Dataset.from_tensors(examples[0]).concatenate(
       tf.data.Dataset.from_tensors(examples[1]))
   base_seed = tf.constant([5, 6], tf.int64)

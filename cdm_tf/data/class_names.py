@@ -27,6 +27,7 @@ class ClassInfo:
 def imagenet_classes():
   """The 1000 ImageNet-1k classes in label order (0-based)."""
   # keras-hub's public API gives names only; its table also has synsets.
+  # Imported here: keras-hub takes seconds to import.
   from keras_hub.src.utils.imagenet import imagenet_utils  # pylint: disable=g-import-not-at-top
   table = imagenet_utils.IMAGENET_NAMES
   if len(table) != IMAGENET_NUM_CLASSES:
