@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 DATA_DIR ?= data/fashion_mnist
 RUN_DIR ?= runs/demo
+DEMO_TRAIN_STEPS ?= 400
 
 .PHONY: setup system-data demo test benchmark
 
@@ -40,6 +41,9 @@ demo: setup $(DATA_DIR)/classes.json
 	  --resolutions=16,32 --output_dir=$(RUN_DIR)
 	$(PY) tools/verify_sampler.py --gin_file=gin/verify_sampler.gin \
 	  --output_dir=$(RUN_DIR)
+	$(PY) tools/train.py --gin_file=gin/models/fashion_mnist_16_base.gin \
+	  --model_dir=$(RUN_DIR)/base16 --mixed_precision=bfloat16 \
+	  --gin_bindings='trainer.train.num_steps = $(DEMO_TRAIN_STEPS)'
 
 test: setup
 	$(PY) -m pytest -n 2 tests
