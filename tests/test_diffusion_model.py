@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -159,3 +160,23 @@ def test_get_config_round_trip():
 def test_inconsistent_settings_raise(unet_kwargs, model_kwargs, match):
   with pytest.raises(ValueError, match=match):
     DiffusionModel(_unet(**unet_kwargs), num_timesteps=100, **model_kwargs)
+
+
+def test_loss_scaling_gives_the_same_step_as_plain_training():
+  # float16 training scales the loss; the step itself must not change.
+  weights = {}
+  for loss_scaling in (False, True):
+    keras.utils.set_random_seed(0)
+    model = DiffusionModel(_unet(learn_sigma=True), num_timesteps=100,
+                           model_var_type="learned_range", loss_type="hybrid",
+                           clip_grad_norm=0.5)
+    model.build_all(optimizers.create_optimizer(
+        "adam", 1e-3, loss_scaling=loss_scaling))
+    metrics = tf.function(model.train_step)(_batch(4))
+    weights[loss_scaling] = ([v.numpy() for v in
+                              model.unet.trainable_variables],
+                             float(metrics["grad_norm"]))
+  (plain, plain_norm), (scaled, scaled_norm) = weights[False], weights[True]
+  assert scaled_norm == pytest.approx(plain_norm, rel=1e-4)
+  for a, b in zip(plain, scaled):
+    np.testing.assert_allclose(a, b, atol=1e-6)

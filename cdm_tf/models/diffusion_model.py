@@ -191,8 +191,8 @@ class DiffusionModel(keras.Model):
   def train_step(self, batch):
     """One optimizer step on this replica's share of the global batch.
 
-    ``batch["global_batch_size"]`` is not needed: the loss is the mean over
-    the global batch, computed as this replica's sum / the global size.
+    The loss is the mean over the global batch (this replica's sum divided
+    by the global batch size); gradients are summed across replicas.
     """
     replica = tf.distribute.get_replica_context()
     num_replicas = replica.num_replicas_in_sync if replica else 1
@@ -203,14 +203,21 @@ class DiffusionModel(keras.Model):
       loss = tf.reduce_sum(terms["loss"]) / global_batch
       scaled_loss = self._scale_loss(loss)
     variables = self.unet.trainable_variables
-    grads = tape.gradient(scaled_loss, variables)
-    grads = self._unscale(grads)
+    # Dense float32 gradients (embedding lookups give IndexedSlices): the
+    # all-reduce, clipping and 1/n split below need plain tensors.
+    grads = [tf.cast(tf.convert_to_tensor(g), tf.float32)
+             for g in tape.gradient(scaled_loss, variables)]
     if replica is not None and num_replicas > 1:
       grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-    grad_norm = tf.linalg.global_norm(grads)
+    # With loss scaling the gradients stay scaled (the LossScaleOptimizer
+    # checks them for overflow and unscales); norm and clip are scaled to
+    # match.
+    scale = self._loss_scale()
+    scaled_norm = tf.linalg.global_norm(grads)
+    grad_norm = scaled_norm / scale
     if self.clip_grad_norm:
-      grads, _ = tf.clip_by_global_norm(grads, self.clip_grad_norm,
-                                        use_norm=grad_norm)
+      grads, _ = tf.clip_by_global_norm(grads, self.clip_grad_norm * scale,
+                                        use_norm=scaled_norm)
     # Keras optimizers all-reduce (SUM) in replica context; the gradients
     # are already reduced, so hand each replica its 1/n share.
     if num_replicas > 1:
@@ -230,14 +237,10 @@ class DiffusionModel(keras.Model):
       return self.optimizer.scale_loss(loss)
     return loss
 
-  def _unscale(self, grads):
-    # Dense float32 gradients (embedding lookups give IndexedSlices): the
-    # all-reduce, clipping and 1/n split below need plain tensors.
-    grads = [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
+  def _loss_scale(self):
     if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-      scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
-      return [g / scale for g in grads]
-    return grads
+      return tf.cast(self.optimizer.dynamic_scale, tf.float32)
+    return tf.constant(1.0)
 
   def _update_ema(self):
     decay = self.ema_decay
