@@ -63,6 +63,15 @@ def _checkpoint(model, optimizer, iterator):
   return tf.train.Checkpoint(**items)
 
 
+def _is_chief(strategy):
+  """Whether this process writes the run's files (multi-worker: worker 0)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True
+  resolver = strategy.cluster_resolver
+  return resolver.task_type in (None, "chief") or (
+      resolver.task_type == "worker" and resolver.task_id == 0)
+
+
 @gin.configurable(denylist=["model_dir", "strategy"])
 def train(model_dir, strategy, model_factory=gin.REQUIRED,
           dataset_factory=gin.REQUIRED, optimizer_factory=gin.REQUIRED,
@@ -113,11 +122,16 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
   iterator = iter(dataset)
   checkpoint = _checkpoint(model, optimizer,
                            iterator if save_iterator_state else None)
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(model_dir, "checkpoints"),
-      max_to_keep=keep_checkpoints)
+  chief = _is_chief(strategy)
+  # Every worker must take part in saving; only the chief's copy is kept.
+  checkpoint_dir = os.path.join(model_dir, "checkpoints") if chief else (
+      os.path.join(model_dir, "checkpoints",
+                   f"worker_{strategy.cluster_resolver.task_id}_tmp"))
+  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+                                       max_to_keep=keep_checkpoints)
   if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    status = checkpoint.restore(manager.latest_checkpoint)
+    status.assert_existing_objects_matched()
     print_fn(f"resumed from {manager.latest_checkpoint} at step "
              f"{int(optimizer.iterations.numpy())}")
 
@@ -128,7 +142,9 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
     return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
             for k, v in per_replica.items()}
 
-  writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+  writer = (tf.summary.create_file_writer(
+      os.path.join(model_dir, "tensorboard")) if chief
+            else tf.summary.create_noop_writer())
   step = int(optimizer.iterations.numpy())
   metrics = {}
   window_start, window_steps, window_sums = time.perf_counter(), 0, {}
@@ -167,7 +183,7 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
                  f"{steps_per_second:.2f} steps/s eta {eta / 60:.1f} min")
       if step % checkpoint_every == 0:
         manager.save(checkpoint_number=step)
-      if sample_every and step % sample_every == 0:
+      if chief and sample_every and step % sample_every == 0:
         sample_inputs = sample_inputs or _sample_inputs(model, iterator,
                                                         strategy, num_samples)
         _write_samples(model, model_dir, step, sample_inputs, sample_respacing,
@@ -182,7 +198,7 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
   if step > start_step:
     print_fn(f"trained steps {start_step}..{step} in "
              f"{time.perf_counter() - run_start:.1f} s")
-  if export_at_end:
+  if export_at_end and chief:
     sample_inputs = sample_inputs or _sample_inputs(model, iterator, strategy,
                                                     num_samples)
     _write_samples(model, model_dir, step, sample_inputs, sample_respacing,
