@@ -18,6 +18,7 @@ from tests import fashion_mnist_subset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "tools", "train.py")
 GIN = os.path.join(ROOT, "gin", "models", "fashion_mnist_16_base.gin")
+SR_GIN = os.path.join(ROOT, "gin", "models", "fashion_mnist_16_to_32_sr.gin")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
@@ -44,8 +45,8 @@ def _bindings(data_dir, **overrides):
   return [f"--gin_bindings={k} = {v}" for k, v in values.items()]
 
 
-def _train_command(model_dir, data_dir, **overrides):
-  return [sys.executable, TRAIN, f"--gin_file={GIN}",
+def _train_command(model_dir, data_dir, gin_file=GIN, **overrides):
+  return [sys.executable, TRAIN, f"--gin_file={gin_file}",
           f"--model_dir={model_dir}", *_bindings(data_dir, **overrides)]
 
 
@@ -53,14 +54,18 @@ def _losses(stdout):
   return [float(m) for m in re.findall(r"step \d+/\d+ loss ([\d.]+)", stdout)]
 
 
-def test_tiny_config_trains_and_the_loss_falls(tmp_path, data_dir):
+@pytest.mark.parametrize("gin_file,overrides", [
+    (GIN, {"diffusion_model.DiffusionModel.model_var_type": "'fixed_small'",
+           "diffusion_model.DiffusionModel.loss_type": "'simple'",
+           "unet.UNet.learn_sigma": False}),
+    # 32x32 output: keep the level with side 8, where attention is.
+    (SR_GIN, {"unet.UNet.channel_mult": (1, 2, 2)}),
+], ids=["base16", "sr16to32"])
+def test_tiny_configs_train_and_the_loss_falls(tmp_path, data_dir, gin_file,
+                                               overrides):
   result = subprocess.run(
-      _train_command(tmp_path / "run", data_dir,
-                     **{"trainer.train.num_steps": 100,
-                        "diffusion_model.DiffusionModel.model_var_type":
-                            "'fixed_small'",
-                        "diffusion_model.DiffusionModel.loss_type": "'simple'",
-                        "unet.UNet.learn_sigma": False}),
+      _train_command(tmp_path / "run", data_dir, gin_file,
+                     **{"trainer.train.num_steps": 100, **overrides}),
       capture_output=True, text=True, env=ENV, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   losses = _losses(result.stdout)
