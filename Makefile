@@ -9,6 +9,9 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 DATA_DIR ?= data/fashion_mnist
 RUN_DIR ?= runs/demo
 DEMO_TRAIN_STEPS ?= 400
+DEMO_SR_TRAIN_STEPS ?= 300
+# 0.002 x 6,000 real images per class = 12 synthetic images per class.
+DEMO_SYNTHETIC_MULTIPLIER ?= 0.002
 
 .PHONY: setup system-data demo test benchmark
 
@@ -44,6 +47,14 @@ demo: setup $(DATA_DIR)/classes.json
 	$(PY) tools/train.py --gin_file=gin/models/fashion_mnist_16_base.gin \
 	  --model_dir=$(RUN_DIR)/base16 --mixed_precision=bfloat16 \
 	  --gin_bindings='trainer.train.num_steps = $(DEMO_TRAIN_STEPS)'
+	$(PY) tools/train.py --gin_file=gin/models/fashion_mnist_16_to_32_sr.gin \
+	  --model_dir=$(RUN_DIR)/sr32 --mixed_precision=bfloat16 \
+	  --gin_bindings='trainer.train.num_steps = $(DEMO_SR_TRAIN_STEPS)'
+	$(PY) tools/generate.py --gin_file=gin/generation/fashion_mnist_16_to_32.gin \
+	  --gin_bindings='BASE_MODEL_DIR = "$(RUN_DIR)/base16/export"' \
+	  --gin_bindings='SR_MODEL_DIR = "$(RUN_DIR)/sr32/export"' \
+	  --real_data_dir=$(DATA_DIR) --multiplier=$(DEMO_SYNTHETIC_MULTIPLIER) \
+	  --output_dir=$(RUN_DIR)/synthetic
 
 test: setup
 	$(PY) -m pytest -n 2 tests
@@ -52,3 +63,4 @@ benchmark: setup $(DATA_DIR)/classes.json
 	$(PY) benchmarks/sampler_step.py
 	$(PY) benchmarks/data_pipeline.py --data_dir=$(DATA_DIR)
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/cascade_generation.py

@@ -21,6 +21,8 @@ setuptools.setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "scipy>=1.11",
+        # Report plots (per-class accuracy, sweeps).
+        "matplotlib>=3.8",
     ],
     extras_require={
         "dev": [

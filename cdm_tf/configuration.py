@@ -1,9 +1,16 @@
 """Gin parsing shared by the binaries, with errors that name what is wrong."""
 
+import os
 import sys
 
 import gin
 import tensorflow as tf
+
+
+# ``include "gin/..."`` lines resolve from the working directory or from
+# the source tree's root.
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_search_path_added = False
 
 
 class ConfigError(ValueError):
@@ -15,6 +22,10 @@ def parse_gin(gin_files, gin_bindings):
   for path in gin_files or ():
     if not tf.io.gfile.exists(path):
       raise ConfigError(f"gin file not found: {path}")
+  global _search_path_added
+  if not _search_path_added:
+    gin.add_config_file_search_path(_SOURCE_ROOT)
+    _search_path_added = True
   try:
     gin.parse_config_files_and_bindings(list(gin_files or ()),
                                         list(gin_bindings or ()),

@@ -180,3 +180,16 @@ def test_loss_scaling_gives_the_same_step_as_plain_training():
   assert scaled_norm == pytest.approx(plain_norm, rel=1e-4)
   for a, b in zip(plain, scaled):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_export_fingerprint_follows_the_weights(tmp_path):
+  model = _super_resolution("gaussian")
+  model.build_all()
+  first = export.export_model(model, str(tmp_path / "a"))
+  again = export.export_model(model, str(tmp_path / "b"))
+  assert (export.weights_fingerprint(first) ==
+          export.weights_fingerprint(again))
+  model.ema_variables[0].assign(model.ema_variables[0] + 1.0)
+  changed = export.export_model(model, str(tmp_path / "c"))
+  assert (export.weights_fingerprint(changed) !=
+          export.weights_fingerprint(first))

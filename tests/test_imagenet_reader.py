@@ -191,12 +191,14 @@ def test_shuffle_is_deterministic_with_a_seed_and_mixes_shards(
 
 def test_repeat_yields_every_photo_each_pass(small_shard_sets):
   _, paths, ordered = small_shard_sets[schema.FORMAT_TFDS]
+  # Passes blur at their boundary (the shuffle buffer and the file
+  # interleave span it), so look at three passes' worth: the first two
+  # passes are complete inside it.
   got = _order(imagenet_reader.read_dataset(
-      paths, seed=1, shuffle_buffer=4, repeat=True).take(2 * len(ordered)))
+      paths, seed=1, shuffle_buffer=4, repeat=True).take(3 * len(ordered)))
   counts = collections.Counter(label for _, label in got)
-  assert counts == collections.Counter(
-      {label: 2 * n for label, n in collections.Counter(
-          p.label for p in ordered).items()})
+  for label, n in collections.Counter(p.label for p in ordered).items():
+    assert 2 * n <= counts[label] <= 4 * n, (label, n, counts[label])
 
 
 def test_input_context_gives_disjoint_covering_shares(small_shard_sets):

@@ -378,3 +378,18 @@ def test_parameter_count_two_levels_by_formula():
   expected += _res(48, 16, e, False) + 2 * _res(32, 16, e, False)
   expected += _norm(16) + _conv(3, 16, 3)
   assert model.count_params() == expected
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_low_res_upsampling_matches_tf_image_resize(interpolation):
+  # The U-Net upsamples with fixed matrices (XLA has no bicubic kernel).
+  model = _model(low_res_resolution=8, low_res_interpolation=interpolation)
+  low_res = tf.random.stateless_uniform([2, 8, 8, 3], (1, 2), -1, 1)
+  x = tf.zeros([2, 16, 16, 3])
+  got = model._network_input({"x_t": x, "low_res": low_res})[..., 3:]  # pylint: disable=protected-access
+  expected = tf.image.resize(low_res, (16, 16), method=interpolation)
+  np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+  compiled = tf.function(model._network_input, jit_compile=True)  # pylint: disable=protected-access
+  np.testing.assert_allclose(
+      compiled({"x_t": x, "low_res": low_res})[..., 3:].numpy(),
+      expected.numpy(), atol=1e-5)

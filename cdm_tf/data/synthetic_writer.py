@@ -220,7 +220,8 @@ def encode_example(image_uint8, label, classes, image_format="jpeg",
             provenance.noise_augmentation),
     })
   return tf.train.Example(
-      features=tf.train.Features(feature=feature)).SerializeToString()
+      features=tf.train.Features(feature=feature)).SerializeToString(
+          deterministic=True)  # sorted map keys: same bytes in any process
 
 
 # ----------------------------------------------------------------- shards
@@ -362,17 +363,30 @@ class ShardWriter:
     return False
 
 
-def remove_stale_temporaries(directory, older_than_seconds=0.0):
+def temporary_shard_target(path):
+  """The final shard name a ``ShardWriter`` temporary file stands for."""
+  name = os.path.basename(path)
+  if not name.startswith(TMP_PREFIX):
+    return None
+  # .tmp-<32 hex digits>-<final name>
+  return name[len(TMP_PREFIX) + 33:] or None
+
+
+def remove_stale_temporaries(directory, older_than_seconds=0.0,
+                             shard_names=None):
   """Deletes temporary files left in ``directory`` by killed writers.
 
   Only call this when no live writer uses the directory, or give
-  ``older_than_seconds`` longer than a shard takes to write, so that the
-  temporary files of live writers survive.
+  ``older_than_seconds`` longer than a shard takes to write, or restrict it
+  to ``shard_names`` no live writer works on, so that the temporary files
+  of live writers survive.
 
   Args:
     directory: The output directory.
     older_than_seconds: Only files last modified at least this long ago are
       removed.
+    shard_names: If given, only the temporaries of these final shard names
+      (e.g. one worker's shards) are removed.
 
   Returns:
     The sorted paths that were removed.
@@ -383,6 +397,10 @@ def remove_stale_temporaries(directory, older_than_seconds=0.0):
       os.path.join(directory, f"{TMP_PREFIX}*")))
   candidates.update(tf.io.gfile.glob(
       os.path.join(directory, f"*{TMP_SUFFIX_MARKER}*")))
+  if shard_names is not None:
+    shard_names = set(shard_names)
+    candidates = {p for p in candidates
+                  if temporary_shard_target(p) in shard_names}
   for path in sorted(candidates):
     age_seconds = (now_ns - tf.io.gfile.stat(path).mtime_nsec) / 1e9
     if age_seconds >= older_than_seconds:

@@ -14,6 +14,7 @@ STREAM_STEP_NOISE = 1
 STREAM_CONDITIONING_AUGMENTATION = 2
 STREAM_TRAINING_UNIFORMS = 3  # step, in-step position, label dropout, ...
 STREAM_TRAINING_NOISE = 4
+STREAM_CASCADE_STAGE = 5  # + the stage index: each cascade stage's own seed
 
 
 def example_seeds(example_ids, base_seed=0):
@@ -27,6 +28,16 @@ def _fold(seed, salts):
   for salt in salts:
     seed = tf.random.experimental.stateless_fold_in(seed, salt)
   return seed
+
+
+def derive_seeds(seeds, *salts):
+  """[B, 2] seeds with ``salts`` folded into each example's seed.
+
+  Gives a part of a pipeline (e.g. one cascade stage) its own independent
+  randomness from the same example seeds.
+  """
+  return tf.map_fn(lambda seed: tf.cast(_fold(seed, salts), tf.int64),
+                   tf.cast(seeds, tf.int64))
 
 
 def _per_example(sampler, seeds, shape, salts):

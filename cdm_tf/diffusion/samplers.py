@@ -29,11 +29,47 @@ def _run(step_fn, x, num_timesteps, stop_at, progress):
   return x
 
 
+def initial_noise(seeds, shape):
+  """x_T ~ N(0, I) of per-example shape ``shape``, drawn from each seed."""
+  return per_example_noise.per_example_normal(
+      seeds, shape, per_example_noise.STREAM_INITIAL_NOISE)
+
+
 def _initial_noise(seeds, shape, x_T):
   if x_T is not None:
     return tf.convert_to_tensor(x_T, tf.float32)
-  return per_example_noise.per_example_normal(
-      seeds, shape, per_example_noise.STREAM_INITIAL_NOISE)
+  return initial_noise(seeds, shape)
+
+
+def ddpm_step(diffusion, model_fn, x, i, seeds, *, clip_denoised=True,
+              dynamic_threshold_percentile=None, logvar_coeff=None):
+  """One ancestral step from index ``i`` (a scalar int32 tensor) to i - 1.
+
+  A plain function, so callers compile it once with their own arguments
+  (``tf.function``, ``strategy.run``).
+  """
+  t = tf.fill([tf.shape(x)[0]], i)
+  output = model_fn(x, diffusion.model_time_input(t))
+  noise = per_example_noise.per_example_normal(
+      seeds, x.shape[1:], per_example_noise.STREAM_STEP_NOISE, i)
+  x_prev, _ = diffusion.p_sample(
+      output, x, t, noise, clip_denoised=clip_denoised,
+      dynamic_threshold_percentile=dynamic_threshold_percentile,
+      logvar_coeff=logvar_coeff)
+  return x_prev
+
+
+def ddim_step(diffusion, model_fn, x, i, seeds, *, eta=0.0,
+              clip_denoised=True, dynamic_threshold_percentile=None):
+  """One DDIM step from index ``i`` to i - 1 (see ``ddpm_step``)."""
+  t = tf.fill([tf.shape(x)[0]], i)
+  output = model_fn(x, diffusion.model_time_input(t))
+  noise = (per_example_noise.per_example_normal(
+      seeds, x.shape[1:], per_example_noise.STREAM_STEP_NOISE, i)
+           if eta > 0 else None)
+  return diffusion.ddim_step(
+      output, x, t, t - 1, eta=eta, noise=noise, clip_denoised=clip_denoised,
+      dynamic_threshold_percentile=dynamic_threshold_percentile)
 
 
 def ddpm_sample(diffusion, model_fn, shape, seeds, *, x_T=None,
@@ -47,19 +83,10 @@ def ddpm_sample(diffusion, model_fn, shape, seeds, *, x_T=None,
   augmentation). ``shape`` is the per-example shape, e.g. (64, 64, 3).
   """
   seeds = tf.convert_to_tensor(seeds)
-
-  @tf.function
-  def step(x, i):
-    t = tf.fill([tf.shape(x)[0]], i)
-    output = model_fn(x, diffusion.model_time_input(t))
-    noise = per_example_noise.per_example_normal(
-        seeds, shape, per_example_noise.STREAM_STEP_NOISE, i)
-    x_prev, _ = diffusion.p_sample(
-        output, x, t, noise, clip_denoised=clip_denoised,
-        dynamic_threshold_percentile=dynamic_threshold_percentile,
-        logvar_coeff=logvar_coeff)
-    return x_prev
-
+  step = tf.function(lambda x, i: ddpm_step(
+      diffusion, model_fn, x, i, seeds, clip_denoised=clip_denoised,
+      dynamic_threshold_percentile=dynamic_threshold_percentile,
+      logvar_coeff=logvar_coeff))
   return _run(step, _initial_noise(seeds, shape, x_T),
               diffusion.num_timesteps, stop_at, progress)
 
@@ -69,18 +96,9 @@ def ddim_sample(diffusion, model_fn, shape, seeds, *, eta=0.0, x_T=None,
                 stop_at=0, progress=None):
   """DDIM sampling over every step of ``diffusion`` (Song et al. 2021)."""
   seeds = tf.convert_to_tensor(seeds)
-
-  @tf.function
-  def step(x, i):
-    t = tf.fill([tf.shape(x)[0]], i)
-    output = model_fn(x, diffusion.model_time_input(t))
-    noise = (per_example_noise.per_example_normal(
-        seeds, shape, per_example_noise.STREAM_STEP_NOISE, i)
-             if eta > 0 else None)
-    return diffusion.ddim_step(
-        output, x, t, t - 1, eta=eta, noise=noise, clip_denoised=clip_denoised,
-        dynamic_threshold_percentile=dynamic_threshold_percentile)
-
+  step = tf.function(lambda x, i: ddim_step(
+      diffusion, model_fn, x, i, seeds, eta=eta, clip_denoised=clip_denoised,
+      dynamic_threshold_percentile=dynamic_threshold_percentile))
   return _run(step, _initial_noise(seeds, shape, x_T),
               diffusion.num_timesteps, stop_at, progress)
 

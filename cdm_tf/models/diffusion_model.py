@@ -264,25 +264,24 @@ class DiffusionModel(keras.Model):
       for var, value in zip(self.unet.trainable_variables, saved):
         var.assign(value)
 
-  def sample(self, seeds, labels=None, low_res=None, diffusion=None,
-             sampler="ddpm", guidance_weight=1.0, aug_level=0.0, **kwargs):
-    """Samples with the current U-Net weights (wrap in ``ema_weights()``).
+  def sampling_conditioning(self, seeds, labels=None, low_res=None,
+                            aug_level=0.0, truncated=False):
+    """The network's conditioning for sampling, and its null version.
 
     Args:
-      seeds: int [B, 2] per-example seeds.
+      seeds: int [B, 2] per-example seeds (the augmentation noise's).
       labels: int [B] classes (class-conditional models).
       low_res: float [B, h, w, C] conditioning images (super-resolution).
-      diffusion: the sampling process (a respacing, or any schedule for
-        continuous-noise models); defaults to the training process.
-      sampler: ``ddpm`` or ``ddim``; other keyword arguments go to
-        ``samplers.sample`` (eta, logvar_coeff, clip_denoised, ...).
-      guidance_weight: classifier-free guidance weight w (1 = conditional).
-      aug_level: non-truncated Gaussian conditioning augmentation level s in
-        [0, 1] applied to ``low_res`` (gaussian-augmentation models).
+      aug_level: Gaussian conditioning-augmentation level s in [0, 1]
+        (gaussian-augmentation models; 0 for the others).
+      truncated: ``low_res`` is already z_s, the low-resolution sampler
+        stopped at s (CDM Algorithm 2, truncated); otherwise it is z_0 and
+        is corrupted here to z'_s ~ q(z_s | z_0) (non-truncated).
+
     Returns:
-      float32 [B, H, W, C] samples in [-1, 1].
+      ``(conditioning, null_conditioning)`` dicts for ``guided_model_fn``;
+      the null one has the null label (classifier-free guidance).
     """
-    diffusion = diffusion or self.diffusion
     seeds = tf.convert_to_tensor(seeds)
     batch = tf.shape(seeds)[0]
     cond, uncond = {}, {}
@@ -291,31 +290,65 @@ class DiffusionModel(keras.Model):
         raise ValueError("this model is class-conditional: pass labels")
       cond["label"] = tf.cast(labels, tf.int32)
       uncond["label"] = tf.fill([batch], self.null_label)
+    if (aug_level or truncated) and not self.unet.aug_level_conditioning:
+      raise ValueError(
+          "conditioning-augmentation level / truncation at sampling needs a "
+          "model trained with gaussian conditioning augmentation (this one: "
+          f"{self.conditioning_augmentation!r})")
     if self.is_super_resolution:
       if low_res is None:
         raise ValueError("this is a super-resolution model: pass low_res")
       low_res = tf.cast(low_res, tf.float32)
-      level = tf.fill([batch], float(aug_level))
       if self.unet.aug_level_conditioning:
-        noise = per_example_noise.per_example_normal(
-            seeds, low_res.shape[1:],
-            per_example_noise.STREAM_CONDITIONING_AUGMENTATION)
-        low_res = self.gaussian_augmentation.augment(low_res, level, noise)
+        level = tf.fill([batch], float(aug_level))
+        if not truncated:
+          noise = per_example_noise.per_example_normal(
+              seeds, low_res.shape[1:],
+              per_example_noise.STREAM_CONDITIONING_AUGMENTATION)
+          low_res = self.gaussian_augmentation.augment(low_res, level, noise)
         cond["aug_level"] = uncond["aug_level"] = (
             self.gaussian_augmentation.model_input(level))
       cond["low_res"] = uncond["low_res"] = low_res
+    return cond, uncond
 
-    def model_fn(x, time_input, conditioning):
-      return self.unet(self.network_inputs(
-          x, time_input, conditioning.get("label"),
-          conditioning.get("low_res"), conditioning.get("aug_level")),
-                       training=False)
+  def guided_model_fn(self, conditioning, null_conditioning,
+                      guidance_weight=1.0):
+    """``fn(x_t, time_input)`` -> float32 network output with guidance."""
+    def model_fn(x, time_input, c):
+      return tf.cast(self.unet(self.network_inputs(
+          x, time_input, c.get("label"), c.get("low_res"),
+          c.get("aug_level")), training=False), tf.float32)
 
     if not self.unet.num_classes:
       guidance_weight = 1.0  # nothing to guide with
-    fn = guidance.guided_model_fn(model_fn, cond, uncond, guidance_weight,
-                                  self.unet.learn_sigma)
-    shape = (self.unet.resolution, self.unet.resolution, self.unet.in_channels)
-    return samplers.sample(diffusion, fn, shape, seeds, sampler=sampler,
-                           **kwargs)
+    return guidance.guided_model_fn(model_fn, conditioning, null_conditioning,
+                                    guidance_weight, self.unet.learn_sigma)
 
+  def sample(self, seeds, labels=None, low_res=None, diffusion=None,
+             sampler="ddpm", guidance_weight=1.0, aug_level=0.0,
+             truncated=False, **kwargs):
+    """Samples with the current U-Net weights (wrap in ``ema_weights()``).
+
+    Args:
+      seeds, labels, low_res, aug_level, truncated: see
+        ``sampling_conditioning``.
+      diffusion: the sampling process (a respacing, or any schedule for
+        continuous-noise models); defaults to the training process.
+      sampler: ``ddpm`` or ``ddim``; other keyword arguments go to
+        ``samplers.sample`` (eta, logvar_coeff, clip_denoised, ...).
+      guidance_weight: classifier-free guidance weight w (1 = conditional).
+    Returns:
+      float32 [B, H, W, C] samples in [-1, 1].
+    """
+    diffusion = diffusion or self.diffusion
+    seeds = tf.convert_to_tensor(seeds)
+    cond, uncond = self.sampling_conditioning(seeds, labels, low_res,
+                                              aug_level, truncated)
+    fn = self.guided_model_fn(cond, uncond, guidance_weight)
+    return samplers.sample(diffusion, fn, self.sample_shape, seeds,
+                           sampler=sampler, **kwargs)
+
+  @property
+  def sample_shape(self):
+    """Per-example shape of a sample, (H, W, C)."""
+    return (self.unet.resolution, self.unet.resolution, self.unet.in_channels)

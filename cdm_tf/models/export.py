@@ -6,6 +6,7 @@ conditioning settings). ``load_model`` rebuilds a ``DiffusionModel`` from
 them without any gin state.
 """
 
+import hashlib
 import json
 import os
 import uuid
@@ -18,6 +19,9 @@ from cdm_tf.models import diffusion_model
 
 UNET_FILE = "unet.keras"
 CONFIG_FILE = "diffusion.json"
+# sha256 of the exported weight values, written at export: identifies the
+# weights cheaply (the .keras file itself also holds a save date).
+FINGERPRINT_FILE = "weights.sha256"
 
 
 def export_model(model, directory):
@@ -30,6 +34,11 @@ def export_model(model, directory):
   tf.io.gfile.makedirs(tmp)
   with model.ema_weights():
     model.unet.save(os.path.join(tmp, UNET_FILE))
+    fingerprint = hashlib.sha256()
+    for weight in model.unet.get_weights():
+      fingerprint.update(weight.tobytes())
+  files.atomic_write_bytes(os.path.join(tmp, FINGERPRINT_FILE),
+                           fingerprint.hexdigest().encode())
   config = model.get_config()
   config.pop("unet")
   for key in ("name", "trainable", "dtype"):
@@ -41,11 +50,49 @@ def export_model(model, directory):
   return directory
 
 
-def load_model(directory):
-  """A ``DiffusionModel`` whose U-Net (and EMA) hold the exported weights."""
+def weights_fingerprint(directory):
+  """The export's weight fingerprint; for an export without one, the
+  sha256 of its weights file."""
+  path = os.path.join(directory, FINGERPRINT_FILE)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      return f.read().strip()
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(os.path.join(directory, UNET_FILE), "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 24), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def read_config(directory):
+  """The exported model's ``DiffusionModel`` settings (no weights loaded)."""
+  for name in (CONFIG_FILE, UNET_FILE):
+    if not tf.io.gfile.exists(os.path.join(directory, name)):
+      raise FileNotFoundError(f"{directory} is not an exported model: "
+                              f"{name} is missing (see tools/train.py, "
+                              "which exports to <model_dir>/export)")
   with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILE)) as f:
-    config = json.load(f)
+    return json.load(f)
+
+
+def load_model(directory, dtype_policy=None):
+  """A ``DiffusionModel`` for sampling whose U-Net holds the exported weights.
+
+  No EMA copies or optimizer are created (they would double the memory of
+  a large model); call ``build_all`` on the result to train from it.
+
+  Args:
+    directory: an ``export_model`` directory.
+    dtype_policy: run the U-Net under this Keras dtype policy (e.g.
+      ``"mixed_bfloat16"`` to sample in bfloat16) instead of the one it was
+      trained with; the float32 weights are the same either way.
+  """
+  config = read_config(directory)
   unet = keras.models.load_model(os.path.join(directory, UNET_FILE))
-  model = diffusion_model.DiffusionModel(unet, **config)
-  model.build_all()
-  return model
+  if dtype_policy is not None:
+    rebuilt = unet.__class__.from_config(
+        {**unet.get_config(), "dtype": keras.DTypePolicy(dtype_policy)})
+    rebuilt.build()
+    rebuilt.set_weights(unet.get_weights())
+    unet = rebuilt
+  return diffusion_model.DiffusionModel(unet, **config)

@@ -492,10 +492,29 @@ class UNet(keras.Model):
       return x
     low_res = ops.cast(inputs["low_res"], "float32")
     if self.low_res_resolution != self.resolution:
-      low_res = tf.image.resize(
-          low_res, (self.resolution, self.resolution),
-          method=self.low_res_interpolation)
+      # tf.image.resize as two fixed matrix products: XLA (TPU, jit_compile)
+      # has no ResizeBicubic kernel, and matmuls are fast everywhere.
+      matrix = tf.constant(self._upsampling_matrix())
+      low_res = tf.einsum("Hh,bhwc->bHwc", matrix, low_res)
+      low_res = tf.einsum("Ww,bhwc->bhWc", matrix, low_res)
     return ops.concatenate([x, low_res], axis=-1)
+
+  def _upsampling_matrix(self):
+    """[resolution, low_res_resolution] matrix of ``tf.image.resize``.
+
+    Resizing is linear and separable: resizing each one-hot column image
+    gives the matrix's columns, so the products reproduce tf.image.resize
+    (half-pixel centres, Keys cubic a = -0.5 or bilinear) to float rounding.
+    """
+    if getattr(self, "_upsampling", None) is None:
+      n = self.low_res_resolution
+      with tf.init_scope():  # computed once, eagerly, even inside a trace
+        impulses = tf.reshape(tf.eye(n), [n, n, 1, 1])  # n images [n, 1, 1]
+        columns = tf.image.resize(impulses, (self.resolution, 1),
+                                  method=self.low_res_interpolation)
+        self._upsampling = tf.transpose(
+            tf.reshape(columns, [n, self.resolution])).numpy()
+    return self._upsampling
 
   def call(self, inputs, training=False):
     self._validate_inputs(inputs)

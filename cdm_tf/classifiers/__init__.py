@@ -1,0 +1,42 @@
+"""ImageNet classifiers and their training recipes (Azizi et al. 2023).
+
+Architectures of Table 3 (``models``, ``resnet_rs``) and the recipes of
+Tables A.1 and A.2 (``recipes``), configured per table column by the gin
+files in gin/classifiers/.
+"""
+
+from cdm_tf.classifiers.models import CLASSIFIER_NAMES
+from cdm_tf.classifiers.models import ImageClassifier
+from cdm_tf.classifiers.models import create_classifier
+from cdm_tf.classifiers.recipes import ClassifierLearningRate
+from cdm_tf.classifiers.recipes import ClassifierRecipe
+from cdm_tf.classifiers.recipes import L2RegularizedSGD
+from cdm_tf.classifiers.recipes import TrainingAugmentation
+from cdm_tf.classifiers.recipes import create_loss
+from cdm_tf.classifiers.recipes import create_optimizer
+from cdm_tf.classifiers.recipes import create_training_augmentation
+from cdm_tf.classifiers.recipes import learning_rate_schedule
+from cdm_tf.classifiers.recipes import scaled_learning_rate
+from cdm_tf.classifiers.resnet_rs import BottleneckBlock
+from cdm_tf.classifiers.resnet_rs import ResNetRS
+from cdm_tf.classifiers.resnet_rs import SqueezeExcitation
+from cdm_tf.classifiers.resnet_rs import StochasticDepth
+
+__all__ = [
+    "BottleneckBlock",
+    "CLASSIFIER_NAMES",
+    "ClassifierLearningRate",
+    "ClassifierRecipe",
+    "ImageClassifier",
+    "L2RegularizedSGD",
+    "ResNetRS",
+    "SqueezeExcitation",
+    "StochasticDepth",
+    "TrainingAugmentation",
+    "create_classifier",
+    "create_loss",
+    "create_optimizer",
+    "create_training_augmentation",
+    "learning_rate_schedule",
+    "scaled_learning_rate",
+]

@@ -1,0 +1,1 @@
+"""Sampling cascades and writing class-balanced synthetic datasets."""

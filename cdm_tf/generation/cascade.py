@@ -1,0 +1,384 @@
+"""A cascade of exported diffusion stages sampled together (CDM Algorithm 2).
+
+A cascade is a base stage followed by super-resolution stages, each an
+exported model (``cdm_tf.models.export``) with its own sampler settings
+(``Stage``). Stage k + 1 is conditioned on stage k's output:
+
+* Gaussian conditioning augmentation, non-truncated (``aug_level`` s > 0):
+  stage k samples to the end; its z_0 is put on the 8-bit grid (the
+  super-resolution model trained on 8-bit images) and corrupted to
+  z'_s ~ q(z_s | z_0) by stage k + 1.
+* Truncated (``truncated=True``): stage k stops at s and hands z_s over as
+  it is; s must be a step of stage k's sampling process.
+* Blur-trained or unaugmented stages get z_0 unchanged (CDM Sec. 3.1: no
+  augmentation at inference).
+
+Every random draw comes from the example's seed folded with the stage index,
+so a sample depends only on (seed, label) and the settings: not on the batch
+size, the position in the batch, the worker or the number of replicas.
+
+Sampling runs under a ``tf.distribute`` strategy: the global batch is split
+evenly over the replicas, each step is one compiled ``strategy.run`` (XLA
+with ``jit_compile``), and intermediate images stay on their replica from
+stage to stage.
+"""
+
+import dataclasses
+import hashlib
+import json
+from typing import Optional
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from cdm_tf.data import diffusion_preprocessing
+from cdm_tf.diffusion import create_diffusion
+from cdm_tf.diffusion import per_example_noise
+from cdm_tf.diffusion import samplers
+from cdm_tf.models import export
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One stage of a cascade: an exported model and how to sample it.
+
+  Attributes:
+    model_dir: the stage's export directory (``export.export_model``).
+    sampler: ``ddpm`` (ancestral) or ``ddim``.
+    timestep_respacing: steps kept from the sampling schedule, e.g.
+      ``"1000"``, ``"250"``, ``"ddim32"``; None keeps every step.
+    schedule, num_timesteps: a sampling schedule other than the training
+      one, for continuous-noise models (CDM: trained on 2000 linear steps,
+      sampled with 100 linear steps). None: the training schedule.
+    guidance_weight: classifier-free guidance weight w (1 = conditional).
+    logvar_coeff: DDPM log-variance mixing between beta-tilde_t (0) and
+      beta_t (1); None uses the model's variance type.
+    eta: DDIM stochasticity (0 = deterministic).
+    clip_denoised: clip the predicted x_0 to [-1, 1] (static thresholding).
+    dynamic_threshold_percentile: Imagen's dynamic thresholding instead.
+    aug_level: Gaussian conditioning-augmentation level s in [0, 1] of this
+      (super-resolution) stage's input; 0 for base and blur stages.
+    truncated: truncated augmentation (stop the previous stage at s)
+      rather than non-truncated (corrupt its finished sample to s).
+  """
+  model_dir: str
+  sampler: str = "ddpm"
+  timestep_respacing: Optional[str] = None
+  schedule: Optional[str] = None
+  num_timesteps: Optional[int] = None
+  guidance_weight: float = 1.0
+  logvar_coeff: Optional[float] = None
+  eta: float = 0.0
+  clip_denoised: bool = True
+  dynamic_threshold_percentile: Optional[float] = None
+  aug_level: float = 0.0
+  truncated: bool = False
+
+  def __post_init__(self):
+    if self.sampler not in samplers.SAMPLERS:
+      raise ValueError(f"stage {self.model_dir}: unknown sampler "
+                       f"{self.sampler!r}; expected one of {samplers.SAMPLERS}")
+    if self.sampler == "ddim" and self.logvar_coeff is not None:
+      raise ValueError(f"stage {self.model_dir}: logvar_coeff is a DDPM "
+                       "setting")
+    if self.sampler == "ddpm" and self.eta:
+      raise ValueError(f"stage {self.model_dir}: eta is a DDIM setting")
+    if self.guidance_weight < 0:
+      raise ValueError(f"stage {self.model_dir}: guidance_weight must be >= "
+                       f"0, got {self.guidance_weight}")
+    if not 0.0 <= self.aug_level <= 1.0:
+      raise ValueError(f"stage {self.model_dir}: aug_level must be in "
+                       f"[0, 1], got {self.aug_level}")
+    if self.truncated and not self.aug_level:
+      raise ValueError(f"stage {self.model_dir}: truncated augmentation "
+                       "needs aug_level > 0")
+    if (self.schedule is None) != (self.num_timesteps is None):
+      raise ValueError(f"stage {self.model_dir}: give schedule and "
+                       "num_timesteps together")
+
+  def sampling_diffusion(self, diffusion_config=None):
+    """The process this stage samples with.
+
+    Args:
+      diffusion_config: the model's ``diffusion_config``; None reads it from
+        the export.
+    """
+    config = diffusion_config or export.read_config(self.model_dir)
+    if self.schedule is not None and config["noise_conditioning"] != (
+        "continuous"):
+      raise ValueError(
+          f"stage {self.model_dir}: a sampling schedule other than the "
+          "training one needs a continuous-noise model; respace the training "
+          "schedule instead (timestep_respacing)")
+    return create_diffusion(
+        schedule=self.schedule or config["schedule"],
+        num_timesteps=self.num_timesteps or config["num_timesteps"],
+        timestep_respacing=self.timestep_respacing,
+        model_var_type=config["model_var_type"],
+        noise_conditioning=config["noise_conditioning"])
+
+  def settings(self):
+    """The sampler settings as a JSON-able dict (without the model path)."""
+    values = dataclasses.asdict(self)
+    values.pop("model_dir")
+    return values
+
+
+def configured_stages():
+  """The stages bound to ``Cascade.stages`` in the parsed gin config, built
+  without loading any model (for dry runs and checks)."""
+  return [reference.scoped_configurable_fn()
+          for reference in gin.query_parameter("Cascade.stages")]
+
+
+def estimated_evaluations_per_image(stages):
+  """U-Net evaluations per image from the stages' settings and export
+  configs alone (no weights loaded): steps, doubled for guided stages; an
+  upper bound when a stage is truncated."""
+  return sum(stage.sampling_diffusion().num_timesteps *
+             (2 if stage.guidance_weight != 1.0 else 1) for stage in stages)
+
+
+class _StageSampler:
+  """Samples one loaded stage under a strategy, one compiled step at a time."""
+
+  def __init__(self, stage, index, model, strategy, jit_compile):
+    self.stage = stage
+    self.index = index
+    self.model = model
+    self.strategy = strategy
+    self.diffusion = stage.sampling_diffusion(model.diffusion_config)
+    step = self._replica_step
+    if jit_compile:
+      step = tf.function(step, jit_compile=True)
+    self._prepare = tf.function(
+        lambda inputs: strategy.run(self._replica_prepare, args=(inputs,)))
+    self._step = tf.function(
+        lambda x, i, state: strategy.run(step, args=(x, i, state)))
+
+  @property
+  def resolution(self):
+    return self.model.unet.resolution
+
+  @property
+  def num_steps(self):
+    return self.diffusion.num_timesteps
+
+  @property
+  def network_calls_per_step(self):
+    """U-Net evaluations per example per step (2 with guidance)."""
+    guided = self.model.unet.num_classes and self.stage.guidance_weight != 1.0
+    return 2 if guided else 1
+
+  def sampler_name(self):
+    return f"{self.stage.sampler}-{self.num_steps}"
+
+  def _replica_prepare(self, inputs):
+    seeds = per_example_noise.derive_seeds(
+        inputs["seed"], per_example_noise.STREAM_CASCADE_STAGE, self.index)
+    low_res = inputs.get("low_res")
+    if low_res is not None and not self.stage.truncated:
+      # z_0 of the previous stage, on the 8-bit grid the model trained on.
+      low_res = diffusion_preprocessing.to_float(
+          diffusion_preprocessing.to_uint8(low_res))
+    cond, uncond = self.model.sampling_conditioning(
+        seeds, inputs.get("label"), low_res, self.stage.aug_level,
+        self.stage.truncated)
+    x = samplers.initial_noise(seeds, self.model.sample_shape)
+    return x, {"seed": seeds, "cond": cond, "uncond": uncond}
+
+  def _replica_step(self, x, i, state):
+    model_fn = self.model.guided_model_fn(state["cond"], state["uncond"],
+                                          self.stage.guidance_weight)
+    common = dict(clip_denoised=self.stage.clip_denoised,
+                  dynamic_threshold_percentile=(
+                      self.stage.dynamic_threshold_percentile))
+    if self.stage.sampler == "ddpm":
+      return samplers.ddpm_step(self.diffusion, model_fn, x, i, state["seed"],
+                                logvar_coeff=self.stage.logvar_coeff, **common)
+    return samplers.ddim_step(self.diffusion, model_fn, x, i, state["seed"],
+                              eta=self.stage.eta, **common)
+
+  def run(self, inputs, stop_at=0, progress=None):
+    """Samples from per-replica ``inputs``; returns per-replica images."""
+    x, state = self._prepare(inputs)
+    total = self.num_steps - stop_at
+    for done, i in enumerate(range(self.num_steps - 1, stop_at - 1, -1), 1):
+      x = self._step(x, tf.constant(i, tf.int32), state)
+      if progress is not None:
+        progress(self.index, done, total)
+    return x
+
+
+@gin.configurable(denylist=["strategy", "dtype_policy"])
+class Cascade:
+  """Base and super-resolution stages, loaded and checked to fit together.
+
+  Args:
+    stages: a list of ``Stage``, lowest resolution first.
+    strategy: the ``tf.distribute`` strategy to sample under (default: none).
+    dtype_policy: Keras dtype policy of the U-Nets, e.g. ``mixed_bfloat16``;
+      None keeps each export's own.
+    jit_compile: compile each replica's sampling step with XLA.
+  """
+
+  def __init__(self, stages, strategy=None, dtype_policy=None,
+               jit_compile=False):
+    if not stages:
+      raise ValueError("a cascade needs at least one stage")
+    self.stages = list(stages)
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.dtype_policy = dtype_policy
+    self.jit_compile = bool(jit_compile)
+    self._samplers = []
+    with self.strategy.scope():
+      for index, stage in enumerate(self.stages):
+        model = export.load_model(stage.model_dir, dtype_policy)
+        self._samplers.append(
+            _StageSampler(stage, index, model, self.strategy, jit_compile))
+    self._check()
+    self._stop_at = [self._stop_index(k) for k in range(len(self.stages))]
+
+  def _check(self):
+    first = self._samplers[0].model
+    if first.is_super_resolution:
+      raise ValueError(f"the first stage ({self.stages[0].model_dir}) is a "
+                       "super-resolution model; a cascade starts with a base "
+                       "model")
+    if self.stages[0].aug_level or self.stages[0].truncated:
+      raise ValueError("the base stage has no conditioning input to augment")
+    for prev, cur in zip(self._samplers, self._samplers[1:]):
+      model = cur.model
+      if not model.is_super_resolution:
+        raise ValueError(f"stage {cur.stage.model_dir} is not a "
+                         "super-resolution model")
+      if model.unet.low_res_resolution != prev.resolution:
+        raise ValueError(
+            f"stage {cur.stage.model_dir} upsamples from "
+            f"{model.unet.low_res_resolution}x{model.unet.low_res_resolution}"
+            f" but the stage before it makes {prev.resolution}x"
+            f"{prev.resolution}")
+      if (cur.stage.aug_level or cur.stage.truncated) and (
+          model.conditioning_augmentation != "gaussian"):
+        raise ValueError(
+            f"stage {cur.stage.model_dir} was trained with "
+            f"{model.conditioning_augmentation!r} conditioning augmentation: "
+            "it takes no aug_level at inference")
+    for sampler in self._samplers:
+      if (sampler.stage.logvar_coeff is not None
+          and sampler.model.unet.learn_sigma):
+        raise ValueError(f"stage {sampler.stage.model_dir} learned its "
+                         "variances: logvar_coeff is for fixed-variance models")
+    num_classes = {s.model.unet.num_classes for s in self._samplers}
+    if len(num_classes) != 1:
+      raise ValueError(f"stages disagree on the number of classes: "
+                       f"{sorted(num_classes, key=str)}")
+
+  def _stop_index(self, k):
+    """Where stage k stops: 0, or s of the next stage if it truncates."""
+    if k + 1 >= len(self.stages) or not self.stages[k + 1].truncated:
+      return 0
+    nxt = self._samplers[k + 1]
+    return nxt.model.gaussian_augmentation.truncation_stop_index(
+        self._samplers[k].diffusion, self.stages[k + 1].aug_level)
+
+  # -- description --------------------------------------------------------
+
+  @property
+  def num_classes(self):
+    return self._samplers[0].model.unet.num_classes
+
+  @property
+  def resolutions(self):
+    return [s.resolution for s in self._samplers]
+
+  @property
+  def num_replicas(self):
+    return self.strategy.num_replicas_in_sync
+
+  def network_evaluations_per_example(self):
+    """U-Net evaluations to make one image (steps x guidance branches)."""
+    return sum((s.num_steps - stop) * s.network_calls_per_step
+               for s, stop in zip(self._samplers, self._stop_at))
+
+  def sampler_names(self):
+    return [s.sampler_name() for s in self._samplers]
+
+  def description(self):
+    """Settings and models of every stage, JSON-able."""
+    stages = []
+    for sampler, stop in zip(self._samplers, self._stop_at):
+      stages.append({
+          "model_dir": sampler.stage.model_dir,
+          "resolution": sampler.resolution,
+          "sampling_steps": sampler.num_steps,
+          "stops_at_index": stop,
+          "diffusion": sampler.model.diffusion_config,
+          "conditioning_augmentation": (
+              sampler.model.conditioning_augmentation),
+          **sampler.stage.settings(),
+      })
+    return {"stages": stages, "dtype_policy": self.dtype_policy,
+            "jit_compile": self.jit_compile}
+
+  def config_id(self):
+    """A short id of the settings and of the exported models they use.
+
+    Hashes each stage's sampler settings, its export's ``diffusion.json``
+    and its weights' fingerprint, so retrained weights get a new id.
+    """
+    digest = hashlib.sha256()
+    for sampler in self._samplers:
+      directory = sampler.stage.model_dir
+      digest.update(json.dumps(sampler.stage.settings(),
+                               sort_keys=True).encode())
+      digest.update(json.dumps(export.read_config(directory),
+                               sort_keys=True).encode())
+      digest.update(export.weights_fingerprint(directory).encode())
+    return digest.hexdigest()[:16]
+
+  # -- sampling -----------------------------------------------------------
+
+  def _distribute(self, array):
+    """Splits a global numpy batch evenly over the replicas."""
+    array = np.asarray(array)
+    per_replica = len(array) // self.num_replicas
+
+    def value(context):
+      start = context.replica_id_in_sync_group * per_replica
+      return tf.constant(array[start:start + per_replica])
+
+    return self.strategy.experimental_distribute_values_from_function(value)
+
+  def sample(self, seeds, labels, progress=None):
+    """Runs every stage for a global batch.
+
+    Args:
+      seeds: int64 [B, 2] per-example seeds.
+      labels: int [B] classes.
+      progress: optional ``progress(stage_index, steps_done, steps_total)``.
+
+    Returns:
+      uint8 numpy [B, H, W, 3] images at the last stage's resolution.
+    """
+    seeds = np.asarray(seeds, np.int64)
+    labels = np.asarray(labels, np.int32)
+    if len(seeds) != len(labels):
+      raise ValueError(f"{len(seeds)} seeds for {len(labels)} labels")
+    if len(seeds) % self.num_replicas:
+      raise ValueError(f"the batch ({len(seeds)}) must split evenly over "
+                       f"{self.num_replicas} replicas")
+    if self.num_classes and (labels.min() < 0 or
+                             labels.max() >= self.num_classes):
+      raise ValueError(f"labels must be in 0..{self.num_classes - 1}")
+    inputs = {"seed": self._distribute(seeds),
+              "label": self._distribute(labels)}
+    images = None
+    for sampler, stop in zip(self._samplers, self._stop_at):
+      if images is not None:
+        inputs = dict(inputs, low_res=images)
+      images = sampler.run(inputs, stop_at=stop, progress=progress)
+    parts = self.strategy.experimental_local_results(images)
+    return np.concatenate([
+        diffusion_preprocessing.to_uint8(p).numpy() for p in parts])

@@ -1,0 +1,346 @@
+"""Writes a class-balanced synthetic split with a cascade, surviving restarts.
+
+One call is one worker's share of a ``GenerationPlan``:
+
+1. ``generation-<split>.json`` records what the set is (plan, cascade
+   config id, seed, image settings). A worker restarted, or another worker
+   joining, with different settings stops with an error instead of mixing
+   two sets in one directory.
+2. Temporaries left by a killed run of this worker's shards are removed;
+   shards already complete (renamed to their final name) are skipped.
+3. Each remaining shard is sampled batch by batch and written to a
+   temporary name, renamed when complete. Example (class c, index i) has id
+   c * 2^32 + i and seed (base_seed, id), so whoever generates it, in
+   whatever batch, gets the same pixels.
+4. The worker writes a contact sheet of its samples and a summary JSON;
+   the worker that finds every shard of the plan complete writes the
+   split's manifest (counts from the plan, which the shards hold exactly).
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from cdm_tf import files
+from cdm_tf.data import contact_sheet
+from cdm_tf.data import diffusion_preprocessing
+from cdm_tf.data import mixing
+from cdm_tf.data import schema
+from cdm_tf.data import synthetic_writer
+from cdm_tf.generation import plan as plan_lib
+
+
+class GenerationConflictError(ValueError):
+  """The output directory holds a set made with other settings."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+  """How a set is generated and stored (bound in the generation gin files).
+
+  Attributes:
+    batch_size: global batch of one cascade call (a multiple of the
+      replicas); the last batch of a shard is padded to it.
+    examples_per_shard: shard size, also the unit of restart after a kill.
+    image_format: ``jpeg`` (what ImageNet readers expect) or ``png``.
+    jpeg_quality: JPEG quality 1..100.
+    output_resolution: resize the last stage's images to this side before
+      encoding (anti-aliased); None keeps the cascade's resolution.
+    base_seed: run-wide seed; every example's seed is (base_seed, id).
+    sheet_per_class: images per class on the contact sheet (0: none).
+    progress_every_seconds: how often progress is printed (0: every batch).
+  """
+  batch_size: int = 64
+  examples_per_shard: int = 1024
+  image_format: str = "jpeg"
+  jpeg_quality: int = 95
+  output_resolution: int | None = None
+  base_seed: int = 0
+  sheet_per_class: int = 8
+  progress_every_seconds: float = 30.0
+
+  def __post_init__(self):
+    if self.batch_size <= 0 or self.examples_per_shard <= 0:
+      raise ValueError("batch_size and examples_per_shard must be positive")
+    if self.image_format not in synthetic_writer.IMAGE_FORMATS:
+      raise ValueError(f"image_format must be one of "
+                       f"{synthetic_writer.IMAGE_FORMATS}, got "
+                       f"{self.image_format!r}")
+
+  def stored(self):
+    """The settings that change the files (recorded and compared)."""
+    return {"image_format": self.image_format,
+            "jpeg_quality": self.jpeg_quality,
+            "output_resolution": self.output_resolution,
+            "base_seed": self.base_seed}
+
+
+def record_path(output_dir, split):
+  return os.path.join(output_dir, f"generation-{split}.json")
+
+
+def _check_or_write_record(output_dir, split, record):
+  path = record_path(output_dir, split)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      existing = json.load(f)
+    differing = sorted(k for k in set(existing) | set(record)
+                       if existing.get(k) != record.get(k))
+    if differing:
+      raise GenerationConflictError(
+          f"{output_dir} already holds a {split!r} set generated with other "
+          f"settings ({', '.join(differing)} differ, see {path}); use a new "
+          "output directory or the same settings")
+    return
+  files.atomic_write_json(path, record)
+
+
+class Progress:
+  """Prints images done, images/s and ETA every ``every_seconds``."""
+
+  def __init__(self, total_images, label, every_seconds=30.0,
+               print_fn=print):
+    self.total = total_images
+    self.label = label
+    self.every_seconds = every_seconds
+    self.print_fn = print_fn
+    self.done = 0
+    self.start = time.monotonic()
+    self._last = -float("inf")
+
+  def update(self, images, shard_text, force=False):
+    self.done += images
+    now = time.monotonic()
+    if not force and now - self._last < self.every_seconds:
+      return
+    self._last = now
+    elapsed = now - self.start
+    rate = self.done / elapsed if elapsed > 0 else 0.0
+    eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+    self.print_fn(f"{self.label} {shard_text} | {self.done}/{self.total} "
+                  f"images | {rate:.2f} img/s | ETA {_duration(eta)}")
+
+  @property
+  def images_per_second(self):
+    elapsed = time.monotonic() - self.start
+    return self.done / elapsed if elapsed > 0 else 0.0
+
+
+def _duration(seconds):
+  if seconds == float("inf"):
+    return "?"
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _batches(shard, batch_size):
+  for start in range(0, len(shard), batch_size):
+    yield (shard.labels[start:start + batch_size],
+           shard.class_indices[start:start + batch_size])
+
+
+def _pad(array, size):
+  """Repeats the last row up to ``size`` rows (keeps compiled shapes)."""
+  if len(array) == size:
+    return array
+  return np.concatenate([array, np.repeat(array[-1:], size - len(array), 0)])
+
+
+def _write_shard(path, shard, cascade, classes, provenance_base, settings,
+                 batch_size, progress, shard_text):
+  with synthetic_writer.ShardWriter(path, len(classes)) as writer:
+    for labels, indices in _batches(shard, batch_size):
+      count = len(labels)
+      ids = plan_lib.example_id(labels, indices)
+      seeds = np.stack([np.full_like(ids, settings.base_seed), ids], axis=1)
+      images = cascade.sample(_pad(seeds, batch_size),
+                              _pad(labels, batch_size))[:count]
+      if settings.output_resolution:
+        images = diffusion_preprocessing.resize_square(
+            images, settings.output_resolution).numpy().astype(np.uint8)
+      for image, label, index, seed in zip(images, labels, indices, seeds):
+        provenance = dataclasses.replace(
+            provenance_base,
+            example_id=plan_lib.example_id_string(label, index),
+            class_index=int(index), seed=(int(seed[0]), int(seed[1])))
+        writer.write(synthetic_writer.encode_example(
+            image, int(label), classes, image_format=settings.image_format,
+            jpeg_quality=settings.jpeg_quality, provenance=provenance),
+                     int(label))
+      progress.update(count, shard_text)
+  return writer.info
+
+
+def read_examples_per_class(paths, per_class, num_classes):
+  """Up to ``per_class`` decoded images of each class from shards, in order.
+
+  Stops reading once every class has enough (the plan's ordering puts all
+  classes in the first shards).
+  """
+  rows = [[] for _ in range(num_classes)]
+  wanted = per_class * num_classes
+  found = 0
+  for element in mixing.read_synthetic(paths, num_parallel_calls=1):
+    label = int(element[schema.LABEL])
+    if len(rows[label]) < per_class:
+      rows[label].append(element[schema.IMAGE].numpy())
+      found += 1
+      if found == wanted:
+        break
+  return rows
+
+
+def generate(output_dir, cascade, plan, classes,
+             settings=GenerationSettings(), num_workers=1, worker_index=0,
+             print_fn=print):
+  """Generates this worker's shards of ``plan`` into ``output_dir``.
+
+  Args:
+    output_dir: where shards, manifest, contact sheet and summary go.
+    cascade: a loaded ``cascade.Cascade``.
+    plan: the ``GenerationPlan``.
+    classes: the class table (``class_names``), one entry per plan class.
+    settings: ``GenerationSettings``.
+    num_workers, worker_index: this worker's share (shard s is worker
+      ``s % num_workers``'s).
+    print_fn: where progress lines go.
+
+  Returns:
+    The summary dict (also written as JSON).
+  """
+  if len(classes) != plan.num_classes:
+    raise ValueError(f"the plan has {plan.num_classes} classes but the class "
+                     f"table {len(classes)}")
+  if cascade.num_classes and cascade.num_classes != plan.num_classes:
+    raise ValueError(f"the cascade knows {cascade.num_classes} classes but "
+                     f"the plan has {plan.num_classes}")
+  batch_size = settings.batch_size
+  if batch_size % cascade.num_replicas:
+    raise ValueError(f"batch_size {batch_size} must be a multiple of the "
+                     f"{cascade.num_replicas} replicas")
+  started = time.time()
+  tf.io.gfile.makedirs(output_dir)
+  config_id = cascade.config_id()
+  _check_or_write_record(output_dir, plan.split, {
+      "plan": plan.to_json(), "generator_config_id": config_id,
+      "settings": settings.stored(),
+      "classes": [c.synset for c in classes]})
+
+  mine = plan.worker_shards(num_workers, worker_index)
+  shards = [plan.shard(s) for s in mine]
+  removed = synthetic_writer.remove_stale_temporaries(
+      output_dir, shard_names=[s.file_name for s in shards])
+  for path in removed:
+    print_fn(f"removed the incomplete shard "
+             f"{synthetic_writer.temporary_shard_target(path)} "
+             f"({os.path.basename(path)}); it is written again")
+  pending = [s for s in shards if not tf.io.gfile.exists(
+      os.path.join(output_dir, s.file_name))]
+  label = f"[worker {worker_index}/{num_workers}]"
+  print_fn(f"{label} {len(shards)} shards ({sum(map(len, shards))} images); "
+           f"{len(shards) - len(pending)} already complete, {len(pending)} to "
+           f"write")
+
+  provenance_base = synthetic_writer.Provenance(
+      generator_config_id=config_id, example_id="-", class_index=0,
+      seed=(0, 0), stage_resolutions=tuple(cascade.resolutions),
+      guidance=tuple(float(s.guidance_weight) for s in cascade.stages),
+      sampler=tuple(cascade.sampler_names()),
+      logvar_coeff=tuple(float(s.logvar_coeff or 0.0)
+                         for s in cascade.stages),
+      noise_augmentation=tuple(float(s.aug_level)
+                               for s in cascade.stages[1:]))
+  progress = Progress(sum(map(len, pending)), label,
+                      settings.progress_every_seconds, print_fn)
+  for number, shard in enumerate(pending, 1):
+    _write_shard(os.path.join(output_dir, shard.file_name), shard, cascade,
+                 classes, provenance_base, settings, batch_size, progress,
+                 f"shard {number}/{len(pending)} ({shard.file_name})")
+  if pending:
+    progress.update(0, "done", force=True)
+
+  suffix = f"worker-{worker_index:05d}-of-{num_workers:05d}"
+  own_paths = [os.path.join(output_dir, s.file_name) for s in shards]
+  if settings.sheet_per_class and shards:
+    rows = read_examples_per_class(own_paths, settings.sheet_per_class,
+                                   plan.num_classes)
+    side = max(cascade.resolutions[-1], 32)
+    contact_sheet.write_png(
+        os.path.join(output_dir, f"contact_sheet.{suffix}.png"),
+        contact_sheet.grid(rows, cell_size=min(side, 128)))
+
+  complete = [plan.shard(s) for s in range(plan.num_shards)
+              if tf.io.gfile.exists(os.path.join(
+                  output_dir, plan.shard(s).file_name))]
+  manifest = None
+  if len(complete) == plan.num_shards:
+    manifest = synthetic_writer.write_manifest(
+        output_dir, plan.split, [s.info(plan.num_classes) for s in complete],
+        plan.num_classes, settings.image_format,
+        settings={"generator_config_id": config_id,
+                  "cascade": cascade.description(),
+                  "output": settings.stored()})
+    print_fn(f"all {plan.num_shards} shards complete: wrote "
+             f"{synthetic_writer.manifest_path(output_dir, plan.split)}")
+
+  summary = {
+      "worker_index": worker_index, "num_workers": num_workers,
+      "split": plan.split, "generator_config_id": config_id,
+      "shards": [s.file_name for s in shards],
+      "shards_written_now": [s.file_name for s in pending],
+      "images_written_now": progress.done,
+      "images_per_second": progress.images_per_second,
+      "network_evaluations_per_image": (
+          cascade.network_evaluations_per_example()),
+      "class_counts": np.sum([np.bincount(s.labels,
+                                          minlength=plan.num_classes)
+                              for s in shards], axis=0).tolist(),
+      "wall_time_seconds": time.time() - started,
+      "num_replicas": cascade.num_replicas, "batch_size": batch_size,
+      "cascade": cascade.description(),
+      "settings": dataclasses.asdict(settings),
+      "split_complete": manifest is not None,
+  }
+  files.atomic_write_json(os.path.join(output_dir, f"summary.{suffix}.json"),
+                          summary)
+  return summary
+
+
+def describe_plan(plan, cascade_evaluations_per_image=None, num_workers=1,
+                  worker_index=0, max_classes=10):
+  """The ``--dry_run`` text: shards, per-class counts, model evaluations."""
+  mine = plan.worker_shards(num_workers, worker_index)
+  mine_images = sum(len(plan.shard(s)) for s in mine)
+  counts = plan.class_counts
+  lines = [
+      f"split {plan.split!r}: {plan.num_examples} images of "
+      f"{plan.num_classes} classes in {plan.num_shards} shards of up to "
+      f"{plan.examples_per_shard}",
+      f"per class: min {counts.min()}, max {counts.max()}, mean "
+      f"{counts.mean():.1f}",
+  ]
+  shown = ", ".join(f"{c}: {n}" for c, n in enumerate(counts[:max_classes]))
+  more = " ..." if len(counts) > max_classes else ""
+  lines.append(f"counts by class: {shown}{more}")
+  lines.append(f"worker {worker_index} of {num_workers}: {len(mine)} shards, "
+               f"{mine_images} images (shards {_ranges(mine)})")
+  if cascade_evaluations_per_image is not None:
+    lines.append(
+        f"network evaluations: {cascade_evaluations_per_image} per image, "
+        f"{cascade_evaluations_per_image * mine_images:,} for this worker, "
+        f"{cascade_evaluations_per_image * plan.num_examples:,} in total")
+  return "\n".join(lines)
+
+
+def _ranges(indices, limit=8):
+  text = ", ".join(str(i) for i in indices[:limit])
+  return text + (f", ... ({len(indices)} in all)" if len(indices) > limit
+                 else "")
