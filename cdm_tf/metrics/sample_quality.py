@@ -1,0 +1,93 @@
+"""All sample-quality metrics of a generated set in one pass over its images.
+
+``evaluate`` extracts the features of the first max(N) generated images
+once, then reports, each labelled with its feature network:
+
+* FID@N against every reference split's statistics, for each N
+  (CDM: N = 10K and 50K, against train and validation);
+* KID and precision/recall against every reference that kept real
+  features (``fid.reference_statistics(..., keep_features=M)``), on all
+  extracted generated images;
+* the Inception Score, from the extractor's logits if it has them, else
+  from ``classifier``'s (a second pass over the images).
+
+Typical use on ImageNet samples at 64x64::
+
+  inception = fid_inception.FidInception()
+  references = {split: fid.reference_statistics(
+      data_dir, inception, split=split, resolution=64, keep_features=10_000)
+      for split in ("train", "validation")}
+  generated = mixing.read_synthetic(manifest.shard_paths(sample_dir))
+  result = sample_quality.evaluate(generated, inception, references)
+  print(result.format_table())
+"""
+
+from cdm_tf.metrics import features as features_lib
+from cdm_tf.metrics import fid
+from cdm_tf.metrics import inception_score
+from cdm_tf.metrics import kid
+from cdm_tf.metrics import precision_recall
+from cdm_tf.metrics import report
+
+
+def evaluate(generated,
+             extractor,
+             references,
+             *,
+             sample_counts=fid.SAMPLE_COUNTS,
+             classifier=None,
+             batch_size=None,
+             kid_subsets=kid.NUM_SUBSETS,
+             kid_subset_size=kid.SUBSET_SIZE,
+             neighbourhood=precision_recall.NEIGHBOURHOOD,
+             seed=0):
+  """Sample-quality metrics of generated images.
+
+  Args:
+    generated: unbatched dataset of reader elements or uint8 images (e.g.
+      ``mixing.read_synthetic``), or their ``features.ExtractedFeatures``.
+    extractor: the ``features.FeatureExtractor`` of FID, KID and
+      precision/recall.
+    references: {split name: ``fid.ReferenceStatistics``} of ``extractor``.
+    sample_counts: the N's of FID@N; the first max(N) images are used.
+    classifier: optional ``features.FeatureExtractor`` with logits for the
+      Inception Score, when ``extractor`` has none.
+    batch_size: images per network call.
+    kid_subsets, kid_subset_size: KID's subset sampling.
+    neighbourhood: k of precision/recall.
+    seed: KID's subset sampling seed.
+
+  Returns:
+    ``report.MetricsReport``.
+  """
+  count = max(sample_counts)
+  if isinstance(generated, features_lib.ExtractedFeatures):
+    extracted = generated.first(count)
+  else:
+    extracted = features_lib.extract(generated, extractor, num_examples=count,
+                                     batch_size=batch_size)
+  result = report.MetricsReport()
+  result.extend(fid.fid_at(
+      extracted, {name: r.statistics for name, r in references.items()},
+      sample_counts))
+  for name, reference in references.items():
+    if reference.features is None:
+      continue
+    result.add(kid.kid(reference.features, extracted.features,
+                       extracted.network, name, num_subsets=kid_subsets,
+                       subset_size=kid_subset_size, seed=seed))
+    result.extend(precision_recall.precision_recall(
+        reference.features, extracted.features, extracted.network, name,
+        k=neighbourhood))
+  if extracted.logits is not None:
+    result.add(inception_score.inception_score(extracted.logits,
+                                               extracted.network))
+  elif classifier is not None:
+    if isinstance(generated, features_lib.ExtractedFeatures):
+      raise ValueError("the Inception Score with a separate classifier needs "
+                       "the generated images, not their features")
+    scored = features_lib.extract(generated, classifier, num_examples=count,
+                                  batch_size=batch_size)
+    result.add(inception_score.inception_score(scored.logits,
+                                               scored.network))
+  return result

@@ -1,0 +1,194 @@
+"""Trains an ImageNet classifier on real, synthetic or real + synthetic data,
+or computes the Classification Accuracy Score (CAS) of a synthetic set.
+
+  # the embedded data, CPU (a few minutes)
+  python tools/train_classifier.py \
+      --gin_file=gin/classifiers/fashion_mnist/resnet_tiny.gin \
+      --real_data_dir=data/fashion_mnist --model_dir=runs/classifier
+
+  # ResNet-50 on ImageNet + 2x synthetic, TPU
+  python tools/train_classifier.py --gin_file=gin/classifiers/resnet50.gin \
+      --real_data_dir=gs://bucket/imagenet --synthetic_dir=gs://bucket/syn \
+      --data=real+synthetic --synthetic_multiplier=2 \
+      --model_dir=gs://bucket/runs/r50_2x --strategy=tpu --tpu=my-tpu \
+      --mixed_precision=bfloat16
+
+  # CAS of a generated set (gin/classifiers/resnet50_cas.gin by default)
+  python tools/train_classifier.py --cas --real_data_dir=gs://bucket/imagenet \
+      --synthetic_dir=gs://bucket/syn --model_dir=gs://bucket/runs/cas
+
+The model and recipe come from a gin/classifiers config (one column of
+Tables A.1 / A.2); --global_batch_size below the recipe's batch scales the
+learning rate linearly. Resumes from the latest checkpoint in --model_dir.
+Writes <model_dir>/eval/ (eval.json, per_class_accuracy.csv and .png, the
+plot against --compare_with, a real-data model's per-class CSV, when given)
+and, with --cas, <model_dir>/cas_report.json.
+
+Exit status: 0 done (or stopped by SIGTERM with a checkpoint), 2 bad flags or
+configuration, 3 non-finite loss.
+"""
+
+import functools
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+import tensorflow as tf
+
+from cdm_tf import configuration
+from cdm_tf.classifiers import cas
+from cdm_tf.classifiers import evaluation
+from cdm_tf.classifiers import input_pipeline
+from cdm_tf.classifiers import models
+from cdm_tf.classifiers import recipes
+from cdm_tf.classifiers import trainer
+from cdm_tf.training import strategies
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAS_GIN_FILE = os.path.join(ROOT, "gin", "classifiers", "resnet50_cas.gin")
+EXIT_BAD_CONFIG = 2
+EXIT_NON_FINITE_LOSS = 3
+
+flags.DEFINE_multi_string("gin_file", [], "Gin config files (a "
+                          "gin/classifiers config; with --cas the default is "
+                          "resnet50_cas.gin).")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
+flags.DEFINE_string("model_dir", None, "Checkpoints, summaries and "
+                    "evaluation results go here.")
+flags.DEFINE_string("real_data_dir", None, "Real TFRecords (TPU or TFDS "
+                    "format) with train and validation splits; evaluation is "
+                    "always on its validation split.")
+flags.DEFINE_string("synthetic_dir", None, "A generated set (shards and "
+                    "manifest), e.g. written by tools/generate.py.")
+flags.DEFINE_string("synthetic_split", input_pipeline.TRAIN_SPLIT,
+                    "Split name of the synthetic shards.")
+flags.DEFINE_float("synthetic_multiplier", None, "Take K x the real count of "
+                   "every class from the synthetic set (class-balanced); "
+                   "unset: the whole synthetic set.")
+flags.DEFINE_enum("data", None, list(input_pipeline.DATA_CHOICES),
+                  "Training data; default real, or synthetic with --cas.")
+flags.DEFINE_integer("global_batch_size", None, "Global batch; default the "
+                     "recipe's. The learning rate scales linearly with it.")
+flags.DEFINE_bool("cas", False, "Classification Accuracy Score: train the "
+                  "CAS recipe on synthetic data only, one crop per image, "
+                  "and report top-1/top-5 on the real validation split.")
+flags.DEFINE_string("compare_with", None, "Per-class accuracy CSV of a "
+                    "real-data model (its eval/per_class_accuracy.csv) to "
+                    "plot this model against.")
+flags.DEFINE_enum("strategy", "default", strategies.STRATEGIES,
+                  "tf.distribute strategy.")
+flags.DEFINE_string("tpu", None, "TPU name or address (with --strategy=tpu).")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
+                  "bfloat16 on TPU and bf16-capable CPUs; float16 (with loss "
+                  "scaling) on GPUs.")
+flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical "
+                     "devices before starting (0: leave it whole).")
+flags.mark_flag_as_required("model_dir")
+flags.register_validator("synthetic_multiplier",
+                         lambda value: value is None or value > 0,
+                         "--synthetic_multiplier must be positive")
+flags.register_validator("global_batch_size",
+                         lambda value: value is None or value > 0,
+                         "--global_batch_size must be positive")
+flags.register_validator("cpu_replicas", lambda value: value >= 0,
+                         "--cpu_replicas must be >= 0")
+FLAGS = flags.FLAGS
+
+
+def _exit(message, status=EXIT_BAD_CONFIG):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _parse_flags_or_exit(argv):
+  """absl's parser, but a bad flag exits with status 2 like a bad config."""
+  try:
+    remaining = FLAGS(argv)
+  except flags.Error as e:
+    _exit(f"{e} (see --helpfull)")
+  if len(remaining) > 1:
+    _exit(f"unexpected arguments {remaining[1:]}")
+  return remaining
+
+
+def _check_flags():
+  """Cross-flag checks, before TensorFlow does any work."""
+  data = FLAGS.data or (input_pipeline.DATA_SYNTHETIC if FLAGS.cas
+                        else input_pipeline.DATA_REAL)
+  if FLAGS.cas and data != input_pipeline.DATA_SYNTHETIC:
+    _exit(f"--cas trains on synthetic data only, not --data={data}")
+  training_data = input_pipeline.TrainingData(
+      data=data, real_data_dir=FLAGS.real_data_dir,
+      synthetic_dir=FLAGS.synthetic_dir,
+      synthetic_multiplier=FLAGS.synthetic_multiplier,
+      synthetic_split=FLAGS.synthetic_split)
+  try:
+    training_data.validate()
+  except configuration.ConfigError as e:
+    _exit(e)
+  if FLAGS.compare_with:
+    try:
+      evaluation.read_per_class_csv(FLAGS.compare_with)
+    except (ValueError, OSError, tf.errors.OpError) as e:
+      _exit(f"--compare_with {FLAGS.compare_with}: {e}")
+  gin_files = FLAGS.gin_file or ([CAS_GIN_FILE] if FLAGS.cas else [])
+  if not gin_files:
+    _exit("give --gin_file, a gin/classifiers config (model and recipe)")
+  return training_data, gin_files
+
+
+def _configured():
+  """The recipe, model factory and optimizer factory the gin files bind."""
+  try:
+    recipe = gin.get_configurable(recipes.ClassifierRecipe)()
+    model_factory = gin.get_configurable(models.create_classifier)
+  except (ValueError, TypeError) as e:
+    _exit("the gin configuration must bind recipes.ClassifierRecipe and "
+          f"models.create_classifier (a gin/classifiers config): {e}")
+  try:
+    optimizer_factory = gin.get_configurable(recipes.create_optimizer)
+  except ValueError:  # Not mentioned by the config: the plain function.
+    optimizer_factory = recipes.create_optimizer
+  return recipe, model_factory, optimizer_factory
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  training_data, gin_files = _check_flags()
+  if FLAGS.cpu_replicas:
+    strategies.split_cpu(FLAGS.cpu_replicas)
+  configuration.parse_gin_or_exit(gin_files, FLAGS.gin_bindings)
+  recipe, model_factory, optimizer_factory = _configured()
+  strategies.set_mixed_precision(FLAGS.mixed_precision)
+  strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
+  print(f"strategy {type(strategy).__name__} with "
+        f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
+  print_fn = functools.partial(print, flush=True)
+  try:
+    if FLAGS.cas:
+      cas.classification_accuracy_score(
+          FLAGS.model_dir, strategy, training_data.real_data_dir,
+          training_data.synthetic_dir, recipe, model_factory,
+          synthetic_multiplier=training_data.synthetic_multiplier,
+          synthetic_split=training_data.synthetic_split,
+          global_batch_size=FLAGS.global_batch_size,
+          compare_with=FLAGS.compare_with,
+          optimizer_factory=optimizer_factory, print_fn=print_fn)
+    else:
+      training_set = input_pipeline.resolve_training_set(training_data)
+      trainer.train_classifier(FLAGS.model_dir, strategy, training_set, recipe,
+                    model_factory, optimizer_factory=optimizer_factory,
+                    global_batch_size=FLAGS.global_batch_size,
+                    compare_with=FLAGS.compare_with, print_fn=print_fn)
+  except configuration.ConfigError as e:
+    _exit(e)
+  except trainer.NonFiniteLossError as e:
+    _exit(e, EXIT_NON_FINITE_LOSS)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags_or_exit)
