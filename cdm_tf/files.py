@@ -25,3 +25,18 @@ def atomic_write_bytes(path, data):
 def atomic_write_json(path, obj):
   atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True)
                             + "\n").encode("utf-8"))
+
+
+def json_differences(path, record, ignore=()):
+  """Top-level keys whose values differ between ``record`` and the JSON
+  object stored at ``path`` (sorted), or None if there is no such file.
+
+  For jobs that record their settings in their output directory and must
+  refuse to continue one made with other settings.
+  """
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    existing = json.load(f)
+  keys = (set(existing) | set(record)) - set(ignore)
+  return sorted(k for k in keys if existing.get(k) != record.get(k))

@@ -48,17 +48,9 @@ flags.DEFINE_integer("per_class", None, "Images of each of --classes.")
 flags.DEFINE_integer("num_workers", 1, "Workers sharing the plan.")
 flags.DEFINE_integer("worker_index", 0, "This worker, 0..num_workers-1.")
 flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
-flags.DEFINE_enum("strategy", "default", strategies.STRATEGIES,
-                  "tf.distribute strategy.")
-flags.DEFINE_string("tpu", None, "TPU name or address (with --strategy=tpu).")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
-                  "Run the U-Nets in this precision.")
-flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical "
-                     "devices before starting (0: leave it whole).")
+strategies.define_flags()
 FLAGS = flags.FLAGS
 
-_POLICIES = {"none": None, "bfloat16": "mixed_bfloat16",
-             "float16": "mixed_float16"}
 
 
 def _class_counts(classes):
@@ -103,7 +95,8 @@ def main(argv):
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
   try:
     cascade = cascade_lib.Cascade(
-        strategy=strategy, dtype_policy=_POLICIES[FLAGS.mixed_precision])
+        strategy=strategy,
+        dtype_policy=strategies.dtype_policy(FLAGS.mixed_precision))
     print(f"cascade {cascade.resolutions} on {cascade.num_replicas} "
           f"replica(s), {cascade.network_evaluations_per_example()} network "
           "evaluations per image", flush=True)

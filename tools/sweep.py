@@ -89,18 +89,10 @@ flags.DEFINE_bool("cas", False, "Also compute each point's Classification "
 flags.DEFINE_bool("dry_run", False, "Print the points and their cost, exit.")
 flags.DEFINE_bool("plots_only", False, "Rewrite the CSV and plots of the "
                   "finished points; generate nothing.")
-flags.DEFINE_enum("strategy", "default", strategies.STRATEGIES,
-                  "tf.distribute strategy.")
-flags.DEFINE_string("tpu", None, "TPU name or address (with --strategy=tpu).")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
-                  "Run the U-Nets in this precision.")
-flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical "
-                     "devices before starting (0: leave it whole).")
+strategies.define_flags()
 flags.mark_flags_as_required(["output_dir", "real_data_dir"])
 FLAGS = flags.FLAGS
 
-_POLICIES = {"none": None, "bfloat16": "mixed_bfloat16",
-             "float16": "mixed_float16"}
 
 
 def _exit(message, status=EXIT_BAD_CONFIG):
@@ -224,8 +216,9 @@ def main(argv):
       _exit(e)
 
   def make_cascade(point_stages):
-    return cascade_lib.Cascade(stages=point_stages, strategy=strategy,
-                               dtype_policy=_POLICIES[FLAGS.mixed_precision])
+    return cascade_lib.Cascade(
+        stages=point_stages, strategy=strategy,
+        dtype_policy=strategies.dtype_policy(FLAGS.mixed_precision))
 
   try:
     sweep.run(FLAGS.output_dir, stages, make_cascade, classes, extractor,

@@ -3,7 +3,9 @@
   python tools/train.py --gin_file=gin/models/fashion_mnist_16_base.gin \
       --model_dir=runs/base16
 
-Resumes from the latest checkpoint in --model_dir. On TPU:
+Resumes from the latest checkpoint in --model_dir. A fine-tuning config
+(trainer.train.init_from, e.g. gin/models/fashion_mnist_16_text_finetune.gin)
+starts a new --model_dir from another run's export or checkpoint. On TPU:
 --strategy=tpu --tpu=<name> --mixed_precision=bfloat16; on GPUs:
 --strategy=mirrored --mixed_precision=float16. --cpu_replicas=N splits the
 CPU into N logical devices (to run the distributed path without
@@ -24,14 +26,7 @@ flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
 flags.DEFINE_string("model_dir", None, "Checkpoints, summaries, samples and "
                     "the export go here.", required=True)
-flags.DEFINE_enum("strategy", "default", strategies.STRATEGIES,
-                  "tf.distribute strategy.")
-flags.DEFINE_string("tpu", None, "TPU name or address (with --strategy=tpu).")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
-                  "bfloat16 on TPU and bf16-capable CPUs; float16 (with loss "
-                  "scaling) on GPUs.")
-flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical "
-                     "devices before starting (0: leave it whole).")
+strategies.define_flags()
 FLAGS = flags.FLAGS
 
 

@@ -78,14 +78,7 @@ flags.DEFINE_bool("cas", False, "Classification Accuracy Score: train the "
 flags.DEFINE_string("compare_with", None, "Per-class accuracy CSV of a "
                     "real-data model (its eval/per_class_accuracy.csv) to "
                     "plot this model against.")
-flags.DEFINE_enum("strategy", "default", strategies.STRATEGIES,
-                  "tf.distribute strategy.")
-flags.DEFINE_string("tpu", None, "TPU name or address (with --strategy=tpu).")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
-                  "bfloat16 on TPU and bf16-capable CPUs; float16 (with loss "
-                  "scaling) on GPUs.")
-flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical "
-                     "devices before starting (0: leave it whole).")
+strategies.define_flags()
 flags.mark_flag_as_required("model_dir")
 flags.register_validator("synthetic_multiplier",
                          lambda value: value is None or value > 0,
@@ -93,8 +86,6 @@ flags.register_validator("synthetic_multiplier",
 flags.register_validator("global_batch_size",
                          lambda value: value is None or value > 0,
                          "--global_batch_size must be positive")
-flags.register_validator("cpu_replicas", lambda value: value >= 0,
-                         "--cpu_replicas must be >= 0")
 FLAGS = flags.FLAGS
 
 

@@ -441,18 +441,13 @@ def read_csv(path):
 
 def _check_or_write_record(output_dir, record):
   path = os.path.join(output_dir, RECORD_FILE)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      existing = json.load(f)
-    compared = set(existing) | set(record)
-    compared.discard("grid")  # a grid may grow; its points keep their names
-    differing = sorted(k for k in compared
-                       if existing.get(k) != record.get(k))
-    if differing:
-      raise SweepConflictError(
-          f"{output_dir} holds a sweep made with other settings "
-          f"({', '.join(differing)} differ, see {path}); use a new output "
-          "directory or the same settings")
+  # A grid may grow; its points keep their names.
+  differing = files.json_differences(path, record, ignore=("grid",))
+  if differing:
+    raise SweepConflictError(
+        f"{output_dir} holds a sweep made with other settings "
+        f"({', '.join(differing)} differ, see {path}); use a new output "
+        "directory or the same settings")
   files.atomic_write_json(path, record)
 
 

@@ -18,7 +18,6 @@ One call is one worker's share of a ``GenerationPlan``:
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -87,18 +86,14 @@ def record_path(output_dir, split):
 
 def _check_or_write_record(output_dir, split, record):
   path = record_path(output_dir, split)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      existing = json.load(f)
-    differing = sorted(k for k in set(existing) | set(record)
-                       if existing.get(k) != record.get(k))
-    if differing:
-      raise GenerationConflictError(
-          f"{output_dir} already holds a {split!r} set generated with other "
-          f"settings ({', '.join(differing)} differ, see {path}); use a new "
-          "output directory or the same settings")
-    return
-  files.atomic_write_json(path, record)
+  differing = files.json_differences(path, record)
+  if differing:
+    raise GenerationConflictError(
+        f"{output_dir} already holds a {split!r} set generated with other "
+        f"settings ({', '.join(differing)} differ, see {path}); use a new "
+        "output directory or the same settings")
+  if differing is None:
+    files.atomic_write_json(path, record)
 
 
 class Progress:

@@ -1,11 +1,38 @@
 """Choosing a tf.distribute strategy and a mixed-precision policy."""
 
+from absl import flags
 from absl import logging
 import keras
 import tensorflow as tf
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored",
               "tpu")
+_POLICIES = {"none": None, "bfloat16": "mixed_bfloat16",
+             "float16": "mixed_float16"}
+MIXED_PRECISION_MODES = tuple(_POLICIES)
+
+
+def define_flags():
+  """The flags every binary that runs models shares: --strategy, --tpu,
+  --mixed_precision and --cpu_replicas (call at module level)."""
+  flags.DEFINE_enum("strategy", "default", STRATEGIES,
+                    "tf.distribute strategy.")
+  flags.DEFINE_string("tpu", None,
+                      "TPU name or address (with --strategy=tpu).")
+  flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION_MODES,
+                    "bfloat16 on TPU and bf16-capable CPUs; float16 (with "
+                    "loss scaling when training) on GPUs.")
+  flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many "
+                       "logical devices before starting (0: leave it whole).",
+                       lower_bound=0)
+
+
+def dtype_policy(mode):
+  """The Keras dtype policy of a --mixed_precision mode; None for "none"."""
+  if mode not in _POLICIES:
+    raise ValueError(f"unknown mixed precision {mode!r}; expected one of "
+                     f"{MIXED_PRECISION_MODES}")
+  return _POLICIES[mode]
 
 
 def create_strategy(name="default", tpu=None):
@@ -48,11 +75,7 @@ def split_cpu(num_devices):
 def set_mixed_precision(mode):
   """``none``, ``bfloat16`` (TPU, and CPUs with bf16 units) or ``float16``
   (GPUs; needs loss scaling, see ``optimizers.create_optimizer``)."""
-  policies = {"none": "float32", "bfloat16": "mixed_bfloat16",
-              "float16": "mixed_float16"}
-  if mode not in policies:
-    raise ValueError(f"unknown mixed precision {mode!r}; expected one of "
-                     f"{sorted(policies)}")
-  keras.mixed_precision.set_global_policy(policies[mode])
-  logging.info("mixed precision policy: %s", policies[mode])
-  return policies[mode]
+  policy = dtype_policy(mode) or "float32"
+  keras.mixed_precision.set_global_policy(policy)
+  logging.info("mixed precision policy: %s", policy)
+  return policy
