@@ -125,6 +125,14 @@ def test_scaled_down_config_trains_one_step(path):
   if unet.low_res_resolution:
     batch["low_res"] = tf.image.resize(
         batch["x_start"], (unet.low_res_resolution,) * 2)
+  if unet.text_embed_dim:
+    # Stand-ins for the frozen encoder's output (tests/test_text_finetune.py
+    # trains with the real one).
+    batch["text_pooled"] = tf.constant(
+        rng.normal(size=(2, unet.text_embed_dim)), tf.float32)
+    batch["text_tokens"] = tf.constant(
+        rng.normal(size=(2, 4, unet.text_embed_dim)), tf.float32)
+    batch["text_mask"] = tf.constant([[True] * 4, [True, True, False, False]])
   metrics = tf.function(model.train_step)(batch)
   assert np.isfinite(float(metrics["loss"]))
   assert float(metrics["grad_norm"]) > 0

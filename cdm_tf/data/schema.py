@@ -10,6 +10,11 @@ Two formats of real ImageNet exist in the wild:
   0..num_classes-1, plus ``file_name``.
 
 Inside the package a label is always 0-based.
+
+Captioned image-text data (pretraining a text-to-image stage) uses the TPU
+schema plus one feature, ``image/caption`` (UTF-8 bytes, the prompt of the
+image); the class label is optional there. Readers of labelled ImageNet
+ignore the extra feature.
 """
 
 FORMAT_TPU = "tpu"
@@ -28,6 +33,8 @@ TPU_COLORSPACE = "image/colorspace"
 TPU_FORMAT = "image/format"
 TPU_FILENAME = "image/filename"
 TPU_LABEL_OFFSET = 1
+# Ours, for image-text pairs: one UTF-8 caption per image.
+TPU_CAPTION = "image/caption"
 
 # TFDS imagenet2012.
 TFDS_IMAGE = "image"
@@ -50,3 +57,4 @@ NOISE_AUGMENTATION = "cdm/noise_augmentation"  # float list, per SR stage
 IMAGE = "image"  # uint8 [H, W, 3]
 LABEL = "label"  # int32, 0-based
 SOURCE = "source"  # string: the TFRecord file the example came from
+CAPTION = "caption"  # string: the image's caption (captioned data only)

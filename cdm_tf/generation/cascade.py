@@ -21,6 +21,15 @@ Sampling runs under a ``tf.distribute`` strategy: the global batch is split
 evenly over the replicas, each step is one compiled ``strategy.run`` (XLA
 with ``jit_compile``), and intermediate images stay on their replica from
 stage to stage.
+
+Text-conditioned stages (Azizi et al.: Imagen fine-tuned with each class's
+name as its prompt) are sampled by class too: a label becomes its class
+prompt. The class prompts are the ones the fine-tuned stages recorded in
+their exports (or ``class_prompts``); they are encoded once by the frozen
+text encoder (``text.factory.create_encoder``, which must be the encoder
+the stages were trained with) and every stage gathers its labels' rows. A
+text stage that records no prompts (a frozen, not fine-tuned stage, such as
+Azizi et al.'s 256->1024 model) takes the cascade's.
 """
 
 import dataclasses
@@ -37,6 +46,8 @@ from cdm_tf.diffusion import create_diffusion
 from cdm_tf.diffusion import per_example_noise
 from cdm_tf.diffusion import samplers
 from cdm_tf.models import export
+from cdm_tf.text import embedding_cache
+from cdm_tf.text import factory as text_factory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +179,7 @@ class _StageSampler:
   @property
   def network_calls_per_step(self):
     """U-Net evaluations per example per step (2 with guidance)."""
-    guided = self.model.unet.num_classes and self.stage.guidance_weight != 1.0
+    guided = self.model.is_conditional and self.stage.guidance_weight != 1.0
     return 2 if guided else 1
 
   def sampler_name(self):
@@ -221,10 +232,18 @@ class Cascade:
     dtype_policy: Keras dtype policy of the U-Nets, e.g. ``mixed_bfloat16``;
       None keeps each export's own.
     jit_compile: compile each replica's sampling step with XLA.
+    text_encoder: the frozen ``TextEncoder`` of text-conditioned stages;
+      None builds ``text.factory.create_encoder()`` (gin) when needed, with
+      the max_length the stages recorded.
+    class_prompts: prompts of the classes in label order, for text stages;
+      None: the prompts the fine-tuned stages recorded.
+    prompt_cache_dir: cache the encoded class prompts here
+      (``text.embedding_cache``); None encodes them at every start.
   """
 
   def __init__(self, stages, strategy=None, dtype_policy=None,
-               jit_compile=False):
+               jit_compile=False, text_encoder=None, class_prompts=None,
+               prompt_cache_dir=None):
     if not stages:
       raise ValueError("a cascade needs at least one stage")
     self.stages = list(stages)
@@ -237,6 +256,8 @@ class Cascade:
         model = export.load_model(stage.model_dir, dtype_policy)
         self._samplers.append(
             _StageSampler(stage, index, model, self.strategy, jit_compile))
+    self._text_key = None
+    self._attach_class_prompts(text_encoder, class_prompts, prompt_cache_dir)
     self._check()
     self._stop_at = [self._stop_index(k) for k in range(len(self.stages))]
 
@@ -270,10 +291,48 @@ class Cascade:
           and sampler.model.unet.learn_sigma):
         raise ValueError(f"stage {sampler.stage.model_dir} learned its "
                          "variances: logvar_coeff is for fixed-variance models")
-    num_classes = {s.model.unet.num_classes for s in self._samplers}
+    num_classes = {s.model.num_classes for s in self._samplers}
     if len(num_classes) != 1:
       raise ValueError(f"stages disagree on the number of classes: "
                        f"{sorted(num_classes, key=str)}")
+
+  def _attach_class_prompts(self, encoder, class_prompts, cache_dir):
+    """Encodes the class prompts once and gives them to every text stage."""
+    text = [s for s in self._samplers if s.model.is_text_conditioned]
+    if not text:
+      return
+    recorded = {tuple(s.model.class_prompts) for s in text
+                if s.model.class_prompts is not None}
+    if class_prompts is not None:
+      prompts = [str(p) for p in class_prompts]
+    elif len(recorded) == 1:
+      prompts = list(recorded.pop())
+    elif recorded:
+      raise ValueError("the text-conditioned stages were fine-tuned with "
+                       "different class prompts")
+    else:
+      raise ValueError(
+          "no stage records class prompts (text-to-image models not "
+          "fine-tuned on classes): give Cascade.class_prompts")
+    if encoder is None:
+      # The recorded length, whatever gin says: any other length is
+      # another encoder to the model.
+      lengths = {s.model.text_encoder["max_length"] for s in text
+                 if s.model.text_encoder}
+      encoder = text_factory.create_encoder(
+          **({"max_length": lengths.pop()} if len(lengths) == 1 else {}))
+    for sampler in text:
+      text_factory.check_same_encoder(sampler.model.text_encoder, encoder,
+                                      f"stage {sampler.stage.model_dir}")
+    if cache_dir:
+      embeddings = embedding_cache.encode(cache_dir, encoder, prompts)
+    else:
+      embeddings = encoder.encode(prompts)
+    with self.strategy.scope():
+      for sampler in text:
+        sampler.model.set_class_prompts(prompts, embeddings)
+    self._text_key = {"text_encoder": text_factory.describe(encoder),
+                      "class_prompts": prompts}
 
   def _stop_index(self, k):
     """Where stage k stops: 0, or s of the next stage if it truncates."""
@@ -287,7 +346,7 @@ class Cascade:
 
   @property
   def num_classes(self):
-    return self._samplers[0].model.unet.num_classes
+    return self._samplers[0].model.num_classes
 
   @property
   def resolutions(self):
@@ -319,8 +378,12 @@ class Cascade:
               sampler.model.conditioning_augmentation),
           **sampler.stage.settings(),
       })
-    return {"stages": stages, "dtype_policy": self.dtype_policy,
-            "jit_compile": self.jit_compile}
+    description = {"stages": stages, "dtype_policy": self.dtype_policy,
+                   "jit_compile": self.jit_compile}
+    if self._text_key is not None:
+      description["text_encoder"] = self._text_key["text_encoder"]["name"]
+      description["class_prompts"] = self._text_key["class_prompts"]
+    return description
 
   def config_id(self):
     """A short id of the settings and of the exported models they use.
@@ -336,6 +399,8 @@ class Cascade:
       digest.update(json.dumps(export.read_config(directory),
                                sort_keys=True).encode())
       digest.update(export.weights_fingerprint(directory).encode())
+    if self._text_key is not None:  # the prompts and their encoder
+      digest.update(json.dumps(self._text_key, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
   # -- sampling -----------------------------------------------------------

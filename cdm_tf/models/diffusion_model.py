@@ -12,6 +12,26 @@ Batches are dicts: ``x_start`` float [B, H, W, C] in [-1, 1], ``label`` int
 (super-resolution models) and ``seed`` int64 [B, 2], one seed per example.
 Every random draw of a step comes from the example's seed, so the result does
 not depend on how the global batch is split across replicas.
+
+Text-conditioned models (a U-Net with ``text_embed_dim``, Imagen's stages)
+read a frozen text encoder's embeddings of each example's prompt:
+``text_pooled`` [B, D], ``text_tokens`` [B, L, D] and ``text_mask`` [B, L].
+A batch carries them (captioned pretraining: the captions are encoded
+outside the step), or carries ``label`` and the model holds the encoded
+class prompts (``set_class_prompts``; Azizi et al.'s fine-tuning, where each
+class's prompt is its name): the step gathers the label's embeddings, so a
+step moves only labels, not [B, L, D] tensors. Generation conditions on a
+class the same way.
+
+The null prompt of classifier-free guidance is NO text: zero token and
+pooled embeddings with an all-False mask. Cross-attention then attends to
+the image's own positions only (the U-Net's attention concatenates text keys
+to pixel keys) and the pooled projection adds only its bias. It is
+independent of the encoder, so the unconditional branch needs no encoder
+and the null condition learned in pretraining carries over to fine-tuning
+unchanged. (The empty prompt "" is a real prompt, encoded like any other.)
+Text is dropped to the null prompt with ``label_dropout``'s probability, by
+the same draw that drops the label.
 """
 
 import contextlib
@@ -29,6 +49,39 @@ CONDITIONING_AUGMENTATIONS = ("none", "gaussian", "blur")
 # Uniform draws per example per step, by position.
 _U_STEP, _U_IN_STEP, _U_LABEL_DROP, _U_AUG_LEVEL, _U_BLUR_SIGMA, _U_BLUR = (
     range(6))
+# The U-Net's text inputs: pooled [B, D], tokens [B, L, D], mask [B, L].
+TEXT_POOLED, TEXT_TOKENS, TEXT_MASK = "text_pooled", "text_tokens", "text_mask"
+TEXT_KEYS = (TEXT_POOLED, TEXT_TOKENS, TEXT_MASK)
+
+
+def text_inputs(text):
+  """The U-Net's text inputs from ``TextEmbeddings`` or a dict of them."""
+  if not isinstance(text, dict):
+    text = {TEXT_POOLED: text.pooled, TEXT_TOKENS: text.tokens,
+            TEXT_MASK: text.mask}
+  missing = [k for k in TEXT_KEYS if k not in text]
+  if missing:
+    raise ValueError(f"text conditioning lacks {missing}")
+  return {TEXT_POOLED: tf.cast(text[TEXT_POOLED], tf.float32),
+          TEXT_TOKENS: tf.cast(text[TEXT_TOKENS], tf.float32),
+          TEXT_MASK: tf.cast(text[TEXT_MASK], tf.bool)}
+
+
+def null_text(text):
+  """The null prompt (no text) shaped like ``text``: zeros, mask False."""
+  return {TEXT_POOLED: tf.zeros_like(text[TEXT_POOLED]),
+          TEXT_TOKENS: tf.zeros_like(text[TEXT_TOKENS]),
+          TEXT_MASK: tf.zeros_like(text[TEXT_MASK])}
+
+
+def drop_text(text, drop):
+  """``text`` with the rows where ``drop`` [B] is True set to the null
+  prompt."""
+  null = null_text(text)
+  return {key: tf.where(tf.reshape(drop, [-1] + [1] * (text[key].shape.rank
+                                                       - 1)),
+                        null[key], text[key])
+          for key in TEXT_KEYS}
 
 
 @keras.saving.register_keras_serializable(package="cdm_tf")
@@ -48,6 +101,12 @@ class DiffusionModel(keras.Model):
     ema_decay: decay of the weight EMA used for sampling.
     clip_grad_norm: clip the global gradient norm (after the all-reduce), or
       None.
+    text_encoder: identity of the frozen text encoder of a text-conditioned
+      U-Net (``cdm_tf.text.factory.describe``), recorded in exports; the
+      trainer sets it.
+    class_prompts: for a text-conditioned model trained on class labels,
+      the prompt of each class in label order (recorded in exports; their
+      embeddings are attached with ``set_class_prompts``).
   """
 
   def __init__(self, unet, schedule="cosine", num_timesteps=1000,
@@ -55,7 +114,8 @@ class DiffusionModel(keras.Model):
                noise_conditioning="timestep", label_dropout=0.1,
                conditioning_augmentation="none", aug_training_range=(0.0, 1.0),
                blur_sigma_range=(0.4, 0.6), blur_probability=0.5,
-               ema_decay=0.9999, clip_grad_norm=1.0, **kwargs):
+               ema_decay=0.9999, clip_grad_norm=1.0, text_encoder=None,
+               class_prompts=None, **kwargs):
     super().__init__(**kwargs)
     if isinstance(unet, dict):
       unet = keras.saving.deserialize_keras_object(unet)
@@ -93,6 +153,21 @@ class DiffusionModel(keras.Model):
     self.ema_decay = float(ema_decay)
     self.clip_grad_norm = clip_grad_norm
     self.ema_variables = []
+    if (text_encoder or class_prompts is not None) and (
+        not self.is_text_conditioned):
+      raise ValueError("text_encoder and class_prompts are for "
+                       "text-conditioned models (the U-Net has no "
+                       "text_embed_dim)")
+    self.text_encoder = None
+    if text_encoder:
+      self.set_text_encoder(text_encoder)
+    self.class_prompts = (None if class_prompts is None
+                          else [str(p) for p in class_prompts])
+    if self.class_prompts is not None and self.unet.num_classes and len(
+        self.class_prompts) != self.unet.num_classes:
+      raise ValueError(f"{len(self.class_prompts)} class prompts for "
+                       f"{self.unet.num_classes} classes")
+    self._class_text = None
 
   # -- construction -------------------------------------------------------
 
@@ -127,12 +202,97 @@ class DiffusionModel(keras.Model):
         blur_sigma_range=self.blur_augmentation.sigma_range,
         blur_probability=self.blur_augmentation.probability,
         ema_decay=self.ema_decay, clip_grad_norm=self.clip_grad_norm)
+    # Only text models carry these keys: class-conditional configs (and
+    # the ids hashed from their exports) stay as they were.
+    if self.text_encoder is not None:
+      config["text_encoder"] = dict(self.text_encoder)
+    if self.class_prompts is not None:
+      config["class_prompts"] = list(self.class_prompts)
     return config
+
+  # -- text conditioning --------------------------------------------------
+
+  @property
+  def is_text_conditioned(self):
+    return self.unet.text_embed_dim is not None
+
+  @property
+  def is_conditional(self):
+    """Whether there is a condition to drop (classifier-free guidance)."""
+    return bool(self.unet.num_classes) or self.is_text_conditioned
+
+  @property
+  def num_classes(self):
+    """Classes a label may name: the U-Net's, else the class prompts'."""
+    if self.unet.num_classes:
+      return self.unet.num_classes
+    return len(self.class_prompts) if self.class_prompts is not None else 0
+
+  def set_text_encoder(self, description):
+    """Records the frozen encoder's identity (``text.factory.describe``)."""
+    if not self.is_text_conditioned:
+      raise ValueError("the U-Net has no text_embed_dim")
+    description = dict(description)
+    if description.get("embed_dim") != self.unet.text_embed_dim:
+      raise ValueError(
+          f"the text encoder's width {description.get('embed_dim')} is not "
+          f"the U-Net's text_embed_dim {self.unet.text_embed_dim}")
+    if self.text_encoder is not None and self.text_encoder != description:
+      raise ValueError(f"the model was trained with the text encoder "
+                       f"{self.text_encoder}, not {description}")
+    self.text_encoder = description
+
+  def set_class_prompts(self, prompts, embeddings):
+    """Conditions label c on ``prompts[c]``, whose embeddings are given.
+
+    Creates the embedding table as non-trainable variables (call inside
+    the distribution strategy's scope, as ``build_all``): every step and
+    sampling call gathers its labels' rows from it.
+
+    Args:
+      prompts: list of C prompt strings, in label order; must equal
+        ``class_prompts`` if the model already records some.
+      embeddings: their ``TextEmbeddings`` (or a dict of ``TEXT_KEYS``)
+        from the model's frozen encoder.
+    """
+    if not self.is_text_conditioned:
+      raise ValueError("class prompts need a text-conditioned U-Net")
+    prompts = [str(p) for p in prompts]
+    if self.class_prompts is not None and prompts != self.class_prompts:
+      raise ValueError("these class prompts differ from the ones the model "
+                       "was trained with")
+    if self.unet.num_classes and len(prompts) != self.unet.num_classes:
+      raise ValueError(f"{len(prompts)} class prompts for "
+                       f"{self.unet.num_classes} classes")
+    table = text_inputs(embeddings)
+    if (table[TEXT_TOKENS].shape[0] != len(prompts)
+        or table[TEXT_TOKENS].shape[-1] != self.unet.text_embed_dim):
+      raise ValueError(
+          f"class prompt embeddings of shape {table[TEXT_TOKENS].shape} do "
+          f"not fit {len(prompts)} prompts of width "
+          f"{self.unet.text_embed_dim}")
+    with tf.init_scope():
+      # Variables, not constants: a 1000-class table must not be copied
+      # into every traced graph.
+      self._class_text = {
+          key: tf.Variable(value, trainable=False, name=f"class_{key}")
+          for key, value in table.items()}
+    self.class_prompts = prompts
+
+  def class_text(self, labels):
+    """The class prompts' embeddings of ``labels`` [B] (gathered)."""
+    if self._class_text is None:
+      raise ValueError(
+          "this text-conditioned model has no class prompt embeddings: "
+          "pass text embeddings, or call set_class_prompts first")
+    labels = tf.cast(labels, tf.int32)
+    return {key: tf.gather(table, labels)
+            for key, table in self._class_text.items()}
 
   # -- the network's inputs -----------------------------------------------
 
   def network_inputs(self, x_t, time_input, label=None, low_res=None,
-                     aug_level=None):
+                     aug_level=None, text=None):
     inputs = {"x_t": x_t, "time": time_input}
     if self.unet.num_classes:
       inputs["label"] = label
@@ -140,6 +300,8 @@ class DiffusionModel(keras.Model):
       inputs["low_res"] = low_res
     if self.unet.aug_level_conditioning:
       inputs["aug_level"] = aug_level
+    if self.is_text_conditioned:
+      inputs.update(text)
     return inputs
 
   @property
@@ -175,18 +337,33 @@ class DiffusionModel(keras.Model):
         seeds, x_start.shape[1:], per_example_noise.STREAM_TRAINING_NOISE)
     x_t, time_input = self.diffusion.training_inputs(
         x_start, t, noise, uniforms[:, _U_IN_STEP])
+    drop = uniforms[:, _U_LABEL_DROP] < self.label_dropout
     label = None
     if self.unet.num_classes:
       label = tf.cast(batch["label"], tf.int32)
-      drop = uniforms[:, _U_LABEL_DROP] < self.label_dropout
       label = tf.where(drop, self.null_label, label)
+    text = None
+    if self.is_text_conditioned:
+      text = drop_text(self._training_text(batch), drop)
     low_res, aug_level = None, None
     if self.is_super_resolution:
       low_res, aug_level = self._augmented_low_res(
           tf.cast(batch["low_res"], tf.float32), uniforms, seeds)
     output = self.unet(self.network_inputs(x_t, time_input, label, low_res,
-                                           aug_level), training=training)
+                                           aug_level, text),
+                       training=training)
     return self.diffusion.training_losses(output, x_start, x_t, t, noise)
+
+  def _training_text(self, batch):
+    """The batch's text embeddings, else its labels' class prompts'."""
+    if all(key in batch for key in TEXT_KEYS):
+      return text_inputs(batch)
+    if self._class_text is not None and "label" in batch:
+      return self.class_text(batch["label"])
+    raise ValueError(
+        "a text-conditioned model trains on batches with text embeddings "
+        f"{TEXT_KEYS} (e.g. encoded captions), or on labels after "
+        "set_class_prompts")
 
   def train_step(self, batch):
     """One optimizer step on this replica's share of the global batch.
@@ -265,7 +442,7 @@ class DiffusionModel(keras.Model):
         var.assign(value)
 
   def sampling_conditioning(self, seeds, labels=None, low_res=None,
-                            aug_level=0.0, truncated=False):
+                            aug_level=0.0, truncated=False, text=None):
     """The network's conditioning for sampling, and its null version.
 
     Args:
@@ -277,10 +454,13 @@ class DiffusionModel(keras.Model):
       truncated: ``low_res`` is already z_s, the low-resolution sampler
         stopped at s (CDM Algorithm 2, truncated); otherwise it is z_0 and
         is corrupted here to z'_s ~ q(z_s | z_0) (non-truncated).
+      text: text-conditioned models: the prompts' ``TextEmbeddings`` (or a
+        dict of ``TEXT_KEYS``); None takes the class prompts of ``labels``.
 
     Returns:
       ``(conditioning, null_conditioning)`` dicts for ``guided_model_fn``;
-      the null one has the null label (classifier-free guidance).
+      the null one has the null label and the null prompt (classifier-free
+      guidance).
     """
     seeds = tf.convert_to_tensor(seeds)
     batch = tf.shape(seeds)[0]
@@ -290,6 +470,15 @@ class DiffusionModel(keras.Model):
         raise ValueError("this model is class-conditional: pass labels")
       cond["label"] = tf.cast(labels, tf.int32)
       uncond["label"] = tf.fill([batch], self.null_label)
+    if self.is_text_conditioned:
+      if text is None:
+        if labels is None:
+          raise ValueError("this model is text-conditioned: pass text "
+                           "embeddings, or labels of its class prompts")
+        text = self.class_text(labels)
+      text = text_inputs(text)
+      cond.update(text)
+      uncond.update(null_text(text))
     if (aug_level or truncated) and not self.unet.aug_level_conditioning:
       raise ValueError(
           "conditioning-augmentation level / truncation at sampling needs a "
@@ -315,22 +504,24 @@ class DiffusionModel(keras.Model):
                       guidance_weight=1.0):
     """``fn(x_t, time_input)`` -> float32 network output with guidance."""
     def model_fn(x, time_input, c):
+      text = ({key: c[key] for key in TEXT_KEYS}
+              if self.is_text_conditioned else None)
       return tf.cast(self.unet(self.network_inputs(
           x, time_input, c.get("label"), c.get("low_res"),
-          c.get("aug_level")), training=False), tf.float32)
+          c.get("aug_level"), text), training=False), tf.float32)
 
-    if not self.unet.num_classes:
+    if not self.is_conditional:
       guidance_weight = 1.0  # nothing to guide with
     return guidance.guided_model_fn(model_fn, conditioning, null_conditioning,
                                     guidance_weight, self.unet.learn_sigma)
 
   def sample(self, seeds, labels=None, low_res=None, diffusion=None,
              sampler="ddpm", guidance_weight=1.0, aug_level=0.0,
-             truncated=False, **kwargs):
+             truncated=False, text=None, **kwargs):
     """Samples with the current U-Net weights (wrap in ``ema_weights()``).
 
     Args:
-      seeds, labels, low_res, aug_level, truncated: see
+      seeds, labels, low_res, aug_level, truncated, text: see
         ``sampling_conditioning``.
       diffusion: the sampling process (a respacing, or any schedule for
         continuous-noise models); defaults to the training process.
@@ -343,7 +534,7 @@ class DiffusionModel(keras.Model):
     diffusion = diffusion or self.diffusion
     seeds = tf.convert_to_tensor(seeds)
     cond, uncond = self.sampling_conditioning(seeds, labels, low_res,
-                                              aug_level, truncated)
+                                              aug_level, truncated, text)
     fn = self.guided_model_fn(cond, uncond, guidance_weight)
     return samplers.sample(diffusion, fn, self.sample_shape, seeds,
                            sampler=sampler, **kwargs)

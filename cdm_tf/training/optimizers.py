@@ -42,6 +42,9 @@ def create_optimizer(name="adam", learning_rate=1e-4, warmup_steps=0,
         schedule, weight_decay=weight_decay or 0.0, beta_1=beta_1,
         beta_2=beta_2, epsilon=epsilon)
   elif name == "adafactor":
+    # Keras' Adafactor (factored second moments; Azizi et al.'s base
+    # fine-tune): its step is the learning rate times each weight's RMS
+    # (at least 1e-3), so learning rates are relative to weight scale.
     optimizer = keras.optimizers.Adafactor(schedule)
   elif name == "sgd":
     optimizer = keras.optimizers.SGD(schedule, momentum=momentum)

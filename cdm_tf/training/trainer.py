@@ -6,6 +6,18 @@ steps and at exit; resumes from the latest checkpoint with the same step
 count; keeps the last ``keep_checkpoints``. Writes TensorBoard scalars and
 sample grids, prints progress, stops on a non-finite loss without saving the
 bad state, and exports the EMA model for sampling at the end.
+
+Fine-tuning (Azizi et al.): ``init_from`` names another run's export or
+checkpoint; a run without checkpoints of its own starts from those weights
+(``initialization``), and once it has checkpoints it resumes from them and
+never re-initialises. Text-conditioned stages get their frozen text encoder
+from ``text.factory.create_encoder`` and their text from captions in the
+batches or from class prompts (``text_conditioning``).
+
+Freezing a stage, as Azizi et al. freeze the last super-resolution stage, is
+not training it: its pretrained export goes into the cascade unchanged.
+(``num_steps = 0`` with ``init_from`` exports the source weights with this
+run's class prompts attached.)
 """
 
 import math
@@ -23,7 +35,11 @@ from cdm_tf.data import contact_sheet
 from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.diffusion import create_diffusion
 from cdm_tf.diffusion import per_example_noise
+from cdm_tf.models import diffusion_model
 from cdm_tf.models import export
+from cdm_tf.text import factory as text_factory
+from cdm_tf.training import initialization
+from cdm_tf.training import text_conditioning
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,6 +95,7 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
           keep_checkpoints=3, log_every=50, sample_every=0, num_samples=16,
           sample_respacing="100", sample_guidance_weight=1.0,
           save_iterator_state=True, export_at_end=True, seed=0,
+          init_from=None, text_encoder_factory=None, class_prompts=None,
           print_fn=print):
   """Trains (or resumes training) a ``DiffusionModel``.
 
@@ -99,6 +116,15 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
       shuffle buffer goes into every checkpoint, so large buffers cost disk.
     export_at_end: write the EMA model to model_dir/export.
     seed: seed of the initial weights and of the sample grids.
+    init_from: fine-tuning: an export directory, or a run / checkpoint
+      directory or checkpoint prefix, whose U-Net weights (and EMA) this
+      run starts from when it has no checkpoint of its own yet.
+    text_encoder_factory: callable returning the frozen ``TextEncoder`` of
+      a text-conditioned model; None: ``text.factory.create_encoder`` as
+      configured by gin.
+    class_prompts: ``text_conditioning.ClassPrompts`` used when a
+      text-conditioned model trains on labels (batches without captions);
+      None: ``ClassPrompts()`` as configured by gin.
     print_fn: where progress lines go.
 
   Returns:
@@ -115,10 +141,35 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
     optimizer = optimizer_factory(loss_scaling=loss_scaling)
     model.build_all(optimizer)
   logging.info("U-Net parameters: %d", model.unet.count_params())
+  encoder = None
+  if model.is_text_conditioned:
+    encoder = (text_encoder_factory or text_factory.create_encoder)()
+    text_factory.check_same_encoder(model.text_encoder, encoder, "the model")
+    model.set_text_encoder(text_factory.describe(encoder))
+    print_fn(f"text encoder {encoder.name} (frozen, max_length "
+             f"{encoder.max_length}, width {encoder.embed_dim})")
 
-  dataset = strategy.distribute_datasets_from_function(
-      lambda ctx: dataset_factory(input_context=ctx,
-                                  global_batch_size=global_batch_size))
+  def dataset_fn(input_context):
+    dataset = dataset_factory(input_context=input_context,
+                              global_batch_size=global_batch_size)
+    if text_conditioning.has_captions(dataset):
+      if encoder is None:
+        raise ValueError("the batches carry captions but the model is not "
+                         "text-conditioned (set unet.UNet.text_embed_dim)")
+      dataset = text_conditioning.encode_captions(dataset, encoder)
+    return dataset
+
+  dataset = strategy.distribute_datasets_from_function(dataset_fn)
+  captioned = diffusion_model.TEXT_TOKENS in dataset.element_spec
+  if encoder is not None and not captioned:
+    prompt_source = class_prompts or text_conditioning.ClassPrompts()
+    prompts = prompt_source.prompts()
+    embeddings = text_conditioning.encode_prompts(
+        encoder, prompts,
+        prompt_source.cache_dir or os.path.join(model_dir, "text_embeddings"))
+    with strategy.scope():
+      model.set_class_prompts(prompts, embeddings)
+    print_fn(f"{len(prompts)} class prompts, e.g. {prompts[:3]}")
   iterator = iter(dataset)
   checkpoint = _checkpoint(model, optimizer,
                            iterator if save_iterator_state else None)
@@ -134,8 +185,13 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
     status.assert_existing_objects_matched()
     print_fn(f"resumed from {manager.latest_checkpoint} at step "
              f"{int(optimizer.iterations.numpy())}")
+  elif init_from:
+    source = initialization.initialize_from(model, init_from)
+    print_fn(f"initialised the U-Net and its EMA from {source}")
 
-  @tf.function
+  # No AutoGraph: the step has no tensor-dependent Python control flow,
+  # and converting the U-Net's code took longer than tracing it.
+  @tf.function(autograph=False)
   def train_step(iterator):
     batch = next(iterator)
     per_replica = strategy.run(model.train_step, args=(batch,))
@@ -209,26 +265,33 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
 
 
 def _sample_inputs(model, iterator, strategy, count):
-  """Labels (and low-res conditioning images) for the sample grids."""
-  labels = np.arange(count) % max(model.unet.num_classes, 1)
-  low_res = None
+  """Conditioning of the sample grids: labels (every class in turn), and
+  what only data has: low-res images, caption embeddings (both taken from a
+  training batch, with its labels)."""
+  labels = np.arange(count) % max(model.num_classes, 1)
+  low_res = text = None
+  keys = []
   if model.is_super_resolution:
+    keys.append("low_res")
+  if model.is_text_conditioned and not model.class_prompts:
+    keys.extend(diffusion_model.TEXT_KEYS)
+  if keys:
     batch = next(iterator)
-    parts = strategy.experimental_local_results(batch["low_res"])
-    low_res = np.concatenate([p.numpy() for p in parts])
-    labels = np.concatenate([
-        p.numpy() for p in strategy.experimental_local_results(
-            batch["label"])])
-    while len(low_res) < count:
-      low_res = np.concatenate([low_res, low_res])
-      labels = np.concatenate([labels, labels])
-    low_res, labels = low_res[:count], labels[:count]
-  return labels, low_res
+    values = {key: np.concatenate([
+        p.numpy() for p in strategy.experimental_local_results(batch[key])])
+              for key in keys + ["label"]}
+    repeats = -(-count // len(values["label"]))
+    values = {key: np.concatenate([value] * repeats)[:count]
+              for key, value in values.items()}
+    labels, low_res = values["label"], values.get("low_res")
+    if diffusion_model.TEXT_TOKENS in values:
+      text = {key: values[key] for key in diffusion_model.TEXT_KEYS}
+  return labels, low_res, text
 
 
 def _write_samples(model, model_dir, step, inputs, respacing, guidance_weight,
                    seed):
-  labels, low_res = inputs
+  labels, low_res, text = inputs
   config = dict(model.diffusion_config)
   config.pop("loss_type")
   diffusion = create_diffusion(timestep_respacing=respacing, **config)
@@ -236,7 +299,7 @@ def _write_samples(model, model_dir, step, inputs, respacing, guidance_weight,
   with model.ema_weights():
     samples = model.sample(seeds, labels=labels, low_res=low_res,
                            diffusion=diffusion,
-                           guidance_weight=guidance_weight)
+                           guidance_weight=guidance_weight, text=text)
   images = diffusion_preprocessing.to_uint8(samples).numpy()
   columns = int(math.ceil(math.sqrt(len(images))))
   rows = [list(images[i:i + columns]) for i in range(0, len(images), columns)]
