@@ -25,6 +25,7 @@ from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import input_pipeline
 from cdm_tf.classifiers import recipes
 from cdm_tf.classifiers import trainer
+from cdm_tf.training import strategies
 
 REPORT_FILE = "cas_report.json"
 CAS_DECAY = "stepwise"
@@ -101,7 +102,7 @@ def classification_accuracy_score(model_dir, strategy, real_data_dir,
                    "centre crop S; R = S * 256 / 224), evaluated on the "
                    "real validation split"),
   }
-  if trainer.is_chief(strategy):
+  if strategies.is_chief(strategy):
     files.atomic_write_json(os.path.join(model_dir, REPORT_FILE), report)
   print_fn(f"CAS top-1 {100 * result.top1:.2f}% top-5 "
            f"{100 * result.top5:.2f}% on {result.num_examples} real "

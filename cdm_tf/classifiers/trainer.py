@@ -35,7 +35,6 @@ so it does not replay the examples the killed run began with.
 import dataclasses
 import math
 import os
-import signal
 import time
 
 import gin
@@ -47,6 +46,8 @@ from cdm_tf import files
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import input_pipeline
 from cdm_tf.classifiers import recipes
+from cdm_tf.training import preemption
+from cdm_tf.training import strategies
 from cdm_tf.training import trainer as diffusion_trainer
 
 EVAL_DIR = "eval"
@@ -54,34 +55,6 @@ RUN_FILE = "run.json"
 
 # The diffusion trainer's error: binaries handle both loops' NaN stops alike.
 NonFiniteLossError = diffusion_trainer.NonFiniteLossError
-
-
-class _StopRequested:
-  """Turns SIGTERM (preemption, a kill without -9) into a clean stop."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
-
-
-def is_chief(strategy):
-  """Whether this process writes the run's files (multi-worker: worker 0)."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return True
-  resolver = strategy.cluster_resolver
-  return resolver.task_type in (None, "chief") or (
-      resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 def synchronize_batch_norm(model):
@@ -193,7 +166,7 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     ConfigError: inconsistent model, data and batch.
     NonFiniteLossError: the loss became NaN or Inf.
   """
-  chief = is_chief(strategy)
+  chief = strategies.is_chief(strategy)
   replicas = strategy.num_replicas_in_sync
   global_batch_size = int(global_batch_size or recipe.batch_size)
   if global_batch_size <= 0 or global_batch_size % replicas:
@@ -337,7 +310,7 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
   window = _Window()
   run_start, start_step = time.perf_counter(), step
   result = None
-  with _StopRequested() as stop, writer.as_default():
+  with preemption.StopRequested() as stop, writer.as_default():
     while step < num_steps and not stop.requested:
       values = {k: float(v) for k, v in train_step(iterator).items()}
       step += 1

@@ -64,6 +64,15 @@ def create_strategy(name="default", tpu=None):
   raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
 
 
+def is_chief(strategy):
+  """Whether this process writes a run's files (multi-worker: worker 0)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True
+  resolver = strategy.cluster_resolver
+  return resolver.task_type in (None, "chief") or (
+      resolver.task_type == "worker" and resolver.task_id == 0)
+
+
 def split_cpu(num_devices):
   """Splits the CPU into ``num_devices`` logical devices (before TF starts
   using it): lets MirroredStrategy run over CPU replicas, as in tests."""

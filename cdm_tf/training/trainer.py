@@ -22,7 +22,6 @@ run's class prompts attached.)
 
 import math
 import os
-import signal
 import time
 
 from absl import logging
@@ -39,29 +38,13 @@ from cdm_tf.models import diffusion_model
 from cdm_tf.models import export
 from cdm_tf.text import factory as text_factory
 from cdm_tf.training import initialization
+from cdm_tf.training import preemption
+from cdm_tf.training import strategies
 from cdm_tf.training import text_conditioning
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or Inf; the run stopped without saving it."""
-
-
-class _StopRequested:
-  """Turns SIGTERM (preemption, a kill without -9) into a clean stop."""
-
-  def __init__(self):
-    self.requested = False
-
-  def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
 
 
 def _checkpoint(model, optimizer, iterator):
@@ -77,15 +60,6 @@ def _checkpoint(model, optimizer, iterator):
       logging.warning("this strategy's data iterator cannot be checkpointed; "
                       "a resumed run restarts the data order")
   return tf.train.Checkpoint(**items)
-
-
-def _is_chief(strategy):
-  """Whether this process writes the run's files (multi-worker: worker 0)."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return True
-  resolver = strategy.cluster_resolver
-  return resolver.task_type in (None, "chief") or (
-      resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 @gin.configurable(denylist=["model_dir", "strategy"])
@@ -173,7 +147,7 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
   iterator = iter(dataset)
   checkpoint = _checkpoint(model, optimizer,
                            iterator if save_iterator_state else None)
-  chief = _is_chief(strategy)
+  chief = strategies.is_chief(strategy)
   # Every worker must take part in saving; only the chief's copy is kept.
   checkpoint_dir = os.path.join(model_dir, "checkpoints") if chief else (
       os.path.join(model_dir, "checkpoints",
@@ -206,7 +180,7 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
   window_start, window_steps, window_sums = time.perf_counter(), 0, {}
   run_start, start_step = time.perf_counter(), step
   sample_inputs = None
-  with _StopRequested() as stop, writer.as_default():
+  with preemption.StopRequested() as stop, writer.as_default():
     while step < num_steps and not stop.requested:
       values = train_step(iterator)
       step += 1
