@@ -222,17 +222,11 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
   step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
   checkpoint = tf.train.Checkpoint(model_weights=list(model.weights),
                                    optimizer=optimizer, step=step_counter)
-  # Every worker takes part in saving; only the chief's copy is kept.
-  checkpoint_dir = os.path.join(model_dir, "checkpoints") if chief else (
-      os.path.join(model_dir, "checkpoints",
-                   f"worker_{strategy.cluster_resolver.task_id}_tmp"))
-  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
-                                       max_to_keep=keep_checkpoints)
-  if manager.latest_checkpoint:
-    status = checkpoint.restore(manager.latest_checkpoint)
-    status.assert_existing_objects_matched()
-    print_fn(f"resumed from {manager.latest_checkpoint} at step "
-             f"{int(step_counter.numpy())}")
+  manager = preemption.checkpoint_manager(checkpoint, model_dir, strategy,
+                                         keep_checkpoints)
+  resumed = preemption.restore_latest(checkpoint, manager)
+  if resumed:
+    print_fn(f"resumed from {resumed} at step {int(step_counter.numpy())}")
   step = int(step_counter.numpy())
   print_fn(f"training {model.name} ({model.count_params():,} parameters, "
            f"input {image_size}) on {training_set.data.data} data: "

@@ -148,16 +148,11 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
   checkpoint = _checkpoint(model, optimizer,
                            iterator if save_iterator_state else None)
   chief = strategies.is_chief(strategy)
-  # Every worker must take part in saving; only the chief's copy is kept.
-  checkpoint_dir = os.path.join(model_dir, "checkpoints") if chief else (
-      os.path.join(model_dir, "checkpoints",
-                   f"worker_{strategy.cluster_resolver.task_id}_tmp"))
-  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
-                                       max_to_keep=keep_checkpoints)
-  if manager.latest_checkpoint:
-    status = checkpoint.restore(manager.latest_checkpoint)
-    status.assert_existing_objects_matched()
-    print_fn(f"resumed from {manager.latest_checkpoint} at step "
+  manager = preemption.checkpoint_manager(checkpoint, model_dir, strategy,
+                                         keep_checkpoints)
+  resumed = preemption.restore_latest(checkpoint, manager)
+  if resumed:
+    print_fn(f"resumed from {resumed} at step "
              f"{int(optimizer.iterations.numpy())}")
   elif init_from:
     source = initialization.initialize_from(model, init_from)
