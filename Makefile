@@ -7,11 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 DATA_DIR ?= data/fashion_mnist
-RUN_DIR ?= runs/demo
-DEMO_TRAIN_STEPS ?= 400
-DEMO_SR_TRAIN_STEPS ?= 300
-# 0.002 x 6,000 real images per class = 12 synthetic images per class.
-DEMO_SYNTHETIC_MULTIPLIER ?= 0.002
+# The main job's output (tools/pipeline.py; report in $(RUN_DIR)/report/).
+RUN_DIR ?= runs/pipeline
 
 .PHONY: setup system-data demo test benchmark
 
@@ -43,22 +40,11 @@ $(STAMP): setup.py
 $(DATA_DIR)/classes.json: | setup
 	$(PY) tools/prepare_data.py --output_dir=$(DATA_DIR)
 
-demo: setup $(DATA_DIR)/classes.json
-	$(PY) tools/inspect_data.py --data_dir=$(DATA_DIR) --split=train \
-	  --resolutions=16,32 --output_dir=$(RUN_DIR)
-	$(PY) tools/verify_sampler.py --gin_file=gin/verify_sampler.gin \
-	  --output_dir=$(RUN_DIR)
-	$(PY) tools/train.py --gin_file=gin/models/fashion_mnist_16_base.gin \
-	  --model_dir=$(RUN_DIR)/base16 --mixed_precision=bfloat16 \
-	  --gin_bindings='trainer.train.num_steps = $(DEMO_TRAIN_STEPS)'
-	$(PY) tools/train.py --gin_file=gin/models/fashion_mnist_16_to_32_sr.gin \
-	  --model_dir=$(RUN_DIR)/sr32 --mixed_precision=bfloat16 \
-	  --gin_bindings='trainer.train.num_steps = $(DEMO_SR_TRAIN_STEPS)'
-	$(PY) tools/generate.py --gin_file=gin/generation/fashion_mnist_16_to_32.gin \
-	  --gin_bindings='BASE_MODEL_DIR = "$(RUN_DIR)/base16/export"' \
-	  --gin_bindings='SR_MODEL_DIR = "$(RUN_DIR)/sr32/export"' \
-	  --real_data_dir=$(DATA_DIR) --multiplier=$(DEMO_SYNTHETIC_MULTIPLIER) \
-	  --output_dir=$(RUN_DIR)/synthetic
+# The main job (gin/pipelines/fashion_mnist.gin): prepares the embedded
+# data, trains the cascade, generates, scores, trains the classifiers and
+# writes the report. Run again, it resumes where it stopped.
+demo: setup
+	$(PY) tools/pipeline.py --output_dir=$(RUN_DIR)
 
 test: setup
 	$(PY) -m pytest -n 2 tests

@@ -108,6 +108,26 @@ def test_pixels_do_not_depend_on_batch_size_or_position(exports):
   assert np.abs(other.astype(int) - whole.astype(int)).mean() > 5
 
 
+def test_starting_at_a_later_stage_gives_the_full_cascades_pixels(exports):
+  base_dir, sr_dir = exports
+  base_stage = cascade_lib.Stage(base_dir, timestep_respacing="5",
+                                 guidance_weight=2.0)
+  cascade = cascade_lib.Cascade([
+      base_stage, cascade_lib.Stage(sr_dir, timestep_respacing="3",
+                                    aug_level=0.2)])
+  seeds = _seeds()
+  whole = cascade.sample(seeds, LABELS)
+  low_res = cascade_lib.Cascade([base_stage]).sample(seeds, LABELS)
+  np.testing.assert_array_equal(
+      cascade.sample(seeds, LABELS, first_stage=1, low_res=low_res), whole)
+  with pytest.raises(ValueError, match="give both or neither"):
+    cascade.sample(seeds, LABELS, first_stage=1)
+  with pytest.raises(ValueError, match=r"low_res must be \[6, 8, 8, 3\]"):
+    cascade.sample(seeds, LABELS, first_stage=1, low_res=whole)
+  with pytest.raises(ValueError, match="not a stage index"):
+    cascade.sample(seeds, LABELS, first_stage=2, low_res=low_res)
+
+
 def test_bfloat16_cascade_samples_close_to_float32(exports):
   stages = [cascade_lib.Stage(exports[0], timestep_respacing="4"),
             cascade_lib.Stage(exports[1], timestep_respacing="3")]

@@ -96,6 +96,47 @@ def test_fewer_images_than_dimensions_still_give_a_distance():
   assert abs(fid.fid(a, a).value) < 1e-6 * result.value
 
 
+@pytest.mark.parametrize("count,dimension", [(200, 16), (10, 16), (5, 32)],
+                         ids=["full_rank", "rank_deficient", "5_of_32"])
+def test_eigh_and_sqrtm_routes_agree(count, dimension):
+  rng = np.random.default_rng(count + dimension)
+  mixing = rng.normal(size=(dimension, dimension))
+  a = fid.statistics(rng.normal(size=(count, dimension)) @ mixing, NETWORK)
+  b = fid.statistics(rng.normal(size=(count, dimension))
+                     * rng.uniform(0.5, 2.0, dimension) + 0.3, NETWORK)
+  eigh = fid.fid(a, b, method="eigh")
+  sqrtm = fid.fid(a, b, method="sqrtm")
+  assert (eigh.method, sqrtm.method) == ("eigh", "sqrtm")
+  assert eigh.value == pytest.approx(sqrtm.value, rel=1e-6)
+  assert eigh.offset == 0.0 and eigh.max_imaginary == 0.0
+  # Fewer images than dimensions: the product is singular.
+  assert eigh.singular == (count <= dimension)
+  assert abs(fid.fid(a, a, method="eigh").value) < 1e-9 * eigh.value
+
+
+@pytest.mark.parametrize("method", fid.METHODS)
+def test_both_routes_give_the_diagonal_closed_form(method):
+  result = fid.frechet_distance([0.0, 1.0, -2.0], np.diag([1.0, 4.0, 9.0]),
+                                [1.0, 1.0, 0.0], np.diag([4.0, 1.0, 9.0]),
+                                method=method)
+  assert result.value == pytest.approx(1.0 + 4.0 + 2.0, rel=1e-12)
+  assert result.method == method and not result.singular
+
+
+def test_eigh_refuses_a_negative_covariance_and_unknown_methods():
+  with pytest.raises(ValueError, match="not a covariance"):
+    fid.frechet_distance([0.0, 0.0], np.diag([1.0, -1.0]), [0.0, 0.0],
+                         np.eye(2))
+  with pytest.raises(ValueError, match="unknown method"):
+    fid.frechet_distance([0.0], [[1.0]], [0.0], [[1.0]], method="svd")
+
+
+def test_non_symmetric_covariances_take_the_sqrtm_route():
+  result = fid.frechet_distance([0.0, 0.0], [[1.0, 0.5], [0.0, 1.0]],
+                                [0.0, 0.0], np.eye(2))
+  assert result.method == "sqrtm"
+
+
 def test_statistics_of_different_networks_are_refused():
   rng = np.random.default_rng(4)
   features = rng.normal(size=(10, 3))
@@ -148,6 +189,7 @@ def test_fid_at_uses_the_first_n_and_labels_each_value():
   expected = fid.fid(fid.statistics(generated.features[:20], NETWORK),
                      references["validation"]).value
   assert values[1].value == pytest.approx(expected)
+  assert values[1].details["sqrt_method"] == fid.DEFAULT_METHOD == "eigh"
   assert values[1].details["reference_count"] == 100
   with pytest.raises(ValueError, match="needs 50 generated images"):
     fid.fid_at(generated, references, sample_counts=(50,))

@@ -2,7 +2,8 @@
 loss falls and the evaluation files appear, SIGKILL + resume continues from
 the checkpointed step, a NaN loss stops with status 3, CAS on a synthetic
 set, MirroredStrategy over two logical CPUs matching one device, and bad
-flags exiting with status 2."""
+flags exiting with status 2; the trained model.keras reproduces the
+checkpoint and serves as a metrics feature network."""
 
 import json
 import os
@@ -13,10 +14,14 @@ import sys
 import textwrap
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from cdm_tf.classifiers import models
+from cdm_tf.classifiers import trainer
+from cdm_tf.metrics import features as features_lib
 from tests import fashion_mnist_subset
 from tests import synthetic_records
 
@@ -80,6 +85,7 @@ def test_trains_with_falling_loss_and_writes_the_evaluation(tmp_path,
   assert (model_dir / "eval" / "per_class_accuracy.png").stat().st_size > 0
   assert list((model_dir / "tensorboard").glob("events*"))
   assert (model_dir / "checkpoints" / "ckpt-50.index").exists()
+  assert (model_dir / trainer.MODEL_FILE).stat().st_size > 0
 
 
 def test_sigkill_then_resume_continues_from_the_checkpointed_step(
@@ -141,7 +147,7 @@ def test_cas_trains_on_synthetic_only_and_reports(tmp_path, real_dir):
   model_dir = tmp_path / "cas"
   # The CAS recipe (resnet50_cas.gin) at tiny size: 80 images, batch 16,
   # 4 epochs of 5 steps, in bfloat16 as on TPUs.
-  result = _run([
+  command = [
       sys.executable, TOOL, "--cas", "--mixed_precision=bfloat16",
       f"--model_dir={model_dir}",
       f"--real_data_dir={real_dir}", f"--synthetic_dir={synthetic_dir}",
@@ -150,7 +156,8 @@ def test_cas_trains_on_synthetic_only_and_reports(tmp_path, real_dir):
       "--gin_bindings=models.create_classifier.num_classes = 10",
       "--gin_bindings=models.create_classifier.image_size = 32",
       "--gin_bindings=recipes.ClassifierRecipe.epochs = 4",
-      "--gin_bindings=recipes.ClassifierRecipe.warmup_epochs = 1"])
+      "--gin_bindings=recipes.ClassifierRecipe.warmup_epochs = 1"]
+  result = _run(command)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((model_dir / "cas_report.json").read_text())
   assert report["step"] == 20
@@ -166,6 +173,40 @@ def test_cas_trains_on_synthetic_only_and_reports(tmp_path, real_dir):
   evaluated = json.loads((model_dir / "eval" / "eval.json").read_text())
   assert evaluated["reference_mean_per_class_top1"] == pytest.approx(0.45)
   assert (model_dir / "eval" / "per_class_accuracy.png").stat().st_size > 0
+  _check_saved_model(model_dir)
+  # A run resumed after its end writes the Keras file only if it is missing.
+  (model_dir / trainer.MODEL_FILE).unlink()
+  resumed = _run(command)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "at step 20" in resumed.stdout and "trained steps" not in (
+      resumed.stdout)
+  _check_saved_model(model_dir)
+
+
+def _check_saved_model(model_dir):
+  """model.keras loads under the default (float32) policy although trained
+  in bfloat16, and gives the logits of the last checkpoint's weights in
+  float32; the metrics can take its features."""
+  assert sorted(p.name for p in model_dir.glob("model*")) == [
+      trainer.MODEL_FILE]  # no temporary left
+  assert keras.mixed_precision.global_policy().name == "float32"
+  loaded = keras.models.load_model(model_dir / trainer.MODEL_FILE)
+  assert isinstance(loaded, models.ImageClassifier)
+  assert loaded.compute_dtype == "float32"
+  trained = models.create_classifier("resnet50", 10, 32, tiny=True)
+  tf.train.Checkpoint(model_weights=list(trained.weights)).restore(
+      tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+  ).expect_partial()
+  images = np.random.default_rng(0).integers(
+      0, 256, (4, 32, 32, 3)).astype(np.uint8)
+  pixels = images.astype(np.float32) / 255
+  np.testing.assert_array_equal(loaded(pixels, training=False),
+                                trained(pixels, training=False))
+  extractor = features_lib.ClassifierFeatures(loaded, "CAS classifier")
+  feats, logits = extractor(images)
+  assert feats.shape == (4, 64) and logits.shape == (4, 10)
+  np.testing.assert_allclose(logits, loaded(pixels, training=False),
+                             rtol=1e-5, atol=1e-6)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""

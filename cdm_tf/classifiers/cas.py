@@ -13,16 +13,20 @@ training and evaluation alike; there is no other augmentation.
 ``classification_accuracy_score`` runs that end to end through
 ``trainer.train_classifier`` and writes ``cas_report.json`` next to the
 checkpoints: top-1 and top-5 on the real validation split, and what was
-trained on.
+trained on. ``configured_cas_scorer`` binds it to the model and recipe of
+the parsed gin configuration, for the binaries that score generated sets
+(tools/sweep.py, tools/evaluate.py).
 """
 
 import os
 
 from absl import logging
+import gin
 
 from cdm_tf import files
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import input_pipeline
+from cdm_tf.classifiers import models
 from cdm_tf.classifiers import recipes
 from cdm_tf.classifiers import trainer
 from cdm_tf.training import strategies
@@ -108,3 +112,49 @@ def classification_accuracy_score(model_dir, strategy, real_data_dir,
            f"{100 * result.top5:.2f}% on {result.num_examples} real "
            f"validation images; wrote {os.path.join(model_dir, REPORT_FILE)}")
   return report
+
+
+def configured_cas_scorer(strategy, real_data_dir, print_fn=print,
+                          trained_on="the generated images",
+                          synthetic_split=input_pipeline.TRAIN_SPLIT):
+  """The CAS of a generated set with the model and recipe gin binds.
+
+  Args:
+    strategy: a ``tf.distribute.Strategy``.
+    real_data_dir: real data with a ``validation`` split.
+    print_fn: where progress lines go.
+    trained_on: what the description says the classifier was trained on.
+    synthetic_split: split name of the generated shards.
+
+  Returns:
+    ``(score, description)``: ``score(synthetic_dir, model_dir)`` trains
+    (or resumes) the classifier in ``model_dir`` and returns {"top1",
+    "top5"}, or None when the run was stopped before the end;
+    ``description`` names the classifier for the metric labels.
+
+  Raises:
+    ValueError: the parsed gin configuration is no gin/classifiers one
+      (models.create_classifier, recipes.ClassifierRecipe).
+  """
+  try:
+    recipe = gin.get_configurable(recipes.ClassifierRecipe)()
+    model_factory = gin.get_configurable(models.create_classifier)
+    network = gin.query_parameter("models.create_classifier.name")
+  except (ValueError, TypeError) as e:
+    raise ValueError("--cas needs a gin/classifiers config among --gin_file "
+                     f"(models.create_classifier, recipes.ClassifierRecipe): "
+                     f"{e}") from e
+  try:
+    optimizer_factory = gin.get_configurable(recipes.create_optimizer)
+  except ValueError:  # not mentioned by the config: the plain function
+    optimizer_factory = recipes.create_optimizer
+
+  def score(synthetic_dir, model_dir):
+    result = classification_accuracy_score(
+        model_dir, strategy, real_data_dir, synthetic_dir, recipe,
+        model_factory, synthetic_split=synthetic_split,
+        optimizer_factory=optimizer_factory, print_fn=print_fn)
+    if result is None:
+      return None
+    return {"top1": result["cas_top1"], "top5": result["cas_top5"]}
+  return score, f"{network} trained on {trained_on}, epochs={recipe.epochs:g}"

@@ -100,6 +100,8 @@ class ClassifierRecipe:
       RandAugment.
     mixup: mixup Beta alpha ("Mixup prob.", Table A.2 only), or None.
     cutmix: cutmix Beta alpha ("Cutmix prob.", Table A.2 only), or None.
+    decay_epochs: epochs at which "stepwise" divides by 10 (A.4: 30, 60,
+      80 of 90; shorter recipes scale them).
   """
 
   epochs: int
@@ -114,6 +116,7 @@ class ClassifierRecipe:
   randaugment_magnitude: Optional[float] = None
   mixup: Optional[float] = None
   cutmix: Optional[float] = None
+  decay_epochs: tuple = STEPWISE_DECAY_EPOCHS
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -126,6 +129,12 @@ class ClassifierRecipe:
                        f"[0, epochs={self.epochs})")
     if self.batch_size <= 0 or self.learning_rate <= 0:
       raise ValueError("batch_size and learning_rate must be positive")
+    epochs = [float(e) for e in self.decay_epochs]
+    # Boundaries past the last epoch are allowed: a shortened run of a
+    # paper recipe simply never reaches them.
+    if epochs != sorted(epochs) or any(e < 0 for e in epochs):
+      raise ValueError(f"decay_epochs {self.decay_epochs} must be "
+                       "non-negative and increasing")
 
 
 def scaled_learning_rate(recipe, global_batch_size=None):
@@ -223,7 +232,8 @@ def learning_rate_schedule(recipe, steps_per_epoch, global_batch_size=None):
   """
   return ClassifierLearningRate(
       scaled_learning_rate(recipe, global_batch_size), steps_per_epoch,
-      recipe.epochs, recipe.warmup_epochs, decay=recipe.decay)
+      recipe.epochs, recipe.warmup_epochs, decay=recipe.decay,
+      decay_epochs=recipe.decay_epochs)
 
 
 @keras.saving.register_keras_serializable(package="cdm_tf")

@@ -24,7 +24,10 @@ The length of a run comes from the recipe: ``epochs`` over the training
 set's epoch (real, synthetic or both; ``input_pipeline``), at the recipe's
 batch or a smaller global batch with the learning rate scaled linearly.
 At the end the model is evaluated on the real validation split
-(``evaluation``): eval/eval.json, the per-class CSV and PNG.
+(``evaluation``): eval/eval.json, the per-class CSV and PNG. The trained
+model is then saved as a Keras file, ``model.keras`` (loadable with
+``keras.models.load_model`` without this code's factories or gin: what the
+sample-quality metrics load as their feature network).
 
 The data iterator is not checkpointed: its shuffle buffers of encoded
 images would go into every checkpoint (about 1 GB for ImageNet). A resumed
@@ -52,6 +55,7 @@ from cdm_tf.training import trainer as diffusion_trainer
 
 EVAL_DIR = "eval"
 RUN_FILE = "run.json"
+MODEL_FILE = "model.keras"
 
 # The diffusion trainer's error: binaries handle both loops' NaN stops alike.
 NonFiniteLossError = diffusion_trainer.NonFiniteLossError
@@ -160,7 +164,8 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
 
   Returns:
     dict: "step", the last logged training metrics, "eval" (the final
-    ``EvalResult``, or None when stopped early) and "stopped".
+    ``EvalResult``, or None when stopped early) and "stopped". A completed
+    run has written ``<model_dir>/model.keras`` (``MODEL_FILE``).
 
   Raises:
     ConfigError: inconsistent model, data and batch.
@@ -353,7 +358,68 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
                "training_data": training_set.data.data})
     print_fn(f"wrote {summary['per_class_csv']} and "
              f"{summary['per_class_png']}")
+    model_path = os.path.join(model_dir, MODEL_FILE)
+    # A run resumed after its end saves the same weights: only if missing.
+    if step > start_step or not tf.io.gfile.exists(model_path):
+      save_model(model, model_path)
+      print_fn(f"wrote {model_path}")
   return dict(metrics, step=step, eval=result, stopped=False)
+
+
+def save_model(model, path):
+  """Saves ``model`` as a float32 Keras file that is never half written.
+
+  A model trained under a mixed policy is saved as its float32 copy (the
+  variables are float32 either way; only the compute dtype changes): the
+  file is for evaluation, where bfloat16 features would make metrics
+  depend on rounding. It is saved under a temporary name in the same
+  directory, then renamed over ``path`` (Keras insists on the .keras
+  suffix, so the temporary name keeps it).
+  """
+  directory, name = os.path.split(path)
+  stem, suffix = os.path.splitext(name)
+  tmp = os.path.join(directory, f"{stem}.tmp-{os.getpid()}{suffix}")
+  if directory:
+    tf.io.gfile.makedirs(directory)
+  try:
+    float32_copy(model).save(tmp)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  finally:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+
+
+def float32_copy(model):
+  """``model`` itself if it computes in float32, else a copy that does,
+  with the same weights."""
+  serialized = keras.saving.serialize_keras_object(model)
+  converted = _float32_policies(serialized)
+  if converted == serialized:
+    return model
+  copy = keras.saving.deserialize_keras_object(converted)
+  if not copy.built:
+    copy.build_from_config(model.get_build_config())
+  weights = model.get_weights()
+  shapes = [tuple(w.shape) for w in weights]
+  if [tuple(w.shape) for w in copy.weights] != shapes:
+    raise ValueError(f"{model.name}: its float32 copy has other weights")
+  copy.set_weights(weights)
+  return copy
+
+
+def _float32_policies(config):
+  """A serialized Keras object with every mixed dtype policy made float32
+  (serialized policies, and policies named by a "dtype" string)."""
+  if isinstance(config, dict):
+    if (str(config.get("class_name", "")).endswith("DTypePolicy") and
+        str(config.get("config", {}).get("name", "")).startswith("mixed_")):
+      return dict(config, config=dict(config["config"], name="float32"))
+    return {key: "float32" if key == "dtype" and isinstance(value, str) and (
+        value.startswith("mixed_")) else _float32_policies(value)
+            for key, value in config.items()}
+  if isinstance(config, (list, tuple)):
+    return [_float32_policies(value) for value in config]
+  return config
 
 
 class _Window:

@@ -416,13 +416,20 @@ class Cascade:
 
     return self.strategy.experimental_distribute_values_from_function(value)
 
-  def sample(self, seeds, labels, progress=None):
-    """Runs every stage for a global batch.
+  def sample(self, seeds, labels, progress=None, first_stage=0,
+             low_res=None):
+    """Runs the stages for a global batch.
 
     Args:
       seeds: int64 [B, 2] per-example seeds.
       labels: int [B] classes.
       progress: optional ``progress(stage_index, steps_done, steps_total)``.
+      first_stage: start at this stage, given the uint8 output of the stage
+        before it as ``low_res`` (e.g. a sweep over a later stage's settings
+        reuses the earlier stages' images). The pixels equal those of a run
+        from the first stage with the same seeds when ``low_res`` is that
+        run's output of stage ``first_stage - 1``.
+      low_res: uint8 [B, h, w, 3], with ``first_stage`` > 0 only.
 
     Returns:
       uint8 numpy [B, H, W, 3] images at the last stage's resolution.
@@ -437,13 +444,29 @@ class Cascade:
     if self.num_classes and (labels.min() < 0 or
                              labels.max() >= self.num_classes):
       raise ValueError(f"labels must be in 0..{self.num_classes - 1}")
+    if not 0 <= first_stage < len(self._samplers):
+      raise ValueError(f"first_stage {first_stage} is not a stage index "
+                       f"(0..{len(self._samplers) - 1})")
+    if (low_res is not None) != (first_stage > 0):
+      raise ValueError("low_res is the input of a later first_stage: give "
+                       "both or neither")
     inputs = {"seed": self._distribute(seeds),
               "label": self._distribute(labels)}
     images = None
-    for sampler, stop in zip(self._samplers, self._stop_at):
+    if first_stage:
+      side = self._samplers[first_stage - 1].resolution
+      low_res = np.asarray(low_res)
+      if low_res.shape != (len(seeds), side, side, 3):
+        raise ValueError(f"low_res must be [{len(seeds)}, {side}, {side}, "
+                         f"3] (stage {first_stage - 1}'s output), not "
+                         f"{low_res.shape}")
+      images = self._distribute(
+          diffusion_preprocessing.to_float(low_res).numpy())
+    for index in range(first_stage, len(self._samplers)):
       if images is not None:
         inputs = dict(inputs, low_res=images)
-      images = sampler.run(inputs, stop_at=stop, progress=progress)
+      images = self._samplers[index].run(inputs, stop_at=self._stop_at[index],
+                                         progress=progress)
     parts = self.strategy.experimental_local_results(images)
     return np.concatenate([
         diffusion_preprocessing.to_uint8(p).numpy() for p in parts])

@@ -59,7 +59,6 @@ import numpy as np
 import tensorflow as tf
 
 from cdm_tf import files
-from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.data import mixing
 from cdm_tf.data import schema
 from cdm_tf.data import synthetic_writer
@@ -294,38 +293,6 @@ class EarlierStageOutputs:
     return np.stack(rows)
 
 
-def sample_later_stages(cascade, first_stage, seeds, labels, low_res):
-  """``cascade.sample`` from stage ``first_stage`` on, given the uint8
-  output of the stage before it.
-
-  The stage-to-stage handover of ``Cascade.sample`` (per-replica inputs,
-  the previous z_0 put on the 8-bit grid, each stage's own seeds and stop
-  index), run over the cascade's own stage samplers: ``Cascade`` has no
-  public entry point after the first stage. ``tests/test_sweep.py`` checks
-  that the pixels equal ``cascade.sample``'s, so a change of the cascade's
-  internals cannot go unnoticed.
-  """
-  # pylint: disable=protected-access
-  seeds = np.asarray(seeds, np.int64)
-  labels = np.asarray(labels, np.int32)
-  if len(seeds) % cascade.num_replicas:
-    raise ValueError(f"the batch ({len(seeds)}) must split evenly over "
-                     f"{cascade.num_replicas} replicas")
-  inputs = {"seed": cascade._distribute(seeds),
-            "label": cascade._distribute(labels),
-            "low_res": cascade._distribute(
-                diffusion_preprocessing.to_float(low_res).numpy())}
-  images = None
-  stages = list(zip(cascade._samplers, cascade._stop_at))[first_stage:]
-  for stage_sampler, stop in stages:
-    if images is not None:
-      inputs = dict(inputs, low_res=images)
-    images = stage_sampler.run(inputs, stop_at=stop)
-  parts = cascade.strategy.experimental_local_results(images)
-  return np.concatenate([
-      diffusion_preprocessing.to_uint8(p).numpy() for p in parts])
-
-
 class _CascadeOnEarlierOutputs:
   """A point's cascade whose earlier stages' outputs come from disk.
 
@@ -344,8 +311,8 @@ class _CascadeOnEarlierOutputs:
 
   def sample(self, seeds, labels, progress=None):
     del progress  # per-stage progress is not reported for partial cascades
-    return sample_later_stages(self._cascade, self._first_stage, seeds,
-                               labels, self._earlier.images(seeds))
+    return self._cascade.sample(seeds, labels, first_stage=self._first_stage,
+                                low_res=self._earlier.images(seeds))
 
 
 # ------------------------------------------------------------------ metrics

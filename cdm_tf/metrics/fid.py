@@ -8,14 +8,30 @@ the two:
 
 Statistics are float64: means, and covariances with the unbiased (N - 1)
 normalisation (``np.cov``), as the original TensorFlow code computes them.
-The matrix square root is ``scipy.linalg.sqrtm`` in float64. When the
-covariances are (near) singular, e.g. fewer images than feature dimensions,
-the product's square root can come out non-finite; then, as the original
-code does, ``eps`` is added to both diagonals and the root recomputed, and
-the result records (and logs) that offset. Round-off leaves a tiny
-imaginary part in the root; it is dropped when the diagonal's imaginary
-parts are below ``IMAGINARY_TOLERANCE`` and an error otherwise. Every result
-keeps the largest imaginary part seen.
+
+Only the trace of the root enters the distance, and two routes compute it
+(``method``), both in float64:
+
+* ``"eigh"`` (the default): with A = S_r^(1/2) from a symmetric
+  eigendecomposition, S_r S_g has the eigenvalues of the symmetric positive
+  semi-definite A S_g A (``trace_sqrt_product``), so tr((S_r S_g)^(1/2)) is
+  the sum of their square roots (round-off's tiny negative eigenvalues
+  clipped to 0). Two symmetric eigendecompositions: much faster than a
+  general matrix root at 2048 dimensions, and as accurate for singular
+  covariances (fewer images than dimensions). Needs symmetric covariances;
+  others go the ``"sqrtm"`` route.
+* ``"sqrtm"``: the original code's ``scipy.linalg.sqrtm`` of the product.
+  When the covariances are (near) singular the root can come out
+  non-finite; then, as the original code does, ``eps`` is added to both
+  diagonals and the root recomputed, and the result records (and logs)
+  that offset. Round-off leaves a tiny imaginary part in the root; it is
+  dropped when the diagonal's imaginary parts are below
+  ``IMAGINARY_TOLERANCE`` and an error otherwise. Every result keeps the
+  largest imaginary part seen.
+
+The ``"eigh"`` route retries with ``eps`` likewise if its decomposition
+fails or comes out non-finite, and refuses covariances with clearly
+negative eigenvalues (below -``NEGATIVE_TOLERANCE`` times the largest).
 
 CDM reports FID against the statistics of the real training set and of the
 validation set, at 10K and 50K samples (Ho et al. 2021, Tables 1-3). Real
@@ -46,6 +62,11 @@ from cdm_tf.metrics import report
 
 DEFAULT_EPS = 1e-6
 IMAGINARY_TOLERANCE = 1e-3
+# Eigenvalues of a covariance (or of A S_g A) below -this x the largest are
+# not round-off: the matrix is no covariance.
+NEGATIVE_TOLERANCE = 1e-6
+METHODS = ("eigh", "sqrtm")
+DEFAULT_METHOD = "eigh"
 SAMPLE_COUNTS = (10_000, 50_000)
 CACHE_PREFIX = "fid_stats-"
 _CACHE_VERSION = 1
@@ -96,16 +117,21 @@ class FrechetDistance:
   Attributes:
     value: the distance.
     offset: eps added to both covariance diagonals (0 if none was needed).
-    max_imaginary: largest |imaginary part| of the root's entries.
-    singular: scipy warned that the covariance product is singular, or
-      its root was not finite: the root, and so the value, is less
-      accurate. (Fewer images than feature dimensions make the covariances
-      singular; scipy does not always notice, ``fid`` always warns.)
+    max_imaginary: largest |imaginary part| of the root's entries (0 on the
+      "eigh" route, which has none).
+    singular: the covariance product is singular. "sqrtm": scipy warned
+      so, or the root was not finite, and the root, so the value, is less
+      accurate (fewer images than feature dimensions make the covariances
+      singular; scipy does not always notice, ``fid`` always warns).
+      "eigh": the product's smallest eigenvalue is zero to round-off; the
+      value is as accurate as for a regular product.
+    method: the route taken, "eigh" or "sqrtm".
   """
   value: float
   offset: float
   max_imaginary: float
   singular: bool
+  method: str = DEFAULT_METHOD
 
 
 def _sqrtm(matrix):
@@ -118,24 +144,74 @@ def _sqrtm(matrix):
   return root, singular
 
 
-def frechet_distance(mean1, covariance1, mean2, covariance2, eps=DEFAULT_EPS):
-  """Frechet distance between N(mean1, covariance1) and N(mean2, covariance2).
+def _clipped(eigenvalues, what):
+  """Eigenvalues with round-off's negative ones set to 0; an error for
+  clearly negative ones."""
+  largest = max(float(np.max(np.abs(eigenvalues))), np.finfo(np.float64).tiny)
+  if float(np.min(eigenvalues)) < -NEGATIVE_TOLERANCE * largest:
+    raise ValueError(f"FID: {what} has the negative eigenvalue "
+                     f"{float(np.min(eigenvalues)):.3g} (largest "
+                     f"{largest:.3g}): not a covariance")
+  return np.maximum(eigenvalues, 0.0)
+
+
+def trace_sqrt_product(covariance1, covariance2):
+  """tr((S1 S2)^(1/2)) of symmetric positive semi-definite S1, S2.
+
+  With A = S1^(1/2) (symmetric), S1 S2 = A (A S2) has the eigenvalues of
+  (A S2) A, a symmetric positive semi-definite matrix (XY and YX share
+  their eigenvalues, singular S1 or not), so the root's trace is the sum
+  of the square roots of that matrix's eigenvalues.
 
   Returns:
-    ``FrechetDistance``.
+    (trace, singular): singular when the product's smallest eigenvalue is
+    zero to round-off (at most D x machine epsilon x the largest, the rank
+    tolerance of ``numpy.linalg.matrix_rank``); such eigenvalues count as
+    zero.
 
   Raises:
-    ValueError: shapes disagree, or the root's diagonal keeps an imaginary
-      part above ``IMAGINARY_TOLERANCE`` (the covariances are not valid).
+    ValueError: a clearly negative eigenvalue (not covariances).
+    numpy.linalg.LinAlgError: an eigendecomposition did not converge.
   """
-  mean1, mean2 = np.atleast_1d(mean1).astype(np.float64), np.atleast_1d(
-      mean2).astype(np.float64)
-  covariance1 = np.atleast_2d(covariance1).astype(np.float64)
-  covariance2 = np.atleast_2d(covariance2).astype(np.float64)
-  if mean1.shape != mean2.shape or covariance1.shape != covariance2.shape or (
-      covariance1.shape != mean1.shape * 2):
-    raise ValueError(f"shapes disagree: means {mean1.shape} {mean2.shape}, "
-                     f"covariances {covariance1.shape} {covariance2.shape}")
+  eigenvalues, eigenvectors = np.linalg.eigh(covariance1)
+  root1 = (eigenvectors * np.sqrt(_clipped(eigenvalues, "covariance 1"))
+           ) @ eigenvectors.T
+  inner = root1 @ covariance2 @ root1
+  inner = (inner + inner.T) / 2  # symmetric to round-off; make it exactly so
+  product = _clipped(np.linalg.eigvalsh(inner), "S1^(1/2) S2 S1^(1/2)")
+  tolerance = product.size * np.finfo(np.float64).eps * product[-1]
+  singular = bool(product[0] <= tolerance)
+  # Eigenvalues at round-off level are zero: their square roots would turn
+  # round-off of 1e-16 into errors of 1e-8 each.
+  product[product <= tolerance] = 0.0
+  return float(np.sum(np.sqrt(product))), singular
+
+
+def _is_symmetric(matrix):
+  return np.allclose(matrix, matrix.T, rtol=1e-10,
+                     atol=1e-12 * float(np.max(np.abs(matrix), initial=0.0)))
+
+
+def _trace_sqrt_eigh(covariance1, covariance2, eps):
+  """``trace_sqrt_product``, retried with ``eps`` on the diagonals if it
+  fails or is not finite: (trace, offset, singular)."""
+  try:
+    trace, singular = trace_sqrt_product(covariance1, covariance2)
+    if np.isfinite(trace):
+      return trace, 0.0, singular
+  except np.linalg.LinAlgError:
+    pass
+  offset = float(eps)
+  logging.warning("FID: the eigendecomposition failed or is not finite; "
+                  "adding %g to the diagonals", offset)
+  shift = np.eye(covariance1.shape[0]) * offset
+  trace, _ = trace_sqrt_product(covariance1 + shift, covariance2 + shift)
+  return trace, offset, True
+
+
+def _trace_sqrt_sqrtm(covariance1, covariance2, eps):
+  """scipy's root of the product: (trace, offset, singular, max_imaginary).
+  """
   offset = 0.0
   root, singular = _sqrtm(covariance1 @ covariance2)
   if not np.isfinite(root).all():
@@ -157,13 +233,58 @@ def frechet_distance(mean1, covariance1, mean2, covariance2, eps=DEFAULT_EPS):
       raise ValueError(f"FID: the covariance product's square root has an "
                        f"imaginary diagonal part of {diagonal_imaginary:.3g}")
     root = root.real
+  return float(np.trace(root)), offset, singular, max_imaginary
+
+
+def frechet_distance(mean1, covariance1, mean2, covariance2, eps=DEFAULT_EPS,
+                     method=DEFAULT_METHOD):
+  """Frechet distance between N(mean1, covariance1) and N(mean2, covariance2).
+
+  Args:
+    mean1, covariance1, mean2, covariance2: the two Gaussians.
+    eps: diagonal offset of a retry (see the module docstring).
+    method: "eigh" (symmetric eigendecompositions) or "sqrtm" (scipy's
+      root of the product); "eigh" falls back to "sqrtm" for covariances
+      that are not symmetric.
+
+  Returns:
+    ``FrechetDistance``.
+
+  Raises:
+    ValueError: shapes disagree, an unknown method, or the covariances are
+      not valid (a clearly negative eigenvalue; "sqrtm": the root's diagonal
+      keeps an imaginary part above ``IMAGINARY_TOLERANCE``).
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+  mean1, mean2 = np.atleast_1d(mean1).astype(np.float64), np.atleast_1d(
+      mean2).astype(np.float64)
+  covariance1 = np.atleast_2d(covariance1).astype(np.float64)
+  covariance2 = np.atleast_2d(covariance2).astype(np.float64)
+  if mean1.shape != mean2.shape or covariance1.shape != covariance2.shape or (
+      covariance1.shape != mean1.shape * 2):
+    raise ValueError(f"shapes disagree: means {mean1.shape} {mean2.shape}, "
+                     f"covariances {covariance1.shape} {covariance2.shape}")
+  if method == "eigh" and not (_is_symmetric(covariance1)
+                               and _is_symmetric(covariance2)):
+    logging.warning("FID: the covariances are not symmetric; using "
+                    "scipy.linalg.sqrtm")
+    method = "sqrtm"
+  max_imaginary = 0.0
+  if method == "eigh":
+    trace_root, offset, singular = _trace_sqrt_eigh(covariance1, covariance2,
+                                                    eps)
+  else:
+    trace_root, offset, singular, max_imaginary = _trace_sqrt_sqrtm(
+        covariance1, covariance2, eps)
   difference = mean1 - mean2
   value = (difference @ difference + np.trace(covariance1)
-           + np.trace(covariance2) - 2.0 * np.trace(root))
-  return FrechetDistance(float(value), offset, max_imaginary, singular)
+           + np.trace(covariance2) - 2.0 * trace_root)
+  return FrechetDistance(float(value), offset, max_imaginary, singular,
+                         method)
 
 
-def fid(stats1, stats2, eps=DEFAULT_EPS):
+def fid(stats1, stats2, eps=DEFAULT_EPS, method=DEFAULT_METHOD):
   """``frechet_distance`` of two ``FeatureStatistics`` of one network."""
   if stats1.network != stats2.network:
     raise ValueError(f"statistics of different feature networks: "
@@ -175,11 +296,11 @@ def fid(stats1, stats2, eps=DEFAULT_EPS):
                     "singular, the value is biased high", stats1.count,
                     stats2.count, dimension)
   return frechet_distance(stats1.mean, stats1.covariance, stats2.mean,
-                          stats2.covariance, eps)
+                          stats2.covariance, eps, method)
 
 
 def fid_at(generated, references, sample_counts=SAMPLE_COUNTS,
-           eps=DEFAULT_EPS):
+           eps=DEFAULT_EPS, method=DEFAULT_METHOD):
   """FID of the first N generated images against each reference, per N.
 
   Args:
@@ -187,7 +308,7 @@ def fid_at(generated, references, sample_counts=SAMPLE_COUNTS,
     references: {name, e.g. "train": ``FeatureStatistics``} of the same
       network.
     sample_counts: the N's.
-    eps: see ``frechet_distance``.
+    eps, method: see ``frechet_distance``.
 
   Returns:
     List of ``report.MetricValue`` ("FID@10K vs train (Inception-v3
@@ -204,13 +325,14 @@ def fid_at(generated, references, sample_counts=SAMPLE_COUNTS,
                        f"generated images, have {generated.count}")
     stats = statistics(generated.features[:count], generated.network)
     for name, reference in references.items():
-      distance = fid(stats, reference, eps)
+      distance = fid(stats, reference, eps, method)
       values.append(report.MetricValue(
           "FID", distance.value, generated.network, count, name,
           details={"reference_count": reference.count,
                    "covariance_offset": distance.offset,
                    "max_imaginary": distance.max_imaginary,
-                   "singular_covariance": distance.singular}))
+                   "singular_covariance": distance.singular,
+                   "sqrt_method": distance.method}))
   return values
 
 

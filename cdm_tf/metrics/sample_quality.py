@@ -20,6 +20,8 @@ Typical use on ImageNet samples at 64x64::
   generated = mixing.read_synthetic(manifest.shard_paths(sample_dir))
   result = sample_quality.evaluate(generated, inception, references)
   print(result.format_table())
+
+``default_sample_counts`` picks the N's for a set of any size.
 """
 
 from cdm_tf.metrics import features as features_lib
@@ -28,6 +30,21 @@ from cdm_tf.metrics import inception_score
 from cdm_tf.metrics import kid
 from cdm_tf.metrics import precision_recall
 from cdm_tf.metrics import report
+
+
+def default_sample_counts(num_images):
+  """The N's of FID@N for a set of ``num_images``: CDM's 10K and 50K where
+  the set has them, and the whole set when it has fewer than 50K.
+
+  E.g. 60K -> (10K, 50K), 30K -> (10K, 30K), 5K -> (5K,).
+  """
+  num_images = int(num_images)
+  if num_images < 2:
+    raise ValueError(f"FID needs at least 2 images, the set has {num_images}")
+  largest = max(fid.SAMPLE_COUNTS)
+  counts = {min(num_images, largest)}
+  counts.update(n for n in fid.SAMPLE_COUNTS if n <= num_images)
+  return tuple(sorted(counts))
 
 
 def evaluate(generated,

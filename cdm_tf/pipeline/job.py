@@ -1,0 +1,316 @@
+"""The end-to-end job: what it runs, in which order, from one gin file.
+
+Real data -> diffusion stages trained (or fine-tuned) one by one -> a
+class-balanced synthetic set from their cascade -> a classifier trained on
+the real data (its features also score the samples when the data is not
+ImageNet) -> sample-quality metrics -> the Classification Accuracy Score
+(a classifier trained on the synthetic set only) -> a classifier trained on
+real + synthetic data -> the report.
+
+``JobConfig`` (gin: ``gin/pipelines/*.gin``) names the gin files of each
+step; ``steps`` turns it into ``runner.Step``s, i.e. the command lines of
+the tools/ binaries, with every run directory under one output directory:
+
+  <output_dir>/<stage name>/        each diffusion stage (tools/train.py)
+  <output_dir>/synthetic/           the generated set (tools/generate.py)
+  <output_dir>/classifier_real/     tools/train_classifier.py --data=real
+  <output_dir>/metrics/             tools/evaluate.py
+  <output_dir>/classifier_synthetic/       --cas
+  <output_dir>/classifier_real_synthetic/  --data=real+synthetic
+  <output_dir>/report/              report.md and its PNGs
+
+In the gin bindings given to the steps, "{output_dir}" stands for the job's
+output directory (``BASE_MODEL_DIR = "{output_dir}/base/export"``) and
+"{real_data_dir}" for its real data
+(``input_pipeline.diffusion_dataset.data_dir = "{real_data_dir}"``).
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import gin
+
+from cdm_tf.classifiers import evaluation
+from cdm_tf.classifiers import trainer as classifier_trainer
+from cdm_tf.pipeline import runner
+
+SYNTHETIC_DIR = "synthetic"
+CLASSIFIER_REAL = "classifier_real"
+CLASSIFIER_SYNTHETIC = "classifier_synthetic"
+CLASSIFIER_REAL_SYNTHETIC = "classifier_real_synthetic"
+METRICS_DIR = "metrics"
+METRICS_FILE = "metrics.json"
+REPORT_DIR = "report"
+OUTPUT_DIR_PLACEHOLDER = "{output_dir}"
+REAL_DATA_DIR_PLACEHOLDER = "{real_data_dir}"
+FEATURE_NETWORKS = ("classifier", "inception")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DiffusionStage:
+  """One diffusion model the job trains (tools/train.py).
+
+  Attributes:
+    name: its run directory under the output directory, e.g. "base".
+    gin_files: its gin/models config(s).
+    gin_bindings: overrides (e.g. the number of steps, the data).
+  """
+  name: str
+  gin_files: tuple
+  gin_bindings: tuple = ()
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+  """Everything the job runs.
+
+  Attributes:
+    title: the report's title.
+    real_data_dir: real data in ImageNet format (train and validation).
+    prepare_embedded_data: write the embedded Fashion-MNIST into
+      ``real_data_dir`` first (tools/prepare_data.py) if it is not there.
+    diffusion_stages: ``DiffusionStage``s in cascade order.
+    generation_gin_files, generation_gin_bindings: the cascade and its
+      sampler (gin/generation); the bindings point it at the stages'
+      exports.
+    generation_macros: {gin macro: string value} added to the generation
+      bindings as ``NAME = "value"``, for values that come from this gin
+      file's own macros (e.g. a frozen stage's export).
+    synthetic_multiplier: generated images per class = this x the real
+      training count of the class.
+    classifier_gin_files, classifier_gin_bindings: the classifier trained
+      on real and on real + synthetic data (gin/classifiers).
+    cas_gin_files, cas_gin_bindings: the CAS classifier and recipe.
+    real_synthetic_multiplier: synthetic images per class added to the
+      real ones, x the real count; None adds the whole synthetic set.
+    feature_network: "classifier": FID/KID/IS/precision-recall on the
+      features of the real-data classifier (for data other than ImageNet;
+      labelled so in every value); "inception": the FID Inception-v3.
+    feature_network_name: how metric labels name the classifier features.
+    is_classifier_model: with "inception": a Keras ImageNet classifier
+      file for the Inception Score (none is installable here).
+    sample_counts: N of FID@N; None lets tools/evaluate.py choose from the
+      set's size.
+  """
+  title: str = "cdm_tf end-to-end run"
+  real_data_dir: str = "data/fashion_mnist"
+  prepare_embedded_data: bool = False
+  diffusion_stages: tuple = ()
+  generation_gin_files: tuple = ()
+  generation_gin_bindings: tuple = ()
+  generation_macros: Optional[dict] = None
+  synthetic_multiplier: float = 1.0
+  classifier_gin_files: tuple = ()
+  classifier_gin_bindings: tuple = ()
+  cas_gin_files: tuple = ()
+  cas_gin_bindings: tuple = ()
+  real_synthetic_multiplier: Optional[float] = None
+  feature_network: str = "classifier"
+  feature_network_name: Optional[str] = None
+  is_classifier_model: Optional[str] = None
+  sample_counts: Optional[tuple] = None
+
+  def validate(self):
+    """Raises ValueError naming the first unusable setting."""
+    if not self.diffusion_stages:
+      raise ValueError("JobConfig.diffusion_stages is empty")
+    names = [s.name for s in self.diffusion_stages]
+    reserved = {SYNTHETIC_DIR, CLASSIFIER_REAL, CLASSIFIER_SYNTHETIC,
+                CLASSIFIER_REAL_SYNTHETIC, METRICS_DIR, REPORT_DIR,
+                runner.STEPS_DIR, runner.LOGS_DIR}
+    for name in names:
+      if not name or os.sep in name or name in reserved:
+        raise ValueError(f"diffusion stage name {name!r} is not a plain "
+                         f"directory name outside {sorted(reserved)}")
+    if len(set(names)) != len(names):
+      raise ValueError(f"diffusion stage names repeat: {names}")
+    for stage in self.diffusion_stages:
+      if not stage.gin_files:
+        raise ValueError(f"diffusion stage {stage.name!r} has no gin_files")
+    for field in ("generation_gin_files", "classifier_gin_files",
+                  "cas_gin_files"):
+      if not getattr(self, field):
+        raise ValueError(f"JobConfig.{field} is empty")
+    if not self.synthetic_multiplier or self.synthetic_multiplier <= 0:
+      raise ValueError("JobConfig.synthetic_multiplier must be positive, "
+                       f"not {self.synthetic_multiplier}")
+    if (self.real_synthetic_multiplier is not None
+        and self.real_synthetic_multiplier <= 0):
+      raise ValueError("JobConfig.real_synthetic_multiplier must be "
+                       f"positive or None, not {self.real_synthetic_multiplier}")
+    if self.feature_network not in FEATURE_NETWORKS:
+      raise ValueError(f"JobConfig.feature_network must be one of "
+                       f"{FEATURE_NETWORKS}, not {self.feature_network!r}")
+    if self.is_classifier_model and self.feature_network != "inception":
+      raise ValueError("JobConfig.is_classifier_model is for "
+                       "feature_network='inception' (the classifier "
+                       "features have logits of their own)")
+
+
+def _substituted(text, config, output_dir):
+  return text.replace(OUTPUT_DIR_PLACEHOLDER, output_dir).replace(
+      REAL_DATA_DIR_PLACEHOLDER, config.real_data_dir)
+
+
+def _gin_flags(config, gin_files, gin_bindings, output_dir):
+  args = [f"--gin_file={path}" for path in gin_files]
+  args += [f"--gin_bindings={_substituted(b, config, output_dir)}"
+           for b in gin_bindings]
+  return args
+
+
+def _generation_bindings(config):
+  macros = [f'{name} = "{value}"' for name, value in
+            sorted((config.generation_macros or {}).items())]
+  return [*config.generation_gin_bindings, *macros]
+
+
+def run_dir(output_dir, name):
+  return os.path.join(output_dir, name)
+
+
+def steps(config, output_dir, strategy_flags=()):
+  """The job's ``runner.Step``s.
+
+  Args:
+    config: a validated ``JobConfig``.
+    output_dir: the job's output directory.
+    strategy_flags: --strategy/--tpu/--mixed_precision/--cpu_replicas
+      flags given to every step that runs a network.
+  """
+  strategy_flags = list(strategy_flags)
+  data = config.real_data_dir
+  result = []
+  if config.prepare_embedded_data:
+    result.append(runner.Step(
+        "prepare_data", "prepare_data.py", (f"--output_dir={data}",),
+        product=os.path.join(data, "classes.json"),
+        description=f"write the embedded Fashion-MNIST to {data}"))
+  for stage in config.diffusion_stages:
+    model_dir = run_dir(output_dir, stage.name)
+    result.append(runner.Step(
+        f"train_{stage.name}", "train.py",
+        (*_gin_flags(config, stage.gin_files, stage.gin_bindings, output_dir),
+         f"--model_dir={model_dir}", *strategy_flags),
+        product=os.path.join(model_dir, "export", "diffusion.json"),
+        description=f"train the {stage.name} diffusion stage"))
+
+  synthetic = run_dir(output_dir, SYNTHETIC_DIR)
+  result.append(runner.Step(
+      "generate", "generate.py",
+      (*_gin_flags(config, config.generation_gin_files,
+                   _generation_bindings(config), output_dir),
+       f"--real_data_dir={data}",
+       f"--multiplier={config.synthetic_multiplier:g}",
+       f"--output_dir={synthetic}", *strategy_flags),
+      product=os.path.join(synthetic, "manifest-train.json"),
+      description=(f"generate {config.synthetic_multiplier:g} x the real "
+                   "class counts with the cascade")))
+
+  real_dir = run_dir(output_dir, CLASSIFIER_REAL)
+  result.append(runner.Step(
+      CLASSIFIER_REAL, "train_classifier.py",
+      (*_gin_flags(config, config.classifier_gin_files,
+                   config.classifier_gin_bindings, output_dir),
+       f"--real_data_dir={data}", "--data=real", f"--model_dir={real_dir}",
+       *strategy_flags),
+      product=os.path.join(real_dir, classifier_trainer.MODEL_FILE),
+      description="train the classifier on real data"))
+  real_per_class = os.path.join(real_dir, classifier_trainer.EVAL_DIR,
+                                evaluation.PER_CLASS_CSV)
+
+  metrics_dir = run_dir(output_dir, METRICS_DIR)
+  if config.feature_network == "classifier":
+    network_flags = ["--feature_network=classifier",
+                     f"--classifier_model={os.path.join(real_dir, classifier_trainer.MODEL_FILE)}"]
+    if config.feature_network_name:
+      network_flags.append(
+          f"--feature_network_name={config.feature_network_name}")
+  else:
+    network_flags = ["--feature_network=inception"]
+    if config.is_classifier_model:
+      network_flags.append(
+          f"--is_classifier_model={config.is_classifier_model}")
+  if config.sample_counts:
+    network_flags.append(
+        "--sample_counts=" + ",".join(str(int(n)) for n in
+                                      config.sample_counts))
+  result.append(runner.Step(
+      "metrics", "evaluate.py",
+      (f"--generated_dir={synthetic}", f"--real_data_dir={data}",
+       *network_flags, f"--output_dir={metrics_dir}", *strategy_flags),
+      product=os.path.join(metrics_dir, METRICS_FILE),
+      description="sample-quality metrics of the synthetic set"))
+
+  cas_dir = run_dir(output_dir, CLASSIFIER_SYNTHETIC)
+  result.append(runner.Step(
+      CLASSIFIER_SYNTHETIC, "train_classifier.py",
+      (*_gin_flags(config, config.cas_gin_files, config.cas_gin_bindings,
+                   output_dir),
+       "--cas", f"--real_data_dir={data}", f"--synthetic_dir={synthetic}",
+       f"--model_dir={cas_dir}", f"--compare_with={real_per_class}",
+       *strategy_flags),
+      product=os.path.join(cas_dir, "cas_report.json"),
+      description="Classification Accuracy Score: train on synthetic only"))
+
+  mixed_dir = run_dir(output_dir, CLASSIFIER_REAL_SYNTHETIC)
+  multiplier = ([] if config.real_synthetic_multiplier is None else
+                [f"--synthetic_multiplier={config.real_synthetic_multiplier:g}"])
+  result.append(runner.Step(
+      CLASSIFIER_REAL_SYNTHETIC, "train_classifier.py",
+      (*_gin_flags(config, config.classifier_gin_files,
+                   config.classifier_gin_bindings, output_dir),
+       f"--real_data_dir={data}", f"--synthetic_dir={synthetic}",
+       "--data=real+synthetic", *multiplier, f"--model_dir={mixed_dir}",
+       f"--compare_with={real_per_class}", *strategy_flags),
+      product=os.path.join(mixed_dir, classifier_trainer.MODEL_FILE),
+      description="train the classifier on real + synthetic data"))
+  return result
+
+
+def diffusion_run_dirs(config, output_dir):
+  """{stage name: run directory}, for the report."""
+  return {s.name: run_dir(output_dir, s.name)
+          for s in config.diffusion_stages}
+
+
+def classifier_run_dirs(output_dir):
+  """{report label: run directory} of the three classifiers."""
+  return {"real": run_dir(output_dir, CLASSIFIER_REAL),
+          "synthetic only (CAS)": run_dir(output_dir, CLASSIFIER_SYNTHETIC),
+          "real + synthetic": run_dir(output_dir, CLASSIFIER_REAL_SYNTHETIC)}
+
+
+def metrics_path(output_dir):
+  return os.path.join(output_dir, METRICS_DIR, METRICS_FILE)
+
+
+
+def settings_table(config, output_dir, strategy_flags=()):
+  """{setting: text} of what the job ran, for the report."""
+  def listed(values):
+    return ", ".join(_substituted(str(v), config, output_dir)
+                     for v in values) or "-"
+  table = {"real data": config.real_data_dir,
+           "output directory": output_dir,
+           "strategy flags": " ".join(strategy_flags) or "(defaults)"}
+  for stage in config.diffusion_stages:
+    table[f"diffusion stage {stage.name}"] = listed(
+        (*stage.gin_files, *stage.gin_bindings))
+  table["generation"] = listed((*config.generation_gin_files,
+                                *_generation_bindings(config)))
+  table["synthetic images per class"] = (
+      f"{config.synthetic_multiplier:g} x the real training count")
+  table["classifier (real, real + synthetic)"] = listed(
+      (*config.classifier_gin_files, *config.classifier_gin_bindings))
+  table["CAS classifier"] = listed((*config.cas_gin_files,
+                                    *config.cas_gin_bindings))
+  table["synthetic images added to the real ones"] = (
+      "the whole synthetic set" if config.real_synthetic_multiplier is None
+      else f"{config.real_synthetic_multiplier:g} x the real count per class")
+  table["metrics' feature network"] = (
+      config.feature_network_name or config.feature_network)
+  return table

@@ -1,0 +1,154 @@
+"""tools/pipeline.py end to end on a small real subset, with the shipped
+job config shrunk by gin (tiny U-Nets, a few steps, one classifier epoch)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from cdm_tf.data import synthetic_writer
+from cdm_tf.pipeline import job
+from cdm_tf.pipeline import runner
+from tests import fashion_mnist_subset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "pipeline.py")
+SHIPPED = os.path.join(ROOT, "gin", "pipelines", "fashion_mnist.gin")
+TRAIN_PER_CLASS = 8
+
+_DIFFUSION = [
+    'input_pipeline.diffusion_dataset.data_dir = "{real_data_dir}"',
+    "input_pipeline.diffusion_dataset.shuffle_buffer = 100",
+    "unet.UNet.base_channels = 16",
+    "unet.UNet.channel_mult = (1,)",
+    "unet.UNet.group_norm_groups = 8",
+    "unet.UNet.dropout = 0.0",
+    "trainer.train.global_batch_size = 8",
+    "trainer.train.num_steps = 4",
+    "trainer.train.checkpoint_every = 4",
+    "trainer.train.log_every = 2",
+    "trainer.train.sample_every = 0",
+]
+
+TINY_JOB = f"""
+include "{SHIPPED}"
+
+DATA_DIR = "@DATA@"
+job.JobConfig.prepare_embedded_data = False
+base/job.DiffusionStage.gin_bindings = {_DIFFUSION + ["unet.UNet.attention_resolutions = (16,)"]!r}
+sr/job.DiffusionStage.gin_bindings = {_DIFFUSION + ["unet.UNet.attention_resolutions = (32,)"]!r}
+job.JobConfig.generation_gin_bindings = [
+    'BASE_MODEL_DIR = "{{output_dir}}/base/export"',
+    'SR_MODEL_DIR = "{{output_dir}}/sr/export"',
+    'base/cascade.Stage.timestep_respacing = "4"',
+    'sr/cascade.Stage.timestep_respacing = "2"',
+    'synthetic_dataset.GenerationSettings.batch_size = 10',
+    'synthetic_dataset.GenerationSettings.examples_per_shard = 10',
+]
+# 2 of each class's 8 real training images.
+job.JobConfig.synthetic_multiplier = 0.25
+job.JobConfig.classifier_gin_bindings = [
+    'recipes.ClassifierRecipe.epochs = 1',
+    'recipes.ClassifierRecipe.batch_size = 16',
+    'recipes.ClassifierRecipe.warmup_epochs = 0',
+    'input_pipeline.training_dataset.shuffle_buffer = 100',
+]
+job.JobConfig.cas_gin_bindings = [
+    'recipes.ClassifierRecipe.epochs = 2',
+    'recipes.ClassifierRecipe.batch_size = 10',
+    'recipes.ClassifierRecipe.warmup_epochs = 0',
+    'recipes.ClassifierRecipe.decay_epochs = (1,)',
+    'input_pipeline.training_dataset.shuffle_buffer = 100',
+]
+job.JobConfig.sample_counts = (20,)
+"""
+
+
+def _run(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=900,
+                        check=False)
+
+
+@pytest.fixture(scope="module")
+def finished_job(tmp_path_factory):
+  root = tmp_path_factory.mktemp("pipeline")
+  data = fashion_mnist_subset.prepared(str(root / "data"),
+                                       per_class=(TRAIN_PER_CLASS, 3))
+  gin_file = root / "tiny_job.gin"
+  gin_file.write_text(TINY_JOB.replace("@DATA@", data))
+  out = str(root / "run")
+  result = _run(f"--gin_file={gin_file}", f"--output_dir={out}")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return str(gin_file), out, data, result
+
+
+def test_job_runs_every_step_and_writes_the_report(finished_job):
+  gin_file, out, data, result = finished_job
+  del gin_file, data
+  names = ["train_base", "train_sr", "generate", job.CLASSIFIER_REAL,
+           "metrics", job.CLASSIFIER_SYNTHETIC, job.CLASSIFIER_REAL_SYNTHETIC]
+  for name in names:
+    assert os.path.exists(runner.marker_path(out, name)), name
+  # The steps' own output is echoed under their names.
+  assert re.search(r"^\[train_base\] step 4/4 loss", result.stdout, re.M)
+  manifest = synthetic_writer.read_manifest(
+      os.path.join(out, job.SYNTHETIC_DIR), "train")
+  assert manifest.num_examples == 20
+  assert list(manifest.class_counts) == [2] * 10
+
+  metrics = json.load(open(job.metrics_path(out)))["metrics"]
+  labels = [m["label"] for m in metrics]
+  assert ("FID@20 vs validation (Fashion-MNIST tiny ResNet features, "
+          "trained on the real train split)") in labels, labels
+  fid = next(m for m in metrics if m["label"].startswith("FID@20 vs valid"))
+  assert fid["value"] > 0
+
+  cas = json.load(open(os.path.join(out, job.CLASSIFIER_SYNTHETIC,
+                                    "cas_report.json")))
+  assert cas["validation_examples"] == 30
+
+  report = open(os.path.join(out, job.REPORT_DIR, "report.md")).read()
+  for label in job.classifier_run_dirs(out):
+    assert label in report
+  assert f"{100 * cas['cas_top1']:.2f}" in report
+  assert "Fashion-MNIST tiny ResNet features" in report
+  assert "ankle boot" in report.lower()
+  for png in re.findall(r"\]\(([^)]+\.png)\)", report):
+    assert os.path.getsize(os.path.join(out, job.REPORT_DIR, png)) > 0
+
+
+def test_rerun_skips_finished_steps_and_other_settings_are_refused(
+    finished_job):
+  gin_file, out, _, _ = finished_job
+  again = _run(f"--gin_file={gin_file}", f"--output_dir={out}")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("finished before") == 7
+  assert "[train_base]" not in again.stdout
+
+  changed = _run(f"--gin_file={gin_file}", f"--output_dir={out}",
+                 "--gin_bindings=job.JobConfig.synthetic_multiplier = 0.5")
+  assert changed.returncode == 3
+  assert "step 'generate'" in changed.stderr
+  assert "--multiplier=0.5" in changed.stderr
+
+
+def test_dry_run_lists_the_steps_and_bad_configuration_exits_2(tmp_path):
+  dry = _run("--dry_run", f"--output_dir={tmp_path}")
+  assert dry.returncode == 0, dry.stderr[-2000:]
+  for tool in ("prepare_data.py", "train.py", "generate.py",
+               "train_classifier.py", "evaluate.py"):
+    assert tool in dry.stdout
+  assert "--cas" in dry.stdout
+  assert not os.listdir(tmp_path)
+
+  bad = _run("--dry_run", "--gin_bindings=job.JobConfig.feature_network = "
+             "'pixels'")
+  assert bad.returncode == 2
+  assert "feature_network" in bad.stderr
+  unknown = _run("--dry_run", "--gin_bindings=job.JobConfig.nope = 1")
+  assert unknown.returncode == 2 and "nope" in unknown.stderr

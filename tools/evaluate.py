@@ -1,0 +1,216 @@
+"""Sample-quality metrics of one generated set against real data.
+
+  # a set written by tools/generate.py, scored with the FID Inception
+  python tools/evaluate.py --generated_dir=runs/synthetic \
+      --real_data_dir=gs://bucket/imagenet --output_dir=runs/synthetic_eval
+
+  # the embedded Fashion-MNIST: a Fashion-MNIST classifier's features
+  # (the model.keras of a tools/train_classifier.py run)
+  python tools/evaluate.py --generated_dir=runs/synthetic \
+      --real_data_dir=data/fashion_mnist --output_dir=runs/synthetic_eval \
+      --feature_network=classifier --classifier_model=runs/clf/model.keras
+
+  # with the Classification Accuracy Score: add the CAS classifier's gin
+  ... --cas --gin_file=gin/classifiers/resnet50_cas.gin
+
+Reports FID@N against each --reference_splits split (statistics at the
+generated images' resolution, computed once and cached next to the real
+data), KID and precision/recall against the real features kept
+(--keep_features), and the Inception Score, each labelled with its feature
+network; with --cas also CAS top-1 / top-5 (a classifier trained on the set
+in <output_dir>/cas_classifier, resumable). The default N's are CDM's 10K
+and 50K where the set has them, and the whole set when it has fewer than
+50K images. Writes <output_dir>/metrics.json and prints the table.
+
+Exit status 2: bad flags, configuration or missing files; 1: stopped during
+CAS training (run again to resume).
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import tensorflow as tf
+
+from cdm_tf import configuration
+from cdm_tf.classifiers import cas
+from cdm_tf.data import class_names
+from cdm_tf.data import imagenet_reader
+from cdm_tf.data import mixing
+from cdm_tf.data import schema
+from cdm_tf.data import synthetic_writer
+from cdm_tf.generation import sweep
+from cdm_tf.metrics import fid
+from cdm_tf.metrics import networks
+from cdm_tf.metrics import sample_quality
+from cdm_tf.training import strategies
+
+METRICS_FILE = "metrics.json"
+CAS_DIR = "cas_classifier"
+EXIT_BAD_CONFIG = 2
+
+flags.DEFINE_string("generated_dir", None, "The generated set: shards and "
+                    "manifest, as tools/generate.py writes them.")
+flags.DEFINE_string("split", "train", "Split name of the generated shards.")
+flags.DEFINE_string("real_data_dir", None, "Real data in ImageNet format: "
+                    "the reference splits (and, with --cas, the validation "
+                    "split the CAS classifier is tested on).")
+flags.DEFINE_list("reference_splits", ["train", "validation"], "Real splits "
+                  "FID (and KID, precision/recall) are computed against.")
+flags.DEFINE_integer("reference_examples", None, "Use the first N images of "
+                     "each reference split; default: all.", lower_bound=2)
+flags.DEFINE_list("sample_counts", None, "The N's of FID@N (the first N "
+                  "generated images); default: 10000 and 50000 where the set "
+                  "has them, and the set's size when below 50000.")
+flags.DEFINE_integer("keep_features", 10_000, "Real features kept per "
+                     "reference split for KID and precision/recall (0: "
+                     "neither).", lower_bound=0)
+flags.DEFINE_integer("batch_size", None, "Images per feature-network call.",
+                     lower_bound=1)
+flags.DEFINE_string("stats_cache_dir", None, "Where the reference statistics "
+                    "are cached when --real_data_dir is not writable.")
+flags.DEFINE_string("output_dir", None, "Where metrics.json (and, with "
+                    "--cas, the CAS classifier) go.")
+flags.DEFINE_bool("cas", False, "Also compute the Classification Accuracy "
+                  "Score: train the classifier and recipe the gin files bind "
+                  "(models.create_classifier, recipes.ClassifierRecipe) on "
+                  "the generated images, test on the real validation split.")
+flags.DEFINE_multi_string("gin_file", [], "Gin config files (with --cas a "
+                          "gin/classifiers one).")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
+networks.define_flags()
+strategies.define_flags()
+flags.mark_flags_as_required(["generated_dir", "real_data_dir", "output_dir"])
+FLAGS = flags.FLAGS
+
+
+def _exit(message, status=EXIT_BAD_CONFIG):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _parse_flags_or_exit(argv):
+  """absl's parser, but a bad flag exits with status 2 like a bad config."""
+  try:
+    remaining = FLAGS(argv)
+  except flags.Error as e:
+    _exit(f"{e} (see --helpfull)")
+  if len(remaining) > 1:
+    _exit(f"unexpected arguments {remaining[1:]}")
+  return remaining
+
+
+def _read_manifest():
+  try:
+    manifest = synthetic_writer.read_manifest(FLAGS.generated_dir, FLAGS.split)
+  except tf.errors.NotFoundError as e:
+    raise ValueError(
+        f"no manifest of split {FLAGS.split!r} in {FLAGS.generated_dir} "
+        f"({synthetic_writer.manifest_path(FLAGS.generated_dir, FLAGS.split)}"
+        "; a directory written by tools/generate.py)") from e
+  if not manifest.complete:
+    raise ValueError(
+        f"{FLAGS.generated_dir} holds {len(manifest.shards)} of the "
+        f"{manifest.num_shards} shards of split {FLAGS.split!r}: finish "
+        "generating it first")
+  return manifest
+
+
+def _sample_counts(num_images):
+  if not FLAGS.sample_counts:
+    return sample_quality.default_sample_counts(num_images)
+  try:
+    counts = tuple(sorted({int(n) for n in FLAGS.sample_counts}))
+  except ValueError as e:
+    raise ValueError(f"--sample_counts must be integers: {e}") from e
+  if counts[0] < 2 or counts[-1] > num_images:
+    raise ValueError(f"--sample_counts {list(counts)} must be in "
+                     f"2..{num_images} (the set's size)")
+  return counts
+
+
+def _resolution(generated):
+  """The generated images' side: the real images are cropped and resized
+  to it before their statistics are computed."""
+  for element in generated.take(1):
+    height, width = element[schema.IMAGE].shape[:2]
+    if height != width:
+      raise ValueError(f"the generated images are {height}x{width}, not "
+                       "square")
+    return int(height)
+  raise ValueError(f"{FLAGS.generated_dir} holds no images")
+
+
+def _check_real_data(num_classes):
+  classes = class_names.load_classes(FLAGS.real_data_dir)
+  if len(classes) != num_classes:
+    raise ValueError(f"the generated set has {num_classes} classes, "
+                     f"{FLAGS.real_data_dir} {len(classes)}")
+  # CAS tests its classifier on the real validation split.
+  for split in FLAGS.reference_splits + (["validation"] if FLAGS.cas else []):
+    imagenet_reader.list_files(FLAGS.real_data_dir, split)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  if FLAGS.cpu_replicas:
+    strategies.split_cpu(FLAGS.cpu_replicas)
+  configuration.parse_gin_or_exit(FLAGS.gin_file, FLAGS.gin_bindings)
+  print_fn = lambda line: print(line, flush=True)
+  try:
+    if not FLAGS.reference_splits:
+      raise ValueError("--reference_splits is empty")
+    manifest = _read_manifest()
+    sample_counts = _sample_counts(manifest.num_examples)
+    _check_real_data(manifest.num_classes)
+    cas_score = None
+    if FLAGS.cas:
+      strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
+      cas_score, cas_name = cas.configured_cas_scorer(
+          strategy, FLAGS.real_data_dir, print_fn,
+          synthetic_split=FLAGS.split)
+    extractor, classifier = networks.from_flags(FLAGS)
+    generated = mixing.read_synthetic(
+        manifest.shard_paths(FLAGS.generated_dir))
+    resolution = _resolution(generated)
+  except (ValueError, FileNotFoundError, OSError) as e:
+    _exit(e)
+
+  print_fn(f"{manifest.num_examples} generated images at {resolution}x"
+           f"{resolution}; FID@{list(sample_counts)} against "
+           f"{', '.join(FLAGS.reference_splits)} with {extractor.name}")
+  references = {
+      split: fid.reference_statistics(
+          FLAGS.real_data_dir, extractor, split=split,
+          num_examples=FLAGS.reference_examples, resolution=resolution,
+          num_classes=manifest.num_classes, batch_size=FLAGS.batch_size,
+          keep_features=FLAGS.keep_features,
+          cache_dir=FLAGS.stats_cache_dir)
+      for split in FLAGS.reference_splits}
+  metrics = sample_quality.evaluate(
+      generated, extractor, references, sample_counts=sample_counts,
+      classifier=classifier, batch_size=FLAGS.batch_size)
+  if cas_score is not None:
+    print_fn(metrics.format_table())
+    # The CAS classifier trains under the chosen precision; the metrics'
+    # networks above ran as loaded.
+    strategies.set_mixed_precision(FLAGS.mixed_precision)
+    try:
+      scores = cas_score(FLAGS.generated_dir,
+                         os.path.join(FLAGS.output_dir, CAS_DIR))
+    except configuration.ConfigError as e:  # model, data and batch disagree
+      _exit(e)
+    if scores is None:
+      raise SystemExit("stopped during CAS training; run again to resume")
+    metrics.extend(sweep.cas_values(scores, cas_name, manifest.num_examples))
+  path = os.path.join(FLAGS.output_dir, METRICS_FILE)
+  metrics.write_json(path)
+  print_fn(metrics.format_table())
+  print_fn(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags_or_exit)

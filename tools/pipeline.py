@@ -1,0 +1,108 @@
+"""The end-to-end job: real data -> cascade -> synthetic set -> metrics ->
+classifiers on real, synthetic and real + synthetic data -> a report.
+
+  # the embedded Fashion-MNIST on a laptop (gin/pipelines/fashion_mnist.gin)
+  python tools/pipeline.py
+
+  # ImageNet with the papers' configs, TPU
+  python tools/pipeline.py --gin_file=gin/pipelines/azizi_imagenet.gin \
+      --gin_bindings='REAL_DATA_DIR = "gs://bucket/imagenet"' \
+      --gin_bindings='SR1024_MODEL_DIR = "gs://bucket/exports/sr1024"' \
+      --output_dir=gs://bucket/runs/azizi --strategy=tpu --tpu=my-tpu \
+      --mixed_precision=bfloat16
+
+Every step is a tools/ binary run in its own process (see
+cdm_tf/pipeline/job.py for the steps and the output layout); their output
+is echoed with the step's name and kept in <output_dir>/logs/. Killed or
+stopped, the job resumes where it stopped when run again with the same
+flags: finished steps are skipped, the running one resumes from its own
+checkpoints or shards. The report (<output_dir>/report/report.md) is
+rewritten at the end of every run, also after a failed step, with what
+exists. --dry_run prints the steps' command lines.
+
+Exit status: 2 bad flags or configuration; 3 the output directory was made
+with other settings; otherwise a failed step's own status.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from cdm_tf import configuration
+from cdm_tf.pipeline import job
+from cdm_tf.pipeline import report
+from cdm_tf.pipeline import runner
+from cdm_tf.training import strategies
+
+DEFAULT_GIN_FILE = "gin/pipelines/fashion_mnist.gin"
+EXIT_BAD_CONFIG = 2
+EXIT_CONFLICT = 3
+
+flags.DEFINE_multi_string("gin_file", None, "Gin config files of the job "
+                          f"(gin/pipelines); default {DEFAULT_GIN_FILE}.")
+flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
+flags.DEFINE_string("output_dir", "runs/pipeline", "Where every step's "
+                    "output and the report go.")
+flags.DEFINE_bool("dry_run", False, "Print the steps and exit.")
+strategies.define_flags()
+FLAGS = flags.FLAGS
+
+
+def _exit(message, status=EXIT_BAD_CONFIG):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _strategy_flags():
+  """The strategy flags given on the command line, for every step."""
+  names = ("strategy", "tpu", "mixed_precision", "cpu_replicas")
+  return [f"--{name}={FLAGS[name].value}" for name in names
+          if FLAGS[name].present]
+
+
+def _write_report(config, output_dir, step_seconds, notes=()):
+  path = report.write_report(
+      os.path.join(output_dir, job.REPORT_DIR), title=config.title,
+      real_data_dir=config.real_data_dir,
+      synthetic_dir=job.run_dir(output_dir, job.SYNTHETIC_DIR),
+      diffusion_runs=job.diffusion_run_dirs(config, output_dir),
+      classifier_runs=job.classifier_run_dirs(output_dir),
+      metrics_file=job.metrics_path(output_dir),
+      settings=job.settings_table(config, output_dir, _strategy_flags()),
+      step_seconds=step_seconds, notes=notes)
+  print(f"report: {path}", flush=True)
+
+
+def main(argv):
+  del argv
+  configuration.parse_gin_or_exit(FLAGS.gin_file or [DEFAULT_GIN_FILE],
+                                  FLAGS.gin_bindings)
+  try:
+    config = job.JobConfig()
+    config.validate()
+  except (ValueError, TypeError) as e:
+    _exit(f"bad job configuration: {e}")
+  steps = job.steps(config, FLAGS.output_dir, _strategy_flags())
+  if FLAGS.dry_run:
+    for number, step in enumerate(steps, 1):
+      print(f"{number}. {step.name}: {step.description}\n   python "
+            + " ".join(step.command()))
+    return
+  try:
+    seconds = runner.run(FLAGS.output_dir, steps,
+                         print_fn=lambda line: print(line, flush=True))
+  except runner.StepConflictError as e:
+    _exit(e, EXIT_CONFLICT)
+  except runner.StepFailedError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    _write_report(config, FLAGS.output_dir,
+                  runner.recorded_seconds(FLAGS.output_dir, steps),
+                  notes=[f"Incomplete: {e}"])
+    sys.exit(e.exit_status)
+  _write_report(config, FLAGS.output_dir, seconds)
+
+
+if __name__ == "__main__":
+  app.run(main)
