@@ -1,9 +1,11 @@
-"""Gin parsing shared by the binaries, with errors that name what is wrong."""
+"""Flag and gin parsing shared by the binaries, with errors that name what
+is wrong and exit status 2."""
 
 import os
 import sys
 import tokenize
 
+from absl import flags
 import gin
 import tensorflow as tf
 
@@ -12,6 +14,9 @@ import tensorflow as tf
 # the source tree's root.
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _search_path_added = False
+
+
+EXIT_BAD_CONFIG = 2
 
 
 class ConfigError(ValueError):
@@ -42,5 +47,22 @@ def parse_gin_or_exit(gin_files, gin_bindings):
   try:
     parse_gin(gin_files, gin_bindings)
   except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    exit_with_error(e)
+
+
+def exit_with_error(message, status=EXIT_BAD_CONFIG):
+  """For binaries: print "error: <message>" (no traceback) and exit."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def parse_flags_or_exit(argv):
+  """absl's flag parser for ``app.run(main, flags_parser=...)``, but a bad
+  or unknown flag exits with status 2 like a bad configuration."""
+  try:
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:
+    exit_with_error(f"{e} (see --helpfull)")
+  if len(remaining) > 1:
+    exit_with_error(f"unexpected arguments {remaining[1:]}")
+  return remaining

@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -29,6 +31,7 @@ if mode == "wait":
   open(product + ".started", "w").close()
   while not stopped:
     time.sleep(0.05)
+  open(product + ".stopped", "w").close()
   print("saved a checkpoint, stopping", flush=True)
   sys.exit(0)
 with open(product, "w") as f:
@@ -142,6 +145,37 @@ def test_sigterm_reaches_the_running_step_and_leaves_no_marker(tool,
   assert not os.path.exists(runner.marker_path(out, "a"))
   # The runner put the previous handler back.
   assert signal.getsignal(signal.SIGTERM) == handler
+
+
+# A job whose runner is killed outright (SIGKILL: no handler runs).
+RUNNER = """
+import sys
+from cdm_tf.pipeline import runner
+tool, calls, product, out = sys.argv[1:]
+runner.run(out, [runner.Step("a", tool, (calls, product, "wait"), product)],
+           print_fn=lambda _: None)
+"""
+
+
+def test_a_killed_runner_takes_its_step_down_with_it(tool, tmp_path):
+  script = tmp_path / "runner.py"
+  script.write_text(RUNNER)
+  product = str(tmp_path / "a.out")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  job = subprocess.Popen(
+      [sys.executable, str(script), tool, str(tmp_path / "calls.log"),
+       product, str(tmp_path / "job")],
+      env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"))
+  deadline = time.time() + 120
+  while not os.path.exists(product + ".started") and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.exists(product + ".started")
+  job.kill()
+  job.wait()
+  # The step got SIGTERM (time to save a checkpoint) and ended.
+  while not os.path.exists(product + ".stopped") and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.exists(product + ".stopped")
 
 
 def test_tool_paths_resolve_in_the_tools_directory():

@@ -27,7 +27,6 @@ CAS training (run again to resume).
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -49,7 +48,6 @@ from cdm_tf.training import strategies
 
 METRICS_FILE = "metrics.json"
 CAS_DIR = "cas_classifier"
-EXIT_BAD_CONFIG = 2
 
 flags.DEFINE_string("generated_dir", None, "The generated set: shards and "
                     "manifest, as tools/generate.py writes them.")
@@ -86,20 +84,6 @@ flags.mark_flags_as_required(["generated_dir", "real_data_dir", "output_dir"])
 FLAGS = flags.FLAGS
 
 
-def _exit(message, status=EXIT_BAD_CONFIG):
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(status)
-
-
-def _parse_flags_or_exit(argv):
-  """absl's parser, but a bad flag exits with status 2 like a bad config."""
-  try:
-    remaining = FLAGS(argv)
-  except flags.Error as e:
-    _exit(f"{e} (see --helpfull)")
-  if len(remaining) > 1:
-    _exit(f"unexpected arguments {remaining[1:]}")
-  return remaining
 
 
 def _read_manifest():
@@ -177,7 +161,7 @@ def main(argv):
         manifest.shard_paths(FLAGS.generated_dir))
     resolution = _resolution(generated)
   except (ValueError, FileNotFoundError, OSError) as e:
-    _exit(e)
+    configuration.exit_with_error(e)
 
   print_fn(f"{manifest.num_examples} generated images at {resolution}x"
            f"{resolution}; FID@{list(sample_counts)} against "
@@ -202,7 +186,7 @@ def main(argv):
       scores = cas_score(FLAGS.generated_dir,
                          os.path.join(FLAGS.output_dir, CAS_DIR))
     except configuration.ConfigError as e:  # model, data and batch disagree
-      _exit(e)
+      configuration.exit_with_error(e)
     if scores is None:
       raise SystemExit("stopped during CAS training; run again to resume")
     metrics.extend(sweep.cas_values(scores, cas_name, manifest.num_examples))
@@ -213,4 +197,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags_or_exit)
+  app.run(main, flags_parser=configuration.parse_flags_or_exit)

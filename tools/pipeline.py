@@ -37,7 +37,6 @@ from cdm_tf.pipeline import runner
 from cdm_tf.training import strategies
 
 DEFAULT_GIN_FILE = "gin/pipelines/fashion_mnist.gin"
-EXIT_BAD_CONFIG = 2
 EXIT_CONFLICT = 3
 
 flags.DEFINE_multi_string("gin_file", None, "Gin config files of the job "
@@ -49,10 +48,6 @@ flags.DEFINE_bool("dry_run", False, "Print the steps and exit.")
 strategies.define_flags()
 FLAGS = flags.FLAGS
 
-
-def _exit(message, status=EXIT_BAD_CONFIG):
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(status)
 
 
 def _strategy_flags():
@@ -83,7 +78,7 @@ def main(argv):
     config = job.JobConfig()
     config.validate()
   except (ValueError, TypeError) as e:
-    _exit(f"bad job configuration: {e}")
+    configuration.exit_with_error(f"bad job configuration: {e}")
   steps = job.steps(config, FLAGS.output_dir, _strategy_flags())
   if FLAGS.dry_run:
     for number, step in enumerate(steps, 1):
@@ -94,7 +89,7 @@ def main(argv):
     seconds = runner.run(FLAGS.output_dir, steps,
                          print_fn=lambda line: print(line, flush=True))
   except runner.StepConflictError as e:
-    _exit(e, EXIT_CONFLICT)
+    configuration.exit_with_error(e, EXIT_CONFLICT)
   except runner.StepFailedError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     _write_report(config, FLAGS.output_dir,
@@ -105,4 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=configuration.parse_flags_or_exit)

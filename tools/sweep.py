@@ -32,7 +32,6 @@ sweep (or a point's set) made with other settings.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -49,7 +48,6 @@ from cdm_tf.metrics import networks
 from cdm_tf.training import strategies
 
 CAS_DIR = "cas_classifier"
-EXIT_BAD_CONFIG = 2
 EXIT_CONFLICT = 3
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files (a gin/sweeps "
@@ -73,10 +71,6 @@ flags.mark_flags_as_required(["output_dir", "real_data_dir"])
 FLAGS = flags.FLAGS
 
 
-
-def _exit(message, status=EXIT_BAD_CONFIG):
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(status)
 
 
 def _cas_fn(strategy, print_fn):
@@ -141,14 +135,14 @@ def main(argv):
     references = sweep.ReferenceSpec(data_dir=FLAGS.real_data_dir)
     extractor, classifier = networks.from_flags(FLAGS)
   except (ValueError, FileNotFoundError, OSError) as e:
-    _exit(e)
+    configuration.exit_with_error(e)
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
   cas_fn, cas_name = None, sweep.DEFAULT_CAS_NAME
   if FLAGS.cas:
     try:
       cas_fn, cas_name = _cas_fn(strategy, print_fn)
     except ValueError as e:
-      _exit(e)
+      configuration.exit_with_error(e)
 
   def make_cascade(point_stages):
     return cascade_lib.Cascade(
@@ -162,9 +156,9 @@ def main(argv):
               plots_only=FLAGS.plots_only, print_fn=print_fn)
   except (sweep.SweepConflictError,
           synthetic_dataset.GenerationConflictError) as e:
-    _exit(e, EXIT_CONFLICT)
+    configuration.exit_with_error(e, EXIT_CONFLICT)
   except (ValueError, FileNotFoundError) as e:
-    _exit(e)
+    configuration.exit_with_error(e)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ configuration, 3 non-finite loss.
 
 import functools
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -49,7 +48,6 @@ from cdm_tf.training import strategies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAS_GIN_FILE = os.path.join(ROOT, "gin", "classifiers", "resnet50_cas.gin")
-EXIT_BAD_CONFIG = 2
 EXIT_NON_FINITE_LOSS = 3
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files (a "
@@ -89,20 +87,6 @@ flags.register_validator("global_batch_size",
 FLAGS = flags.FLAGS
 
 
-def _exit(message, status=EXIT_BAD_CONFIG):
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(status)
-
-
-def _parse_flags_or_exit(argv):
-  """absl's parser, but a bad flag exits with status 2 like a bad config."""
-  try:
-    remaining = FLAGS(argv)
-  except flags.Error as e:
-    _exit(f"{e} (see --helpfull)")
-  if len(remaining) > 1:
-    _exit(f"unexpected arguments {remaining[1:]}")
-  return remaining
 
 
 def _check_flags():
@@ -110,7 +94,7 @@ def _check_flags():
   data = FLAGS.data or (input_pipeline.DATA_SYNTHETIC if FLAGS.cas
                         else input_pipeline.DATA_REAL)
   if FLAGS.cas and data != input_pipeline.DATA_SYNTHETIC:
-    _exit(f"--cas trains on synthetic data only, not --data={data}")
+    configuration.exit_with_error(f"--cas trains on synthetic data only, not --data={data}")
   training_data = input_pipeline.TrainingData(
       data=data, real_data_dir=FLAGS.real_data_dir,
       synthetic_dir=FLAGS.synthetic_dir,
@@ -119,15 +103,15 @@ def _check_flags():
   try:
     training_data.validate()
   except configuration.ConfigError as e:
-    _exit(e)
+    configuration.exit_with_error(e)
   if FLAGS.compare_with:
     try:
       evaluation.read_per_class_csv(FLAGS.compare_with)
     except (ValueError, OSError, tf.errors.OpError) as e:
-      _exit(f"--compare_with {FLAGS.compare_with}: {e}")
+      configuration.exit_with_error(f"--compare_with {FLAGS.compare_with}: {e}")
   gin_files = FLAGS.gin_file or ([CAS_GIN_FILE] if FLAGS.cas else [])
   if not gin_files:
-    _exit("give --gin_file, a gin/classifiers config (model and recipe)")
+    configuration.exit_with_error("give --gin_file, a gin/classifiers config (model and recipe)")
   return training_data, gin_files
 
 
@@ -137,7 +121,7 @@ def _configured():
     recipe = gin.get_configurable(recipes.ClassifierRecipe)()
     model_factory = gin.get_configurable(models.create_classifier)
   except (ValueError, TypeError) as e:
-    _exit("the gin configuration must bind recipes.ClassifierRecipe and "
+    configuration.exit_with_error("the gin configuration must bind recipes.ClassifierRecipe and "
           f"models.create_classifier (a gin/classifiers config): {e}")
   try:
     optimizer_factory = gin.get_configurable(recipes.create_optimizer)
@@ -176,10 +160,10 @@ def main(argv):
                     global_batch_size=FLAGS.global_batch_size,
                     compare_with=FLAGS.compare_with, print_fn=print_fn)
   except configuration.ConfigError as e:
-    _exit(e)
+    configuration.exit_with_error(e)
   except trainer.NonFiniteLossError as e:
-    _exit(e, EXIT_NON_FINITE_LOSS)
+    configuration.exit_with_error(e, EXIT_NON_FINITE_LOSS)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags_or_exit)
+  app.run(main, flags_parser=configuration.parse_flags_or_exit)

@@ -17,6 +17,7 @@ from the one the current settings give means the output directory was made
 with other settings; the runner stops rather than mixing them.
 """
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -119,6 +120,18 @@ class _ForwardSignals:
       signal.signal(signum, handler)
 
 
+def _stop_with_parent():
+  """In the child, before exec: SIGTERM it when the runner dies, even by
+  SIGKILL, so a restarted job never has two processes writing one run
+  directory (Linux; elsewhere the child outlives a killed runner)."""
+  try:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+  except OSError:
+    return
+  pr_set_pdeathsig = 1
+  libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _run_process(step, log_path, forward, print_fn, env):
   prefix = f"[{step.name}] "
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -127,7 +140,7 @@ def _run_process(step, log_path, forward, print_fn, env):
     process = subprocess.Popen(
         [sys.executable, *step.command()], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, errors="replace", env=env,
-        bufsize=1)
+        bufsize=1, preexec_fn=_stop_with_parent)
     forward.process = process
     try:
       for line in process.stdout:
@@ -143,6 +156,7 @@ def _run_process(step, log_path, forward, print_fn, env):
 
 # TensorFlow's start-up chatter (kept in the step's log, not echoed).
 _NOISE_PREFIXES = ("WARNING: All log messages before absl::InitializeLog",
+                   "To enable the following instructions:",
                    "I0000 ", "E0000 ", "W0000 ")
 
 
