@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+import tensorflow as tf
+
 from cdm_tf import files
 
 STEPS_DIR = "steps"
@@ -75,9 +77,9 @@ def marker_path(output_dir, name):
 def read_marker(output_dir, name):
   """The marker of a finished step, or None."""
   path = marker_path(output_dir, name)
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
+  with tf.io.gfile.GFile(path) as f:
     return json.load(f)
 
 
@@ -134,8 +136,9 @@ def _stop_with_parent():
 
 def _run_process(step, log_path, forward, print_fn, env):
   prefix = f"[{step.name}] "
-  os.makedirs(os.path.dirname(log_path), exist_ok=True)
-  with open(log_path, "a", encoding="utf-8") as log:
+  tf.io.gfile.makedirs(os.path.dirname(log_path))
+  # gfile: the output directory may be a bucket (gs://...).
+  with tf.io.gfile.GFile(log_path, "a") as log:
     log.write(f"$ {' '.join([sys.executable, *step.command()])}\n")
     process = subprocess.Popen(
         [sys.executable, *step.command()], stdout=subprocess.PIPE,
@@ -202,7 +205,7 @@ def run(output_dir, steps, print_fn=print, env=None):
     for number, step in enumerate(steps, 1):
       label = f"step {number}/{len(steps)} {step.name}"
       marker = markers.get(step.name)
-      if marker is not None and os.path.exists(step.product):
+      if marker is not None and tf.io.gfile.exists(step.product):
         print_fn(f"{label}: finished before "
                  f"({marker['seconds']:.0f} s), skipped")
         seconds[step.name] = marker["seconds"]
@@ -222,7 +225,7 @@ def run(output_dir, steps, print_fn=print, env=None):
             f"{label} failed with exit status {status} after {elapsed:.0f} "
             f"s; see {os.path.join(output_dir, LOGS_DIR, step.name)}.log",
             status)
-      if not os.path.exists(step.product):
+      if not tf.io.gfile.exists(step.product):
         raise StepFailedError(
             f"{label} ended without writing {step.product} (stopped "
             "early?); run again to resume it", 1)
