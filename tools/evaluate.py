@@ -43,6 +43,7 @@ from cdm_tf.data import synthetic_writer
 from cdm_tf.generation import sweep
 from cdm_tf.metrics import fid
 from cdm_tf.metrics import networks
+from cdm_tf.metrics import report
 from cdm_tf.metrics import sample_quality
 from cdm_tf.training import strategies
 
@@ -163,8 +164,9 @@ def main(argv):
   except (ValueError, FileNotFoundError, OSError) as e:
     configuration.exit_with_error(e)
 
+  counts = ", ".join(report.count_label(n) for n in sample_counts)
   print_fn(f"{manifest.num_examples} generated images at {resolution}x"
-           f"{resolution}; FID@{list(sample_counts)} against "
+           f"{resolution}; FID@{counts} against "
            f"{', '.join(FLAGS.reference_splits)} with {extractor.name}")
   references = {
       split: fid.reference_statistics(

@@ -94,7 +94,8 @@ def _check_flags():
   data = FLAGS.data or (input_pipeline.DATA_SYNTHETIC if FLAGS.cas
                         else input_pipeline.DATA_REAL)
   if FLAGS.cas and data != input_pipeline.DATA_SYNTHETIC:
-    configuration.exit_with_error(f"--cas trains on synthetic data only, not --data={data}")
+    configuration.exit_with_error(
+        f"--cas trains on synthetic data only, not --data={data}")
   training_data = input_pipeline.TrainingData(
       data=data, real_data_dir=FLAGS.real_data_dir,
       synthetic_dir=FLAGS.synthetic_dir,
@@ -108,10 +109,12 @@ def _check_flags():
     try:
       evaluation.read_per_class_csv(FLAGS.compare_with)
     except (ValueError, OSError, tf.errors.OpError) as e:
-      configuration.exit_with_error(f"--compare_with {FLAGS.compare_with}: {e}")
+      configuration.exit_with_error(
+          f"--compare_with {FLAGS.compare_with}: {e}")
   gin_files = FLAGS.gin_file or ([CAS_GIN_FILE] if FLAGS.cas else [])
   if not gin_files:
-    configuration.exit_with_error("give --gin_file, a gin/classifiers config (model and recipe)")
+    configuration.exit_with_error(
+        "give --gin_file, a gin/classifiers config (model and recipe)")
   return training_data, gin_files
 
 
@@ -121,8 +124,9 @@ def _configured():
     recipe = gin.get_configurable(recipes.ClassifierRecipe)()
     model_factory = gin.get_configurable(models.create_classifier)
   except (ValueError, TypeError) as e:
-    configuration.exit_with_error("the gin configuration must bind recipes.ClassifierRecipe and "
-          f"models.create_classifier (a gin/classifiers config): {e}")
+    configuration.exit_with_error(
+        "the gin configuration must bind recipes.ClassifierRecipe and "
+        f"models.create_classifier (a gin/classifiers config): {e}")
   try:
     optimizer_factory = gin.get_configurable(recipes.create_optimizer)
   except ValueError:  # Not mentioned by the config: the plain function.

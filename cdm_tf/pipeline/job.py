@@ -139,8 +139,8 @@ class JobConfig:
                        f"not {self.synthetic_multiplier}")
     if (self.real_synthetic_multiplier is not None
         and self.real_synthetic_multiplier <= 0):
-      raise ValueError("JobConfig.real_synthetic_multiplier must be "
-                       f"positive or None, not {self.real_synthetic_multiplier}")
+      raise ValueError("JobConfig.real_synthetic_multiplier must be positive "
+                       f"or None, not {self.real_synthetic_multiplier}")
     if self.feature_network not in FEATURE_NETWORKS:
       raise ValueError(f"JobConfig.feature_network must be one of "
                        f"{FEATURE_NETWORKS}, not {self.feature_network!r}")
@@ -211,13 +211,14 @@ def steps(config, output_dir, strategy_flags=()):
                    "class counts with the cascade")))
 
   real_dir = run_dir(output_dir, CLASSIFIER_REAL)
+  real_model = os.path.join(real_dir, classifier_trainer.MODEL_FILE)
   result.append(runner.Step(
       CLASSIFIER_REAL, "train_classifier.py",
       (*_gin_flags(config, config.classifier_gin_files,
                    config.classifier_gin_bindings, output_dir),
        f"--real_data_dir={data}", "--data=real", f"--model_dir={real_dir}",
        *strategy_flags),
-      product=os.path.join(real_dir, classifier_trainer.MODEL_FILE),
+      product=real_model,
       description="train the classifier on real data"))
   real_per_class = os.path.join(real_dir, classifier_trainer.EVAL_DIR,
                                 evaluation.PER_CLASS_CSV)
@@ -225,7 +226,7 @@ def steps(config, output_dir, strategy_flags=()):
   metrics_dir = run_dir(output_dir, METRICS_DIR)
   if config.feature_network == "classifier":
     network_flags = ["--feature_network=classifier",
-                     f"--classifier_model={os.path.join(real_dir, classifier_trainer.MODEL_FILE)}"]
+                     f"--classifier_model={real_model}"]
     if config.feature_network_name:
       network_flags.append(
           f"--feature_network_name={config.feature_network_name}")
@@ -257,8 +258,10 @@ def steps(config, output_dir, strategy_flags=()):
       description="Classification Accuracy Score: train on synthetic only"))
 
   mixed_dir = run_dir(output_dir, CLASSIFIER_REAL_SYNTHETIC)
-  multiplier = ([] if config.real_synthetic_multiplier is None else
-                [f"--synthetic_multiplier={config.real_synthetic_multiplier:g}"])
+  multiplier = []
+  if config.real_synthetic_multiplier is not None:
+    multiplier.append(
+        f"--synthetic_multiplier={config.real_synthetic_multiplier:g}")
   result.append(runner.Step(
       CLASSIFIER_REAL_SYNTHETIC, "train_classifier.py",
       (*_gin_flags(config, config.classifier_gin_files,
