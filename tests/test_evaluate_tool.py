@@ -86,7 +86,8 @@ def _run(command):
 
 def test_real_validation_images_have_zero_fid_against_validation(setup):
   out = setup["root"] / "metrics"
-  result = _run(_command(setup, out, "--keep_features=20"))
+  result = _run(_command(setup, out, "--keep_features=20",
+                         "--real_baseline_split=validation"))
   assert result.returncode == 0, result.stderr[-3000:]
   assert setup["count"] == 20
   # 20 images: the default FID@N is the whole set.
@@ -115,13 +116,25 @@ def test_real_validation_images_have_zero_fid_against_validation(setup):
       1e-3 * scale)
   assert by_label[f"FID@20 vs train ({NETWORK})"]["value"] > 1e-3 * scale
   assert by_label[f"precision@20 vs validation ({NETWORK})"]["value"] == 1.0
+  # The real baseline: the first 20 validation images, read from the real
+  # data and prepared like the reference images, against train only. Here
+  # they are the "generated" images, so their values must agree.
+  baseline = {m["label"]: m for m in json.loads(
+      (out / "metrics_real_baseline.json").read_text())["metrics"]}
+  assert not any("vs validation" in label for label in baseline)
+  for label in (f"FID@20 vs train ({NETWORK})", f"IS@20 ({NETWORK})"):
+    np.testing.assert_allclose(baseline[label]["value"],
+                               by_label[label]["value"], rtol=1e-3)
 
 
 @pytest.mark.parametrize("flags,message", [
     (["--sample_counts=10,30"], "must be in 2..20"),
     (["--split=validation"], "no manifest of split 'validation'"),
     (["--reference_splits=train,test"], "no 'test' shards"),
-], ids=["too_many_samples", "missing_split", "missing_reference"])
+    (["--reference_splits=validation", "--real_baseline_split=validation"],
+     "needs another reference split"),
+], ids=["too_many_samples", "missing_split", "missing_reference",
+        "baseline_without_reference"])
 def test_bad_flags_exit_2(setup, flags, message):
   out = setup["root"] / "bad"
   result = _run(_command(setup, out, *flags))

@@ -108,6 +108,15 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
   fid = next(m for m in metrics if m["label"].startswith("FID@20 vs valid"))
   assert fid["value"] > 0
 
+  # Real validation images of the same count score better than 4-step
+  # samples.
+  baseline = json.load(open(job.baseline_metrics_path(out)))["metrics"]
+  real_fid = next(m for m in baseline if m["label"].startswith("FID@20 vs "
+                                                               "train"))
+  generated_fid = next(m for m in metrics
+                       if m["label"].startswith("FID@20 vs train"))
+  assert 0 <= real_fid["value"] < generated_fid["value"]
+
   cas = json.load(open(os.path.join(out, job.CLASSIFIER_SYNTHETIC,
                                     "cas_report.json")))
   assert cas["validation_examples"] == 30
@@ -117,6 +126,7 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
     assert label in report
   assert f"{100 * cas['cas_top1']:.2f}" in report
   assert "Fashion-MNIST tiny ResNet features" in report
+  assert "For scale" in report
   assert "ankle boot" in report.lower()
   for png in re.findall(r"\]\(([^)]+\.png)\)", report):
     assert os.path.getsize(os.path.join(out, job.REPORT_DIR, png)) > 0

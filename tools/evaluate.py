@@ -41,6 +41,7 @@ from cdm_tf.data import mixing
 from cdm_tf.data import schema
 from cdm_tf.data import synthetic_writer
 from cdm_tf.generation import sweep
+from cdm_tf.metrics import features
 from cdm_tf.metrics import fid
 from cdm_tf.metrics import networks
 from cdm_tf.metrics import report
@@ -48,6 +49,7 @@ from cdm_tf.metrics import sample_quality
 from cdm_tf.training import strategies
 
 METRICS_FILE = "metrics.json"
+BASELINE_FILE = "metrics_real_baseline.json"
 CAS_DIR = "cas_classifier"
 
 flags.DEFINE_string("generated_dir", None, "The generated set: shards and "
@@ -70,6 +72,12 @@ flags.DEFINE_integer("batch_size", None, "Images per feature-network call.",
                      lower_bound=1)
 flags.DEFINE_string("stats_cache_dir", None, "Where the reference statistics "
                     "are cached when --real_data_dir is not writable.")
+flags.DEFINE_string("real_baseline_split", None, "Also score the first N "
+                    "real images of this split (N = the largest FID@N) the "
+                    "same way, against the other reference splits: what "
+                    "real images of that count score on this feature "
+                    "network, for scale. Written to "
+                    f"{BASELINE_FILE}.")
 flags.DEFINE_string("output_dir", None, "Where metrics.json (and, with "
                     "--cas, the CAS classifier) go.")
 flags.DEFINE_bool("cas", False, "Also compute the Classification Accuracy "
@@ -136,6 +144,28 @@ def _check_real_data(num_classes):
   # CAS tests its classifier on the real validation split.
   for split in FLAGS.reference_splits + (["validation"] if FLAGS.cas else []):
     imagenet_reader.list_files(FLAGS.real_data_dir, split)
+  baseline = FLAGS.real_baseline_split
+  if baseline:
+    imagenet_reader.list_files(FLAGS.real_data_dir, baseline)
+    if not set(FLAGS.reference_splits) - {baseline}:
+      raise ValueError(f"--real_baseline_split={baseline} needs another "
+                       "reference split to be compared with")
+
+
+def _real_baseline(extractor, references, count, resolution, num_classes):
+  """The metrics of the first ``count`` real images of the baseline split,
+  prepared like the reference images, against the other splits."""
+  split = FLAGS.real_baseline_split
+  real = imagenet_reader.read_dataset(
+      imagenet_reader.list_files(FLAGS.real_data_dir, split),
+      num_classes=num_classes, shuffle=False)
+  extracted = features.extract(
+      real, extractor, num_examples=count, batch_size=FLAGS.batch_size,
+      preprocess=features.center_crop_resize(resolution))
+  others = {name: r for name, r in references.items() if name != split}
+  # IS needs logits: without them (the FID Inception) the baseline has none.
+  return sample_quality.evaluate(extracted, extractor, others,
+                                 sample_counts=(count,))
 
 
 def main(argv):
@@ -192,6 +222,14 @@ def main(argv):
     if scores is None:
       raise SystemExit("stopped during CAS training; run again to resume")
     metrics.extend(sweep.cas_values(scores, cas_name, manifest.num_examples))
+  if FLAGS.real_baseline_split:
+    baseline = _real_baseline(extractor, references, max(sample_counts),
+                              resolution, manifest.num_classes)
+    path = os.path.join(FLAGS.output_dir, BASELINE_FILE)
+    baseline.write_json(path)
+    print_fn(f"for scale, {max(sample_counts)} real "
+             f"{FLAGS.real_baseline_split} images:\n" + baseline.format_table())
+    print_fn(f"wrote {path}")
   path = os.path.join(FLAGS.output_dir, METRICS_FILE)
   metrics.write_json(path)
   print_fn(metrics.format_table())

@@ -65,6 +65,7 @@ def _write_report(config, output_dir, step_seconds, notes=()):
       diffusion_runs=job.diffusion_run_dirs(config, output_dir),
       classifier_runs=job.classifier_run_dirs(output_dir),
       metrics_file=job.metrics_path(output_dir),
+      baseline_metrics_file=job.baseline_metrics_path(output_dir),
       settings=job.settings_table(config, output_dir, _strategy_flags()),
       step_seconds=step_seconds, notes=notes)
   print(f"report: {path}", flush=True)

@@ -41,6 +41,7 @@ CLASSIFIER_SYNTHETIC = "classifier_synthetic"
 CLASSIFIER_REAL_SYNTHETIC = "classifier_real_synthetic"
 METRICS_DIR = "metrics"
 METRICS_FILE = "metrics.json"
+BASELINE_FILE = "metrics_real_baseline.json"
 REPORT_DIR = "report"
 OUTPUT_DIR_PLACEHOLDER = "{output_dir}"
 REAL_DATA_DIR_PLACEHOLDER = "{real_data_dir}"
@@ -94,6 +95,9 @@ class JobConfig:
       file for the Inception Score (none is installable here).
     sample_counts: N of FID@N; None lets tools/evaluate.py choose from the
       set's size.
+    real_baseline_split: also score this many real images of this split
+      against the other splits, so the metrics have a scale (an FID on a
+      classifier's features means little alone); None: no baseline.
   """
   title: str = "cdm_tf end-to-end run"
   real_data_dir: str = "data/fashion_mnist"
@@ -112,6 +116,7 @@ class JobConfig:
   feature_network_name: Optional[str] = None
   is_classifier_model: Optional[str] = None
   sample_counts: Optional[tuple] = None
+  real_baseline_split: Optional[str] = None
 
   def validate(self):
     """Raises ValueError naming the first unusable setting."""
@@ -235,6 +240,9 @@ def steps(config, output_dir, strategy_flags=()):
     if config.is_classifier_model:
       network_flags.append(
           f"--is_classifier_model={config.is_classifier_model}")
+  if config.real_baseline_split:
+    network_flags.append(
+        f"--real_baseline_split={config.real_baseline_split}")
   if config.sample_counts:
     network_flags.append(
         "--sample_counts=" + ",".join(str(int(n)) for n in
@@ -289,6 +297,10 @@ def classifier_run_dirs(output_dir):
 
 def metrics_path(output_dir):
   return os.path.join(output_dir, METRICS_DIR, METRICS_FILE)
+
+
+def baseline_metrics_path(output_dir):
+  return os.path.join(output_dir, METRICS_DIR, BASELINE_FILE)
 
 
 

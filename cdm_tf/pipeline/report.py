@@ -42,6 +42,7 @@ NO_DATA = "no data"
 
 def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
                  diffusion_runs, classifier_runs, metrics_file=None,
+                 baseline_metrics_file=None,
                  settings=None, step_seconds=None, real_split="validation",
                  synthetic_split="train", samples_per_class=8,
                  max_grid_classes=MAX_GRID_CLASSES, notes=()):
@@ -55,6 +56,8 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
     diffusion_runs: ordered {label: model_dir} of diffusion training runs.
     classifier_runs: ordered {label: model_dir} of classifier runs.
     metrics_file: a ``MetricsReport`` JSON.
+    baseline_metrics_file: the same metrics of real images of the same
+      count (tools/evaluate.py --real_baseline_split), shown for scale.
     settings: {setting: value} of what was run; nested dicts are flattened
       to dotted keys.
     step_seconds: {step name: wall seconds}.
@@ -83,7 +86,8 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
                         samples_per_class, max_grid_classes))
   parts.append(_section("Classifier accuracy", _accuracy_section,
                         report_dir, classifiers))
-  parts.append(_section("Sample quality", _metrics_section, metrics_file))
+  parts.append(_section("Sample quality", _metrics_section, metrics_file,
+                        baseline_metrics_file))
   parts.append(_section("Training loss", _loss_section, report_dir,
                         diffusion, classifiers))
   parts.append(_section("Diffusion models", _diffusion_section, report_dir,
@@ -291,23 +295,35 @@ def _accuracy_section(report_dir, classifiers):
   return text
 
 
-def _metrics_section(metrics_file):
-  metrics = run_outputs.read_metrics(metrics_file)
-  if metrics is None:
-    return f"Sample-quality metrics {NOT_RUN}."
-  if not metrics:
-    return f"{NO_DATA}: {metrics_file} holds no metrics."
+def _metrics_rows(metrics):
   rows = []
   for m in metrics:
     value = number(m["value"])
     if m.get("std") is not None:
       value += f" ± {number(m['std'])}"
     rows.append([m["label"], value, _count(m.get("num_samples"))])
-  return (_table(["metric (feature network)", "value", "generated images"],
-                 rows)
+  return rows
+
+
+def _metrics_section(metrics_file, baseline_file=None):
+  metrics = run_outputs.read_metrics(metrics_file)
+  if metrics is None:
+    return f"Sample-quality metrics {NOT_RUN}."
+  if not metrics:
+    return f"{NO_DATA}: {metrics_file} holds no metrics."
+  text = (_table(["metric (feature network)", "value", "generated images"],
+                 _metrics_rows(metrics))
           + "\nEach label names the feature network: values computed on "
           "different networks, sample counts or reference splits are "
           "different quantities.\n")
+  baseline = run_outputs.read_metrics(baseline_file)
+  if baseline:
+    text += ("\nFor scale, the same metrics of real images (the first "
+             "ones of a real split not used as the reference), as many as "
+             "the generated ones:\n\n"
+             + _table(["metric (feature network)", "value", "real images"],
+                      _metrics_rows(baseline)))
+  return text
 
 
 def _loss_section(report_dir, diffusion, classifiers):
