@@ -1,5 +1,6 @@
 """Writing files so that a reader never sees a half-written one."""
 
+import io
 import json
 import os
 import uuid
@@ -25,6 +26,14 @@ def atomic_write_bytes(path, data):
 def atomic_write_json(path, obj):
   atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True)
                             + "\n").encode("utf-8"))
+
+
+def atomic_write_figure(path, fig):
+  """A matplotlib figure as a PNG, laid out tight, written atomically."""
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  atomic_write_bytes(path, buffer.getvalue())
 
 
 def json_differences(path, record, ignore=()):

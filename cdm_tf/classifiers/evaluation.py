@@ -293,10 +293,7 @@ def plot_per_class(path, accuracy, reference=None, label="this model",
       title += (f"; {reference_label}: mean {np.nanmean(key):.3f}; "
                 f"{at_least} of {len(order)} classes at or above it")
   axes.set_title(title, fontsize=9)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  files.atomic_write_bytes(path, buffer.getvalue())
+  files.atomic_write_figure(path, fig)
 
 
 def write_reports(directory, result, classes=None, compare_with=None,

@@ -25,7 +25,6 @@ the points nor the views does not draw them again.
 """
 
 import dataclasses
-import io
 import itertools
 import json
 import math
@@ -168,13 +167,6 @@ def _suptitle(fig, num_panels, text):
   fig.suptitle(textwrap.fill(text, width), fontsize=9)
 
 
-def _save(fig, path):
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  files.atomic_write_bytes(path, buffer.getvalue())
-
-
 def _panels(points, panel_fields):
   """Every combination of the panel fields' values, as dicts."""
   options = [_values(points, f) for f in panel_fields]
@@ -231,7 +223,7 @@ def plot_metric(path, points, label, metric, curve, line, panel_fields):
     if panel:
       ax.set_title(_title(panel), fontsize=9)
   _suptitle(fig, len(panels), f"{label} vs {curve} ({_direction(metric)})")
-  _save(fig, path)
+  files.atomic_write_figure(path, fig)
   return PlotInfo(path, "metric", curve, label, (curve, line))
 
 
@@ -283,7 +275,7 @@ def plot_pareto(path, points, x_label, x_metric, y_label, y_metric, curve,
       ax.set_title(_title(panel), fontsize=9)
   _suptitle(fig, len(panels), f"points annotated with {curve}; "
             f"{_direction(y_metric)}, {_direction(x_metric)}")
-  _save(fig, path)
+  files.atomic_write_figure(path, fig)
   return PlotInfo(path, "pareto", x_label, y_label, (curve, line))
 
 

@@ -12,7 +12,6 @@ the text (class names, headers) on the blank canvas before the cells are
 pasted in.
 """
 
-import io
 import math
 import textwrap
 
@@ -142,13 +141,6 @@ def sample_grid(path, names, generated, real, per_class, side,
   return height, width
 
 
-def _save(fig, path):
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  files.atomic_write_bytes(path, buffer.getvalue())
-
-
 def _figure(width, height):
   from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
@@ -187,7 +179,7 @@ def accuracy_chart(path, labels, top1, is_cas, split):
   axes.grid(axis="y", alpha=0.3)
   axes.set_title("classifier top-1 accuracy (orange: CAS, trained on "
                  "synthetic only)", fontsize=9)
-  _save(fig, path)
+  files.atomic_write_figure(path, fig)
 
 
 def smooth(values):
@@ -256,4 +248,4 @@ def loss_curves(path, panels):
     axes.set_xlabel("step")
     axes.set_ylabel("train/loss")
     axes.grid(alpha=0.3)
-  _save(fig, path)
+  files.atomic_write_figure(path, fig)
