@@ -34,15 +34,12 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-import gin
 import tensorflow as tf
 
 from cdm_tf import configuration
 from cdm_tf.classifiers import cas
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import input_pipeline
-from cdm_tf.classifiers import models
-from cdm_tf.classifiers import recipes
 from cdm_tf.classifiers import trainer
 from cdm_tf.training import strategies
 
@@ -121,17 +118,11 @@ def _check_flags():
 def _configured():
   """The recipe, model factory and optimizer factory the gin files bind."""
   try:
-    recipe = gin.get_configurable(recipes.ClassifierRecipe)()
-    model_factory = gin.get_configurable(models.create_classifier)
+    return cas.configured_classifier()
   except (ValueError, TypeError) as e:
     configuration.exit_with_error(
         "the gin configuration must bind recipes.ClassifierRecipe and "
         f"models.create_classifier (a gin/classifiers config): {e}")
-  try:
-    optimizer_factory = gin.get_configurable(recipes.create_optimizer)
-  except ValueError:  # Not mentioned by the config: the plain function.
-    optimizer_factory = recipes.create_optimizer
-  return recipe, model_factory, optimizer_factory
 
 
 def main(argv):

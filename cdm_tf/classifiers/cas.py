@@ -114,6 +114,22 @@ def classification_accuracy_score(model_dir, strategy, real_data_dir,
   return report
 
 
+def configured_classifier():
+  """The recipe, model factory and optimizer factory the parsed gin files
+  bind (a gin/classifiers config).
+
+  Raises:
+    ValueError, TypeError: gin binds no recipe or model.
+  """
+  recipe = gin.get_configurable(recipes.ClassifierRecipe)()
+  model_factory = gin.get_configurable(models.create_classifier)
+  try:
+    optimizer_factory = gin.get_configurable(recipes.create_optimizer)
+  except ValueError:  # not mentioned by the config: the plain function
+    optimizer_factory = recipes.create_optimizer
+  return recipe, model_factory, optimizer_factory
+
+
 def configured_cas_scorer(strategy, real_data_dir, print_fn=print,
                           trained_on="the generated images",
                           synthetic_split=input_pipeline.TRAIN_SPLIT):
@@ -137,17 +153,12 @@ def configured_cas_scorer(strategy, real_data_dir, print_fn=print,
       (models.create_classifier, recipes.ClassifierRecipe).
   """
   try:
-    recipe = gin.get_configurable(recipes.ClassifierRecipe)()
-    model_factory = gin.get_configurable(models.create_classifier)
+    recipe, model_factory, optimizer_factory = configured_classifier()
     network = gin.query_parameter("models.create_classifier.name")
   except (ValueError, TypeError) as e:
     raise ValueError("--cas needs a gin/classifiers config among --gin_file "
                      f"(models.create_classifier, recipes.ClassifierRecipe): "
                      f"{e}") from e
-  try:
-    optimizer_factory = gin.get_configurable(recipes.create_optimizer)
-  except ValueError:  # not mentioned by the config: the plain function
-    optimizer_factory = recipes.create_optimizer
 
   def score(synthetic_dir, model_dir):
     result = classification_accuracy_score(
