@@ -169,3 +169,85 @@ def test_stage_settings_are_checked(exports):
     cascade.sample(_seeds(2), [0, 10])
   with pytest.raises(FileNotFoundError, match="not an exported model"):
     cascade_lib.Cascade([cascade_lib.Stage(base_dir + "-missing")])
+
+
+def test_solver_stages_are_the_models_own_solver_sampling(exports):
+  # A guided DPM-Solver++(2M) base handing z_s to a truncated SR stage
+  # sampled with the stochastic solver: the solver stops at the SR model's
+  # level s, which need not be a training step.
+  base_dir, sr_dir = exports
+  level = 0.2537
+  stages = [cascade_lib.Stage(base_dir, sampler="dpmpp_2m", steps=5,
+                              guidance_weight=2.0),
+            cascade_lib.Stage(sr_dir, sampler="dpmpp_2m_sde", steps=3,
+                              timestep_spacing="karras", aug_level=level,
+                              truncated=True)]
+  cascade = cascade_lib.Cascade(stages, steps_per_call=2)
+  assert cascade.sampler_names() == ["dpmpp_2m-5", "dpmpp_2m_sde-3"]
+  assert cascade.network_evaluations_per_example() == 5 * 2 + 3
+  assert cascade_lib.estimated_evaluations_per_image(stages) == 13
+  description = cascade.description()["stages"]
+  sr = export.load_model(sr_dir)
+  s_alpha_bar = sr.gaussian_augmentation.truncation_alpha_bar(level)
+  assert description[0]["stops_at_alpha_bar"] == s_alpha_bar
+  assert description[1]["steps"] == 3
+  images = cascade.sample(_seeds(), LABELS)
+
+  base = export.load_model(base_dir)
+  seeds = _seeds()
+  z_s = base.sample(_stage_seeds(seeds, 0), labels=LABELS,
+                    sampler="dpmpp_2m", steps=5, guidance_weight=2.0,
+                    stop_alpha_bar=s_alpha_bar)
+  x0 = sr.sample(_stage_seeds(seeds, 1), labels=LABELS, low_res=z_s,
+                 sampler="dpmpp_2m_sde", steps=3, timestep_spacing="karras",
+                 aug_level=level, truncated=True)
+  expected = diffusion_preprocessing.to_uint8(x0).numpy()
+  np.testing.assert_allclose(images.astype(int), expected.astype(int),
+                             atol=1)
+  assert (images == expected).mean() > 0.99
+  # Steps per compiled call change nothing.
+  for other in (cascade_lib.Cascade(stages, steps_per_call=None),
+                cascade_lib.Cascade(stages, steps_per_call=1)):
+    np.testing.assert_array_equal(other.sample(_seeds(), LABELS), images)
+
+
+def test_xla_compiled_chains_sample_close_to_the_graph_ones(exports):
+  stages = [cascade_lib.Stage(exports[0], sampler="dpmpp_2m", steps=4),
+            cascade_lib.Stage(exports[1], timestep_respacing="3")]
+  graph = cascade_lib.Cascade(stages).sample(_seeds(), LABELS)
+  xla = cascade_lib.Cascade(stages, jit_compile=True,
+                            steps_per_call=None).sample(_seeds(), LABELS)
+  diff = np.abs(xla.astype(float) - graph.astype(float))
+  assert diff.mean() < 2, diff.mean()
+
+
+def test_progress_is_reported_per_compiled_call(exports):
+  base_dir, _ = exports
+  cascade = cascade_lib.Cascade(
+      [cascade_lib.Stage(base_dir, sampler="dpmpp_3m", steps=7)],
+      steps_per_call=3)
+  seen = []
+  cascade.sample(_seeds(2), LABELS[:2],
+                 progress=lambda *args: seen.append(args))
+  assert seen == [(0, 3, 7), (0, 6, 7), (0, 7, 7)]
+
+
+def test_solver_stage_settings_are_checked(exports):
+  base_dir, _ = exports
+  with pytest.raises(ValueError, match="needs steps >= 1"):
+    cascade_lib.Stage(base_dir, sampler="dpmpp_2m")
+  with pytest.raises(ValueError, match="timestep_respacing is a ddpm"):
+    cascade_lib.Stage(base_dir, sampler="dpmpp_2m", steps=10,
+                      timestep_respacing="10")
+  with pytest.raises(ValueError, match="logvar_coeff is a ddpm"):
+    cascade_lib.Stage(base_dir, sampler="dpmpp_3m", steps=10,
+                      logvar_coeff=0.1)
+  with pytest.raises(ValueError, match="unknown timestep_spacing"):
+    cascade_lib.Stage(base_dir, sampler="dpmpp_2m", steps=10,
+                      timestep_spacing="cubic")
+  with pytest.raises(ValueError, match="are solver settings"):
+    cascade_lib.Stage(base_dir, steps=10)
+  # ddpm / ddim settings records are what they were before solvers.
+  assert "steps" not in cascade_lib.Stage(base_dir).settings()
+  assert cascade_lib.Stage(base_dir, sampler="dpmpp_2m",
+                           steps=10).settings()["steps"] == 10

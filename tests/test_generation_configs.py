@@ -33,9 +33,10 @@ def _summary(stages):
 def test_every_generation_file_parses():
   names = sorted(os.path.basename(p)
                  for p in glob.glob(os.path.join(GIN_DIR, "*.gin")))
-  assert names == ["azizi_imagenet_1024.gin",
+  assert names == ["azizi_imagenet_1024.gin", "azizi_imagenet_1024_fast.gin",
                    "azizi_imagenet_1024_high_guidance.gin",
-                   "cdm_imagenet_256.gin", "fashion_mnist_16_to_32.gin"]
+                   "cdm_imagenet_256.gin", "cdm_imagenet_256_fast.gin",
+                   "fashion_mnist_16_to_32.gin"]
   for name in names:
     stages, settings = _stages(name)
     assert len(stages) >= 2 and settings.batch_size > 0
@@ -73,3 +74,22 @@ def test_cdm_sampler():
   assert not stages[1].truncated
   assert (stages[2].schedule, stages[2].num_timesteps) == ("linear", 100)
   assert [s.guidance_weight for s in stages] == [1.0] * 3
+
+
+@pytest.mark.parametrize("paper,fast,steps", [
+    ("azizi_imagenet_1024.gin", "azizi_imagenet_1024_fast.gin", [25, 20, 15]),
+    ("cdm_imagenet_256.gin", "cdm_imagenet_256_fast.gin", [25, 20, 15])])
+def test_fast_variants_swap_only_the_sampler(paper, fast, steps):
+  paper_stages, paper_settings = _stages(paper)
+  fast_stages, fast_settings = _stages(fast)
+  assert [(s.sampler, s.steps) for s in fast_stages] == [
+      ("dpmpp_2m", n) for n in steps]
+  for before, after in zip(paper_stages, fast_stages):
+    assert (after.model_dir, after.guidance_weight, after.aug_level,
+            after.truncated, after.clip_denoised,
+            after.dynamic_threshold_percentile) == (
+                before.model_dir, before.guidance_weight, before.aug_level,
+                before.truncated, before.clip_denoised,
+                before.dynamic_threshold_percentile)
+    assert after.timestep_respacing is None and after.logvar_coeff is None
+  assert fast_settings == paper_settings

@@ -94,11 +94,23 @@ def test_per_example_noise_streams_are_keyed_by_seed_and_salt():
 def test_progress_and_stop_at():
   diffusion = create_diffusion("cosine", 50)
   seeds = per_example_noise.example_seeds(tf.range(2))
-  seen = []
-  samplers.ddpm_sample(diffusion, DATA.model_fn(diffusion), (2,), seeds,
-                       stop_at=20, progress=lambda done, total: seen.append(
-                           (done, total)))
-  assert seen[0] == (1, 30) and seen[-1] == (30, 30) and len(seen) == 30
+  fn = DATA.model_fn(diffusion)
+  results, calls = {}, {}
+  for steps_per_call in (1, 8, None):
+    seen = []
+    results[steps_per_call] = samplers.ddpm_sample(
+        diffusion, fn, (2,), seeds, stop_at=20, steps_per_call=steps_per_call,
+        progress=lambda done, total, seen=seen: seen.append((done, total)))
+    calls[steps_per_call] = seen
+  # 30 steps (indices 49 .. 20), reported after each compiled call.
+  assert calls[1] == [(k, 30) for k in range(1, 31)]
+  assert calls[8] == [(8, 30), (16, 30), (24, 30), (30, 30)]
+  assert calls[None] == [(30, 30)]
+  # Splitting the chain into calls does not change a sample.
+  np.testing.assert_array_equal(results[1].numpy(), results[8].numpy())
+  np.testing.assert_array_equal(results[1].numpy(), results[None].numpy())
+  with pytest.raises(ValueError, match="steps_per_call"):
+    samplers.ddpm_sample(diffusion, fn, (2,), seeds, steps_per_call=0)
   with pytest.raises(ValueError, match="stop_at"):
     samplers.ddpm_sample(diffusion, DATA.model_fn(diffusion), (2,), seeds,
                          stop_at=50)
@@ -127,3 +139,17 @@ def test_thresholding_keeps_samples_in_range():
     x = samplers.ddpm_sample(diffusion, wide.model_fn(diffusion), (64,), seeds,
                              **kwargs).numpy()
     assert np.abs(x).max() <= 1.0 + 1e-5
+
+
+@pytest.mark.parametrize("sampler,kwargs", [
+    ("ddpm", {}), ("dpmpp_2m_sde", {"steps": 6})])
+def test_xla_compiled_network_keeps_each_samples_noise(sampler, kwargs):
+  # XLA's stateless random numbers differ from the TF kernels' for the same
+  # seed; only the network is compiled, so a stochastic chain's samples do
+  # not depend on jit_compile.
+  diffusion = create_diffusion("cosine", 20)
+  seeds = per_example_noise.example_seeds(tf.range(3), 4)
+  plain, compiled = (samplers.sample(
+      diffusion, DATA.model_fn(diffusion), (5,), seeds, sampler=sampler,
+      jit_compile=jit, **kwargs).numpy() for jit in (False, True))
+  np.testing.assert_allclose(compiled, plain, atol=1e-5)

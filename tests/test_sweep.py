@@ -79,6 +79,23 @@ class _Recorder:
     return self.built[-1]
 
 
+def test_explicit_points_mix_samplers_with_their_own_step_fields():
+  points = sweep.expand_grid([
+      {"sampler": "ddpm", "timestep_respacing": 250, "steps": None},
+      {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 15}])
+  assert [p.parameters for p in points] == [
+      {"sampler": "ddpm", "timestep_respacing": "250", "steps": None},
+      {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 15}]
+  assert points[1].name == "sampler_dpmpp_2m-timestep_respacing_None-steps_15"
+  for bad, message in (
+      ([{"sampler": "ddpm"}, {"steps": 3}], "same fields"),
+      ([{"sampler": "ddpm"}, {"sampler": "ddpm"}], "a point twice"),
+      ([{"nope": 1}], "not a Stage field"),
+      ([{}], "non-empty")):
+    with pytest.raises(ValueError, match=message):
+      sweep.expand_grid(bad)
+
+
 def test_grid_points_names_and_checks():
   points = sweep.expand_grid({"guidance_weight": [1, 1.25],
                               "timestep_respacing": [128, "ddim32"]})

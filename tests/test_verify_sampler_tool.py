@@ -27,9 +27,17 @@ def test_tool_reports_and_writes_json(tmp_path):
                 f"--output_dir={tmp_path}")
   assert result.returncode == 0, result.stderr
   assert "2 of 2 sampler settings reproduce" in result.stdout
-  rows = json.loads((tmp_path / "report.json").read_text())
+  assert "3 of 3 solvers converge at their order" in result.stdout
+  report = json.loads((tmp_path / "report.json").read_text())
+  rows = report["moments"]
   assert [r["steps"] for r in rows] == [200, 50]
   assert all(r["ok"] for r in rows)
+  convergence = {(r["sampler"], r["order"]): r for r in report["convergence"]}
+  assert set(convergence) == {("dpmpp_2m", 1), ("dpmpp_2m", 2),
+                              ("dpmpp_3m", 3)}
+  for (_, order), row in convergence.items():
+    assert row["ok"] and row["orders"][-1] > order - 0.3
+    assert row["errors"] == sorted(row["errors"], reverse=True)
 
 
 def test_tool_fails_when_a_setting_is_off(tmp_path):
@@ -40,6 +48,17 @@ def test_tool_fails_when_a_setting_is_off(tmp_path):
   result = _run(f"--gin_file={GIN}", f"--gin_bindings={bad}")
   assert result.returncode == 1
   assert "FAIL" in result.stdout
+
+
+def test_tool_fails_when_a_solver_is_below_its_order(tmp_path):
+  # DDIM (order 1) cannot pass as a second-order method.
+  bad = ('analytic.convergence_report.solvers = [{"sampler": "dpmpp_2m", '
+         '"solver_order": 1, "order": 2}]')
+  result = _run(f"--gin_file={GIN}", f"--gin_bindings={QUICK}",
+                f"--gin_bindings={bad}")
+  assert result.returncode == 1
+  assert "FAIL dpmpp_2m (order 1)" in result.stdout
+  assert "0 of 1 solvers converge" in result.stdout
 
 
 def test_bad_binding_gives_a_clear_error():

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from cdm_tf.diffusion import noise_conditioning
+from cdm_tf.diffusion import samplers
 
 
 class GaussianConditioningAugmentation:
@@ -82,26 +83,21 @@ class GaussianConditioningAugmentation:
     low, high = self.training_range
     return low + (high - low) * tf.cast(u, tf.float32)
 
+  def truncation_alpha_bar(self, level):
+    """alpha-bar_s of a level, where a truncated low-resolution chain stops
+    (1.0 for level 0: no truncation)."""
+    return float(np.interp(level * self.num_timesteps,
+                           np.arange(self.num_timesteps + 1),
+                           self.alpha_bar_grid))
+
   def truncation_stop_index(self, low_res_diffusion, level):
-    """``stop_at`` for the low-resolution sampler so that it returns z_s.
+    """``stop_at`` for an ancestral low-resolution chain to return z_s.
 
     The low-resolution process (possibly respaced) must have a step whose
     alpha-bar equals this augmentation's alpha_bar_s.
     """
-    target = float(np.interp(level * self.num_timesteps,
-                             np.arange(self.num_timesteps + 1),
-                             self.alpha_bar_grid))
-    if target >= 1.0:
-      return 0
-    cumprod = low_res_diffusion.alphas_cumprod
-    k = int(np.argmin(np.abs(cumprod - target)))
-    if not np.isclose(cumprod[k], target, rtol=1e-6, atol=1e-9):
-      raise ValueError(
-          f"augmentation level {level} (alpha-bar {target:.6g}) is not a step "
-          "of the low-resolution sampling process, so truncated sampling "
-          "cannot stop there; use a respacing that keeps it, or "
-          "non-truncated augmentation")
-    return k + 1
+    return samplers.stop_index(low_res_diffusion,
+                               self.truncation_alpha_bar(level))
 
 
 def gaussian_blur(images, sigma, kernel_size=3):

@@ -18,9 +18,10 @@ so a sample depends only on (seed, label) and the settings: not on the batch
 size, the position in the batch, the worker or the number of replicas.
 
 Sampling runs under a ``tf.distribute`` strategy: the global batch is split
-evenly over the replicas, each step is one compiled ``strategy.run`` (XLA
-with ``jit_compile``), and intermediate images stay on their replica from
-stage to stage.
+evenly over the replicas, ``steps_per_call`` steps of a stage's chain run
+as one compiled ``strategy.run`` (a ``tf.while_loop``; the network in XLA
+with ``jit_compile``; progress is reported between calls), and
+intermediate images stay on their replica from stage to stage.
 
 Text-conditioned stages (Azizi et al.: Imagen fine-tuned with each class's
 name as its prompt) are sampled by class too: a label becomes its class
@@ -43,6 +44,7 @@ import tensorflow as tf
 
 from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.diffusion import create_diffusion
+from cdm_tf.diffusion import dpm_solver
 from cdm_tf.diffusion import per_example_noise
 from cdm_tf.diffusion import samplers
 from cdm_tf.models import export
@@ -56,9 +58,13 @@ class Stage:
 
   Attributes:
     model_dir: the stage's export directory (``export.export_model``).
-    sampler: ``ddpm`` (ancestral) or ``ddim``.
-    timestep_respacing: steps kept from the sampling schedule, e.g.
-      ``"1000"``, ``"250"``, ``"ddim32"``; None keeps every step.
+    sampler: ``ddpm`` (ancestral), ``ddim``, or a DPM-Solver++ solver
+      (``dpmpp_2m``, ``dpmpp_3m``, ``dpmpp_2m_sde``; ``dpm_solver.py``).
+    timestep_respacing: ddpm / ddim: steps kept from the sampling schedule,
+      e.g. ``"1000"``, ``"250"``, ``"ddim32"``; None keeps every step.
+    steps: solvers: network evaluations (per guidance branch).
+    timestep_spacing: solvers: ``logsnr_uniform`` (default),
+      ``time_uniform`` or ``karras`` noise levels.
     schedule, num_timesteps: a sampling schedule other than the training
       one, for continuous-noise models (CDM: trained on 2000 linear steps,
       sampled with 100 linear steps). None: the training schedule.
@@ -76,6 +82,8 @@ class Stage:
   model_dir: str
   sampler: str = "ddpm"
   timestep_respacing: Optional[str] = None
+  steps: Optional[int] = None
+  timestep_spacing: Optional[str] = None
   schedule: Optional[str] = None
   num_timesteps: Optional[int] = None
   guidance_weight: float = 1.0
@@ -90,6 +98,12 @@ class Stage:
     if self.sampler not in samplers.SAMPLERS:
       raise ValueError(f"stage {self.model_dir}: unknown sampler "
                        f"{self.sampler!r}; expected one of {samplers.SAMPLERS}")
+    if samplers.is_solver(self.sampler):
+      self._check_solver_settings()
+    elif self.steps is not None or self.timestep_spacing is not None:
+      raise ValueError(f"stage {self.model_dir}: steps and timestep_spacing "
+                       f"are solver settings; {self.sampler} takes "
+                       "timestep_respacing")
     if self.sampler == "ddim" and self.logvar_coeff is not None:
       raise ValueError(f"stage {self.model_dir}: logvar_coeff is a DDPM "
                        "setting")
@@ -107,6 +121,30 @@ class Stage:
     if (self.schedule is None) != (self.num_timesteps is None):
       raise ValueError(f"stage {self.model_dir}: give schedule and "
                        "num_timesteps together")
+
+  def _check_solver_settings(self):
+    where = f"stage {self.model_dir}: {self.sampler}"
+    if not isinstance(self.steps, int) or self.steps < 1:
+      raise ValueError(f"{where} needs steps >= 1, got {self.steps!r}")
+    if (self.timestep_spacing is not None and self.timestep_spacing
+        not in dpm_solver.TIMESTEP_SPACINGS):
+      raise ValueError(f"{where}: unknown timestep_spacing "
+                       f"{self.timestep_spacing!r}; expected one of "
+                       f"{dpm_solver.TIMESTEP_SPACINGS}")
+    for name in ("timestep_respacing", "schedule", "logvar_coeff"):
+      if getattr(self, name) is not None:
+        raise ValueError(f"{where} places its own noise levels on the "
+                         f"training process: {name} is a ddpm / ddim setting")
+    if self.eta:
+      raise ValueError(f"{where}: eta is a DDIM setting")
+
+  @property
+  def evaluations_per_branch(self):
+    """Network evaluations of a full chain (per guidance branch), from the
+    settings and the export config alone."""
+    if samplers.is_solver(self.sampler):
+      return self.steps
+    return self.sampling_diffusion().num_timesteps
 
   def sampling_diffusion(self, diffusion_config=None):
     """The process this stage samples with.
@@ -130,9 +168,16 @@ class Stage:
         noise_conditioning=config["noise_conditioning"])
 
   def settings(self):
-    """The sampler settings as a JSON-able dict (without the model path)."""
+    """The sampler settings as a JSON-able dict (without the model path).
+
+    Solver fields are left out of ddpm / ddim stages, so their settings
+    (and the ids of sets made with them) are what they were before solvers.
+    """
     values = dataclasses.asdict(self)
     values.pop("model_dir")
+    if not samplers.is_solver(self.sampler):
+      values.pop("steps")
+      values.pop("timestep_spacing")
     return values
 
 
@@ -147,26 +192,41 @@ def estimated_evaluations_per_image(stages):
   """U-Net evaluations per image from the stages' settings and export
   configs alone (no weights loaded): steps, doubled for guided stages; an
   upper bound when a stage is truncated."""
-  return sum(stage.sampling_diffusion().num_timesteps *
+  return sum(stage.evaluations_per_branch *
              (2 if stage.guidance_weight != 1.0 else 1) for stage in stages)
 
 
 class _StageSampler:
-  """Samples one loaded stage under a strategy, one compiled step at a time."""
+  """Samples one loaded stage under a strategy, a segment of its chain per
+  compiled call."""
 
-  def __init__(self, stage, index, model, strategy, jit_compile):
+  def __init__(self, stage, index, model, strategy, jit_compile,
+               steps_per_call):
     self.stage = stage
     self.index = index
     self.model = model
     self.strategy = strategy
+    self.jit_compile = jit_compile
+    self.steps_per_call = steps_per_call
     self.diffusion = stage.sampling_diffusion(model.diffusion_config)
-    step = self._replica_step
-    if jit_compile:
-      step = tf.function(step, jit_compile=True)
+    self.chain = None
+    self.stop_alpha_bar = None
     self._prepare = tf.function(
         lambda inputs: strategy.run(self._replica_prepare, args=(inputs,)))
-    self._step = tf.function(
-        lambda x, i, state: strategy.run(step, args=(x, i, state)))
+
+  def build_chain(self, stop_alpha_bar):
+    """The stage's chain, to the clean data or to the next stage's z_s."""
+    stage = self.stage
+    self.stop_alpha_bar = stop_alpha_bar
+    self.chain = samplers.create_chain(
+        self.diffusion, stage.sampler, steps=stage.steps,
+        timestep_spacing=stage.timestep_spacing, eta=stage.eta,
+        logvar_coeff=stage.logvar_coeff, clip_denoised=stage.clip_denoised,
+        dynamic_threshold_percentile=stage.dynamic_threshold_percentile,
+        stop_alpha_bar=stop_alpha_bar)
+    self._segment = tf.function(
+        lambda state, aux, start, stop: self.strategy.run(
+            self._replica_segment, args=(state, aux, start, stop)))
 
   @property
   def resolution(self):
@@ -174,6 +234,15 @@ class _StageSampler:
 
   @property
   def num_steps(self):
+    """Steps this stage runs (an ancestral chain stopped early runs fewer
+    than its process has)."""
+    return self.chain.num_steps
+
+  @property
+  def schedule_steps(self):
+    """Steps of the sampler's schedule: the process's, or a solver's."""
+    if samplers.is_solver(self.stage.sampler):
+      return self.chain.num_steps
     return self.diffusion.num_timesteps
 
   @property
@@ -183,7 +252,7 @@ class _StageSampler:
     return 2 if guided else 1
 
   def sampler_name(self):
-    return f"{self.stage.sampler}-{self.num_steps}"
+    return f"{self.stage.sampler}-{self.schedule_steps}"
 
   def _replica_prepare(self, inputs):
     seeds = per_example_noise.derive_seeds(
@@ -196,30 +265,28 @@ class _StageSampler:
     cond, uncond = self.model.sampling_conditioning(
         seeds, inputs.get("label"), low_res, self.stage.aug_level,
         self.stage.truncated)
-    x = samplers.initial_noise(seeds, self.model.sample_shape)
-    return x, {"seed": seeds, "cond": cond, "uncond": uncond}
+    state = self.chain.initial_state(
+        samplers.initial_noise(seeds, self.model.sample_shape))
+    return state, {"seed": seeds, "cond": cond, "uncond": uncond}
 
-  def _replica_step(self, x, i, state):
-    model_fn = self.model.guided_model_fn(state["cond"], state["uncond"],
+  def _replica_segment(self, state, aux, start, stop):
+    model_fn = self.model.guided_model_fn(aux["cond"], aux["uncond"],
                                           self.stage.guidance_weight)
-    common = dict(clip_denoised=self.stage.clip_denoised,
-                  dynamic_threshold_percentile=(
-                      self.stage.dynamic_threshold_percentile))
-    if self.stage.sampler == "ddpm":
-      return samplers.ddpm_step(self.diffusion, model_fn, x, i, state["seed"],
-                                logvar_coeff=self.stage.logvar_coeff, **common)
-    return samplers.ddim_step(self.diffusion, model_fn, x, i, state["seed"],
-                              eta=self.stage.eta, **common)
+    if self.jit_compile:
+      model_fn = samplers.compile_network(model_fn)
+    return samplers.chain_segment(self.chain, model_fn, state, start, stop,
+                                  aux["seed"])
 
-  def run(self, inputs, stop_at=0, progress=None):
+  def run(self, inputs, progress=None):
     """Samples from per-replica ``inputs``; returns per-replica images."""
-    x, state = self._prepare(inputs)
-    total = self.num_steps - stop_at
-    for done, i in enumerate(range(self.num_steps - 1, stop_at - 1, -1), 1):
-      x = self._step(x, tf.constant(i, tf.int32), state)
+    state, aux = self._prepare(inputs)
+    total = self.num_steps
+    for start, stop in samplers.segments(total, self.steps_per_call):
+      state = self._segment(state, aux, tf.constant(start, tf.int32),
+                            tf.constant(stop, tf.int32))
       if progress is not None:
-        progress(self.index, done, total)
-    return x
+        progress(self.index, stop, total)
+    return self.chain.result(state)
 
 
 @gin.configurable(denylist=["strategy", "dtype_policy"])
@@ -231,7 +298,11 @@ class Cascade:
     strategy: the ``tf.distribute`` strategy to sample under (default: none).
     dtype_policy: Keras dtype policy of the U-Nets, e.g. ``mixed_bfloat16``;
       None keeps each export's own.
-    jit_compile: compile each replica's sampling step with XLA.
+    jit_compile: compile the U-Net evaluations with XLA (the chain's noise
+      draws stay TF kernels: ``samplers`` says why).
+    steps_per_call: chain steps per compiled call (progress is reported
+      between calls); None runs a stage's whole chain in one call. It does
+      not change the pixels.
     text_encoder: the frozen ``TextEncoder`` of text-conditioned stages;
       None builds ``text.factory.create_encoder()`` (gin) when needed, with
       the max_length the stages recorded.
@@ -242,8 +313,8 @@ class Cascade:
   """
 
   def __init__(self, stages, strategy=None, dtype_policy=None,
-               jit_compile=False, text_encoder=None, class_prompts=None,
-               prompt_cache_dir=None):
+               jit_compile=False, steps_per_call=10, text_encoder=None,
+               class_prompts=None, prompt_cache_dir=None):
     if not stages:
       raise ValueError("a cascade needs at least one stage")
     self.stages = list(stages)
@@ -255,11 +326,13 @@ class Cascade:
       for index, stage in enumerate(self.stages):
         model = export.load_model(stage.model_dir, dtype_policy)
         self._samplers.append(
-            _StageSampler(stage, index, model, self.strategy, jit_compile))
+            _StageSampler(stage, index, model, self.strategy, jit_compile,
+                          steps_per_call))
     self._text_key = None
     self._attach_class_prompts(text_encoder, class_prompts, prompt_cache_dir)
     self._check()
-    self._stop_at = [self._stop_index(k) for k in range(len(self.stages))]
+    for k, sampler in enumerate(self._samplers):
+      sampler.build_chain(self._stop_alpha_bar(k))
 
   def _check(self):
     first = self._samplers[0].model
@@ -334,13 +407,14 @@ class Cascade:
     self._text_key = {"text_encoder": text_factory.describe(encoder),
                       "class_prompts": prompts}
 
-  def _stop_index(self, k):
-    """Where stage k stops: 0, or s of the next stage if it truncates."""
+  def _stop_alpha_bar(self, k):
+    """Where stage k stops: None (the clean data), or alpha-bar_s of the
+    next stage if that stage truncates."""
     if k + 1 >= len(self.stages) or not self.stages[k + 1].truncated:
-      return 0
+      return None
     nxt = self._samplers[k + 1]
-    return nxt.model.gaussian_augmentation.truncation_stop_index(
-        self._samplers[k].diffusion, self.stages[k + 1].aug_level)
+    return nxt.model.gaussian_augmentation.truncation_alpha_bar(
+        self.stages[k + 1].aug_level)
 
   # -- description --------------------------------------------------------
 
@@ -358,8 +432,7 @@ class Cascade:
 
   def network_evaluations_per_example(self):
     """U-Net evaluations to make one image (steps x guidance branches)."""
-    return sum((s.num_steps - stop) * s.network_calls_per_step
-               for s, stop in zip(self._samplers, self._stop_at))
+    return sum(s.num_steps * s.network_calls_per_step for s in self._samplers)
 
   def sampler_names(self):
     return [s.sampler_name() for s in self._samplers]
@@ -367,12 +440,13 @@ class Cascade:
   def description(self):
     """Settings and models of every stage, JSON-able."""
     stages = []
-    for sampler, stop in zip(self._samplers, self._stop_at):
+    for sampler in self._samplers:
       stages.append({
           "model_dir": sampler.stage.model_dir,
           "resolution": sampler.resolution,
-          "sampling_steps": sampler.num_steps,
-          "stops_at_index": stop,
+          "sampling_steps": sampler.schedule_steps,
+          "stops_at_index": getattr(sampler.chain, "stop_at", None),
+          "stops_at_alpha_bar": sampler.stop_alpha_bar,
           "diffusion": sampler.model.diffusion_config,
           "conditioning_augmentation": (
               sampler.model.conditioning_augmentation),
@@ -465,8 +539,7 @@ class Cascade:
     for index in range(first_stage, len(self._samplers)):
       if images is not None:
         inputs = dict(inputs, low_res=images)
-      images = self._samplers[index].run(inputs, stop_at=self._stop_at[index],
-                                         progress=progress)
+      images = self._samplers[index].run(inputs, progress=progress)
     parts = self.strategy.experimental_local_results(images)
     return np.concatenate([
         diffusion_preprocessing.to_uint8(p).numpy() for p in parts])

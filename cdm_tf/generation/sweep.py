@@ -168,15 +168,20 @@ def _normalise(field, value):
 
 
 def expand_grid(grid):
-  """The ``SweepPoint``s of {Stage field: [values]}, key-major.
+  """The ``SweepPoint``s of {Stage field: [values]}, key-major; or of a list
+  of explicit points [{Stage field: value}, ...] with the same fields (for
+  settings that do not form a product, e.g. ``ddpm`` with a respacing next
+  to solvers with steps, the other field None).
 
   Raises:
     ValueError: an empty grid or value list, an unknown field, or a value
-      given twice.
+      (point) given twice.
   """
   if not grid:
     raise ValueError("the sweep grid is empty: bind sweep.run.grid to "
                      "{Stage field: [values], ...}")
+  if isinstance(grid, (list, tuple)):
+    return _explicit_points(grid)
   fields, values = [], []
   for field, options in dict(grid).items():
     if field not in SWEEPABLE_FIELDS:
@@ -194,6 +199,28 @@ def expand_grid(grid):
     values.append(options)
   return [SweepPoint(index, dict(zip(fields, combination)))
           for index, combination in enumerate(itertools.product(*values))]
+
+
+def _explicit_points(grid):
+  points = []
+  for index, parameters in enumerate(grid):
+    if not isinstance(parameters, dict) or not parameters:
+      raise ValueError(f"sweep point {index} must be a non-empty "
+                       f"{{Stage field: value}} dict, got {parameters!r}")
+    unknown = [f for f in parameters if f not in SWEEPABLE_FIELDS]
+    if unknown:
+      raise ValueError(f"cannot sweep {unknown[0]!r}: not a Stage field (one "
+                       f"of {', '.join(SWEEPABLE_FIELDS)})")
+    if list(parameters) != list(grid[0]):
+      raise ValueError(f"sweep point {index} sets {list(parameters)}, the "
+                       f"first point {list(grid[0])}: give every point the "
+                       "same fields (None where one does not apply)")
+    points.append(SweepPoint(index, {
+        field: _normalise(field, value) for field, value in parameters.items()}))
+  names = [p.name for p in points]
+  if len(set(names)) != len(names):
+    raise ValueError(f"the sweep gives a point twice: {names}")
+  return points
 
 
 def configured_stage_names():

@@ -525,8 +525,9 @@ class DiffusionModel(keras.Model):
         ``sampling_conditioning``.
       diffusion: the sampling process (a respacing, or any schedule for
         continuous-noise models); defaults to the training process.
-      sampler: ``ddpm`` or ``ddim``; other keyword arguments go to
-        ``samplers.sample`` (eta, logvar_coeff, clip_denoised, ...).
+      sampler: ``ddpm``, ``ddim`` or a DPM-Solver++ solver (``dpmpp_2m``,
+        ...); other keyword arguments go to ``samplers.sample`` (steps,
+        eta, logvar_coeff, clip_denoised, stop_alpha_bar, ...).
       guidance_weight: classifier-free guidance weight w (1 = conditional).
     Returns:
       float32 [B, H, W, C] samples in [-1, 1].
