@@ -36,6 +36,8 @@ flags.DEFINE_bool("cas", True, "Also train the CAS classifier per point.")
 flags.DEFINE_float("tolerance", 0.05, "FID within this fraction of DDPM "
                    "250's counts as equal quality.")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for the sweeps.")
+flags.DEFINE_bool("summarize_only", False, "Print the tables of the points "
+                  "finished so far; generate nothing.")
 FLAGS = flags.FLAGS
 
 
@@ -131,8 +133,9 @@ def main(argv):
   if unknown:
     raise SystemExit(f"error: unknown --stages {sorted(unknown)}; expected "
                      f"{STAGES}")
-  for stage in FLAGS.stages:
-    _sweep(stage, os.path.join(FLAGS.output_dir, stage))
+  if not FLAGS.summarize_only:
+    for stage in FLAGS.stages:
+      _sweep(stage, os.path.join(FLAGS.output_dir, stage))
   for stage in FLAGS.stages:
     fid_label, table, cheapest = summarize(
         os.path.join(FLAGS.output_dir, stage, "sweep.csv"), FLAGS.tolerance)
