@@ -220,6 +220,26 @@ def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
     run(_Recorder(allowed=False), num_images=30)
 
 
+def test_sweep_of_explicit_points_mixes_ddpm_and_solver_settings(setup,
+                                                                 tmp_path):
+  stages = [cascade_lib.Stage(setup["base_dir"], timestep_respacing="3")]
+  grid = [{"sampler": "ddpm", "timestep_respacing": "2", "steps": None},
+          {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 2}]
+  result = sweep.run(str(tmp_path / "points"), stages, _Recorder(),
+                     setup["classes"], setup["extractor"],
+                     dataclasses.replace(setup["references"],
+                                         splits=("validation",)),
+                     setup["settings"], stage=0, grid=grid,
+                     plot_views=[["steps", "sampler"]],
+                     print_fn=lambda _: None, **_metric_kwargs())
+  rows = sweep.read_csv(result.csv_path)
+  assert [(r["sampler"], r["timestep_respacing"], r["steps"])
+          for r in rows] == [("ddpm", "2", "None"), ("dpmpp_2m", "None", "2")]
+  assert [r["network_evaluations_per_image"] for r in rows] == ["2", "2"]
+  label = f"FID@20 vs validation ({NETWORK})"
+  assert rows[0][label] != rows[1][label]
+
+
 def test_super_resolution_sweep_generates_the_earlier_stage_once(setup,
                                                                   tmp_path):
   out = str(tmp_path / "sr_sweep")

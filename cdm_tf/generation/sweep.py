@@ -473,7 +473,7 @@ def _fixed_settings(stages, stage_index, points, plan, settings, classes):
     values = stage.settings()
     if index == stage_index:
       for field in swept:
-        values.pop(field)
+        values.pop(field, None)  # solver fields are absent for ddpm / ddim
     values["weights"] = export.weights_fingerprint(stage.model_dir)
     described.append(values)
   return {
