@@ -9,6 +9,15 @@ Data sets: the embedded Fashion-MNIST (--data_dir, 32x32 PNG) and ImageNet
 photos (foolbox's 20 labelled JPEGs, 224-1024 px, repeated to --photo_records
 records, read repeatedly). Prints steady-state images per second.
 
+The machine may be shared, so pipelines are timed in rounds, taking turns
+(the order reverses every round), each run on a fresh iterator with a
+warm-up; medians over rounds are printed, and the reader's ratio to bare is
+the median of the per-round ratios (a bare and a reader run close in time
+see about the same load). The load average is printed with every round.
+By default a tf.function drains the iterator, so the figure is the input
+pipeline's cost, not Python's per-element overhead (which a training loop
+does not pay); --consumer=python iterates in Python instead.
+
   python benchmarks/data_pipeline.py --data_dir=data/fashion_mnist
 """
 
@@ -16,6 +25,7 @@ import glob
 import importlib.util
 import os
 import re
+import statistics
 import tempfile
 import time
 
@@ -35,9 +45,14 @@ flags.DEFINE_string("data_dir", "data/fashion_mnist",
 flags.DEFINE_integer("images", 4000, "Images timed per Fashion-MNIST run.")
 flags.DEFINE_integer("photo_records", 200, "ImageNet photo records written.")
 flags.DEFINE_integer("photo_images", 1500, "Images timed per photo run.")
+flags.DEFINE_integer("rounds", 3, "Timed runs of each pipeline, in turns.")
+flags.DEFINE_integer("warmup", 1200, "Images read before timing a run.")
+flags.DEFINE_enum("consumer", "graph", ["graph", "python"],
+                  "Drain elements in a tf.function or in a Python loop.")
+flags.DEFINE_list("pipelines", ["bare", "reader", "+diffusion", "+classifier"],
+                  "Pipelines to time (bare is always timed).")
 FLAGS = flags.FLAGS
 AUTOTUNE = tf.data.AUTOTUNE
-WARMUP = 1200
 
 
 def _bare(files):
@@ -77,15 +92,27 @@ def _pipelines(files, num_classes, resolutions, crop_size):
   }
 
 
+def _drain(iterator, count):
+  for _ in tf.range(count):
+    iterator.get_next()
+
+
 def _images_per_second(make_dataset, count):
-  # Steady state: the pipeline repeats, and the first WARMUP images (thread
-  # start-up, filling the shuffle buffer) are not timed.
+  # Steady state: the pipeline repeats, and the first --warmup images
+  # (thread start-up, filling the shuffle buffer) are not timed.
   iterator = iter(make_dataset().repeat().prefetch(AUTOTUNE))
-  for _ in range(WARMUP):
-    next(iterator)
-  start = time.perf_counter()
-  for _ in range(count):
-    next(iterator)
+  if FLAGS.consumer == "graph":
+    # A new function per run: each iterator gets its own trace.
+    drain = tf.function(lambda it, n: _drain(it, n))
+    drain(iterator, tf.constant(FLAGS.warmup))
+    start = time.perf_counter()
+    drain(iterator, tf.constant(count))
+  else:
+    for _ in range(FLAGS.warmup):
+      next(iterator)
+    start = time.perf_counter()
+    for _ in range(count):
+      next(iterator)
   return count / (time.perf_counter() - start)
 
 
@@ -111,17 +138,31 @@ def _photo_records(directory, count):
 
 def _report(name, pipelines, count):
   print(f"\n{name}")
-  bare = None
-  for label, make in pipelines.items():
-    rate = _images_per_second(make, count)
-    bare = bare or rate
-    print(f"  {label:12s} {rate:9.0f} images/s  ({rate / bare:5.2f}x bare)",
+  pipelines = {label: make for label, make in pipelines.items()
+               if label == "bare" or label in FLAGS.pipelines}
+  rates = {label: [] for label in pipelines}
+  for round_index in range(FLAGS.rounds):
+    order = list(pipelines)
+    if round_index % 2:
+      order.reverse()
+    for label in order:
+      rates[label].append(_images_per_second(pipelines[label], count))
+    print(f"  round {round_index + 1}: load average "
+          f"{os.getloadavg()[0]:.1f}; " + ", ".join(
+              f"{label} {rates[label][-1]:.0f}" for label in pipelines),
           flush=True)
+  bare = rates["bare"]
+  for label, runs in rates.items():
+    ratios = [rate / b for rate, b in zip(runs, bare)]
+    print(f"  {label:12s} {statistics.median(runs):9.0f} images/s "
+          f"(median of {len(runs)}), {statistics.median(ratios):5.2f}x bare "
+          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
 
 
 def main(argv):
   del argv
-  print(f"cores: {os.cpu_count()}")
+  print(f"cores: {os.cpu_count()}, consumer: {FLAGS.consumer}, "
+        f"{FLAGS.rounds} rounds")
   if tf.io.gfile.exists(FLAGS.data_dir):
     files = imagenet_reader.list_files(FLAGS.data_dir, split="train")
     _report(f"Fashion-MNIST 32x32 PNG ({FLAGS.data_dir}), cascade 16/32, "

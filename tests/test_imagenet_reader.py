@@ -1,6 +1,7 @@
 """The ImageNet TFRecord reader on real photos in both record formats."""
 
 import collections
+import dataclasses
 import io
 import os
 
@@ -9,6 +10,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from cdm_tf.data import image_decoding
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import schema
 from tests import real_photo_records as records
@@ -414,3 +416,169 @@ def test_many_records_keep_their_order_unshuffled(small_photos, tmp_path):
   del expected[25]
   assert [int(e[schema.LABEL]) for e in got] == expected
   assert stats.as_dict() == {"skipped_records": 1, "damaged_files": 0}
+
+
+# --- The fast path: whole groups of images of one size. ------------------
+
+
+def _uniform_photos(small_photos, image_format, side=24):
+  """The photos squashed to side x side, in one format: fast-path groups."""
+  photos = []
+  for photo in small_photos:
+    image = Image.open(io.BytesIO(photo.encoded))
+    # Grayscale stays grayscale; CMYK stays CMYK in JPEG.
+    if photo.kind != "grayscale" and (photo.kind != "cmyk"
+                                      or image_format == "PNG"):
+      image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.resize((side, side)).save(buffer, image_format)
+    photos.append(dataclasses.replace(
+        photo, encoded=buffer.getvalue(), height=side, width=side))
+  return photos
+
+
+def _group_decoder(record_format, num_classes=1000):
+  # pylint: disable=protected-access
+  return imagenet_reader._make_uniform_group_decoder(
+      imagenet_reader.feature_keys(record_format), num_classes, ["f"])
+
+
+def _group(examples, index=0):
+  size = len(examples)
+  return {"file": tf.zeros([size], tf.int32),
+          "index": tf.range(index, index + size, dtype=tf.int64),
+          "raw": tf.constant([e.SerializeToString() for e in examples]),
+          "bytes_read": -tf.ones([size], tf.int64)}
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_uniform_group_decoder_takes_only_full_good_groups(small_photos,
+                                                           image_format):
+  size = imagenet_reader._GROUP_SIZE  # pylint: disable=protected-access
+  photos = _uniform_photos(small_photos, image_format)
+  photos = (photos * 3)[:size]
+  decode = _group_decoder(schema.FORMAT_TPU)
+  got = decode(_group([records.tpu_example(p) for p in photos]))
+  assert got[schema.IMAGE].shape == (size, 24, 24, 3)
+  assert got[schema.LABEL].numpy().tolist() == [p.label for p in photos]
+  for image, photo in zip(got[schema.IMAGE].numpy(), photos):
+    # The same decoder as record by record.
+    np.testing.assert_array_equal(
+        image, image_decoding.decode_rgb(photo.encoded).numpy())
+
+  # Anything else fails, before decoding, and goes record by record.
+  other_size = _uniform_photos(small_photos[:1], image_format, side=25)[0]
+  other_format = _uniform_photos(
+      small_photos[:1], "JPEG" if image_format == "PNG" else "PNG")[0]
+  large = (_uniform_photos(small_photos, image_format, side=130) * 2)[:size]
+  bad_groups = {
+      "short": photos[:-1],
+      "other size": photos[:-1] + [other_size],
+      "other format": photos[:-1] + [other_format],
+      "large": large,
+  }
+  for name, group in bad_groups.items():
+    with pytest.raises(tf.errors.InvalidArgumentError):
+      decode(_group([records.tpu_example(p) for p in group]))
+      pytest.fail(name)
+  bad_records = [records.tpu_example(photos[0], label=1000),
+                 records.tpu_example(photos[0], image=b"<html>"),
+                 _RawRecord(b"\x07junk")]
+  for bad in bad_records:
+    with pytest.raises(tf.errors.InvalidArgumentError):
+      decode(_group([records.tpu_example(p) for p in photos[:-1]] + [bad]))
+
+
+@pytest.mark.parametrize("record_format,image_format",
+                         [(schema.FORMAT_TPU, "PNG"),
+                          (schema.FORMAT_TFDS, "JPEG")])
+def test_uniform_shards_read_like_pillow(small_photos, tmp_path,
+                                         record_format, image_format):
+  # 80 records of one size: two full groups take the fast path, the rest
+  # (a short group) goes record by record.
+  photos = _uniform_photos(small_photos, image_format) * 4
+  make = (records.tpu_example if record_format == schema.FORMAT_TPU
+          else records.tfds_example)
+  paths = records.write_shards(str(tmp_path), record_format,
+                               [make(p) for p in photos], 1)
+  got = _read_all(imagenet_reader.read_dataset(paths, shuffle=False))
+  assert [int(e[schema.LABEL]) for e in got] == [p.label for p in photos]
+  for element, photo in zip(got, photos):
+    assert element[schema.SOURCE].decode() == paths[0]
+    assert element[schema.IMAGE].shape == (24, 24, 3)
+    difference = np.abs(element[schema.IMAGE].astype(float)
+                        - _pil_rgb(photo.encoded))
+    assert difference.mean() < (2.0 if photo.kind != "cmyk" else 4.0)
+
+  shuffled = _order(imagenet_reader.read_dataset(paths, seed=3))
+  assert shuffled == _order(imagenet_reader.read_dataset(paths, seed=3))
+  assert sorted(label for _, label in shuffled) == sorted(
+      p.label for p in photos)
+
+
+@pytest.mark.parametrize("damage", ["label", "truncated_image"])
+def test_a_bad_record_in_a_uniform_group_is_named(small_photos, tmp_path,
+                                                  damage):
+  photos = _uniform_photos(small_photos, "PNG") * 4
+  examples = [records.tpu_example(p) for p in photos]
+  if damage == "label":
+    examples[40] = records.tpu_example(photos[40], label=1000)
+    expected = "= 1001 is outside 1..1000"
+  else:
+    encoded = photos[40].encoded
+    examples[40] = records.tpu_example(photos[40],
+                                       image=encoded[:len(encoded) // 2])
+    expected = "decoder rejected"
+  paths = records.write_shards(str(tmp_path), schema.FORMAT_TPU, examples, 1)
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    _read_all(imagenet_reader.read_dataset(paths, shuffle=False))
+  assert f"{paths[0]}, record 40: " in raised.value.message
+  assert expected in raised.value.message
+
+  stats = imagenet_reader.ReadStats()
+  got = _read_all(imagenet_reader.read_dataset(
+      paths, seed=0, skip_corrupt=True, stats=stats))
+  assert len(got) == len(photos) - 1
+  assert stats.as_dict() == {"skipped_records": 1, "damaged_files": 0}
+
+
+# --- Header checks. -------------------------------------------------------
+
+
+def _starts_like_an_image(data):
+  """The header check spelled out byte by byte."""
+  return (data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8",
+                           b"BM"))
+          or (data.startswith(b"RIFF") and data[8:12] == b"WEBP"))
+
+
+def test_is_supported_image_matches_the_signatures_byte_by_byte():
+  rng = np.random.default_rng(0)
+  signatures = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM",
+                b"RIFF", b"RIFF1234WEBP", b""]
+  cases = [b"", b"<html>", image_decoding.PLACEHOLDER_IMAGE]
+  for signature in signatures:
+    for _ in range(150):
+      data = bytearray(signature + rng.bytes(int(rng.integers(0, 14))))
+      if data and rng.random() < 0.5:  # One flipped bit.
+        data[rng.integers(len(data))] ^= 1 << int(rng.integers(8))
+      cases.append(bytes(data[:int(rng.integers(0, len(data) + 1))]
+                         if rng.random() < 0.3 else data))
+  got = image_decoding.is_supported_image(tf.constant(cases)).numpy()
+  assert got.tolist() == [_starts_like_an_image(c) for c in cases]
+  assert 100 < got.sum() < len(cases) - 100
+
+
+def test_header_sizes_of_pngs_and_jpegs():
+  def encoded(image_format, height, width, mode="RGB"):
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, image_format)
+    return buffer.getvalue()
+
+  pngs = [encoded("PNG", 32, 40), encoded("PNG", 7, 300, "L")]
+  jpegs = [encoded("JPEG", 32, 40), encoded("JPEG", 700, 3, "CMYK")]
+  sizes = image_decoding.header_sizes
+  assert sizes(tf.constant(pngs)).numpy().tolist() == [[32, 40], [7, 300]]
+  assert sizes(tf.constant(jpegs)).numpy().tolist() == [[32, 40], [700, 3]]
+  for unknown in ([pngs[0], jpegs[0]], [b"", b"\x89PNG"], [b"GIF89a"]):
+    assert (sizes(tf.constant(unknown)).numpy() == -1).all()

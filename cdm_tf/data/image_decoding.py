@@ -8,6 +8,7 @@ single call handles all of them; the tests compare its CMYK conversion with
 pillow's.
 """
 
+import re
 import struct
 
 import tensorflow as tf
@@ -31,26 +32,91 @@ PLACEHOLDER_IMAGE = (
     + b"\0" * 4)
 
 
-def _starts_with(header, magic, position=0):
-  return tf.equal(tf.strings.substr(header, position, len(magic)), magic)
+# What each format's header must hold: (byte offset, bytes) pairs.
+_SIGNATURES = (
+    ((0, _JPEG_MAGIC),),
+    ((0, _PNG_MAGIC),),
+    ((0, _GIF_MAGIC),),
+    ((0, _BMP_MAGIC),),
+    ((0, _RIFF_MAGIC), (8, _WEBP_MAGIC)),
+)
+# The alphabet of tf.io.encode_base64 (web-safe), in digit order.
+_BASE64_DIGITS = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                  "0123456789-_")
+
+
+def _base64_pattern(signature):
+  """A regex for the base64 text of any bytes that match ``signature``.
+
+  Base64 digit i carries bits 6i..6i+5 of the bytes, so each digit that
+  overlaps fixed bits becomes a class of the digits those bits allow. Bytes
+  too short to hold every fixed bit encode to fewer digits, and fail.
+  """
+  fixed = {}  # bit position -> bit
+  for offset, magic in signature:
+    for i, byte in enumerate(magic):
+      for bit in range(8):
+        fixed[8 * (offset + i) + bit] = (byte >> (7 - bit)) & 1
+  digits = []
+  for digit in range(max(fixed) // 6 + 1):
+    allowed = [
+        _BASE64_DIGITS[value] for value in range(64)
+        if all(fixed.get(6 * digit + bit, (value >> (5 - bit)) & 1)
+               == (value >> (5 - bit)) & 1 for bit in range(6))]
+    digits.append("." if len(allowed) == 64 else
+                  "[" + "".join(re.escape(d) for d in allowed) + "]")
+  return "".join(digits)
+
+
+# Regexes cannot match raw bytes (RE2 reads UTF-8), so the header is matched
+# as base64: 3 ops for all formats instead of ~20 string ops, which cost as
+# much per record as parsing it.
+_HEADER_PATTERN = "(?:{}).*".format(
+    "|".join(_base64_pattern(s) for s in _SIGNATURES))
 
 
 def is_supported_image(encoded):
-  """Whether scalar string ``encoded`` starts like an image TF can decode.
+  """Whether string tensor ``encoded`` starts like an image TF can decode.
 
   A cheap header check, so that bytes that are no image at all get a precise
   error instead of a decoder failure; it does not prove the image is intact.
+  Works elementwise on any shape.
   """
-  # Padding makes every substr position valid, even for short strings.
-  header = tf.strings.join(
-      [tf.strings.substr(encoded, 0, _HEADER_BYTES), b"\0" * _HEADER_BYTES])
-  return tf.reduce_any(tf.stack([
-      _starts_with(header, _JPEG_MAGIC),
-      _starts_with(header, _PNG_MAGIC),
-      _starts_with(header, _GIF_MAGIC),
-      _starts_with(header, _BMP_MAGIC),
-      _starts_with(header, _RIFF_MAGIC) & _starts_with(header, _WEBP_MAGIC, 8),
-  ]))
+  header = tf.strings.substr(encoded, 0, _HEADER_BYTES)
+  return tf.strings.regex_full_match(tf.io.encode_base64(header),
+                                     _HEADER_PATTERN)
+
+
+def header_sizes(encoded):
+  """[N, 2] (height, width) of a vector of PNGs or of JPEGs, from headers.
+
+  For knowing, before decoding, whether a group of images has one size. A
+  PNG states its size at bytes 16..23; JPEG sizes come from their frame
+  header. Rows that are neither, and all rows of a mix, get -1. Raises (at
+  run time) for a JPEG whose header is corrupt.
+  """
+  is_png = tf.equal(tf.strings.substr(encoded, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
+  is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(_JPEG_MAGIC)),
+                     _JPEG_MAGIC)
+  # Width then height, big-endian uint32, after the signature and the IHDR
+  # chunk's length and type; padding gives every row 8 bytes.
+  ihdr = tf.io.decode_raw(tf.strings.substr(
+      tf.strings.join([tf.strings.substr(encoded, 0, 24), b"\0" * 24]),
+      16, 8), tf.uint8)
+  big_endian = tf.cast(tf.reshape(ihdr, [-1, 2, 4]), tf.int64) * tf.constant(
+      [2**24, 2**16, 2**8, 1], tf.int64)
+  png_sizes = tf.reverse(tf.reduce_sum(big_endian, -1), [-1])
+  unknown = -tf.ones_like(png_sizes)
+
+  def jpeg_sizes():
+    return tf.map_fn(
+        lambda e: tf.cast(tf.image.extract_jpeg_shape(e)[:2], tf.int64),
+        encoded, fn_output_signature=tf.TensorSpec([2], tf.int64))
+
+  all_png = tf.reduce_all(is_png)
+  return tf.cond(
+      all_png, lambda: png_sizes,
+      lambda: tf.cond(tf.reduce_all(is_jpeg), jpeg_sizes, lambda: unknown))
 
 
 def decode_rgb(encoded):
@@ -75,8 +141,3 @@ def decode_rgb_or_placeholder(encoded, use_encoded):
   touched (e.g. they failed a check and would make the decoder raise).
   """
   return decode_rgb(tf.where(use_encoded, encoded, PLACEHOLDER_IMAGE))
-
-
-def empty_image():
-  """A [0, 0, 3] uint8 placeholder for elements that carry no image."""
-  return tf.zeros([0, 0, 3], tf.uint8)

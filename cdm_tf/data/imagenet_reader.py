@@ -9,20 +9,25 @@ index. TensorFlow's own errors (``DataLossError: corrupted record at 128``,
 function cannot be caught in the graph, so the pipeline is built to never
 let TensorFlow fail on a record:
 
-* Records are read per file with ``ignore_errors()``, numbered, and followed
-  by an end-of-file marker that carries the number of bytes read. Each record
-  takes ``len + 16`` bytes in a TFRecord file, so a marker whose byte count
-  is short of the file size means reading stopped at a corrupt (bad CRC) or
-  truncated record, whose index is the marker's record count.
-* Records are decoded in groups of ``_GROUP_SIZE``, each group inside its
-  own nested dataset with ``ignore_errors()`` followed by a closing element:
-  a record whose parsing or decoding fails is dropped, and a scan over the
-  group finds the missing position and names the record from the group's
-  files and indices. Checks that do not need a decoder (missing image,
-  label out of range, bytes that are no image) set an integer status.
-  Messages are built only for problems: string work for every record cost
+* Records are read per file with ``ignore_errors()`` and numbered. Each
+  record takes ``len + 16`` bytes in a TFRecord file, so if the bytes read
+  fall short of the file size, reading stopped at a corrupt (bad CRC) or
+  truncated record, and a marker element carrying that record's index is
+  added.
+* After the shuffle, records are decoded in groups of ``_GROUP_SIZE``, each
+  group in its own nested dataset. The fast path decodes a whole group in
+  one function call; it is taken when the group is full and its images are
+  good, small and of one size (e.g. Fashion-MNIST): per-record function calls
+  cost more than decoding a small image. Any group that fails it is read
+  record by record, in a nested dataset with ``ignore_errors()`` followed
+  by a closing element: a record whose parsing or decoding fails is
+  dropped, and the check over the group sees the missing position and
+  names the record from the group's files and indices. Checks that do not
+  need a decoder (missing image, label out of range, bytes that are no
+  image) clear an ``ok`` flag; what exactly is wrong is worked out and put
+  into words only for such records: string work for every record cost
   more than the decoding of a small image.
-* The scan raises, naming file and record, on any problem, or with
+* The check raises, naming file and record, on any problem, or with
   ``skip_corrupt=True`` drops the record, counts it in a ``ReadStats`` and
   logs a warning.
 
@@ -60,12 +65,8 @@ _STAT_THREADS = 32
 # Default of a missing label: far outside any label range.
 _MISSING_LABEL = -(2**62)
 
-# Status of an element inside the pipeline: small integers, so that the
-# common path carries no strings; messages are built only for problems.
-_RECORD = 0  # raw record, not yet decoded
-_OK = 1  # decoded, passes all checks
-_END_OF_FILE = 2  # end-of-file marker, the file was read to its end
-_END_OF_GROUP = 3  # closes a group of decoded records (see _decode_groups)
+# What is wrong with a record: small integers, worked out only for records
+# that fail a check (see _status); messages are built only for problems.
 _FIRST_PROBLEM = 4
 _MISSING_IMAGE = 4
 _MISSING_LABEL_STATUS = 5
@@ -75,21 +76,31 @@ _UNDECODABLE = 8
 _DAMAGED_FILE = 9
 
 # Keys of the elements inside the pipeline.
-_PATH = "path"
-_INDEX = "index"
+_FILE = "file"  # index into the list of files
+_INDEX = "index"  # record number in its file; -1 for a group's closing row
 _RAW = "raw"
-_STATUS = "status"
-_BYTES_READ = "bytes_read"  # bytes of the file before this element
-_SIZE = "size"  # byte size of the file
-_STORED_LABEL = "stored_label"
+_BYTES_READ = "bytes_read"  # a damaged file's marker: bytes read; else -1
 _POSITION = "position"  # place in its group
+_GROUP_FILES = "group_files"  # _FILE of every record of the group
+_GROUP_INDICES = "group_indices"  # _INDEX of every record of the group
+_OK = "ok"  # decoded and passes every check
+_ENCODED = "encoded"
+_STORED_LABEL = "stored_label"
 
 _UNDECODABLE_DETAIL = (
     "not a valid tf.train.Example, or the image decoder rejected its image "
     "(explain_record(path, index) shows TensorFlow's reason)")
 
-# Records decoded per nested dataset: amortizes building that dataset.
-_GROUP_SIZE = 16
+# Records per group: the fast path decodes a group in one call, and a
+# group's nested datasets cost about as much to build as a small image's
+# decoding.
+_GROUP_SIZE = 32
+# Largest image (height * width) the fast path decodes. Above it, decoding
+# outweighs a per-record call, and a group decoded in one call only delays
+# its first example.
+_FAST_PATH_MAX_PIXELS = 128 * 128
+# Records numbered per function call when reading a file.
+_READ_BATCH = 64
 
 # The pipeline's functions use tf.cond / tf.where, not Python control flow
 # on tensors, so AutoGraph conversion is skipped (it only costs build time).
@@ -259,76 +270,115 @@ class ReadStats:
             "damaged_files": int(self.damaged_files.numpy())}
 
 
-def _records_of_file(path, size):
-  """Numbered raw records of one file, then an end-of-file marker."""
-  # zip with a constant flag instead of a map: no function call per record.
-  records = tf.data.Dataset.zip((
-      tf.data.TFRecordDataset(path).ignore_errors(),
+def _records_of_file(file_id, path, size):
+  """Numbered raw records of one file, then a marker if it is damaged.
+
+  Records are numbered in batches: one function call per ``_READ_BATCH``
+  records instead of one per record.
+  """
+  batches = tf.data.Dataset.zip((
+      tf.data.TFRecordDataset(path).ignore_errors().batch(_READ_BATCH),
       tf.data.Dataset.from_tensors(tf.constant(False)).repeat()))
-  end_marker = tf.data.Dataset.from_tensors(
-      (tf.constant(b""), tf.constant(True)))
+  end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string),
+                                      tf.constant(True)))
 
-  def number(state, item):
-    # Integer work only: the message of a damaged file is built later, and
-    # only for that file's marker.
+  def number(state, batch):
     index, offset = state
-    raw, is_end = item
-    status = tf.where(
-        is_end, tf.where(tf.equal(offset, size), _END_OF_FILE, _DAMAGED_FILE),
-        _RECORD)
-    next_offset = (offset + tf.cast(tf.strings.length(raw), tf.int64)
-                   + RECORD_OVERHEAD_BYTES)
-    element = {_PATH: path, _INDEX: index, _RAW: raw, _STATUS: status,
-               _BYTES_READ: offset, _SIZE: size}
-    return (index + 1, next_offset), element
+    raw, is_end = batch
+    count = tf.size(raw, out_type=tf.int64)
+    # The marker row (kept only when reading stopped short of the file's
+    # end) carries the record count as index and the bytes read.
+    damaged = is_end & tf.not_equal(offset, size)
+    rows = count + tf.cast(damaged, tf.int64)
+    records = {
+        _FILE: tf.fill([rows], file_id),
+        _INDEX: index + tf.range(rows),
+        _RAW: tf.concat([raw, [""]], 0)[:rows],
+        _BYTES_READ: tf.concat([tf.fill([count], tf.constant(-1, tf.int64)),
+                                [offset]], 0)[:rows],
+    }
+    lengths = tf.cast(tf.strings.length(raw), tf.int64)
+    next_offset = (offset + tf.reduce_sum(lengths)
+                   + RECORD_OVERHEAD_BYTES * count)
+    return (index + count, next_offset), records
 
-  return records.concatenate(end_marker).scan(
+  return batches.concatenate(end).scan(
       (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
-      _no_autograph(number))
+      _no_autograph(number)).unbatch()
 
 
-def _make_decoder(keys, num_classes):
-  """A map function: raw record element -> decoded element with a status.
+def _spread_group(group):
+  """A batch of records -> its records, each with its place in the group.
 
-  A record's problems are told by status alone; ``_make_describer`` turns a
-  status into words. Markers (no record) keep their status.
+  Each row also carries the files and indices of the whole group, so that a
+  record dropped in decoding can be named, and one closing row (index -1,
+  no record) ends the group, so that a drop at its end is seen.
+  """
+  size = tf.size(group[_INDEX], out_type=tf.int64)
+  rows = size + 1
+  spread = {
+      _FILE: tf.concat([group[_FILE], [0]], 0),
+      _INDEX: tf.concat([group[_INDEX], [-1]], 0),
+      _RAW: tf.concat([group[_RAW], [""]], 0),
+      _BYTES_READ: tf.concat([group[_BYTES_READ], [-1]], 0),
+      _POSITION: tf.range(rows),
+      _GROUP_FILES: tf.tile(group[_FILE][tf.newaxis], [rows, 1]),
+      _GROUP_INDICES: tf.tile(group[_INDEX][tf.newaxis], [rows, 1]),
+  }
+  return spread
+
+
+def _make_decoder(keys, num_classes, files):
+  """A map function: record element -> decoded element with an ``ok`` flag.
+
+  Only the checks that decide ``ok`` run here, for every record; what is
+  wrong with a record that is not ok is worked out by ``_status`` only for
+  such records. Rows without a record (markers, group ends) have an empty
+  raw: it parses as an Example without image, so they are never ok.
   """
   spec = {
       keys.image: tf.io.FixedLenFeature([], tf.string, default_value=""),
       keys.label: tf.io.FixedLenFeature([], tf.int64,
                                         default_value=_MISSING_LABEL),
   }
+  files = tf.constant(files)
 
   def decode(element):
-    # A marker's empty raw parses as an empty Example (cheaper than a
-    # tf.cond around the parse); its status is restored below.
     features = tf.io.parse_single_example(element[_RAW], spec)
     encoded = features[keys.image]
     stored_label = features[keys.label]
     label = stored_label - keys.label_offset
-    # In order of precedence, so the first failing check sets the status.
-    checks = [
-        (tf.equal(tf.strings.length(encoded), 0), _MISSING_IMAGE),
-        (tf.equal(stored_label, _MISSING_LABEL), _MISSING_LABEL_STATUS),
-        ((label < 0) | (label >= num_classes), _LABEL_OUT_OF_RANGE),
-        (tf.logical_not(image_decoding.is_supported_image(encoded)),
-         _NOT_AN_IMAGE),
-    ]
-    status = tf.constant(_OK)
-    for failed, failed_status in reversed(checks):
-      status = tf.where(failed, failed_status, status)
-    status = tf.where(tf.equal(element[_STATUS], _RECORD), status,
-                      element[_STATUS])
-    image = image_decoding.decode_rgb_or_placeholder(
-        encoded, tf.equal(status, _OK))
+    # An empty or missing image fails the header check; a missing label
+    # is far out of range.
+    ok = (image_decoding.is_supported_image(encoded)
+          & (label >= 0) & (label < num_classes))
     decoded = dict(element)
     del decoded[_RAW]
-    decoded.update({_STATUS: status, _STORED_LABEL: stored_label,
-                    schema.IMAGE: image,
-                    schema.LABEL: tf.cast(label, tf.int32)})
+    decoded.update({
+        _OK: ok, _ENCODED: encoded, _STORED_LABEL: stored_label,
+        schema.IMAGE: image_decoding.decode_rgb_or_placeholder(encoded, ok),
+        schema.LABEL: tf.cast(label, tf.int32),
+        schema.SOURCE: tf.gather(files, element[_FILE]),
+    })
     return decoded
 
   return _no_autograph(decode)
+
+
+def _status(keys, num_classes, encoded, stored_label, bytes_read):
+  """What is wrong with a record that is not ok (a ``_FIRST_PROBLEM..``)."""
+  label = stored_label - keys.label_offset
+  # In order of precedence, so the first failing check sets the status.
+  checks = [
+      (bytes_read >= 0, _DAMAGED_FILE),
+      (tf.equal(tf.strings.length(encoded), 0), _MISSING_IMAGE),
+      (tf.equal(stored_label, _MISSING_LABEL), _MISSING_LABEL_STATUS),
+      ((label < 0) | (label >= num_classes), _LABEL_OUT_OF_RANGE),
+  ]
+  status = tf.constant(_NOT_AN_IMAGE)
+  for failed, failed_status in reversed(checks):
+    status = tf.where(failed, failed_status, status)
+  return status
 
 
 def _make_describer(keys, num_classes):
@@ -377,89 +427,183 @@ def _as_true(op):
     return tf.constant(True)
 
 
-def _make_group_decoder(keys, num_classes, skip_corrupt, stats):
-  """An interleave function: a batch of raw elements -> their good examples.
+def _make_checker(keys, num_classes, files, sizes, skip_corrupt, stats):
+  """A function over decoded elements, in order, that finds every problem.
 
-  tf.data has no try/except: an error in a map function ends the iteration
-  with a message that names no file. So each group of records is decoded in
-  its own nested dataset with ignore_errors(), which drops a record whose
-  parsing or decoding fails. A closing element carries the group's size,
-  and a scan over the group sees which positions are missing: those are the
-  records TensorFlow rejected, named from the group's paths and indices.
-  Problems found by status or by a gap raise, naming file and record, or
-  with ``skip_corrupt`` are counted in ``stats`` and logged.
+  A record whose parsing or decoding failed was dropped by ignore_errors():
+  it shows as a gap in the positions of its group, and is named from the
+  group's files and indices that every element carries. Problems raise,
+  naming file and record, or with ``skip_corrupt`` are counted in ``stats``
+  and logged. Each element comes out as a batch of one if it is a good
+  example, else of none, so that unbatch() drops the rest without another
+  function call.
+
+  Returns:
+    ``(function, stateful)``. Raising needs no state: the first drop is
+    seen by the next element as its position running ahead of its rank
+    among the group's survivors, and everything before it was fine. So the
+    function maps ``(rank, element)``, a cheaper call than a scan's. Skipping
+    must see each gap on its own: then it is a scan function over
+    ``element`` whose state is the next expected position.
   """
-  decode = _make_decoder(keys, num_classes)
   describe = _make_describer(keys, num_classes)
+  files = tf.constant(files)
+  sizes = tf.constant(sizes, tf.int64)
 
-  def decode_group(group):
-    size = tf.shape(group[_INDEX], out_type=tf.int64)[0]
-    positioned = dict(group)
-    positioned[_POSITION] = tf.range(size)
-    decoded = tf.data.Dataset.from_tensor_slices(positioned).map(
-        decode).ignore_errors()
-    closing = {
-        _PATH: tf.constant(""), _INDEX: tf.constant(-1, tf.int64),
-        _STATUS: tf.constant(_END_OF_GROUP), _BYTES_READ: tf.constant(
-            0, tf.int64), _SIZE: tf.constant(0, tf.int64),
-        _POSITION: size, _STORED_LABEL: tf.constant(0, tf.int64),
-        schema.IMAGE: image_decoding.empty_image(),
-        schema.LABEL: tf.constant(-1),
-    }
-    decoded = decoded.concatenate(tf.data.Dataset.from_tensors(closing))
+  def lost_lines(element, first, end):
+    # One message per record missing from positions first..end-1.
+    return tf.strings.join([
+        _where(tf.gather(files, element[_GROUP_FILES][first:end]),
+               element[_GROUP_INDICES][first:end]),
+        _UNDECODABLE_DETAIL])
 
-    def lost_lines(first, end):
-      # One message per record missing from positions first..end-1.
-      return tf.strings.join([
-          _where(group[_PATH][first:end], group[_INDEX][first:end]),
-          _UNDECODABLE_DETAIL])
+  def element_message(element):
+    status = _status(keys, num_classes, element[_ENCODED],
+                     element[_STORED_LABEL], element[_BYTES_READ])
+    return tf.strings.join([
+        _where(element[schema.SOURCE], element[_INDEX]),
+        describe(status, element[_STORED_LABEL], element[_BYTES_READ],
+                 tf.gather(sizes, element[_FILE]))])
 
-    def element_message(element):
-      return tf.strings.join([
-          _where(element[_PATH], element[_INDEX]),
-          describe(element[_STATUS], element[_STORED_LABEL],
-                   element[_BYTES_READ], element[_SIZE])])
+  def is_problem(element):
+    return tf.logical_not(element[_OK] | (element[_INDEX] < 0))
 
-    def report(expected, element):
-      position = element[_POSITION]
-      is_problem = element[_STATUS] >= _FIRST_PROBLEM
-      if not skip_corrupt:
-        # Lost records come before this element in record order.
-        message = tf.cond(position > expected,
-                          lambda: lost_lines(expected, expected + 1)[0],
-                          lambda: element_message(element))
-        return tf.debugging.Assert(False, [message])
-      # (A marker's message is built but masked out: this runs rarely.)
+  def output(element, checked):
+    with tf.control_dependencies([checked]):
+      keep = tf.cast(element[_OK], tf.int32)
+    return {key: element[key][tf.newaxis][:keep]
+            for key in (schema.IMAGE, schema.LABEL, schema.SOURCE)}
+
+  def check_raising(rank, element):
+    lost = element[_POSITION] - rank
+    position = element[_POSITION]
+
+    def report():
+      # Lost records come before this element in record order.
+      message = tf.cond(
+          lost > 0,
+          lambda: lost_lines(element, position - lost,
+                             position - lost + 1)[0],
+          lambda: element_message(element))
+      return _as_true(tf.debugging.Assert(False, [message]))
+
+    # Messages are built only inside this branch.
+    checked = tf.cond((lost > 0) | is_problem(element), report,
+                      lambda: tf.constant(True))
+    return output(element, checked)
+
+  def check_counting(expected, element):
+    position = element[_POSITION]
+    problem = is_problem(element)
+
+    def report():
       lines = tf.concat([
-          lost_lines(expected, position),
-          tf.boolean_mask([element_message(element)], [is_problem])], 0)
+          lost_lines(element, expected, position),
+          tf.cond(problem, lambda: element_message(element)[tf.newaxis],
+                  lambda: tf.zeros([0], tf.string))], 0)
       skipped = stats.skipped_records.assign_add(
-          position - expected + tf.cast(is_problem, tf.int64))
-      damaged = stats.damaged_files.assign_add(
-          tf.cast(tf.equal(element[_STATUS], _DAMAGED_FILE), tf.int64))
+          position - expected + tf.cast(problem, tf.int64))
+      damaged = stats.damaged_files.assign_add(tf.cast(
+          problem & (element[_BYTES_READ] >= 0), tf.int64))
       warn = tf.print("skipping", tf.strings.reduce_join(
           lines, separator="\nskipping "), output_stream=logging.warning)
-      return tf.group(skipped, damaged, warn)
+      return _as_true(tf.group(skipped, damaged, warn))
 
-    def check(expected, element):
-      bad = ((element[_POSITION] > expected)
-             | (element[_STATUS] >= _FIRST_PROBLEM))
-      # Messages are built only inside this branch.
-      checked = tf.cond(bad,
-                        lambda: _as_true(report(expected, element)),
-                        lambda: tf.constant(True))
-      with tf.control_dependencies([checked]):
-        keep = tf.equal(element[_STATUS], _OK)
-      example = {schema.IMAGE: element[schema.IMAGE],
-                 schema.LABEL: element[schema.LABEL],
-                 schema.SOURCE: element[_PATH]}
-      return element[_POSITION] + 1, (keep, example)
+    checked = tf.cond((position > expected) | problem, report,
+                      lambda: tf.constant(True))
+    next_expected = tf.where(element[_INDEX] < 0, tf.constant(0, tf.int64),
+                             position + 1)
+    return next_expected, output(element, checked)
 
-    return decoded.scan(tf.constant(0, tf.int64), _no_autograph(check)).filter(
-        _no_autograph(lambda keep, example: keep)).map(
-            _no_autograph(lambda keep, example: example))
+  if skip_corrupt:
+    return _no_autograph(check_counting), True
+  return _no_autograph(check_raising), False
+
+
+def _make_uniform_group_decoder(keys, num_classes, files):
+  """A map function: a full group of records -> its examples, batched.
+
+  The fast path, for groups of good images of one size (e.g. a small-image
+  data set): one function call parses, checks and decodes the whole group,
+  where per-record calls cost more than decoding a small image. It fails,
+  before decoding, for anything else (a short group, a problem, images of
+  several sizes or formats, large images), and the group is then read
+  record by record.
+  """
+  spec = {
+      keys.image: tf.io.FixedLenFeature([], tf.string, default_value=""),
+      keys.label: tf.io.FixedLenFeature([], tf.int64,
+                                        default_value=_MISSING_LABEL),
+  }
+  files = tf.constant(files)
+
+  def decode_group(group):
+    features = tf.io.parse_example(group[_RAW], spec)
+    encoded = features[keys.image]
+    label = features[keys.label] - keys.label_offset
+    # Markers have no record: their empty image fails the header check.
+    ok = (image_decoding.is_supported_image(encoded)
+          & (label >= 0) & (label < num_classes))
+    sizes = image_decoding.header_sizes(encoded)
+    uniform = (tf.reduce_all(ok) & tf.reduce_all(sizes >= 0)
+               & tf.reduce_all(tf.equal(sizes, sizes[:1]))
+               & (tf.reduce_prod(sizes[0]) <= _FAST_PATH_MAX_PIXELS))
+    # The message is never shown: ignore_errors() drops this failure.
+    with tf.control_dependencies([tf.debugging.Assert(uniform, [False])]):
+      encoded = tf.identity(encoded)
+    images = [image_decoding.decode_rgb(e)
+              for e in tf.unstack(encoded, num=_GROUP_SIZE)]
+    return {schema.IMAGE: tf.stack(images),
+            schema.LABEL: tf.cast(label, tf.int32),
+            schema.SOURCE: tf.gather(files, group[_FILE])}
 
   return _no_autograph(decode_group)
+
+
+def _make_group_reader(keys, num_classes, files, sizes, skip_corrupt, stats):
+  """An interleave function: a group of records -> its good examples.
+
+  Tries the fast path (``_make_uniform_group_decoder``) and, only if that
+  fails, reads the group record by record: a nested dataset of one decoding
+  map call and one check call per record, which names every problem.
+  """
+  decode_uniform = _make_uniform_group_decoder(keys, num_classes, files)
+  decode = _make_decoder(keys, num_classes, files)
+  check, stateful = _make_checker(keys, num_classes, files, sizes,
+                                  skip_corrupt, stats)
+  nothing = {schema.IMAGE: tf.zeros([0, 0, 0, 3], tf.uint8),
+             schema.LABEL: tf.zeros([0], tf.int32),
+             schema.SOURCE: tf.zeros([0], tf.string)}
+
+  def record_by_record(group):
+    # In parallel but in order (the check needs it): large images decode
+    # as fast as in a bare read.
+    decoded = tf.data.Dataset.from_tensors(group).map(
+        _no_autograph(_spread_group)).unbatch().map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True).ignore_errors()
+    if stateful:
+      checked = decoded.scan(tf.constant(0, tf.int64), check)
+    else:
+      checked = decoded.enumerate().map(check)
+    return checked.unbatch()
+
+  def read_group(group):
+    # Either the fast path's batch or, if it failed, an empty batch.
+    first = tf.data.Dataset.from_tensors(group).map(
+        decode_uniform).ignore_errors().concatenate(
+            tf.data.Dataset.from_tensors(nothing)).take(1)
+
+    def examples(batch):
+      failed = tf.equal(tf.size(batch[schema.LABEL]), 0)
+      # Datasets are lazy: the slow path runs only if taken.
+      slow = record_by_record(group).take(
+          tf.where(failed, tf.constant(-1, tf.int64), 0))
+      return tf.data.Dataset.from_tensor_slices(batch).concatenate(slow)
+
+    return first.flat_map(_no_autograph(examples))
+
+  return _no_autograph(read_group)
 
 
 def read_dataset(files,
@@ -523,8 +667,10 @@ def read_dataset(files,
   if skip_corrupt and stats is None:
     stats = ReadStats()  # The warnings are still logged.
 
+  sizes = file_sizes(files)
   file_table = tf.data.Dataset.from_tensor_slices(
-      (tf.constant(files), tf.constant(file_sizes(files), tf.int64)))
+      (tf.range(len(files), dtype=tf.int32), tf.constant(files),
+       tf.constant(sizes, tf.int64)))
   if shuffle:
     file_table = file_table.shuffle(len(files), seed=seed,
                                     reshuffle_each_iteration=True)
@@ -545,7 +691,8 @@ def read_dataset(files,
   # come out of order, as soon as any group is decoded.
   deterministic = not shuffle or seed is not None
   return records.batch(_GROUP_SIZE).interleave(
-      _make_group_decoder(keys, num_classes, skip_corrupt, stats),
+      _make_group_reader(keys, num_classes, files, sizes, skip_corrupt,
+                         stats),
       cycle_length=tf.data.AUTOTUNE, block_length=_GROUP_SIZE,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
@@ -571,13 +718,13 @@ def explain_record(path, index, record_format=None, num_classes=1000):
     return f"{path} has fewer than {index + 1} records"
   where = f"{path}, record {index}"
   try:
-    element = _make_decoder(keys, num_classes)(
-        {_PATH: path, _INDEX: index, _RAW: raw[0], _STATUS: _RECORD,
-         _BYTES_READ: 0, _SIZE: 0})
+    element = _make_decoder(keys, num_classes, [path])(
+        {_FILE: 0, _INDEX: index, _RAW: raw[0], _BYTES_READ: -1})
   except tf.errors.OpError as e:
     return f"{where}: {e.message}"
-  status = int(element[_STATUS])
-  if status != _OK:
+  if not bool(element[_OK]):
+    status = _status(keys, num_classes, element[_ENCODED],
+                     element[_STORED_LABEL], -1)
     detail = _make_describer(keys, num_classes)(
         status, element[_STORED_LABEL], 0, 0)
     return f"{where}: {detail.numpy().decode()}"

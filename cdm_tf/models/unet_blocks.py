@@ -233,11 +233,16 @@ class AttentionBlock(keras.layers.Layer):
     batch = ops.shape(x)[0]
 
     qkv = self.qkv(self.norm(x))
-    qkv = ops.reshape(qkv, (batch, height * width, 3 * channels))
-    q, k, v = ops.split(qkv, 3, axis=-1)
-    q = self._split_heads(q, batch, heads, head_dim)
-    k = self._split_heads(k, batch, heads, head_dim)
-    v = self._split_heads(v, batch, heads, head_dim)
+    # One transpose for q, k and v: [B, N, 3, heads, head_dim] ->
+    # [3, B, heads, N, head_dim] (the channel order of a split into q, k, v,
+    # each split into heads).
+    qkv = ops.reshape(qkv, (batch, height * width, 3, heads, head_dim))
+    q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+    # The 1/sqrt(head_dim) scale goes on q (N x head_dim values), not on the
+    # float32 logits (N x N per head): one pass less over the largest tensor
+    # forward and backward. Computed in float32, then rounded once.
+    q = ops.cast(ops.cast(q, "float32") * (1.0 / math.sqrt(head_dim)),
+                 q.dtype)
 
     key_mask = None
     if context is not None:
@@ -252,8 +257,7 @@ class AttentionBlock(keras.layers.Layer):
             [pixel_mask, ops.cast(context_mask, "bool")], axis=1)
         key_mask = key_mask[:, None, None, :]  # [B, 1, 1, N + L]
 
-    logits = ops.einsum("bhqd,bhkd->bhqk", q, k)
-    logits = ops.cast(logits, "float32") * (1.0 / math.sqrt(head_dim))
+    logits = ops.cast(ops.einsum("bhqd,bhkd->bhqk", q, k), "float32")
     if key_mask is not None:
       # Pixels are always attendable, so no row is fully masked.
       logits = ops.where(key_mask, logits, ops.full_like(logits, -1e9))
