@@ -27,7 +27,8 @@ from cdm_tf.training import strategies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_integer("batch_size", 50, "Images per cascade call.")
-flags.DEFINE_integer("batches", 1, "Timed batches per setting.")
+flags.DEFINE_integer("rounds", 3, "Timed batches per setting, taken in "
+                     "turns with the other settings.")
 flags.DEFINE_multi_string("gin_bindings", [], "Bindings applied to "
                           "the generation config, e.g. another sampler: "
                           "'base/cascade.Stage.sampler = \"dpmpp_2m\"'.")
@@ -71,25 +72,36 @@ def main(argv):
         np.arange(FLAGS.batch_size)).numpy()
     labels = np.arange(FLAGS.batch_size) % 10
     print(f"tiny cascade 16 -> 32, batch {FLAGS.batch_size}, "
-          f"{strategy.num_replicas_in_sync} replica(s)")
-    for policy in (None, "mixed_bfloat16"):
-      for jit in (False, True):
-        for steps_per_call in (1, None):
-          cascade = cascade_lib.Cascade(stages, strategy=strategy,
-                                        dtype_policy=policy, jit_compile=jit,
-                                        steps_per_call=steps_per_call)
-          evaluations = cascade.network_evaluations_per_example()
-          cascade.sample(seeds, labels)  # trace and compile
-          start = time.perf_counter()
-          for _ in range(FLAGS.batches):
-            cascade.sample(seeds, labels)
-          seconds = (time.perf_counter() - start) / FLAGS.batches
-          images_per_second = FLAGS.batch_size / seconds
-          calls = "per step" if steps_per_call == 1 else "whole chain"
-          print(f"{policy or 'float32':15s} xla={str(jit):5s} "
-                f"{calls:12s} {images_per_second:7.2f} images/s "
-                f"{images_per_second * evaluations:9.0f} U-Net evaluations/s "
-                f"(image-evaluations; {evaluations} per image)", flush=True)
+          f"{strategy.num_replicas_in_sync} replica(s); median of "
+          f"{FLAGS.rounds} rounds, settings taking turns (load average "
+          f"{os.getloadavg()[0]:.1f} at start)")
+    configs = [(policy, jit, steps_per_call)
+               for policy in (None, "mixed_bfloat16") for jit in (False, True)
+               for steps_per_call in (1, None)]
+    cascades = {}
+    for config in configs:
+      policy, jit, steps_per_call = config
+      cascades[config] = cascade_lib.Cascade(
+          stages, strategy=strategy, dtype_policy=policy, jit_compile=jit,
+          steps_per_call=steps_per_call)
+      cascades[config].sample(seeds, labels)  # trace and compile
+    times = {config: [] for config in configs}
+    for round_index in range(FLAGS.rounds):
+      order = configs if round_index % 2 == 0 else configs[::-1]
+      for config in order:
+        start = time.perf_counter()
+        cascades[config].sample(seeds, labels)
+        times[config].append(time.perf_counter() - start)
+    for config in configs:
+      policy, jit, steps_per_call = config
+      evaluations = cascades[config].network_evaluations_per_example()
+      images_per_second = FLAGS.batch_size / float(np.median(times[config]))
+      calls = "per step" if steps_per_call == 1 else "whole chain"
+      print(f"{policy or 'float32':15s} xla={str(jit):5s} "
+            f"{calls:12s} {images_per_second:7.2f} images/s "
+            f"{images_per_second * evaluations:9.0f} U-Net evaluations/s "
+            f"(image-evaluations; {evaluations} per image)", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

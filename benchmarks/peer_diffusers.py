@@ -1,7 +1,7 @@
 """cdm_tf against diffusers on the same U-Net, timed side by side.
 
-The issue-13 U-Net (36,258,819 parameters) is built twice: in cdm_tf
-(`train_step.issue_unet`) and as diffusers' `UNet2DModel` (sample_size 32,
+The reference U-Net (36,258,819 parameters, the size of DDPM's CIFAR-10 model) is built twice: in cdm_tf
+(`train_step.reference_unet`) and as diffusers' `UNet2DModel` (sample_size 32,
 3 channels in and out, block_out_channels 128,256,256,256, 2 layers per
 block, attention at 16x16 with 8 channels per head, 1000 classes plus
 the null label (1001 class embeddings),
@@ -21,13 +21,13 @@ at start and end: with other jobs on the cores, use
 model, dominates its times.
 
 diffusers and torch are not dependencies of this project: install them in a
-throwaway venv and pass its python (torch 2.14.1 installs from this
-machine's disk; the diffusers pin is the release the issue measured):
+throwaway venv outside the project and pass its python (torch 2.14.1, CPU;
+the diffusers pin is the release the first numbers were taken with):
 
-  python3 -m venv /tmp/peer_venv
-  /tmp/peer_venv/bin/pip install torch==2.14.1 diffusers==0.42.0
+  python3 -m venv ../peer_venv
+  ../peer_venv/bin/pip install torch==2.14.1 diffusers==0.42.0
   .venv/bin/python benchmarks/peer_diffusers.py \
-      --peer_python=/tmp/peer_venv/bin/python
+      --peer_python=../peer_venv/bin/python
 
 The peer side is this file run by the peer python with `--peer_only`; it
 imports neither TensorFlow nor cdm_tf.
@@ -49,7 +49,7 @@ ROWS = (("float32", "train"), ("float32", "forward"),
 
 
 def _diffusers_unet():
-  """The issue U-Net as diffusers' UNet2DModel."""
+  """The reference U-Net as diffusers' UNet2DModel."""
   import diffusers  # pylint: disable=g-import-not-at-top
   return diffusers.UNet2DModel(
       sample_size=32, in_channels=3, out_channels=3,
@@ -233,7 +233,7 @@ def compare(args):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--peer_python", default="/tmp/peer_venv/bin/python",
+  parser.add_argument("--peer_python", default="../peer_venv/bin/python",
                       help="python of the venv holding torch and diffusers")
   parser.add_argument("--peer_only", action="store_true",
                       help="internal: serve the diffusers side on stdin")

@@ -1,4 +1,4 @@
-"""Training and forward throughput of the issue-13 U-Net on this CPU.
+"""Training and forward throughput of a reference U-Net on this CPU.
 
 Times compiled DiffusionModel.train_step calls (forward, backward, gradient
 clipping, Adam update, EMA) and U-Net forward calls of the 36,258,819-parameter
@@ -38,8 +38,8 @@ POLICIES = ("float32", "mixed_bfloat16")
 MATMUL_SIDE = 2048
 
 
-def issue_unet():
-  """The U-Net of issue 13, laid out as diffusers' UNet2DModel."""
+def reference_unet():
+  """The 36,258,819-parameter reference U-Net, laid out as diffusers' UNet2DModel."""
   return UNet(resolution=32, base_channels=128, channel_mult=(1, 2, 2, 2),
               num_res_blocks=2, attention_resolutions=(16,), head_dim=8,
               num_classes=NUM_CLASSES, resblock_updown=False,
@@ -87,7 +87,7 @@ def forward_gflop(unet, batch_size):
 
 
 class CdmTfBench:
-  """The issue U-Net under one dtype policy, ready to time.
+  """The reference U-Net under one dtype policy, ready to time.
 
   Built once, so that alternating measurements (peer_diffusers.py) time
   steady-state calls, not tracing.
@@ -97,7 +97,7 @@ class CdmTfBench:
     self.policy = policy
     keras.mixed_precision.set_global_policy(policy)
     try:
-      self.model = DiffusionModel(issue_unet(), num_timesteps=1000)
+      self.model = DiffusionModel(reference_unet(), num_timesteps=1000)
       self.model.build_all(optimizers.create_optimizer("adam", 1e-4))
     finally:
       keras.mixed_precision.set_global_policy("float32")
@@ -131,7 +131,7 @@ def matmul_dtype(policy):
 def main(argv):
   del argv
   batch = FLAGS.batch_size
-  print(f"issue-13 U-Net 32x32, 128 ch, mult 1,2,2,2, 2 blocks, attention "
+  print(f"reference U-Net 32x32, 128 ch, mult 1,2,2,2, 2 blocks, attention "
         f"at 16 (head_dim 8), {NUM_CLASSES} classes; batch {batch}, median "
         f"of {FLAGS.steps}")
   benches = {policy: CdmTfBench(policy, batch) for policy in POLICIES}
