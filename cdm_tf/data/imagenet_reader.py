@@ -270,6 +270,16 @@ class ReadStats:
             "damaged_files": int(self.damaged_files.numpy())}
 
 
+def _feature_spec(keys):
+  """What a record's parse reads: its image and label (missing ones get
+  defaults that the checks catch)."""
+  return {
+      keys.image: tf.io.FixedLenFeature([], tf.string, default_value=""),
+      keys.label: tf.io.FixedLenFeature([], tf.int64,
+                                        default_value=_MISSING_LABEL),
+  }
+
+
 def _records_of_file(file_id, path, size):
   """Numbered raw records of one file, then a marker if it is damaged.
 
@@ -336,11 +346,7 @@ def _make_decoder(keys, num_classes, files):
   such records. Rows without a record (markers, group ends) have an empty
   raw: it parses as an Example without image, so they are never ok.
   """
-  spec = {
-      keys.image: tf.io.FixedLenFeature([], tf.string, default_value=""),
-      keys.label: tf.io.FixedLenFeature([], tf.int64,
-                                        default_value=_MISSING_LABEL),
-  }
+  spec = _feature_spec(keys)
   files = tf.constant(files)
 
   def decode(element):
@@ -530,11 +536,7 @@ def _make_uniform_group_decoder(keys, num_classes, files):
   several sizes or formats, large images), and the group is then read
   record by record.
   """
-  spec = {
-      keys.image: tf.io.FixedLenFeature([], tf.string, default_value=""),
-      keys.label: tf.io.FixedLenFeature([], tf.int64,
-                                        default_value=_MISSING_LABEL),
-  }
+  spec = _feature_spec(keys)
   files = tf.constant(files)
 
   def decode_group(group):
