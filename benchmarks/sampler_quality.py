@@ -9,11 +9,14 @@ job's setting, ``tools/sweep.py`` generates the same class-balanced images
 3M, SDE 2M) at 10-25 evaluations (gin/sweeps/fashion_mnist_sampler_quality_
 {base,sr}.gin), and scores FID, precision/recall and the CAS. Then prints,
 per stage, each setting's cost and quality next to DDPM 250's, and the
-cheapest setting whose FID is within --tolerance of DDPM 250's. Resumable:
-killed and run again, finished points are kept.
+cheapest setting whose FID is within --tolerance of DDPM 250's. With
+several --seeds (each a generation seed, so other noise at every point and
+other base images), each setting's FID ratio to DDPM 250 is summarized over
+the seeds: mean and 95% interval, and whether the whole interval is within
+the tolerance. Resumable: killed and run again, finished points are kept.
 
   python benchmarks/sampler_quality.py --run_dir=runs/pipeline \
-      --output_dir=runs/sampler_quality
+      --output_dir=runs/sampler_quality --seeds=0,1,2
 """
 
 import csv
@@ -24,13 +27,18 @@ import sys
 from absl import app
 from absl import flags
 
+from cdm_tf.metrics import repeated_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("base", "sr")
 REFERENCE_POINT = {"sampler": "ddpm", "timestep_respacing": "250"}
+REFERENCE_SETTING = "ddpm 250"
 flags.DEFINE_string("run_dir", "runs/pipeline", "The main job's output.")
 flags.DEFINE_string("real_data_dir", "data/fashion_mnist", "Real data.")
 flags.DEFINE_string("output_dir", "runs/sampler_quality", "Sweeps go here.")
 flags.DEFINE_list("stages", list(STAGES), "Stages to sweep.")
+flags.DEFINE_list("seeds", ["0"], "Generation seeds (base_seed); one sweep "
+                  "per seed and stage, in <output_dir>/seed_<seed>/<stage>.")
 flags.DEFINE_integer("num_images", 200, "Images per point (class-balanced).")
 flags.DEFINE_bool("cas", True, "Also train the CAS classifier per point.")
 flags.DEFINE_float("tolerance", 0.05, "FID within this fraction of DDPM "
@@ -41,7 +49,7 @@ flags.DEFINE_bool("summarize_only", False, "Print the tables of the points "
 FLAGS = flags.FLAGS
 
 
-def _sweep(stage, output_dir):
+def _sweep(stage, seed, output_dir):
   command = [
       sys.executable, os.path.join(ROOT, "tools", "sweep.py"),
       f"--gin_file={ROOT}/gin/sweeps/fashion_mnist_sampler_quality_{stage}.gin",
@@ -49,6 +57,7 @@ def _sweep(stage, output_dir):
       f"--gin_bindings=SR_MODEL_DIR = '{FLAGS.run_dir}/sr/export'",
       f"--gin_bindings=sweep.run.num_images = {FLAGS.num_images}",
       f"--gin_bindings=sweep.run.fid_sample_counts = [{FLAGS.num_images}]",
+      f"--gin_bindings=synthetic_dataset.GenerationSettings.base_seed = {seed}",
       *[f"--gin_bindings={b}" for b in FLAGS.gin_bindings],
       f"--real_data_dir={FLAGS.real_data_dir}", f"--output_dir={output_dir}",
       "--feature_network=classifier",
@@ -60,7 +69,8 @@ def _sweep(stage, output_dir):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(command, env=env, check=False)
   if result.returncode:
-    raise SystemExit(f"error: the {stage} sweep exited {result.returncode}")
+    raise SystemExit(f"error: the {stage} sweep (seed {seed}) exited "
+                     f"{result.returncode}")
 
 
 def _column(header, prefix):
@@ -127,19 +137,64 @@ def _print(stage, fid_label, table, cheapest):
     print(f"no setting is within {FLAGS.tolerance:.0%} of DDPM 250's FID")
 
 
+def over_seeds(tables, tolerance):
+  """Per setting in every seed's table: (setting, evaluations, Summary of
+  the FID ratio to DDPM 250 over the seeds), cheapest first; and the
+  cheapest setting whose whole interval is within ``tolerance``."""
+  by_setting = {}
+  for table in tables:
+    for t in table:
+      if t["fid_ratio"] is not None:
+        by_setting.setdefault((t["setting"], t["evaluations"]), []).append(
+            t["fid_ratio"])
+  rows = sorted(((setting, evaluations, repeated_runs.summarize(ratios))
+                 for (setting, evaluations), ratios in by_setting.items()
+                 if len(ratios) == len(tables)), key=lambda r: (r[1], r[0]))
+  certified = [r for r in rows if r[0] != REFERENCE_SETTING and
+               r[2].has_interval and r[2].high <= 1.0 + tolerance]
+  return rows, (certified[0] if certified else None)
+
+
+def _print_over_seeds(stage, rows, certified, seeds):
+  print(f"\n{stage}: FID / DDPM 250's FID over seeds {', '.join(seeds)} "
+        "(mean [95% interval])")
+  for setting, evaluations, summary in rows:
+    print(f"{setting:18s} {evaluations:9d}  {summary.format()}")
+  if certified:
+    print(f"cheapest whose whole interval is within {FLAGS.tolerance:.0%} of "
+          f"DDPM 250's FID: {certified[0]} ({certified[1]} network "
+          "evaluations per image for the cascade)")
+  else:
+    print(f"no setting's whole interval is within {FLAGS.tolerance:.0%} of "
+          "DDPM 250's FID")
+
+
 def main(argv):
   del argv
   unknown = set(FLAGS.stages) - set(STAGES)
   if unknown:
     raise SystemExit(f"error: unknown --stages {sorted(unknown)}; expected "
                      f"{STAGES}")
+  try:
+    [int(seed) for seed in FLAGS.seeds]
+  except ValueError:
+    raise SystemExit(f"error: --seeds must be integers, got {FLAGS.seeds}")
+  def directory(seed, stage):
+    return os.path.join(FLAGS.output_dir, f"seed_{seed}", stage)
   if not FLAGS.summarize_only:
-    for stage in FLAGS.stages:
-      _sweep(stage, os.path.join(FLAGS.output_dir, stage))
+    for seed in FLAGS.seeds:
+      for stage in FLAGS.stages:
+        _sweep(stage, seed, directory(seed, stage))
   for stage in FLAGS.stages:
-    fid_label, table, cheapest = summarize(
-        os.path.join(FLAGS.output_dir, stage, "sweep.csv"), FLAGS.tolerance)
-    _print(stage, fid_label, table, cheapest)
+    tables = []
+    for seed in FLAGS.seeds:
+      fid_label, table, cheapest = summarize(
+          os.path.join(directory(seed, stage), "sweep.csv"), FLAGS.tolerance)
+      _print(f"{stage}, seed {seed}", fid_label, table, cheapest)
+      tables.append(table)
+    if len(tables) > 1:
+      _print_over_seeds(stage, *over_seeds(tables, FLAGS.tolerance),
+                        FLAGS.seeds)
 
 
 if __name__ == "__main__":

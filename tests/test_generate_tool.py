@@ -39,8 +39,8 @@ def setup(tmp_path_factory):
                                            per_class=(REAL_PER_CLASS, 1))
   bindings = [
       f"BASE_MODEL_DIR = '{base_dir}'", f"SR_MODEL_DIR = '{sr_dir}'",
-      "base/cascade.Stage.timestep_respacing = '4'",
-      "sr/cascade.Stage.timestep_respacing = '3'",
+      "base/cascade.Stage.steps = 4",
+      "sr/cascade.Stage.steps = 3",
       f"synthetic_dataset.GenerationSettings.examples_per_shard = "
       f"{EXAMPLES_PER_SHARD}",
       "synthetic_dataset.GenerationSettings.batch_size = 2",

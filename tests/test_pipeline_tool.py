@@ -43,8 +43,8 @@ sr/job.DiffusionStage.gin_bindings = {_DIFFUSION + ["unet.UNet.attention_resolut
 job.JobConfig.generation_gin_bindings = [
     'BASE_MODEL_DIR = "{{output_dir}}/base/export"',
     'SR_MODEL_DIR = "{{output_dir}}/sr/export"',
-    'base/cascade.Stage.timestep_respacing = "4"',
-    'sr/cascade.Stage.timestep_respacing = "2"',
+    'base/cascade.Stage.steps = 4',
+    'sr/cascade.Stage.steps = 2',
     'synthetic_dataset.GenerationSettings.batch_size = 10',
     'synthetic_dataset.GenerationSettings.examples_per_shard = 10',
 ]

@@ -25,7 +25,7 @@ NETWORK = "tiny test classifier"
 
 @pytest.mark.parametrize("name, stage, points, fields", [
     ("fashion_mnist_base_guidance.gin", "base", 12,
-     ["guidance_weight", "timestep_respacing"]),
+     ["guidance_weight", "steps"]),
     ("azizi_base64_guidance_logvar.gin", "base", 6 * 5 * 3,
      ["guidance_weight", "logvar_coeff", "timestep_respacing"]),
     ("azizi_sr256_noise_aug.gin", "sr256", 5 * 5 * 2 * 3,
@@ -77,7 +77,7 @@ def test_tool_sweeps_the_base_guidance_with_a_classifier(setup):
   out = str(setup["root"] / "sweep")
   bindings = [
       f"BASE_MODEL_DIR = '{setup['base_dir']}'",
-      "base/cascade.Stage.timestep_respacing = '2'",
+      "base/cascade.Stage.steps = 2",
       "sweep.run.grid = {'guidance_weight': [1.0, 2.0]}",
       "sweep.run.num_images = 20",
       "sweep.run.fid_sample_counts = [20]",

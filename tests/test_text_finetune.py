@@ -465,8 +465,8 @@ def test_generate_tool_samples_a_text_cascade_with_a_frozen_stage(
   out = str(tmp_path / "synthetic")
   bindings = [
       f"BASE_MODEL_DIR = '{base_dir}'", f"SR_MODEL_DIR = '{sr_dir}'",
-      "base/cascade.Stage.timestep_respacing = '3'",
-      "sr/cascade.Stage.timestep_respacing = '2'",
+      "base/cascade.Stage.steps = 3",
+      "sr/cascade.Stage.steps = 2",
       "synthetic_dataset.GenerationSettings.batch_size = 10",
       "synthetic_dataset.GenerationSettings.examples_per_shard = 10",
       "synthetic_dataset.GenerationSettings.progress_every_seconds = 0",
