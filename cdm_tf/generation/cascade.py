@@ -15,7 +15,10 @@ exported model (``cdm_tf.models.export``) with its own sampler settings
 
 Every random draw comes from the example's seed folded with the stage index,
 so a sample depends only on (seed, label) and the settings: not on the batch
-size, the position in the batch, the worker or the number of replicas.
+size, the position in the batch, the worker or the number of replicas; up to
+float rounding, since kernels for another per-replica batch size may round
+differently in the last bits (a pixel at a rounding boundary can move by one
+level).
 
 Sampling runs under a ``tf.distribute`` strategy: the global batch is split
 evenly over the replicas, ``steps_per_call`` steps of a stage's chain run
