@@ -111,3 +111,23 @@ def test_tool_sweeps_the_base_guidance_with_a_classifier(setup):
   assert "fid_20_vs_train_vs_guidance_weight.png" in plots
   assert "pareto_fid_20_vs_train_vs_is_20_along_guidance_weight.png" in plots
 
+
+
+def test_dry_run_resolves_macros_and_loads_nothing(tmp_path):
+  command = [
+      sys.executable, TOOL,
+      f"--gin_file={os.path.join(SWEEPS, 'fashion_mnist_base_guidance.gin')}",
+      "--gin_bindings=NUM = 40",
+      "--gin_bindings=sweep.run.num_images = %NUM",
+      f"--gin_bindings=BASE_MODEL_DIR = '{tmp_path / 'no_model'}'",
+      f"--real_data_dir={tmp_path / 'no_data'}",
+      f"--output_dir={tmp_path / 'out'}", "--dry_run"]
+  result = subprocess.run(command, capture_output=True, text=True, env=ENV,
+                          timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "over 12 points of 40 images each" in result.stdout
+  # 6 guidance weights x (10, 25) steps, doubled where guided (5 of 6).
+  assert "guidance_weight=1.25, steps=10  (20 evaluations per image)" in (
+      result.stdout)
+  assert "network evaluations in all: 15,400" in result.stdout
+  assert not (tmp_path / "out").exists()

@@ -88,15 +88,24 @@ def _cas_fn(strategy, print_fn):
   return point_score, name
 
 
+def _bound(name):
+  """The value bound to ``name``, a macro (``%NUM``) resolved."""
+  value = gin.query_parameter(name)
+  if isinstance(value, gin.config.ConfigurableReference) and (
+      value.configurable.name == "macro"):
+    return value.scoped_configurable_fn()
+  return value
+
+
 def _checked_sweep():
   """The stages, stage names, swept stage and points gin binds, checked
   before any model, data or feature network is loaded."""
   stages = cascade_lib.configured_stages()
   stage_names = sweep.configured_stage_names()
   try:
-    stage = gin.query_parameter("sweep.run.stage")
-    grid = gin.query_parameter("sweep.run.grid")
-    gin.query_parameter("sweep.run.num_images")
+    stage = _bound("sweep.run.stage")
+    grid = _bound("sweep.run.grid")
+    _bound("sweep.run.num_images")
   except ValueError as e:
     raise ValueError("bind sweep.run.stage, sweep.run.grid and "
                      f"sweep.run.num_images ({e})") from e
@@ -109,11 +118,11 @@ def _checked_sweep():
 
 def _dry_run(stages, stage_names, index, points):
   try:
-    reuse = gin.query_parameter("sweep.run.reuse_earlier")
+    reuse = _bound("sweep.run.reuse_earlier")
   except ValueError:  # not bound: the default
     reuse = True
   print(sweep.describe(
-      stages, index, points, gin.query_parameter("sweep.run.num_images"),
+      stages, index, points, _bound("sweep.run.num_images"),
       reuse and sweep.reuses_earlier_stages(stages, index, points),
       stage_names))
 
