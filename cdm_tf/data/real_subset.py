@@ -24,7 +24,6 @@ import tensorflow as tf
 from cdm_tf.data import class_counts
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
-from cdm_tf.data import schema
 from cdm_tf.data import synthetic_writer
 
 TRAIN_SPLIT = "train"
