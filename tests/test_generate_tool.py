@@ -75,18 +75,6 @@ def _shard_bytes(directory):
           for p in synthetic_writer.complete_shards(directory, "train")}
 
 
-def _pixels(directory):
-  """{example id: int [h, w, 3] pixels} of a set."""
-  pixels = {}
-  for path in synthetic_writer.complete_shards(directory, "train"):
-    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      features = tf.train.Example.FromString(raw).features.feature
-      pixels[features[schema.EXAMPLE_ID].bytes_list.value[0].decode()] = (
-          tf.io.decode_png(features[schema.TPU_IMAGE].bytes_list.value[0])
-          .numpy().astype(np.int32))
-  return pixels
-
-
 def _records(directory):
   """Every record, parsed independently of the package's readers."""
   records = []
@@ -100,7 +88,7 @@ def _records(directory):
           "id": features[schema.EXAMPLE_ID].bytes_list.value[0].decode(),
           "class_index": features[schema.CLASS_INDEX].int64_list.value[0],
           "seed": list(features[schema.SEED].int64_list.value),
-          "shape": image.shape})
+          "shape": image.shape, "pixels": image.astype(np.int32)})
   return records
 
 
@@ -226,7 +214,8 @@ def test_two_cpu_replicas_write_the_same_pixels(setup, tmp_path):
   # Each replica runs the U-Net on half the batch, and oneDNN's kernels for
   # another batch size round differently in the last bits (about 1e-6 here),
   # so a pixel at a rounding boundary may move by one level; nothing more.
-  mirrored, reference = _pixels(out), _pixels(setup["reference"])
+  mirrored, reference = [{r["id"]: r["pixels"] for r in _records(d)}
+                         for d in (out, setup["reference"])]
   assert sorted(mirrored) == sorted(reference)
   differences = np.stack([np.abs(mirrored[k] - reference[k])
                           for k in sorted(reference)])
