@@ -36,6 +36,7 @@ imports neither TensorFlow nor cdm_tf.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -66,7 +67,6 @@ def _diffusers_unet():
 
 
 def _median_seconds(fn, steps):
-  import statistics  # pylint: disable=g-import-not-at-top
   fn()
   times = []
   for _ in range(steps):
@@ -158,13 +158,6 @@ class Peer:
     self.process.wait()
 
 
-def _median(values):
-  values = sorted(values)
-  mid = len(values) // 2
-  return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1]
-                                                    + values[mid])
-
-
 def compare(args):
   """Alternates cdm_tf and peer measurements; prints the table."""
   # Sibling script: benchmarks/ is on sys.path when this file runs.
@@ -215,15 +208,15 @@ def compare(args):
           "| diffusers GFLOP/s (% of peak) |")
     print("|---|---|---|---|---|---|")
     for policy, what in ROWS:
-      cdm, other = (_median(v) for v in times[(policy, what)])
+      cdm, other = (statistics.median(v) for v in times[(policy, what)])
       flop = gflop * (3 if what == "train" else 1)
-      tf_peak, torch_peak = (_median(v) for v in peaks[policy])
+      tf_peak, torch_peak = (statistics.median(v) for v in peaks[policy])
       label = "fp32" if policy == "float32" else "bf16"
       print(f"| {label} {what} | {cdm:.3f} | {other:.3f} | {cdm / other:.2f} "
             f"| {flop / cdm:.0f} ({100 * flop / cdm / tf_peak:.0f}%) "
             f"| {flop / other:.0f} ({100 * flop / other / torch_peak:.0f}%) |")
     for policy in train_step.POLICIES:
-      tf_peak, torch_peak = (_median(v) for v in peaks[policy])
+      tf_peak, torch_peak = (statistics.median(v) for v in peaks[policy])
       print(f"matmul peak {policy}: TF {tf_peak:.0f} GFLOP/s, torch "
             f"{torch_peak:.0f} GFLOP/s")
     print("load average at end: %.1f %.1f %.1f" % os.getloadavg())
