@@ -184,6 +184,29 @@ def test_non_resnet_rs_models_reject_stochastic_depth():
     models.create_classifier("vit_b16", NUM_CLASSES, IMAGE_SIZE)
 
 
+def test_resnet_sizes_change_widths_and_stage_strides():
+  default = models.create_classifier("resnet50", NUM_CLASSES, 32, tiny=True)
+  # Stem stride 4, then stages 1, 2, 2, 2: a 1 x 1 map of 4 x 16 channels.
+  assert default.backbone.output_shape == (None, 1, 1, 64)
+  sized = models.create_classifier(
+      "resnet50", NUM_CLASSES, 32, tiny=True,
+      resnet_sizes={"input_conv_filters": [32],
+                    "stackwise_num_filters": [64, 32, 64, 128],
+                    "stackwise_num_strides": [1, 1, 2, 2]})
+  # 32 / 4 / 2 / 2 = 2; the last stage's bottleneck widens 128 x 4.
+  assert sized.backbone.output_shape == (None, 2, 2, 512)
+  stem = sized.backbone.get_layer("conv1_conv")
+  assert stem.filters == 32 and stem.kernel_size == (7, 7)
+  assert sized.get_config()["backbone"]["config"]["stackwise_num_strides"] == [
+      1, 1, 2, 2]
+  with pytest.raises(ValueError, match="unknown keys"):
+    models.create_classifier("resnet50", NUM_CLASSES, 32, tiny=True,
+                             resnet_sizes={"stem_strides": [1]})
+  with pytest.raises(ValueError, match="resnet_sizes"):
+    models.create_classifier("deit_s", NUM_CLASSES, 32, tiny=True,
+                             resnet_sizes={"stackwise_num_blocks": [1]})
+
+
 def test_resnet_rs_config_round_trip():
   backbone = resnet_rs.ResNetRS(stochastic_depth_rate=0.1, seed=3,
                                 **models.TINY_RESNET_RS)

@@ -121,6 +121,9 @@ def test_full_report(data):
   cas_result = _classifier_run(str(runs / "cas"), "synthetic",
                                [1, 2, 0, 1, 0, 2, 0, 1, 2, 0], 0, 30,
                                is_cas=True)
+  reference_result = _classifier_run(str(runs / "reference"), "real",
+                                     [2, 2, 1, 1, 0, 2, 1, 1, 2, 2], 30, 0,
+                                     is_cas=True)
   mixed_result = _classifier_run(str(runs / "mixed"), "real+synthetic",
                                  [2, 2, 2, 2, 0, 2, 1, 1, 2, 2], 30, 30,
                                  num_steps=60)
@@ -132,6 +135,7 @@ def test_full_report(data):
       synthetic_dir=synthetic, diffusion_runs=diffusion,
       classifier_runs={"real": str(runs / "real"),
                        "synthetic only (CAS)": str(runs / "cas"),
+                       "CAS reference": str(runs / "reference"),
                        "real + synthetic": str(runs / "mixed")},
       metrics_file=str(root / "metrics.json"),
       settings={"real data": real, "diffusion": {"steps": 30, "lr": 1e-4}},
@@ -148,11 +152,17 @@ def test_full_report(data):
   for label, result, images, note in (
       ("real", real_result, "| 30 | 0 | 40 |", ""),
       ("synthetic only (CAS)", cas_result, "| 0 | 30 | 40 |", "CAS"),
+      ("CAS reference", reference_result, "| 30 | 0 | 40 |",
+       "CAS protocol, real images"),
       ("real + synthetic", mixed_result, "| 30 | 30 | 60 |", "")):
     row = (f"| {label} | resnet_tiny {images} {100 * result.top1:.2f} | "
            f"{100 * result.top5:.2f} | {note} |")
     assert row in text
   assert f"{100 * real_result.top1:.2f}" == "80.00"
+  # CAS over its reference, by hand: (9 / 20) / (14 / 20) = 0.642857.
+  assert ("CAS / the same protocol on real images: 0.4500 / 0.7000 = "
+          "**0.643** (one run each; trained on 30 generated and 30 real "
+          "images;") in text
   for value in metrics.values:
     assert value.label in text
   assert "| FID@30 vs validation (" + NETWORK + ") | 123.5 | 30 |" in text

@@ -91,7 +91,8 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
   gin_file, out, data, result = finished_job
   del gin_file, data
   names = ["train_base", "train_sr", "generate", job.CLASSIFIER_REAL,
-           "metrics", job.CLASSIFIER_SYNTHETIC, job.CLASSIFIER_REAL_SYNTHETIC]
+           "metrics", job.CLASSIFIER_SYNTHETIC, job.REAL_SUBSET_DIR,
+           job.CLASSIFIER_CAS_REFERENCE, job.CLASSIFIER_REAL_SYNTHETIC]
   for name in names:
     assert os.path.exists(runner.marker_path(out, name)), name
   # The steps' own output is echoed under their names.
@@ -121,10 +122,25 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
                                     "cas_report.json")))
   assert cas["validation_examples"] == 30
 
+  # The CAS reference: the same protocol on as many real images per class.
+  reference = json.load(open(os.path.join(out, job.CLASSIFIER_CAS_REFERENCE,
+                                          "cas_report.json")))
+  assert reference["training_data"] == "real"
+  assert reference["real_examples_per_epoch"] == 20
+  assert cas["synthetic_examples_per_epoch"] == 20
+  assert reference["step"] == cas["step"]
+
   report = open(os.path.join(out, job.REPORT_DIR, "report.md")).read()
-  for label in job.classifier_run_dirs(out):
+  labels = job.classifier_run_dirs(job.JobConfig(cas_real_reference=True),
+                                   out)
+  assert len(labels) == 4
+  for label in labels:
     assert label in report
   assert f"{100 * cas['cas_top1']:.2f}" in report
+  assert "CAS / the same protocol on real images" in report
+  if reference["cas_top1"] > 0:
+    ratio = cas["cas_top1"] / reference["cas_top1"]
+    assert f"= **{ratio:.3f}**" in report
   assert "Fashion-MNIST tiny ResNet features" in report
   assert "For scale" in report
   assert "ankle boot" in report.lower()
@@ -137,7 +153,7 @@ def test_rerun_skips_finished_steps_and_other_settings_are_refused(
   gin_file, out, _, _ = finished_job
   again = _run(f"--gin_file={gin_file}", f"--output_dir={out}")
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count("finished before") == 7
+  assert again.stdout.count("finished before") == 9
   assert "[train_base]" not in again.stdout
 
   changed = _run(f"--gin_file={gin_file}", f"--output_dir={out}",
@@ -151,7 +167,7 @@ def test_dry_run_lists_the_steps_and_bad_configuration_exits_2(tmp_path):
   dry = _run("--dry_run", f"--output_dir={tmp_path}")
   assert dry.returncode == 0, dry.stderr[-2000:]
   for tool in ("prepare_data.py", "train.py", "generate.py",
-               "train_classifier.py", "evaluate.py"):
+               "train_classifier.py", "evaluate.py", "subset_data.py"):
     assert tool in dry.stdout
   assert "--cas" in dry.stdout
   assert not os.listdir(tmp_path)

@@ -67,6 +67,9 @@ CLASSIFIER_NAMES = (tuple(RESNET_BLOCKS) + tuple(RESNET_RS_DEPTHS)
 TINY_RESNET = dict(input_conv_filters=[16],
                    stackwise_num_filters=[64, 16, 16, 16],
                    stackwise_num_blocks=[1, 1, 1, 1])
+# What ``create_classifier(resnet_sizes=...)`` may change in a ResNet.
+RESNET_SIZE_KEYS = ("input_conv_filters", "stackwise_num_filters",
+                    "stackwise_num_blocks", "stackwise_num_strides")
 TINY_RESNET_RS = dict(blocks_per_stage=(1, 1, 1, 1), stem_filters=(8, 8, 16),
                       stage_filters=(8, 8, 16, 16))
 TINY_TRANSFORMER = (32, 2, 2, 64)
@@ -167,16 +170,22 @@ class ImageClassifier(keras.Model):
     return cls(**config)
 
 
-def _resnet_backbone(name, image_size, tiny):
+def _resnet_backbone(name, image_size, tiny, resnet_sizes=None):
   if tiny:
     sizes = dict(TINY_RESNET)
   else:
     sizes = dict(input_conv_filters=[64],
                  stackwise_num_filters=[64, 128, 256, 512],
                  stackwise_num_blocks=list(RESNET_BLOCKS[name]))
+  sizes["stackwise_num_strides"] = [1, 2, 2, 2]
+  unknown = set(resnet_sizes or {}) - set(RESNET_SIZE_KEYS)
+  if unknown:
+    raise ValueError(f"resnet_sizes: unknown keys {sorted(unknown)}; "
+                     f"expected some of {RESNET_SIZE_KEYS}")
+  sizes.update({key: list(value)
+                for key, value in (resnet_sizes or {}).items()})
   return keras_hub.models.ResNetBackbone(
-      input_conv_kernel_sizes=[7],
-      stackwise_num_strides=[1, 2, 2, 2],
+      input_conv_kernel_sizes=[7] * len(sizes["input_conv_filters"]),
       # "bottleneck_block" puts the stride on the 3x3 convolution: v1.5.
       block_type="bottleneck_block",
       use_pre_activation=False,
@@ -206,7 +215,7 @@ def _transformer_backbone(name, image_size, tiny):
 
 def create_classifier(name, num_classes=1000, image_size=224,
                       dropout_rate=0.0, stochastic_depth_rate=0.0,
-                      tiny=False, seed=None):
+                      tiny=False, seed=None, resnet_sizes=None):
   """Builds one of ``CLASSIFIER_NAMES``, randomly initialised.
 
   Args:
@@ -222,6 +231,9 @@ def create_classifier(name, num_classes=1000, image_size=224,
       stochastic depth, other models reject a non-zero rate.
     tiny: a minimal version of the same architecture for tests.
     seed: optional int for ResNet-RS drop-path streams.
+    resnet_sizes: ResNets only: {key of ``RESNET_SIZE_KEYS``: list}
+      replacing the architecture's (or the tiny version's) widths, depths
+      or stage strides, e.g. to keep more resolution on 32 x 32 inputs.
 
   Returns:
     A built ``ImageClassifier``.
@@ -231,13 +243,15 @@ def create_classifier(name, num_classes=1000, image_size=224,
                      f"{CLASSIFIER_NAMES}")
   image_size = int(image_size)
   stochastic_depth_rate = float(stochastic_depth_rate or 0.0)
+  if resnet_sizes and name not in RESNET_BLOCKS:
+    raise ValueError(f"resnet_sizes is for {tuple(RESNET_BLOCKS)}, not {name}")
   if stochastic_depth_rate and name not in RESNET_RS_DEPTHS:
     raise ValueError(f"{name} has no stochastic depth; only ResNet-RS does")
   head_initializer = keras.initializers.RandomNormal(stddev=0.01)
   input_mean, input_std = IMAGENET_MEAN, IMAGENET_STD
   pooling = "average"
   if name in RESNET_BLOCKS:
-    backbone = _resnet_backbone(name, image_size, tiny)
+    backbone = _resnet_backbone(name, image_size, tiny, resnet_sizes)
   elif name in RESNET_RS_DEPTHS:
     sizes = TINY_RESNET_RS if tiny else {}
     backbone = resnet_rs.ResNetRS(

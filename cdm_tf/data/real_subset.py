@@ -24,6 +24,7 @@ import tensorflow as tf
 from cdm_tf.data import class_counts
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
+from cdm_tf.data import mixing
 from cdm_tf.data import synthetic_writer
 
 TRAIN_SPLIT = "train"
@@ -40,7 +41,9 @@ def class_limits(counts, fraction=None, per_class=None):
   if fraction is not None:
     if not 0.0 < fraction <= 1.0:
       raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return np.floor(counts * fraction + 1e-9).astype(np.int64)
+    # The generator's rounding, so a subset matches a synthetic set of the
+    # same multiplier class by class.
+    return mixing.class_index_limits(counts, fraction)
   if per_class < 1:
     raise ValueError(f"per_class must be >= 1, got {per_class}")
   short = np.flatnonzero(counts < per_class)

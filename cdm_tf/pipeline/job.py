@@ -4,7 +4,8 @@ Real data -> diffusion stages trained (or fine-tuned) one by one -> a
 class-balanced synthetic set from their cascade -> a classifier trained on
 the real data (its features also score the samples when the data is not
 ImageNet) -> sample-quality metrics -> the Classification Accuracy Score
-(a classifier trained on the synthetic set only) -> a classifier trained on
+(a classifier trained on the synthetic set only) [-> its reference: the
+same protocol on as many real images per class] -> a classifier trained on
 real + synthetic data -> the report.
 
 ``JobConfig`` (gin: ``gin/pipelines/*.gin``) names the gin files of each
@@ -16,6 +17,10 @@ the tools/ binaries, with every run directory under one output directory:
   <output_dir>/classifier_real/     tools/train_classifier.py --data=real
   <output_dir>/metrics/             tools/evaluate.py
   <output_dir>/classifier_synthetic/       --cas
+  <output_dir>/real_subset/                tools/subset_data.py: as many
+                                           real images per class as the
+                                           synthetic set (multiplier < 1)
+  <output_dir>/classifier_cas_reference/   --cas --data=real on them
   <output_dir>/classifier_real_synthetic/  --data=real+synthetic
   <output_dir>/report/              report.md and its PNGs
 
@@ -31,14 +36,19 @@ from typing import Optional
 
 import gin
 
+from cdm_tf.classifiers import cas
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import trainer as classifier_trainer
+from cdm_tf.data import real_subset
+from cdm_tf.data import synthetic_writer
 from cdm_tf.pipeline import runner
 
 SYNTHETIC_DIR = "synthetic"
 CLASSIFIER_REAL = "classifier_real"
 CLASSIFIER_SYNTHETIC = "classifier_synthetic"
 CLASSIFIER_REAL_SYNTHETIC = "classifier_real_synthetic"
+CLASSIFIER_CAS_REFERENCE = "classifier_cas_reference"
+REAL_SUBSET_DIR = "real_subset"
 METRICS_DIR = "metrics"
 METRICS_FILE = "metrics.json"
 BASELINE_FILE = "metrics_real_baseline.json"
@@ -85,6 +95,9 @@ class JobConfig:
     classifier_gin_files, classifier_gin_bindings: the classifier trained
       on real and on real + synthetic data (gin/classifiers).
     cas_gin_files, cas_gin_bindings: the CAS classifier and recipe.
+    cas_real_reference: also train the CAS classifier and recipe on real
+      images, floor(synthetic_multiplier x count) per class (all of them
+      from 1x on), for the ratio CAS / real that Azizi et al. give (0.947).
     real_synthetic_multiplier: synthetic images per class added to the
       real ones, x the real count; None adds the whole synthetic set.
     feature_network: "classifier": FID/KID/IS/precision-recall on the
@@ -111,6 +124,7 @@ class JobConfig:
   classifier_gin_bindings: tuple = ()
   cas_gin_files: tuple = ()
   cas_gin_bindings: tuple = ()
+  cas_real_reference: bool = False
   real_synthetic_multiplier: Optional[float] = None
   feature_network: str = "classifier"
   feature_network_name: Optional[str] = None
@@ -124,7 +138,8 @@ class JobConfig:
       raise ValueError("JobConfig.diffusion_stages is empty")
     names = [s.name for s in self.diffusion_stages]
     reserved = {SYNTHETIC_DIR, CLASSIFIER_REAL, CLASSIFIER_SYNTHETIC,
-                CLASSIFIER_REAL_SYNTHETIC, METRICS_DIR, REPORT_DIR,
+                CLASSIFIER_REAL_SYNTHETIC, CLASSIFIER_CAS_REFERENCE,
+                REAL_SUBSET_DIR, METRICS_DIR, REPORT_DIR,
                 runner.STEPS_DIR, runner.LOGS_DIR}
     for name in names:
       if not name or os.sep in name or name in reserved:
@@ -262,8 +277,11 @@ def steps(config, output_dir, strategy_flags=()):
        "--cas", f"--real_data_dir={data}", f"--synthetic_dir={synthetic}",
        f"--model_dir={cas_dir}", f"--compare_with={real_per_class}",
        *strategy_flags),
-      product=os.path.join(cas_dir, "cas_report.json"),
+      product=os.path.join(cas_dir, cas.REPORT_FILE),
       description="Classification Accuracy Score: train on synthetic only"))
+  if config.cas_real_reference:
+    result += _cas_reference_steps(config, output_dir, strategy_flags,
+                                   real_per_class)
 
   mixed_dir = run_dir(output_dir, CLASSIFIER_REAL_SYNTHETIC)
   multiplier = []
@@ -282,17 +300,49 @@ def steps(config, output_dir, strategy_flags=()):
   return result
 
 
+def _cas_reference_steps(config, output_dir, strategy_flags,
+                         real_per_class):
+  """The real subset matching the synthetic set, and the CAS classifier
+  and recipe trained on it."""
+  result = []
+  data = config.real_data_dir
+  if config.synthetic_multiplier < 1:
+    data = run_dir(output_dir, REAL_SUBSET_DIR)
+    result.append(runner.Step(
+        REAL_SUBSET_DIR, "subset_data.py",
+        (f"--source_dir={config.real_data_dir}", f"--output_dir={data}",
+         f"--fraction={config.synthetic_multiplier:g}"),
+        product=synthetic_writer.manifest_path(data, real_subset.TRAIN_SPLIT),
+        description=(f"take floor({config.synthetic_multiplier:g} x count) "
+                     "real images of each class")))
+  reference_dir = run_dir(output_dir, CLASSIFIER_CAS_REFERENCE)
+  result.append(runner.Step(
+      CLASSIFIER_CAS_REFERENCE, "train_classifier.py",
+      (*_gin_flags(config, config.cas_gin_files, config.cas_gin_bindings,
+                   output_dir),
+       "--cas", "--data=real", f"--real_data_dir={data}",
+       f"--model_dir={reference_dir}", f"--compare_with={real_per_class}",
+       *strategy_flags),
+      product=os.path.join(reference_dir, cas.REPORT_FILE),
+      description="the CAS protocol on as many real images per class"))
+  return result
+
+
 def diffusion_run_dirs(config, output_dir):
   """{stage name: run directory}, for the report."""
   return {s.name: run_dir(output_dir, s.name)
           for s in config.diffusion_stages}
 
 
-def classifier_run_dirs(output_dir):
-  """{report label: run directory} of the three classifiers."""
-  return {"real": run_dir(output_dir, CLASSIFIER_REAL),
-          "synthetic only (CAS)": run_dir(output_dir, CLASSIFIER_SYNTHETIC),
-          "real + synthetic": run_dir(output_dir, CLASSIFIER_REAL_SYNTHETIC)}
+def classifier_run_dirs(config, output_dir):
+  """{report label: run directory} of the job's classifiers."""
+  runs = {"real": run_dir(output_dir, CLASSIFIER_REAL),
+          "synthetic only (CAS)": run_dir(output_dir, CLASSIFIER_SYNTHETIC)}
+  if config.cas_real_reference:
+    runs["real, CAS protocol (reference)"] = run_dir(
+        output_dir, CLASSIFIER_CAS_REFERENCE)
+  runs["real + synthetic"] = run_dir(output_dir, CLASSIFIER_REAL_SYNTHETIC)
+  return runs
 
 
 def metrics_path(output_dir):
@@ -323,6 +373,11 @@ def settings_table(config, output_dir, strategy_flags=()):
       (*config.classifier_gin_files, *config.classifier_gin_bindings))
   table["CAS classifier"] = listed((*config.cas_gin_files,
                                     *config.cas_gin_bindings))
+  if config.cas_real_reference:
+    table["CAS reference"] = (
+        "the CAS classifier on floor("
+        f"{min(config.synthetic_multiplier, 1.0):g} x count) real images "
+        "per class")
   table["synthetic images added to the real ones"] = (
       "the whole synthetic set" if config.real_synthetic_multiplier is None
       else f"{config.real_synthetic_multiplier:g} x the real count per class")

@@ -157,6 +157,8 @@ class ClassifierRun:
     step: the step evaluated.
     eval_examples: validation images evaluated (eval.json only).
     is_cas: trained on synthetic images only (the CAS protocol).
+    is_cas_reference: the CAS protocol trained on real images (the CAS's
+      reference when as many per class as the synthetic set).
     per_class_png: the run's per-class accuracy plot, if written.
   """
   label: str
@@ -169,6 +171,7 @@ class ClassifierRun:
   step: int | None = None
   eval_examples: int | None = None
   is_cas: bool = False
+  is_cas_reference: bool = False
   per_class_png: str | None = None
 
   @property
@@ -190,11 +193,13 @@ def read_classifier_run(label, model_dir):
   run = read_json(os.path.join(model_dir, classifier_trainer.RUN_FILE)) or {}
   eval_dir = os.path.join(model_dir, classifier_trainer.EVAL_DIR)
   png = os.path.join(eval_dir, evaluation.PER_CLASS_PNG)
-  is_cas = (_exists(os.path.join(model_dir, cas.REPORT_FILE))
-            or run.get("training_data", {}).get("data") == "synthetic")
+  data = run.get("training_data", {}).get("data")
+  cas_protocol = _exists(os.path.join(model_dir, cas.REPORT_FILE))
   common = dict(label=label, model_dir=model_dir,
                 loss=read_scalars(tensorboard, LOSS_TAG), run=run,
-                is_cas=is_cas, per_class_png=png if _exists(png) else None)
+                is_cas=data == "synthetic" or (cas_protocol and data is None),
+                is_cas_reference=cas_protocol and data == "real",
+                per_class_png=png if _exists(png) else None)
   result = read_json(os.path.join(eval_dir, evaluation.RESULTS_FILE))
   if result is not None:
     return ClassifierRun(status=FINISHED, top1=float(result["top1"]),
