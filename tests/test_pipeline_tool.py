@@ -4,8 +4,6 @@ job config shrunk by gin (tiny U-Nets, a few steps, one classifier epoch)."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -13,33 +11,19 @@ from cdm_tf.data import synthetic_writer
 from cdm_tf.pipeline import job
 from cdm_tf.pipeline import runner
 from tests import fashion_mnist_subset
+from tests import pipeline_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, "tools", "pipeline.py")
 SHIPPED = os.path.join(ROOT, "gin", "pipelines", "fashion_mnist.gin")
 TRAIN_PER_CLASS = 8
-
-_DIFFUSION = [
-    'input_pipeline.diffusion_dataset.data_dir = "{real_data_dir}"',
-    "input_pipeline.diffusion_dataset.shuffle_buffer = 100",
-    "unet.UNet.base_channels = 16",
-    "unet.UNet.channel_mult = (1,)",
-    "unet.UNet.group_norm_groups = 8",
-    "unet.UNet.dropout = 0.0",
-    "trainer.train.global_batch_size = 8",
-    "trainer.train.num_steps = 4",
-    "trainer.train.checkpoint_every = 4",
-    "trainer.train.log_every = 2",
-    "trainer.train.sample_every = 0",
-]
 
 TINY_JOB = f"""
 include "{SHIPPED}"
 
 DATA_DIR = "@DATA@"
 job.JobConfig.prepare_embedded_data = False
-base/job.DiffusionStage.gin_bindings = {_DIFFUSION + ["unet.UNet.attention_resolutions = (16,)"]!r}
-sr/job.DiffusionStage.gin_bindings = {_DIFFUSION + ["unet.UNet.attention_resolutions = (32,)"]!r}
+base/job.DiffusionStage.gin_bindings = {pipeline_runs.tiny_diffusion_bindings(4, 16)!r}
+sr/job.DiffusionStage.gin_bindings = {pipeline_runs.tiny_diffusion_bindings(4, 32)!r}
 job.JobConfig.generation_gin_bindings = [
     'BASE_MODEL_DIR = "{{output_dir}}/base/export"',
     'SR_MODEL_DIR = "{{output_dir}}/sr/export"',
@@ -67,11 +51,7 @@ job.JobConfig.sample_counts = (20,)
 """
 
 
-def _run(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=900,
-                        check=False)
+_run = pipeline_runs.run_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -293,10 +293,10 @@ def test_mirrored_two_cpu_replicas_match_one_device(tmp_path, real_dir):
 
 @pytest.mark.parametrize("flags,message", [
     (["--data=everything"], "--data"),
-    (["--cas", "--data=real"], "--cas trains on synthetic data only"),
+    (["--cas", "--data=real+synthetic"], "--cas trains on synthetic data"),
     (["--gin_bindings=recipes.ClassifierRecipe.epoch = 3"], "bad gin"),
     (["--real_data_dir=/no/such/dir"], "no real split 'validation'"),
-], ids=["unknown_data", "cas_on_real", "bad_binding", "missing_data"])
+], ids=["unknown_data", "cas_on_mixed", "bad_binding", "missing_data"])
 def test_bad_flags_and_config_exit_2(tmp_path, real_dir, flags, message):
   command = [sys.executable, TOOL, f"--gin_file={TINY_GIN}",
              f"--model_dir={tmp_path / 'run'}"]

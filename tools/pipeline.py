@@ -4,6 +4,10 @@ classifiers on real, synthetic and real + synthetic data -> a report.
   # the embedded Fashion-MNIST on a laptop (gin/pipelines/fashion_mnist.gin)
   python tools/pipeline.py
 
+  # the papers' claims on it, over repeated runs (a few hours)
+  python tools/pipeline.py --gin_file=gin/pipelines/fashion_mnist_claims.gin \
+      --output_dir=runs/claims
+
   # ImageNet with the papers' configs, TPU
   python tools/pipeline.py --gin_file=gin/pipelines/azizi_imagenet.gin \
       --gin_bindings='REAL_DATA_DIR = "gs://bucket/imagenet"' \
@@ -31,6 +35,8 @@ from absl import app
 from absl import flags
 
 from cdm_tf import configuration
+from cdm_tf.pipeline import claims
+from cdm_tf.pipeline import claims_report
 from cdm_tf.pipeline import job
 from cdm_tf.pipeline import report
 from cdm_tf.pipeline import runner
@@ -58,6 +64,12 @@ def _strategy_flags():
 
 
 def _write_report(config, output_dir, step_seconds, notes=()):
+  if isinstance(config, claims.ClaimsConfig):
+    path = claims_report.write_report(
+        config, output_dir, step_seconds, notes,
+        settings=claims.settings_table(config, output_dir, _strategy_flags()))
+    print(f"report: {path}", flush=True)
+    return
   path = report.write_report(
       os.path.join(output_dir, job.REPORT_DIR), title=config.title,
       real_data_dir=config.real_data_dir,
@@ -76,11 +88,13 @@ def main(argv):
   configuration.parse_gin_or_exit(FLAGS.gin_file or [DEFAULT_GIN_FILE],
                                   FLAGS.gin_bindings)
   try:
-    config = job.JobConfig()
+    config = job.selected()
     config.validate()
   except (ValueError, TypeError) as e:
     configuration.exit_with_error(f"bad job configuration: {e}")
-  steps = job.steps(config, FLAGS.output_dir, _strategy_flags())
+  steps_of = claims.steps if isinstance(config, claims.ClaimsConfig) else (
+      job.steps)
+  steps = steps_of(config, FLAGS.output_dir, _strategy_flags())
   if FLAGS.dry_run:
     for number, step in enumerate(steps, 1):
       print(f"{number}. {step.name}: {step.description}\n   python "

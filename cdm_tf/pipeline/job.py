@@ -170,16 +170,36 @@ class JobConfig:
                        "features have logits of their own)")
 
 
-def _substituted(text, config, output_dir):
+@gin.configurable
+def selected(config=None):
+  """The job a gin/pipelines file selects: ``config`` when bound (e.g.
+  ``job.selected.config = @claims.ClaimsConfig()``), else ``JobConfig()``."""
+  return JobConfig() if config is None else config
+
+
+def substituted(text, real_data_dir, output_dir):
   return text.replace(OUTPUT_DIR_PLACEHOLDER, output_dir).replace(
-      REAL_DATA_DIR_PLACEHOLDER, config.real_data_dir)
+      REAL_DATA_DIR_PLACEHOLDER, real_data_dir)
+
+
+def gin_flags(real_data_dir, output_dir, gin_files, gin_bindings):
+  """--gin_file / --gin_bindings flags, placeholders replaced."""
+  args = [f"--gin_file={path}" for path in gin_files]
+  args += [f"--gin_bindings={substituted(b, real_data_dir, output_dir)}"
+           for b in gin_bindings]
+  return args
 
 
 def _gin_flags(config, gin_files, gin_bindings, output_dir):
-  args = [f"--gin_file={path}" for path in gin_files]
-  args += [f"--gin_bindings={_substituted(b, config, output_dir)}"
-           for b in gin_bindings]
-  return args
+  return gin_flags(config.real_data_dir, output_dir, gin_files, gin_bindings)
+
+
+def prepare_data_step(data_dir):
+  """Writes the embedded Fashion-MNIST to ``data_dir`` if it is not there."""
+  return runner.Step(
+      "prepare_data", "prepare_data.py", (f"--output_dir={data_dir}",),
+      product=os.path.join(data_dir, "classes.json"),
+      description=f"write the embedded Fashion-MNIST to {data_dir}")
 
 
 def _generation_bindings(config):
@@ -205,10 +225,7 @@ def steps(config, output_dir, strategy_flags=()):
   data = config.real_data_dir
   result = []
   if config.prepare_embedded_data:
-    result.append(runner.Step(
-        "prepare_data", "prepare_data.py", (f"--output_dir={data}",),
-        product=os.path.join(data, "classes.json"),
-        description=f"write the embedded Fashion-MNIST to {data}"))
+    result.append(prepare_data_step(data))
   for stage in config.diffusion_stages:
     model_dir = run_dir(output_dir, stage.name)
     result.append(runner.Step(
@@ -357,7 +374,7 @@ def baseline_metrics_path(output_dir):
 def settings_table(config, output_dir, strategy_flags=()):
   """{setting: text} of what the job ran, for the report."""
   def listed(values):
-    return ", ".join(_substituted(str(v), config, output_dir)
+    return ", ".join(substituted(str(v), config.real_data_dir, output_dir)
                      for v in values) or "-"
   table = {"real data": config.real_data_dir,
            "output directory": output_dir,

@@ -80,23 +80,23 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
   classifiers = [_guarded(label, run_outputs.read_classifier_run, label,
                           path) for label, path in classifier_runs.items()]
   names = _link_names(list(diffusion_runs) + list(classifier_runs))
-  parts = [f"# {title}\n", _bullets(notes)]
-  parts.append(_section("Samples per class", _samples_section, report_dir,
+  parts = [f"# {title}\n", bullets(notes)]
+  parts.append(section("Samples per class", _samples_section, report_dir,
                         real_data_dir, synthetic, real_split,
                         samples_per_class, max_grid_classes))
-  parts.append(_section("Classifier accuracy", _accuracy_section,
+  parts.append(section("Classifier accuracy", _accuracy_section,
                         report_dir, classifiers))
-  parts.append(_section("Sample quality", _metrics_section, metrics_file,
+  parts.append(section("Sample quality", _metrics_section, metrics_file,
                         baseline_metrics_file))
-  parts.append(_section("Training loss", _loss_section, report_dir,
+  parts.append(section("Training loss", _loss_section, report_dir,
                         diffusion, classifiers))
-  parts.append(_section("Diffusion models", _diffusion_section, report_dir,
+  parts.append(section("Diffusion models", _diffusion_section, report_dir,
                         diffusion, names))
-  parts.append(_section("Per-class accuracy", _per_class_section,
+  parts.append(section("Per-class accuracy", _per_class_section,
                         report_dir, classifiers, names))
-  parts.append(_section("Synthetic set", _synthetic_section, synthetic))
-  parts.append(_section("Settings", _settings_section, settings))
-  parts.append(_section("Step times", _times_section, step_seconds))
+  parts.append(section("Synthetic set", _synthetic_section, synthetic))
+  parts.append(section("Settings", settings_section, settings))
+  parts.append(section("Step times", times_section, step_seconds))
   path = os.path.join(report_dir, REPORT_FILE)
   text = "\n".join(p for p in parts if p).rstrip() + "\n"
   files.atomic_write_bytes(path, text.encode("utf-8"))
@@ -121,7 +121,7 @@ def _guarded(label, read, *args):
     return _Unreadable(label, f"{type(e).__name__}: {e}")
 
 
-def _section(heading, build, *args):
+def section(heading, build, *args):
   """``## heading`` and the body ``build`` returns; a part that cannot be
   read or drawn is reported in place of its body."""
   try:
@@ -136,19 +136,19 @@ def _cell(value):
   return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header, rows):
+def table(header, rows):
   lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
            "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
   return "\n".join(lines) + "\n"
 
 
-def _bullets(lines):
+def bullets(lines):
   lines = [str(line) for line in lines or ()]
   return "".join(f"- {_cell(line)}\n" for line in lines)
 
 
-def _image(file_name, alt):
+def image_link(file_name, alt):
   return f"![{alt}]({file_name})\n"
 
 
@@ -237,7 +237,7 @@ def _samples_section(report_dir, real_data_dir, synthetic, real_split,
            "by label")
   incomplete = ("" if synthetic.manifest else
                 " The set is still incomplete (no manifest yet).")
-  return (_image(SAMPLES_PNG, "generated and real images per class")
+  return (image_link(SAMPLES_PNG, "generated and real images per class")
           + f"\nOne row per class ({shown}). Left: the first {per_class} "
           f"generated images of the class in record order; right: the first "
           f"{per_class} real images of the class in the `{real_split}` "
@@ -299,7 +299,7 @@ def _accuracy_section(report_dir, classifiers):
     labels.append(run.label)
     top1.append(run.top1)
     is_cas.append(run.is_cas)
-  text = _table(["run", "model", "real images", "synthetic images", "steps",
+  text = table(["run", "model", "real images", "synthetic images", "steps",
                  "top-1 %", "top-5 %", "note"], rows)
   evaluated = (" (" + ", ".join(f"{n:,}" for n in sorted(split_sizes))
                + " images)") if split_sizes else ""
@@ -311,7 +311,7 @@ def _accuracy_section(report_dir, classifiers):
   if labels:
     report_figures.accuracy_chart(os.path.join(report_dir, ACCURACY_PNG),
                                   labels, top1, is_cas, "validation")
-    text += "\n" + _image(ACCURACY_PNG, "top-1 accuracy per classifier")
+    text += "\n" + image_link(ACCURACY_PNG, "top-1 accuracy per classifier")
   return text
 
 
@@ -331,7 +331,7 @@ def _metrics_section(metrics_file, baseline_file=None):
     return f"Sample-quality metrics {NOT_RUN}."
   if not metrics:
     return f"{NO_DATA}: {metrics_file} holds no metrics."
-  text = (_table(["metric (feature network)", "value", "generated images"],
+  text = (table(["metric (feature network)", "value", "generated images"],
                  _metrics_rows(metrics))
           + "\nEach label names the feature network: values computed on "
           "different networks, sample counts or reference splits are "
@@ -341,7 +341,7 @@ def _metrics_section(metrics_file, baseline_file=None):
     text += ("\nFor scale, the same metrics of real images (the first "
              "ones of a real split not used as the reference), as many as "
              "the generated ones:\n\n"
-             + _table(["metric (feature network)", "value", "real images"],
+             + table(["metric (feature network)", "value", "real images"],
                       _metrics_rows(baseline)))
   return text
 
@@ -358,7 +358,7 @@ def _loss_section(report_dir, diffusion, classifiers):
              for _, s, _ in curves):
     return f"{NO_DATA}: no run has logged train/loss yet."
   report_figures.loss_curves(os.path.join(report_dir, LOSS_PNG), panels)
-  return (_image(LOSS_PNG, "train/loss per step")
+  return (image_link(LOSS_PNG, "train/loss per step")
           + "\ntrain/loss as logged (means over the logging interval), "
           "faint; smoothed on top.\n")
 
@@ -382,8 +382,8 @@ def _diffusion_section(report_dir, diffusion, names):
                         f"samples_{names[run.label]}.png")
       sheets.append(f"\n### {run.label}: samples at step "
                     f"{run.last_sheet_step:,}\n\n"
-                    + _image(file_name, f"{run.label} samples"))
-  return (_table(["run", "last logged step", "last train/loss", "status"],
+                    + image_link(file_name, f"{run.label} samples"))
+  return (table(["run", "last logged step", "last train/loss", "status"],
                  rows)
           + "".join(sheets)
           + ("" if sheets else "\nNo training sample sheets yet.\n"))
@@ -398,7 +398,7 @@ def _per_class_section(report_dir, classifiers, names):
       file_name = _copy(run.per_class_png, report_dir,
                         f"per_class_{names[run.label]}.png")
       parts.append(f"### {run.label}\n\n"
-                   + _image(file_name, f"{run.label} per-class accuracy"))
+                   + image_link(file_name, f"{run.label} per-class accuracy"))
     else:
       status = (NO_DATA if run.status == run_outputs.FINISHED
                 else run.status)
@@ -424,7 +424,7 @@ def _synthetic_section(synthetic):
     planned = (synthetic.record or {}).get("plan", {}).get("num_shards")
     rows.append(["status", f"incomplete: {len(synthetic.shard_paths)} of "
                  f"{planned or '?'} shards written, no manifest yet"])
-    return _table(["", "value"], rows)
+    return table(["", "value"], rows)
   low, high = min(manifest.class_counts), max(manifest.class_counts)
   per_class = f"{low:,}" if low == high else f"{low:,} to {high:,}"
   rows += [["images", f"{manifest.num_examples:,} ({per_class} per class)"],
@@ -437,7 +437,7 @@ def _synthetic_section(synthetic):
   for k, stage in enumerate(stages, 1):
     rows.append([f"stage {k}", _stage_text(stage)])
   rows += [[key, value] for key, value in _flatten(settings).items()]
-  return _table(["", "value"], rows)
+  return table(["", "value"], rows)
 
 
 def _flatten(settings, prefix=""):
@@ -455,10 +455,10 @@ def _flatten(settings, prefix=""):
   return out
 
 
-def _settings_section(settings):
+def settings_section(settings):
   if not settings:
     return f"{NO_DATA}: no settings given."
-  return _table(["setting", "value"], list(_flatten(settings).items()))
+  return table(["setting", "value"], list(_flatten(settings).items()))
 
 
 def duration(seconds):
@@ -475,11 +475,11 @@ def duration(seconds):
           else f"{minutes} min {secs:02d} s")
 
 
-def _times_section(step_seconds):
+def times_section(step_seconds):
   if not step_seconds:
     return f"{NO_DATA}: no step has recorded its time."
   total = sum(float(s) for s in step_seconds.values())
   rows = [[name, duration(s), f"{100 * float(s) / total:.1f}"
            if total > 0 else "-"] for name, s in step_seconds.items()]
   rows.append(["total", duration(total), "100.0" if total > 0 else "-"])
-  return _table(["step", "wall time", "share %"], rows)
+  return table(["step", "wall time", "share %"], rows)

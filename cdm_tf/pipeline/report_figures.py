@@ -141,7 +141,7 @@ def sample_grid(path, names, generated, real, per_class, side,
   return height, width
 
 
-def _figure(width, height):
+def new_figure(width, height):
   from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
   fig = figure.Figure(figsize=(width, height), dpi=DPI)
@@ -159,7 +159,7 @@ def accuracy_chart(path, labels, top1, is_cas, split):
     is_cas: per run, whether it is the CAS (drawn in another colour).
     split: the real split evaluated on, for the axis label.
   """
-  fig = _figure(max(4.0, 1.4 * len(labels) + 1.5), 3.8)
+  fig = new_figure(max(4.0, 1.4 * len(labels) + 1.5), 3.8)
   axes = fig.add_subplot()
   positions = np.arange(len(labels))
   for x, value, cas in zip(positions, top1, is_cas):
@@ -221,7 +221,7 @@ def loss_curves(path, panels):
   are named with their status instead."""
   columns = min(MAX_COLUMNS, len(panels))
   rows = math.ceil(len(panels) / columns)
-  fig = _figure(5.0 * columns, 3.6 * rows)
+  fig = new_figure(5.0 * columns, 3.6 * rows)
   colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
             "tab:brown")
   for k, (title, curves) in enumerate(panels):
