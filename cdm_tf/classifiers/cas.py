@@ -16,8 +16,9 @@ checkpoints: top-1 and top-5 on the real validation split, and what was
 trained on. With ``data="real"`` it trains the same protocol on real images
 instead: given as many per class as the synthetic set has (a subset,
 tools/subset_data.py), that is the CAS's reference; Azizi et al. compare
-69.24% CAS with 73.09% from as many real images (ratio 0.947). ``configured_cas_scorer`` binds it to the model and recipe of
-the parsed gin configuration, for the binaries that score generated sets
+69.24% CAS with 73.09% from as many real images (ratio 0.947).
+``configured_cas_scorer`` binds it to the model and recipe of the parsed
+gin configuration, for the binaries that score generated sets
 (tools/sweep.py, tools/evaluate.py).
 """
 
