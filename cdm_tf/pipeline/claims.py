@@ -263,13 +263,15 @@ def _generation_bindings(config, output_dir, variant):
 
 
 def _diffusion_steps(config, output_dir, strategy_flags):
-  stages = [config.base_stage] + [
+  # The base always trains in base/: the generation bindings name its export.
+  stages = [job.DiffusionStage(BASE, config.base_stage.gin_files,
+                               config.base_stage.gin_bindings)] + [
       job.DiffusionStage(variant_stage_name(v), config.sr_stage.gin_files,
                          (*config.sr_stage.gin_bindings, *v.gin_bindings))
       for v in config.augmentation_variants]
   result = []
   for stage in stages:
-    name = BASE if stage is config.base_stage else stage.name
+    name = stage.name
     model_dir = os.path.join(output_dir, name)
     result.append(runner.Step(
         f"train_{name}", "train.py",

@@ -124,7 +124,7 @@ def _best(points, names, metric):
 
 def _augmentation_section(config, output_dir, report_dir):
   rows, curves, verdicts = [], [], []
-  best = {}
+  by_variant = {}
   metrics = []
   for variant in config.augmentation_variants:
     points, parameters, found = _read_sweeps(
@@ -136,7 +136,7 @@ def _augmentation_section(config, output_dir, report_dir):
       rows.append([variant.description, level] + [
           _shown(_summary(values.get(m.label), m.scale)) for m in found])
       curves.append((variant.description, level, values))
-    best[variant.name] = (points, found)
+    by_variant[variant.name] = (points, found)
   if not rows:
     return "Not run yet."
   text = report.table(["super-resolution training", "sampling s"]
@@ -144,14 +144,14 @@ def _augmentation_section(config, output_dir, report_dir):
   text += ("\nEach cell: mean [95% interval] (runs) over generation seeds; "
            f"columns: {'; '.join(m.label for m in metrics)}.\n")
   baseline = config.augmentation_baseline
-  if baseline in best:
-    base_points, _ = best[baseline]
+  if baseline in by_variant:
+    base_points, _ = by_variant[baseline]
     base_name = next(v.description for v in config.augmentation_variants
                      if v.name == baseline)
     for variant in config.augmentation_variants:
       if variant.name == baseline:
         continue
-      points, found = best[variant.name]
+      points, found = by_variant[variant.name]
       for metric in found:
         mine = _best(points, list(points), metric)
         theirs = _best(base_points, list(base_points), metric)
