@@ -9,6 +9,7 @@ import pytest
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import trainer as classifier_trainer
 from cdm_tf.generation import sweep
+from cdm_tf.pipeline import claim_sweeps
 from cdm_tf.pipeline import claims
 from cdm_tf.pipeline import claims_report
 from cdm_tf.pipeline import job
@@ -188,8 +189,8 @@ def test_report_summarises_each_claim_over_runs(tmp_path):
   assert ("IS: Gaussian augmentation at s = 0 vs no augmentation: one run"
           not in text)
 
-  for png in (claims_report.MIX_PNG, claims_report.GUIDANCE_PNG,
-              claims_report.AUGMENTATION_PNG):
+  for png in (claims_report.MIX_PNG, claim_sweeps.GUIDANCE_PNG,
+              claim_sweeps.AUGMENTATION_PNG):
     assert f"]({png})" in text
     assert os.path.getsize(os.path.join(out, claims.REPORT_DIR, png)) > 0
   assert "| generate | 1 min 05 s |" in text
@@ -200,3 +201,24 @@ def test_report_before_anything_ran(tmp_path):
   text = open(path).read()
   assert text.count("Not run yet.") == 2
   assert "| 0 | - | - | - |" in text
+
+
+def test_one_stage_compares_its_best_level_with_s_0(tmp_path):
+  """The main job's headline: one stage, each metric's best s against s = 0
+  of the same stage; hand-computed intervals (sd 1 -> half-width 2.484)."""
+  directories = [os.path.join(str(tmp_path), f"seed_{seed}")
+                 for seed in range(3)]
+  for seed, directory in enumerate(directories):
+    _sweep(directory, "aug_level",
+           [(0.0, 10 + seed, 2.0, 0.70 + seed / 100),
+            (0.1, 5 + seed, 2.0, 0.69 + seed / 100),
+            (0.3, 8 + seed, 2.0, 0.60 + seed / 100)])
+  text = claim_sweeps.augmentation_section(
+      str(tmp_path), [claim_sweeps.SweptStage("the sr stage",
+                                              tuple(directories))])
+  assert "| the sr stage | 0.1 | 6.00 [3.52, 8.48] (3 runs) |" in text
+  assert ("FID: the sr stage at s = 0.1 vs s = 0: **effect: better** "
+          "(intervals separate).") in text
+  assert "CAS top-1 %: the sr stage: best at s = 0." in text
+  assert os.path.getsize(os.path.join(str(tmp_path),
+                                      claim_sweeps.AUGMENTATION_PNG)) > 0

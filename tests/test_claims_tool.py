@@ -145,8 +145,8 @@ def test_shipped_claims_job_dry_run(tmp_path):
   assert dry.returncode == 0, dry.stderr[-2000:]
   steps = re.findall(r"^\d+\. (\S+):", dry.stdout, re.M)
   # Data, 10% subset, 6 real-only classifiers, base + 3 SR stages, 3 + 9
-  # sweeps, the generated set, 12 real + synthetic classifiers.
-  assert len(steps) == 1 + 1 + 6 + 4 + 12 + 1 + 12, steps
+  # sweeps, the generated set, 9 real + synthetic classifiers.
+  assert len(steps) == 1 + 1 + 6 + 4 + 12 + 1 + 9, steps
   assert steps[2] == "classifier_full_k0_seed0"
   assert "--multiplier=0.2" in dry.stdout
   assert not os.listdir(tmp_path)

@@ -130,6 +130,41 @@ def test_cas_training_crop_is_the_generated_image_eval_crop(data):
     assert min(distances) < 1e-6  # unflipped, uncropped beyond the protocol
 
 
+def _shifted_equal(image, reference, dy, dx):
+  """image[y, x] == reference[y - dy, x - dx] wherever both exist."""
+  size = image.shape[0]
+  moved = image[max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)]
+  source = reference[max(-dy, 0):size + min(-dy, 0),
+                     max(-dx, 0):size + min(-dx, 0)]
+  return np.abs(moved - source).max() < 1e-6
+
+
+def test_shift_crop_batches_are_shifted_eval_crops(data):
+  """With max_shift 0 and no flips the training images are the evaluation
+  crops; with max_shift 2 each is one of them moved by at most 2 pixels."""
+  real, _ = data
+  training_set = _resolve(real)
+  recipe = recipes.ClassifierRecipe(
+      epochs=1, batch_size=8, optimizer="momentum", learning_rate=0.1,
+      decay="stepwise", weight_decay=None, warmup_epochs=0)
+  augmentation = recipes.create_training_augmentation(recipe, NUM_CLASSES)
+  expected = [classifier_preprocessing.preprocess_for_eval(
+      e[schema.IMAGE], 32).numpy()
+              for e in _elements(input_pipeline.training_examples(
+                  training_set, seed=0), training_set.epoch_length)]
+  for max_shift in (0, 2):
+    images, _ = next(iter(input_pipeline.training_dataset(
+        training_set, 32, augmentation, 8, seed=0, random_flip=False,
+        max_shift=max_shift)))
+    for image in images.numpy():
+      if max_shift == 0:
+        assert min(np.abs(image - e).max() for e in expected) < 1e-6
+      else:
+        # Some shift of some evaluation crop agrees on the overlap.
+        assert any(_shifted_equal(image, e, dy, dx) for e in expected
+                   for dy in range(-2, 3) for dx in range(-2, 3))
+
+
 def test_batches_are_split_across_replicas(data):
   real, _ = data
   training_set = _resolve(real)

@@ -1,4 +1,5 @@
-"""Tests of the CAS evaluation crop and the random-resized training crop."""
+"""Tests of the CAS evaluation crop and the training crops (random-resized,
+random shift)."""
 
 
 import numpy as np
@@ -162,6 +163,33 @@ def test_random_resized_crop_is_the_resized_box():
   expected = _pil_resize(box, 224, 224) / 255.0
   got = cp.random_resized_crop(photo, 224, _seed(7)).numpy()
   assert np.abs(got - expected).mean() < 1.5 / 255
+
+
+def test_random_shift_is_the_eval_crop_moved():
+  """A shift of 0 is the evaluation crop; with max_shift 2 each output is
+  the evaluation resize (37 x 37 for S = 32), zero-padded by 2, cropped at
+  the centre offset 2 + (dy, dx) with dy, dx in [-2, 2]; every shift
+  occurs."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(1, 256, size=(32, 32, 3), dtype=np.uint8)
+  evaluation = cp.preprocess_for_eval(image, 32).numpy()
+  np.testing.assert_array_equal(
+      cp.random_shifted_crop(image, 32, _seed(0), 0).numpy(), evaluation)
+  resized = cp.resize_short_side(image, 37).numpy() / np.float32(255)
+  # The 37 x 37 resize itself matches an independent one.
+  assert np.abs(resized - _pil_resize(image, 37, 37) / 255).mean() < 1.5 / 255
+  padded = np.pad(resized, [(2, 2), (2, 2), (0, 0)])
+  shifts = set()
+  for seed in range(200):
+    out = cp.random_shifted_crop(image, 32, _seed(seed), 2).numpy()
+    matches = [(top, left) for top in range(5) for left in range(5)
+               if np.array_equal(out, padded[top + 2:top + 34,
+                                             left + 2:left + 34])]
+    assert len(matches) == 1, seed
+    shifts.add(matches[0])
+  assert shifts == {(t, l) for t in range(5) for l in range(5)}
+  with pytest.raises(ValueError, match="max_shift"):
+    cp.random_shifted_crop(image, 32, _seed(0), -1)
 
 
 def test_train_flip_keeps_the_crop_and_happens_both_ways():

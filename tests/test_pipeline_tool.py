@@ -8,6 +8,7 @@ import re
 import pytest
 
 from cdm_tf.data import synthetic_writer
+from cdm_tf.generation import sweep
 from cdm_tf.pipeline import job
 from cdm_tf.pipeline import runner
 from tests import fashion_mnist_subset
@@ -48,7 +49,18 @@ job.JobConfig.cas_gin_bindings = [
     'input_pipeline.training_dataset.shuffle_buffer = 100',
 ]
 job.JobConfig.sample_counts = (20,)
+# The headline sweeps: 2 seeds, 20 images per point.
+job.JobConfig.sweep_seeds = [0, 1]
+job.JobConfig.sweep_gin_bindings = [
+    'sweep.run.num_images = 20',
+    'sweep.run.fid_sample_counts = [20]',
+    'sweep.ReferenceSpec.num_examples = 80',
+    'sweep.ReferenceSpec.keep_features = 80',
+    'synthetic_dataset.GenerationSettings.sheet_per_class = 0',
+]
 """
+SWEEP_STEPS = ["sweep_guidance_seed0", "sweep_guidance_seed1",
+               "sweep_augmentation_seed0", "sweep_augmentation_seed1"]
 
 
 _run = pipeline_runs.run_pipeline
@@ -72,7 +84,8 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
   del gin_file, data
   names = ["train_base", "train_sr", "generate", job.CLASSIFIER_REAL,
            "metrics", job.CLASSIFIER_SYNTHETIC, job.REAL_SUBSET_DIR,
-           job.CLASSIFIER_CAS_REFERENCE, job.CLASSIFIER_REAL_SYNTHETIC]
+           job.CLASSIFIER_CAS_REFERENCE, job.CLASSIFIER_REAL_SYNTHETIC,
+           *SWEEP_STEPS]
   for name in names:
     assert os.path.exists(runner.marker_path(out, name)), name
   # The steps' own output is echoed under their names.
@@ -124,6 +137,23 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
   assert "Fashion-MNIST tiny ResNet features" in report
   assert "For scale" in report
   assert "ankle boot" in report.lower()
+
+  # The claims' headlines: each sweep point over the 2 seeds, with its
+  # interval, and the verdicts.
+  config = job.JobConfig(
+      diffusion_stages=(job.DiffusionStage("base", ("b.gin",)),
+                        job.DiffusionStage("sr", ("s.gin",))),
+      guidance_sweep_gin_files=("g.gin",),
+      augmentation_sweep_gin_files=("a.gin",), sweep_seeds=(0, 1))
+  for directory in (job.guidance_sweep_dirs(config, out)
+                    + job.augmentation_sweep_dirs(config, out)):
+    assert os.path.exists(os.path.join(directory, sweep.CSV_FILE)), directory
+  assert "## Conditioning augmentation at reduced size" in report
+  assert "## Guidance against classification at reduced size" in report
+  interval = r"[0-9.]+ \[-?[0-9.]+, [0-9.]+\] \(2 runs\)"
+  assert re.search(r"\| the sr stage \| 0\.3 \| " + interval, report)
+  assert re.search(r"\| 5 \| " + interval, report)
+  assert "best FID: guidance" in report
   for png in re.findall(r"\]\(([^)]+\.png)\)", report):
     assert os.path.getsize(os.path.join(out, job.REPORT_DIR, png)) > 0
 
@@ -133,7 +163,7 @@ def test_rerun_skips_finished_steps_and_other_settings_are_refused(
   gin_file, out, _, _ = finished_job
   again = _run(f"--gin_file={gin_file}", f"--output_dir={out}")
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count("finished before") == 9
+  assert again.stdout.count("finished before") == 9 + len(SWEEP_STEPS)
   assert "[train_base]" not in again.stdout
 
   changed = _run(f"--gin_file={gin_file}", f"--output_dir={out}",
@@ -147,7 +177,8 @@ def test_dry_run_lists_the_steps_and_bad_configuration_exits_2(tmp_path):
   dry = _run("--dry_run", f"--output_dir={tmp_path}")
   assert dry.returncode == 0, dry.stderr[-2000:]
   for tool in ("prepare_data.py", "train.py", "generate.py",
-               "train_classifier.py", "evaluate.py", "subset_data.py"):
+               "train_classifier.py", "evaluate.py", "subset_data.py",
+               "sweep.py"):
     assert tool in dry.stdout
   assert "--cas" in dry.stdout
   assert not os.listdir(tmp_path)
@@ -158,3 +189,5 @@ def test_dry_run_lists_the_steps_and_bad_configuration_exits_2(tmp_path):
   assert "feature_network" in bad.stderr
   unknown = _run("--dry_run", "--gin_bindings=job.JobConfig.nope = 1")
   assert unknown.returncode == 2 and "nope" in unknown.stderr
+  seeds = _run("--dry_run", "--gin_bindings=job.JobConfig.sweep_seeds = [1, 1]")
+  assert seeds.returncode == 2 and "sweep_seeds" in seeds.stderr

@@ -34,8 +34,10 @@ NETWORK = "tiny test classifier"
      ["sampler", "timestep_respacing", "steps"]),
     ("fashion_mnist_sampler_quality_sr.gin", "sr", 13,
      ["sampler", "timestep_respacing", "steps", "logvar_coeff"]),
-    ("fashion_mnist_claims_guidance.gin", "base", 6, ["guidance_weight"]),
+    ("fashion_mnist_claims_guidance.gin", "base", 5, ["guidance_weight"]),
     ("fashion_mnist_claims_augmentation.gin", "sr", 4, ["aug_level"]),
+    ("fashion_mnist_headline_guidance.gin", "base", 3, ["guidance_weight"]),
+    ("fashion_mnist_headline_augmentation.gin", "sr", 3, ["aug_level"]),
 ])
 def test_sweep_configs_expand_to_the_papers_grids(name, stage, points,
                                                   fields):

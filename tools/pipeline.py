@@ -70,8 +70,9 @@ def _write_report(config, output_dir, step_seconds, notes=()):
         settings=claims.settings_table(config, output_dir, _strategy_flags()))
     print(f"report: {path}", flush=True)
     return
+  report_dir = os.path.join(output_dir, job.REPORT_DIR)
   path = report.write_report(
-      os.path.join(output_dir, job.REPORT_DIR), title=config.title,
+      report_dir, title=config.title,
       real_data_dir=config.real_data_dir,
       synthetic_dir=job.run_dir(output_dir, job.SYNTHETIC_DIR),
       diffusion_runs=job.diffusion_run_dirs(config, output_dir),
@@ -79,7 +80,8 @@ def _write_report(config, output_dir, step_seconds, notes=()):
       metrics_file=job.metrics_path(output_dir),
       baseline_metrics_file=job.baseline_metrics_path(output_dir),
       settings=job.settings_table(config, output_dir, _strategy_flags()),
-      step_seconds=step_seconds, notes=notes)
+      step_seconds=step_seconds, notes=notes,
+      extra_sections=job.headline_sections(config, output_dir, report_dir))
   print(f"report: {path}", flush=True)
 
 

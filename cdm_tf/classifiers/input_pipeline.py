@@ -296,7 +296,7 @@ def example_seed(base_seed, pipeline_id, index):
 
 def train_image(image, seed, image_size, single_crop=False,
                 crop_area_range=classifier_preprocessing.AREA_RANGE,
-                random_flip=True):
+                random_flip=True, max_shift=None):
   """One training image, float32 [S, S, 3] in [0, 1].
 
   Args:
@@ -310,14 +310,20 @@ def train_image(image, seed, image_size, single_crop=False,
       as 32 x 32 Fashion-MNIST keep more with a larger minimum.
     random_flip: flip left-right with probability 1/2 (not for
       ``single_crop``).
+    max_shift: if set, a random shift of up to this many pixels
+      (``random_shifted_crop``) replaces the random-resized crop.
   """
   if single_crop:
     return classifier_preprocessing.preprocess_for_eval(image, image_size,
                                                         generated=True)
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
-  image = classifier_preprocessing.random_resized_crop(
-      image, image_size, crop_seed, area_range=tuple(crop_area_range))
+  if max_shift is not None:
+    image = classifier_preprocessing.random_shifted_crop(
+        image, image_size, crop_seed, max_shift)
+  else:
+    image = classifier_preprocessing.random_resized_crop(
+        image, image_size, crop_seed, area_range=tuple(crop_area_range))
   if random_flip:
     flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
     image = tf.where(flip, tf.reverse(image, axis=[-2]), image)
@@ -371,7 +377,8 @@ def training_dataset(training_set, image_size, augmentation,
                      global_batch_size, input_context=None, seed=0,
                      single_crop=False,
                      crop_area_range=classifier_preprocessing.AREA_RANGE,
-                     random_flip=True, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+                     random_flip=True, max_shift=None,
+                     shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
                      sampling=mixing.SAMPLING_RANDOM):
   """One input pipeline's infinite stream of per-replica training batches.
 
@@ -387,6 +394,8 @@ def training_dataset(training_set, image_size, augmentation,
     single_crop: the CAS protocol's training crop (see ``train_image``).
     crop_area_range: random-resized crop area range.
     random_flip: random left-right flips.
+    max_shift: random shifts of up to this many pixels instead of the
+      random-resized crop (small images).
     shuffle_buffer: encoded records per shuffle buffer.
     sampling: how real and synthetic interleave (``mixing.SAMPLINGS``).
 
@@ -405,7 +414,7 @@ def training_dataset(training_set, image_size, augmentation,
                         example_seed(seed or 0, pipeline_id, index),
                         image_size, single_crop=single_crop,
                         crop_area_range=crop_area_range,
-                        random_flip=random_flip)
+                        random_flip=random_flip, max_shift=max_shift)
     image.set_shape([image_size, image_size, 3])
     return image, tf.cast(example[schema.LABEL], tf.int32)
 

@@ -9,7 +9,8 @@ with it: the resize side is round(S * 256 / 224).
 
 Training uses the Inception-style random-resized crop (area fraction
 0.08..1, aspect ratio 3/4..4/3, a centre crop when sampling fails) resized
-to S x S, plus a random left-right flip.
+to S x S, plus a random left-right flip; small images (32 x 32) can take a
+random shift instead (``random_shifted_crop``).
 
 Every output is float32 in [0, 1] (pixel / 255): the classifiers normalise
 their inputs themselves. Resizing is bilinear and anti-aliased, so
@@ -197,6 +198,38 @@ def random_resized_crop(image, image_size, seed, area_range=AREA_RANGE,
   crop = tf.slice(image, tf.concat([begin, [0]], 0),
                   tf.concat([size, [-1]], 0))
   return _to_unit_range(_resize(crop, image_size, image_size))
+
+
+def random_shifted_crop(image, image_size, seed, max_shift):
+  """The small-image training crop: the evaluation crop moved by a random
+  shift. The image is resized to R x R (R = ``resize_size(S)``, as
+  ``preprocess_for_eval`` does for a square image), zero-padded by
+  ``max_shift`` pixels and cropped to S x S at the centre crop's offset plus
+  a shift of up to ``max_shift`` pixels each way (CIFAR-style "pad and
+  crop"). Training and evaluation then see the same scale, and 32 x 32
+  images are not rescaled by a random amount or distorted in aspect as a
+  random-resized crop does; a shift of 0 is the evaluation crop.
+
+  Args:
+    image: uint8 [H, W, 3].
+    image_size: output side S.
+    seed: int32 / int64 tensor of shape [2].
+    max_shift: the largest shift in pixels, >= 0.
+
+  Returns:
+    float32 [S, S, 3] in [0, 1].
+  """
+  if max_shift < 0:
+    raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+  side = resize_size(image_size)
+  image = _to_unit_range(_resize(image, side, side))
+  padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift],
+                          [0, 0]])
+  centre = (side - image_size) // 2
+  offset = centre + tf.random.stateless_uniform(
+      [2], seed=seed, minval=0, maxval=2 * max_shift + 1, dtype=tf.int32)
+  return tf.slice(padded, tf.concat([offset, [0]], 0),
+                  [image_size, image_size, -1])
 
 
 def preprocess_for_train(image, seed, image_size=REFERENCE_CROP_SIZE,

@@ -4,7 +4,7 @@ A claim ("the solver is as good as DDPM", "synthetic data helps") rests on
 the spread between runs, not on one number. ``summarize`` gives the mean and
 its two-sided Student-t interval; ``separated`` says whether two such
 intervals are apart, the bar this project sets for calling a difference an
-effect.
+effect, and ``verdict`` says so in words.
 """
 
 import dataclasses
@@ -61,3 +61,16 @@ def separated(a: Summary, b: Summary) -> bool:
   """True when both have intervals and the intervals do not overlap."""
   return (a.has_interval and b.has_interval and
           (a.high < b.low or b.high < a.low))
+
+
+def verdict(a, b, higher_is_better):
+  """How summary ``a`` compares with summary ``b`` of one metric, in words
+  (None for one not measured)."""
+  if a is None or b is None:
+    return "not measured yet"
+  if not (a.has_interval and b.has_interval):
+    return "one run only, no interval: no claim"
+  if not separated(a, b):
+    return "the intervals overlap: no difference resolved"
+  better = (a.mean > b.mean) == higher_is_better
+  return f"**effect: {'better' if better else 'worse'}** (intervals separate)"

@@ -42,18 +42,15 @@ import gin
 from cdm_tf.classifiers import trainer as classifier_trainer
 from cdm_tf.data import real_subset
 from cdm_tf.data import synthetic_writer
-from cdm_tf.generation import sweep
+from cdm_tf.pipeline import claim_sweeps
 from cdm_tf.pipeline import job
 from cdm_tf.pipeline import runner
 
 BASE = "base"
 CLASSIFIERS_DIR = "classifiers"
-GUIDANCE_DIR = "guidance"
-AUGMENTATION_DIR = "augmentation"
 SYNTHETIC_DIR = "synthetic"
 REPORT_DIR = "report"
 SEED_BINDING = "trainer.train_classifier.seed"
-GENERATION_SEED_BINDING = "synthetic_dataset.GenerationSettings.base_seed"
 
 
 @gin.configurable
@@ -221,12 +218,11 @@ def mix_data_dir(config, output_dir, mix):
 
 
 def guidance_dir(output_dir, seed):
-  return os.path.join(output_dir, GUIDANCE_DIR, f"seed_{seed}")
+  return claim_sweeps.guidance_dir(output_dir, seed)
 
 
 def augmentation_dir(output_dir, variant, seed):
-  return os.path.join(output_dir, AUGMENTATION_DIR, variant.name,
-                      f"seed_{seed}")
+  return claim_sweeps.augmentation_dir(output_dir, variant.name, seed)
 
 
 def feature_run(config):
@@ -304,20 +300,15 @@ def _classifier_step(config, output_dir, mix, k, seed, strategy_flags):
 
 def _sweep_step(config, output_dir, name, sweep_dir, gin_files, bindings,
                 description, strategy_flags):
-  network = ["--feature_network=classifier",
-             f"--classifier_model={feature_model(config, output_dir)}"]
-  if config.feature_network_name:
-    network.append(f"--feature_network_name={config.feature_network_name}")
-  return runner.Step(
-      name, "sweep.py",
-      (*_gin_flags(config, output_dir,
-                   (*gin_files, *config.cas_gin_files),
-                   (*config.sweep_gin_bindings, *bindings,
-                    *config.cas_gin_bindings)),
-       "--cas", f"--real_data_dir={config.real_data_dir}",
-       f"--output_dir={sweep_dir}", *network, *strategy_flags),
-      product=os.path.join(sweep_dir, sweep.CSV_FILE),
-      description=description)
+  return claim_sweeps.sweep_step(
+      name, sweep_dir,
+      _gin_flags(config, output_dir, (*gin_files, *config.cas_gin_files),
+                 (*config.sweep_gin_bindings, *bindings,
+                  *config.cas_gin_bindings)),
+      config.real_data_dir,
+      claim_sweeps.classifier_network_flags(feature_model(config, output_dir),
+                                            config.feature_network_name),
+      description, strategy_flags)
 
 
 def steps(config, output_dir, strategy_flags=()):
@@ -360,7 +351,7 @@ def steps(config, output_dir, strategy_flags=()):
                                                                  seed),
         config.guidance_sweep_gin_files,
         (*_generation_bindings(config, output_dir, main_variant),
-         f"{GENERATION_SEED_BINDING} = {seed}"),
+         f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}"),
         f"claim 2: base guidance sweep, generation seed {seed}",
         strategy_flags))
   for variant in config.augmentation_variants:
@@ -372,7 +363,7 @@ def steps(config, output_dir, strategy_flags=()):
           augmentation_dir(output_dir, variant, seed),
           config.augmentation_sweep_gin_files,
           (*_generation_bindings(config, output_dir, variant), *grid,
-           f"{GENERATION_SEED_BINDING} = {seed}"),
+           f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}"),
           f"claim 1: {variant.description}, generation seed {seed}",
           strategy_flags))
 

@@ -6,7 +6,9 @@ the real data (its features also score the samples when the data is not
 ImageNet) -> sample-quality metrics -> the Classification Accuracy Score
 (a classifier trained on the synthetic set only) [-> its reference: the
 same protocol on as many real images per class] -> a classifier trained on
-real + synthetic data -> the report.
+real + synthetic data [-> the headlines of the claims measured by sampler
+sweeps, at reduced size: base guidance against FID and CAS, the last
+stage's conditioning-augmentation level s] -> the report.
 
 ``JobConfig`` (gin: ``gin/pipelines/*.gin``) names the gin files of each
 step; ``steps`` turns it into ``runner.Step``s, i.e. the command lines of
@@ -22,6 +24,8 @@ the tools/ binaries, with every run directory under one output directory:
                                            synthetic set (multiplier < 1)
   <output_dir>/classifier_cas_reference/   --cas --data=real on them
   <output_dir>/classifier_real_synthetic/  --data=real+synthetic
+  <output_dir>/sweeps/guidance/seed_<s>/   tools/sweep.py --cas
+  <output_dir>/sweeps/augmentation/<last stage>/seed_<s>/
   <output_dir>/report/              report.md and its PNGs
 
 In the gin bindings given to the steps, "{output_dir}" stands for the job's
@@ -41,6 +45,7 @@ from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import trainer as classifier_trainer
 from cdm_tf.data import real_subset
 from cdm_tf.data import synthetic_writer
+from cdm_tf.pipeline import claim_sweeps
 from cdm_tf.pipeline import runner
 
 SYNTHETIC_DIR = "synthetic"
@@ -49,6 +54,7 @@ CLASSIFIER_SYNTHETIC = "classifier_synthetic"
 CLASSIFIER_REAL_SYNTHETIC = "classifier_real_synthetic"
 CLASSIFIER_CAS_REFERENCE = "classifier_cas_reference"
 REAL_SUBSET_DIR = "real_subset"
+SWEEPS_DIR = "sweeps"
 METRICS_DIR = "metrics"
 METRICS_FILE = "metrics.json"
 BASELINE_FILE = "metrics_real_baseline.json"
@@ -111,6 +117,15 @@ class JobConfig:
     real_baseline_split: also score this many real images of this split
       against the other splits, so the metrics have a scale (an FID on a
       classifier's features means little alone); None: no baseline.
+    guidance_sweep_gin_files: the headline of Azizi et al.'s guidance
+      claim at reduced size: a base-guidance sweep of the cascade
+      (gin/sweeps; FID, IS and CAS per point) once per sweep seed; empty
+      for none.
+    augmentation_sweep_gin_files: the headline of CDM's conditioning
+      augmentation claim at reduced size: the last stage sampled at several
+      levels s (Table 3a), once per sweep seed; empty for none.
+    sweep_gin_bindings: added to both sweeps (e.g. images per point).
+    sweep_seeds: the sweeps' generation seeds (3 give an interval).
   """
   title: str = "cdm_tf end-to-end run"
   real_data_dir: str = "data/fashion_mnist"
@@ -131,6 +146,10 @@ class JobConfig:
   is_classifier_model: Optional[str] = None
   sample_counts: Optional[tuple] = None
   real_baseline_split: Optional[str] = None
+  guidance_sweep_gin_files: tuple = ()
+  augmentation_sweep_gin_files: tuple = ()
+  sweep_gin_bindings: tuple = ()
+  sweep_seeds: tuple = (0, 1, 2)
 
   def validate(self):
     """Raises ValueError naming the first unusable setting."""
@@ -139,7 +158,7 @@ class JobConfig:
     names = [s.name for s in self.diffusion_stages]
     reserved = {SYNTHETIC_DIR, CLASSIFIER_REAL, CLASSIFIER_SYNTHETIC,
                 CLASSIFIER_REAL_SYNTHETIC, CLASSIFIER_CAS_REFERENCE,
-                REAL_SUBSET_DIR, METRICS_DIR, REPORT_DIR,
+                REAL_SUBSET_DIR, SWEEPS_DIR, METRICS_DIR, REPORT_DIR,
                 runner.STEPS_DIR, runner.LOGS_DIR}
     for name in names:
       if not name or os.sep in name or name in reserved:
@@ -168,6 +187,12 @@ class JobConfig:
       raise ValueError("JobConfig.is_classifier_model is for "
                        "feature_network='inception' (the classifier "
                        "features have logits of their own)")
+    seeds = list(self.sweep_seeds)
+    if (self.guidance_sweep_gin_files or self.augmentation_sweep_gin_files
+       ) and (not seeds or len(set(seeds)) != len(seeds) or any(
+           int(s) != s or s < 0 for s in seeds)):
+      raise ValueError("JobConfig.sweep_seeds must be distinct non-negative "
+                       f"integers, not {seeds}")
 
 
 @gin.configurable
@@ -262,16 +287,14 @@ def steps(config, output_dir, strategy_flags=()):
 
   metrics_dir = run_dir(output_dir, METRICS_DIR)
   if config.feature_network == "classifier":
-    network_flags = ["--feature_network=classifier",
-                     f"--classifier_model={real_model}"]
-    if config.feature_network_name:
-      network_flags.append(
-          f"--feature_network_name={config.feature_network_name}")
+    feature_flags = claim_sweeps.classifier_network_flags(
+        real_model, config.feature_network_name)
   else:
-    network_flags = ["--feature_network=inception"]
+    feature_flags = ["--feature_network=inception"]
     if config.is_classifier_model:
-      network_flags.append(
+      feature_flags.append(
           f"--is_classifier_model={config.is_classifier_model}")
+  network_flags = list(feature_flags)
   if config.real_baseline_split:
     network_flags.append(
         f"--real_baseline_split={config.real_baseline_split}")
@@ -314,7 +337,68 @@ def steps(config, output_dir, strategy_flags=()):
        f"--compare_with={real_per_class}", *strategy_flags),
       product=os.path.join(mixed_dir, classifier_trainer.MODEL_FILE),
       description="train the classifier on real + synthetic data"))
+  result += _sweep_steps(config, output_dir, feature_flags, strategy_flags)
   return result
+
+
+def guidance_sweep_dirs(config, output_dir):
+  """The guidance sweep's directory per seed; empty when not configured."""
+  if not config.guidance_sweep_gin_files:
+    return []
+  root = run_dir(output_dir, SWEEPS_DIR)
+  return [claim_sweeps.guidance_dir(root, s) for s in config.sweep_seeds]
+
+
+def augmentation_sweep_dirs(config, output_dir):
+  """The augmentation sweep's directory per seed (of the last stage)."""
+  if not config.augmentation_sweep_gin_files:
+    return []
+  root = run_dir(output_dir, SWEEPS_DIR)
+  stage = config.diffusion_stages[-1].name
+  return [claim_sweeps.augmentation_dir(root, stage, s)
+          for s in config.sweep_seeds]
+
+
+def _sweep_steps(config, output_dir, network_flags, strategy_flags):
+  """The claims' headlines at reduced size: one sweep per kind and seed."""
+  kinds = [("guidance", config.guidance_sweep_gin_files,
+            guidance_sweep_dirs(config, output_dir),
+            "claim headline: base guidance against FID and CAS"),
+           ("augmentation", config.augmentation_sweep_gin_files,
+            augmentation_sweep_dirs(config, output_dir),
+            "claim headline: conditioning augmentation level s")]
+  result = []
+  for kind, gin_files, directories, description in kinds:
+    for seed, directory in zip(config.sweep_seeds, directories):
+      bindings = (*_generation_bindings(config), *config.sweep_gin_bindings,
+                  *config.cas_gin_bindings,
+                  f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}")
+      result.append(claim_sweeps.sweep_step(
+          f"sweep_{kind}_seed{seed}", directory,
+          _gin_flags(config, (*gin_files, *config.cas_gin_files), bindings,
+                     output_dir),
+          config.real_data_dir, network_flags,
+          f"{description}, generation seed {seed}", strategy_flags))
+  return result
+
+
+def headline_sections(config, output_dir, report_dir):
+  """[(heading, build, args)] of the claims' headlines at reduced size,
+  for ``report.write_report``'s ``extra_sections``."""
+  sections = []
+  directories = augmentation_sweep_dirs(config, output_dir)
+  if directories:
+    stage = claim_sweeps.SweptStage(
+        f"the {config.diffusion_stages[-1].name} stage", tuple(directories))
+    sections.append((
+        "Conditioning augmentation at reduced size (CDM Table 3a)",
+        claim_sweeps.augmentation_section, (report_dir, [stage])))
+  directories = guidance_sweep_dirs(config, output_dir)
+  if directories:
+    sections.append((
+        "Guidance against classification at reduced size (Azizi et al. "
+        "Fig. 3)", claim_sweeps.guidance_section, (report_dir, directories)))
+  return sections
 
 
 def _cas_reference_steps(config, output_dir, strategy_flags,
@@ -370,7 +454,6 @@ def baseline_metrics_path(output_dir):
   return os.path.join(output_dir, METRICS_DIR, BASELINE_FILE)
 
 
-
 def settings_table(config, output_dir, strategy_flags=()):
   """{setting: text} of what the job ran, for the report."""
   def listed(values):
@@ -400,4 +483,11 @@ def settings_table(config, output_dir, strategy_flags=()):
       else f"{config.real_synthetic_multiplier:g} x the real count per class")
   table["metrics' feature network"] = (
       config.feature_network_name or config.feature_network)
+  for kind in ("guidance", "augmentation"):
+    gin_files = getattr(config, f"{kind}_sweep_gin_files")
+    if gin_files:
+      table[f"{kind} sweep"] = (
+          f"{listed((*gin_files, *config.sweep_gin_bindings))}, generation "
+          "seeds "
+          f"{', '.join(str(s) for s in config.sweep_seeds)}")
   return table

@@ -45,7 +45,8 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
                  baseline_metrics_file=None,
                  settings=None, step_seconds=None, real_split="validation",
                  synthetic_split="train", samples_per_class=8,
-                 max_grid_classes=MAX_GRID_CLASSES, notes=()):
+                 max_grid_classes=MAX_GRID_CLASSES, notes=(),
+                 extra_sections=()):
   """Writes ``<report_dir>/report.md`` and its PNGs from the steps' outputs.
 
   Args:
@@ -68,6 +69,8 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
     samples_per_class: images per class of each block of the grid.
     max_grid_classes: at most this many classes in the grid.
     notes: lines shown as a bullet list below the title.
+    extra_sections: (heading, build, args) parts after the sample quality,
+      each rendered by ``section``.
 
   Returns:
     The path of report.md.
@@ -88,6 +91,8 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
                         report_dir, classifiers))
   parts.append(section("Sample quality", _metrics_section, metrics_file,
                         baseline_metrics_file))
+  parts += [section(heading, build, *args)
+            for heading, build, args in extra_sections]
   parts.append(section("Training loss", _loss_section, report_dir,
                         diffusion, classifiers))
   parts.append(section("Diffusion models", _diffusion_section, report_dir,
