@@ -11,6 +11,7 @@ import keras
 import pytest
 
 from cdm_tf import configuration
+from cdm_tf.classifiers import recipes
 from cdm_tf.generation import cascade as cascade_lib
 from cdm_tf.generation import sweep
 from tests import fashion_mnist_subset
@@ -62,6 +63,38 @@ def test_sweep_configs_expand_to_the_papers_grids(name, stage, points,
       assert len(stages) == 2
   finally:
     gin.clear_config()
+
+
+@pytest.mark.parametrize("sweep_file, images", [
+    (None, 1000),  # the main job's CAS of its 1,000 generated images
+    ("fashion_mnist_claims_guidance.gin", 300),
+    ("fashion_mnist_claims_augmentation.gin", 300),
+    ("fashion_mnist_headline_guidance.gin", 100),
+    ("fashion_mnist_headline_augmentation.gin", 100),
+])
+def test_sweep_cas_trains_as_many_steps_as_the_main_cas(sweep_file, images):
+  """Each sweep point's CAS classifier (the CAS gin, then the sweep's)
+  takes the 141 steps of the 1,000-image CAS, its schedule scaled along."""
+  files = [os.path.join(ROOT, "gin", "classifiers", "fashion_mnist",
+                        "resnet_tiny_cas.gin")]
+  if sweep_file:
+    files.append(os.path.join(SWEEPS, sweep_file))
+  gin.clear_config()
+  try:
+    configuration.parse_gin(files, [])
+    recipe = gin.get_configurable(recipes.ClassifierRecipe)()
+    if sweep_file:
+      assert gin.query_parameter("sweep.run.num_images") == images
+  finally:
+    gin.clear_config()
+  steps_per_epoch = images / recipe.batch_size
+  assert math.ceil(recipe.epochs * steps_per_epoch - 1e-9) == 141
+  assert recipe.decay == "stepwise" and recipe.learning_rate == 0.2
+  # Warmup and decays at the same steps as the 1,000-image schedule (1, 6,
+  # 12 and 16 of 18 epochs), to within a step.
+  for epochs, reference in zip(
+      (recipe.warmup_epochs, *recipe.decay_epochs), (1, 6, 12, 16)):
+    assert abs(epochs * steps_per_epoch - reference * 1000 / 128) < 1
 
 
 @pytest.fixture(scope="module")

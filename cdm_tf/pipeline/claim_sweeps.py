@@ -64,8 +64,9 @@ def sweep_step(name, sweep_dir, gin_flags, real_data_dir, network_flags,
   Args:
     name: the step's name.
     sweep_dir: its output directory (sweep.csv, plots).
-    gin_flags: --gin_file / --gin_bindings of the sweep, the cascade and
-      the CAS classifier.
+    gin_flags: --gin_file / --gin_bindings of the CAS classifier, then the
+      sweep and its cascade (so a sweep file can fit the CAS recipe to its
+      image count).
     real_data_dir: real data (FID reference, CAS validation).
     network_flags: the feature network's flags (--feature_network=...).
     description: what the step shows.

@@ -302,7 +302,7 @@ def _sweep_step(config, output_dir, name, sweep_dir, gin_files, bindings,
                 description, strategy_flags):
   return claim_sweeps.sweep_step(
       name, sweep_dir,
-      _gin_flags(config, output_dir, (*gin_files, *config.cas_gin_files),
+      _gin_flags(config, output_dir, (*config.cas_gin_files, *gin_files),
                  (*config.sweep_gin_bindings, *bindings,
                   *config.cas_gin_bindings)),
       config.real_data_dir,

@@ -375,7 +375,7 @@ def _sweep_steps(config, output_dir, network_flags, strategy_flags):
                   f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}")
       result.append(claim_sweeps.sweep_step(
           f"sweep_{kind}_seed{seed}", directory,
-          _gin_flags(config, (*gin_files, *config.cas_gin_files), bindings,
+          _gin_flags(config, (*config.cas_gin_files, *gin_files), bindings,
                      output_dir),
           config.real_data_dir, network_flags,
           f"{description}, generation seed {seed}", strategy_flags))
