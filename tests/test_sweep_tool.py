@@ -85,6 +85,9 @@ def test_sweep_cas_trains_as_many_steps_as_the_main_cas(sweep_file, images):
     recipe = gin.get_configurable(recipes.ClassifierRecipe)()
     if sweep_file:
       assert gin.query_parameter("sweep.run.num_images") == images
+      # One evaluation, at the end.
+      assert gin.query_parameter(
+          "trainer.train_classifier.eval_every_epochs") == 0.0
   finally:
     gin.clear_config()
   steps_per_epoch = images / recipe.batch_size
