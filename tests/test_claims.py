@@ -222,3 +222,14 @@ def test_one_stage_compares_its_best_level_with_s_0(tmp_path):
   assert "CAS top-1 %: the sr stage: best at s = 0." in text
   assert os.path.getsize(os.path.join(str(tmp_path),
                                       claim_sweeps.AUGMENTATION_PNG)) > 0
+  # Without an s = 0 point there is nothing to compare with.
+  no_zero = [os.path.join(str(tmp_path), "no_zero", f"seed_{seed}")
+             for seed in range(3)]
+  for seed, directory in enumerate(no_zero):
+    _sweep(directory, "aug_level", [(0.1, 5 + seed, 2.0, 0.69),
+                                    (0.3, 8 + seed, 2.0, 0.60)])
+  text = claim_sweeps.augmentation_section(
+      str(tmp_path), [claim_sweeps.SweptStage("the sr stage",
+                                              tuple(no_zero))])
+  assert "| the sr stage | 0.3 |" in text
+  assert "s = 0" not in text

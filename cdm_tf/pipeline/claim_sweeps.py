@@ -176,6 +176,19 @@ def _at_level(level):
   return "" if level is None else f" at s = {level:g}"
 
 
+def _reference(by_stage, baseline, points, metric):
+  """(points, point name, words) a stage's best point is compared with: the
+  baseline stage's best, or with no baseline the stage's own s = 0."""
+  if baseline is None:
+    at_zero = next((n for n in points if _level(points, n) == 0.0), None)
+    return points, at_zero, "s = 0"
+  if baseline in by_stage:
+    baseline_points = by_stage[baseline][0]
+    return (baseline_points, _best(baseline_points, list(baseline_points),
+                                   metric), baseline)
+  return None, None, None  # the baseline's sweeps have not run yet
+
+
 def augmentation_section(report_dir, stages, baseline=None):
   """Claim 1's table, verdicts and error-bar plot.
 
@@ -208,24 +221,16 @@ def augmentation_section(report_dir, stages, baseline=None):
       continue
     for metric in found:
       mine = _best(points, list(points), metric)
-      if baseline in by_stage:
-        theirs_points = by_stage[baseline][0]
-        theirs = _best(theirs_points, list(theirs_points), metric)
-        what_b = baseline
-      elif baseline is None:
-        theirs_points = points
-        theirs = next((n for n in points if _level(points, n) == 0.0), None)
-        what_b = "s = 0"
-        if theirs == mine:
-          verdicts.append(f"{metric.name}: {description}: best at s = 0.")
-          continue
-      else:
-        continue
+      reference_points, theirs, what_b = _reference(by_stage, baseline,
+                                                    points, metric)
       if mine is None or theirs is None:
+        continue
+      if reference_points is points and theirs == mine:
+        verdicts.append(f"{metric.name}: {description}: best at s = 0.")
         continue
       verdicts.append(compared(
           summary(points[mine][metric.label], metric.scale),
-          summary(theirs_points[theirs][metric.label], metric.scale),
+          summary(reference_points[theirs][metric.label], metric.scale),
           metric.higher_is_better,
           f"{metric.name}: {description}{_at_level(_level(points, mine))}",
           what_b))

@@ -59,7 +59,7 @@ def _mix_section(config, output_dir, report_dir):
         _classifier_top1(config, output_dir, mix, 0.0), 100.0)
     rows = []
     for k in mix.multipliers:
-      summary = claim_sweeps.summary(
+      summary = base if not k else claim_sweeps.summary(
           _classifier_top1(config, output_dir, mix, k), 100.0)
       if k and base is not None and summary is not None:
         difference = f"{summary.mean - base.mean:+.2f}"
