@@ -27,8 +27,10 @@ flags.DEFINE_string("base_model_dir", None, "The cascade's base export (the "
                     "cascade runs from its second stage).", required=True)
 flags.DEFINE_list("stages", None, "name=export_dir of each super-resolution "
                   "stage.", required=True)
-flags.DEFINE_list("aug_levels", ["0", "0.1", "0.3"], "Levels s for stages "
-                  "trained with Gaussian augmentation (the others: s = 0).")
+flags.DEFINE_list("aug_levels", ["0", "0.05", "0.1", "0.15"], "Levels s for "
+                  "stages trained with Gaussian augmentation (the others: "
+                  "s = 0); the default spans the 16->32 stage's training "
+                  "range.")
 flags.DEFINE_string("real_data_dir", "data/fashion_mnist", "Real data.")
 flags.DEFINE_string("split", "validation", "Real split.")
 flags.DEFINE_integer("num_images", 200, "Real images.")

@@ -5,8 +5,9 @@ the super-resolution model on ground-truth low-resolution images instead of
 base-model samples. There is then no train-test mismatch for augmentation to
 fix, so what remains is its cost: quality can only fall as the level s
 grows. Here a stage's outputs from real low-resolution images are compared
-with the real high-resolution ones, image by image, by PSNR; bicubic
-upsampling is the floor any stage should clear.
+with the real high-resolution ones, image by image, by PSNR, with bicubic
+upsampling for scale. PSNR rewards the average image: it ranks stages of one
+cascade against each other, not against the data.
 """
 
 import numpy as np
@@ -25,9 +26,8 @@ def real_pairs(data_dir, resolution, low_res_resolution, num_images,
 
   The images are a seeded shuffle of the split (its shards may be sorted by
   class). Each pair is made as the stages' training pairs are
-  (``diffusion_preprocessing.super_resolution_pair``: one crop, both
-  sides), with
-  no flip. uint8 [N, r, r, C], uint8 [N, r', r', C] and int32 [N].
+  (``diffusion_preprocessing.super_resolution_pair``: one crop, both sides),
+  with no flip. uint8 [N, r, r, C], uint8 [N, r', r', C] and int32 [N].
   """
   if num_images < 1:
     raise ValueError(f"num_images must be positive, got {num_images}")
