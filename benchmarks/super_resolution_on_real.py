@@ -23,23 +23,29 @@ from cdm_tf.metrics import repeated_runs
 from cdm_tf.metrics import super_resolution_fidelity as fidelity
 from cdm_tf.models import export
 
-flags.DEFINE_string("base_model_dir", None, "The cascade's base export (the "
-                    "cascade runs from its second stage).", required=True)
-flags.DEFINE_list("stages", None, "name=export_dir of each super-resolution "
-                  "stage.", required=True)
-flags.DEFINE_list("aug_levels", ["0", "0.05", "0.1", "0.15"], "Levels s for "
-                  "stages trained with Gaussian augmentation (the others: "
-                  "s = 0); the default spans the 16->32 stage's training "
-                  "range.")
-flags.DEFINE_string("real_data_dir", "data/fashion_mnist", "Real data.")
-flags.DEFINE_string("split", "validation", "Real split.")
-flags.DEFINE_integer("num_images", 200, "Real images.")
-flags.DEFINE_integer("num_classes", 10, "Label space of the records.")
-flags.DEFINE_string("sampler", "dpmpp_2m_sde", "Super-resolution sampler "
-                    "(the main job's: gin/generation/fashion_mnist_16_to_32.gin).")
-flags.DEFINE_integer("steps", 15, "Its steps.")
-flags.DEFINE_integer("batch_size", 50, "Images per sampling call.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The flags, defined only when run as a program: the tests import this
+  module next to other benchmarks that define flags of the same names."""
+  flags.DEFINE_string("base_model_dir", None, "The cascade's base export (the "
+                      "cascade runs from its second stage).", required=True)
+  flags.DEFINE_list("stages", None, "name=export_dir of each super-resolution "
+                    "stage.", required=True)
+  flags.DEFINE_list("aug_levels", ["0", "0.05", "0.1", "0.15"], "Levels s for "
+                    "stages trained with Gaussian augmentation (the others: "
+                    "s = 0); the default spans the 16->32 stage's training "
+                    "range.")
+  flags.DEFINE_string("real_data_dir", "data/fashion_mnist", "Real data.")
+  flags.DEFINE_string("split", "validation", "Real split.")
+  flags.DEFINE_integer("num_images", 200, "Real images.")
+  flags.DEFINE_integer("num_classes", 10, "Label space of the records.")
+  flags.DEFINE_string("sampler", "dpmpp_2m_sde", "Super-resolution sampler "
+                      "(the main job's, gin/generation/"
+                      "fashion_mnist_16_to_32.gin).")
+  flags.DEFINE_integer("steps", 15, "Its steps.")
+  flags.DEFINE_integer("batch_size", 50, "Images per sampling call.")
 
 
 def parse_stages(specs):
@@ -112,4 +118,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

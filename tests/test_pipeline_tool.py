@@ -151,7 +151,7 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
   assert "## Conditioning augmentation at reduced size" in report
   assert "## Guidance against classification at reduced size" in report
   interval = r"[0-9.]+ \[-?[0-9.]+, [0-9.]+\] \(2 runs\)"
-  assert re.search(r"\| the sr stage \| 0\.3 \| " + interval, report)
+  assert re.search(r"\| the sr stage \| 0\.15 \| " + interval, report)
   assert re.search(r"\| 5 \| " + interval, report)
   assert "best FID: guidance" in report
   for png in re.findall(r"\]\(([^)]+\.png)\)", report):
