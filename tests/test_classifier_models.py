@@ -15,6 +15,8 @@ import tensorflow as tf
 from cdm_tf.classifiers import models
 from cdm_tf.classifiers import recipes
 from cdm_tf.classifiers import resnet_rs
+from cdm_tf.classifiers import stochastic_depth
+from cdm_tf.classifiers import vision_transformers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
@@ -32,10 +34,11 @@ def _batch(count=8):
 @pytest.mark.parametrize("name", models.CLASSIFIER_NAMES)
 def test_tiny_model_trains_with_falling_loss(name):
   keras.utils.set_random_seed(0)
-  # ResNet-RS trains with drop-path on, to cover its training path too.
+  # ResNet-RS and the transformers train with drop-path on, to cover its
+  # training path too.
   model = models.create_classifier(
       name, NUM_CLASSES, IMAGE_SIZE, tiny=True,
-      stochastic_depth_rate=0.1 if name.startswith("resnet_rs") else 0.0)
+      stochastic_depth_rate=0.0 if name in models.RESNET_BLOCKS else 0.1)
   images, labels = _batch()
   logits = model(images, training=False)
   assert logits.shape == (8, NUM_CLASSES) and logits.dtype == "float32"
@@ -166,7 +169,7 @@ def test_stochastic_depth_rates_rise_linearly_to_the_final_rate():
 
 
 def test_stochastic_depth_drops_whole_examples_and_keeps_the_mean():
-  layer = resnet_rs.StochasticDepth(0.5, seed=1)
+  layer = stochastic_depth.StochasticDepth(0.5, seed=1)
   x = tf.ones((2000, 2, 2, 3))
   np.testing.assert_array_equal(layer(x, training=False), x)
   y = layer(x, training=True).numpy()
@@ -176,12 +179,29 @@ def test_stochastic_depth_drops_whole_examples_and_keeps_the_mean():
   assert abs(y.mean() - 1.0) < 0.1
 
 
-def test_non_resnet_rs_models_reject_stochastic_depth():
-  with pytest.raises(ValueError):
+def test_keras_hub_resnets_reject_stochastic_depth():
+  with pytest.raises(ValueError, match="no stochastic depth"):
     models.create_classifier("resnet50", NUM_CLASSES, IMAGE_SIZE,
                              stochastic_depth_rate=0.1, tiny=True)
+  with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    models.create_classifier("deit_s", NUM_CLASSES, IMAGE_SIZE,
+                             stochastic_depth_rate=1.0, tiny=True)
   with pytest.raises(ValueError):
     models.create_classifier("vit_b16", NUM_CLASSES, IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("name", ["vit_s16", "deit_l"])
+def test_transformers_take_stochastic_depth(name):
+  model = models.create_classifier(name, NUM_CLASSES, IMAGE_SIZE, tiny=True,
+                                   stochastic_depth_rate=0.2, seed=3)
+  backbone = model.backbone
+  assert isinstance(backbone, (vision_transformers.ViTDropPathBackbone,
+                               vision_transformers.DeiTDropPathBackbone))
+  # Tiny: two blocks, 0 then the full rate (DeiT's linspace rule).
+  assert [b.drop_path_rate for b in backbone.blocks] == [0.0, 0.2]
+  images = _batch(4)[0]
+  np.testing.assert_array_equal(model(images, training=False),
+                                model(images, training=False))
 
 
 def test_resnet_sizes_change_widths_and_stage_strides():
@@ -199,6 +219,9 @@ def test_resnet_sizes_change_widths_and_stage_strides():
   assert stem.filters == 32 and stem.kernel_size == (7, 7)
   assert sized.get_config()["backbone"]["config"]["stackwise_num_strides"] == [
       1, 1, 2, 2]
+  # Reports name what was built, not the full-size architecture.
+  assert default.name == "resnet50_tiny"
+  assert sized.name == "resnet50_tiny_resized"
   with pytest.raises(ValueError, match="unknown keys"):
     models.create_classifier("resnet50", NUM_CLASSES, 32, tiny=True,
                              resnet_sizes={"stem_strides": [1]})
@@ -221,15 +244,18 @@ def test_resnet_rs_config_round_trip():
   assert restored_block.drop_rate == block.drop_rate
 
 
-@pytest.mark.parametrize("name", ["resnet_rs50", "deit_b"])
+@pytest.mark.parametrize("name", ["resnet_rs50", "deit_b", "vit_s16"])
 def test_classifier_saves_and_loads(name, tmp_path):
   model = models.create_classifier(name, NUM_CLASSES, IMAGE_SIZE,
-                                   dropout_rate=0.25, tiny=True)
+                                   dropout_rate=0.25, tiny=True,
+                                   stochastic_depth_rate=0.1, seed=1)
   path = str(tmp_path / f"{name}.keras")
   model.save(path)
   loaded = keras.saving.load_model(path)
   assert isinstance(loaded, models.ImageClassifier)
   assert loaded.dropout_rate == 0.25
+  assert type(loaded.backbone) is type(model.backbone)
+  assert loaded.backbone.get_config() == model.backbone.get_config()
   images = _batch(2)[0]
   np.testing.assert_allclose(loaded(images, training=False),
                              model(images, training=False), rtol=1e-5,

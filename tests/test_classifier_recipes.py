@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from cdm_tf.classifiers import models
+from cdm_tf.classifiers import randaugment
 from cdm_tf.classifiers import recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,11 +53,34 @@ TABLE_A2 = {
 }
 TABLES = {**TABLE_A1, **TABLE_A2}
 
+# What the DeiT configs bind beyond Table A.2, from the recipe Azizi et al.
+# follow for the DeiT family (Touvron et al. 2021, Table 9, and the DeiT
+# code's defaults): weight decay 0.05 where the table has "-", random
+# erasing 0.25, 3 repeated augmentations; stochastic depth 0.1, and 0.45 for
+# DeiT-L (DeiT III's ViT-L, Touvron et al. 2022: DeiT has no L).
+DEIT_TABLE_9 = {"weight_decay": 0.05, "random_erasing": 0.25,
+                "repeated_augmentations": 3}
+DEIT_STOCHASTIC_DEPTH = {"DeiT-S": 0.1, "DeiT-B": 0.1, "DeiT-L": 0.45}
+
+# The RandAugment each column's source runs: the TPU code's (ResNets and
+# ResNet-RS: tensorflow/tpu; ViT-S/16: big_vision's fork of it) or timm's
+# (DeiT); the CAS ResNet-50 has none.
+RANDAUGMENT_VARIANTS = {
+    "ResNet-50 (CAS)": None, "ResNet-50": "tpu", "ResNet-101": "tpu",
+    "ResNet-152": "tpu", "ResNet-RS-50": "tpu", "ResNet-RS-101": "tpu",
+    "ResNet-RS-152": "tpu", "ViT-S/16": "tpu", "DeiT-S": "timm",
+    "DeiT-B": "timm", "DeiT-L": "timm",
+}
+
 # Config file -> (table column, model, Table 3 input size, weight-decay
 # convention of the recipe the column comes from).
 CONFIGS = {
     "resnet50_cas": ("ResNet-50 (CAS)", "resnet50", 224, "l2"),
     "resnet50": ("ResNet-50", "resnet50", 224, "l2"),
+    # Table A.3's 64x64 column: 64 x 64 data, 224 input (the gin files say
+    # why); tests/test_classifier_data_resolution.py checks the rest.
+    "resnet50_64x64": ("ResNet-50", "resnet50", 224, "l2"),
+    "resnet50_cas_64x64": ("ResNet-50 (CAS)", "resnet50", 224, "l2"),
     "resnet101": ("ResNet-101", "resnet101", 224, "l2"),
     "resnet152": ("ResNet-152", "resnet152", 224, "l2"),
     "resnet_rs50": ("ResNet-RS-50", "resnet_rs50", 160, "l2"),
@@ -97,9 +121,10 @@ def test_one_config_per_table_column_and_input_size():
            for p in glob.glob(os.path.join(CONFIG_DIR, "*.gin"))}
   assert found == set(CONFIGS)
   assert {column for column, *_ in CONFIGS.values()} == set(TABLES)
-  # Table 3's (model, input size) rows, plus the CAS classifier.
+  # Table 3's (model, input size) rows, plus the CAS classifier, plus both
+  # at 64 x 64 data (Table A.3).
   assert sorted((model, size) for _, model, size, _ in CONFIGS.values()) == (
-      sorted([("resnet50", 224), ("resnet50", 224), ("resnet101", 224),
+      sorted([("resnet50", 224)] * 4 + [("resnet101", 224),
               ("resnet152", 224), ("resnet_rs50", 160),
               ("resnet_rs101", 160), ("resnet_rs101", 190),
               ("resnet_rs152", 224), ("vit_s16", 224), ("deit_s", 224),
@@ -118,6 +143,8 @@ def test_config_has_the_table_values(name):
     gin.parse_config_files_and_bindings([_path(name)], [])
     recipe = gin.get_configurable(recipes.ClassifierRecipe)()
     for field, expected in zip(FIELDS, TABLES[column]):
+      if column in DEIT_STOCHASTIC_DEPTH:
+        expected = DEIT_TABLE_9.get(field, expected)
       actual = getattr(recipe, field)
       if expected is None or isinstance(expected, str):
         assert actual == expected, field
@@ -224,7 +251,7 @@ def test_momentum_recipe_adds_l2_to_kernel_gradients_only():
 
 @pytest.mark.parametrize("name,keras_weight_decay", [
     ("vit_s16", 0.0001 / 0.001),  # big_vision: not scaled by the peak rate
-    ("deit_s", 0.0),  # Table A.2: "-"
+    ("deit_s", 0.05),  # Table A.2: "-"; DeiT's Table 9: 0.05, decoupled
 ])
 def test_adamw_recipe_decays_kernels_only(name, keras_weight_decay):
   recipe = _recipe(name)
@@ -282,21 +309,57 @@ def _examples(count=8, size=16, num_classes=4):
 
 def test_augmentation_layers_follow_the_recipe():
   deit = recipes.create_training_augmentation(_recipe("deit_s"), 4, seed=1)
-  assert isinstance(deit.randaugment, keras.layers.RandAugment)
-  assert deit.randaugment.num_ops == 2
-  assert deit.randaugment.factor == (0.0, pytest.approx(9 / 30))
+  assert deit.randaugment == randaugment.RandAugment("timm", 9, num_layers=2)
   assert isinstance(deit.mixup, keras.layers.MixUp)
   assert deit.mixup.alpha == 0.8
   assert isinstance(deit.cutmix, keras.layers.CutMix)
   assert deit.cutmix.factor == (1.0, 1.0)
   vit = recipes.create_training_augmentation(_recipe("vit_s16"), 4)
   assert vit.mixup.alpha == 0.2 and vit.cutmix is None
-  assert vit.randaugment.factor[1] == pytest.approx(10 / 30)
+  assert vit.randaugment == randaugment.RandAugment("tpu", 10)
   rs101 = recipes.create_training_augmentation(_recipe("resnet_rs101_160"), 4)
-  assert rs101.randaugment.factor[1] == pytest.approx(15 / 30)
+  assert rs101.randaugment == randaugment.RandAugment("tpu", 15)
   assert rs101.mixup is None and rs101.cutmix is None
   cas = recipes.create_training_augmentation(_recipe("resnet50_cas"), 4)
   assert cas.randaugment is None and cas.mixup is None and cas.cutmix is None
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_config_runs_the_randaugment_of_its_source(name):
+  column = CONFIGS[name][0]
+  recipe = _recipe(name)
+  augmentation = recipes.create_training_augmentation(recipe, 4)
+  if RANDAUGMENT_VARIANTS[column] is None:
+    assert augmentation.randaugment is None
+  else:
+    assert recipe.randaugment_variant == RANDAUGMENT_VARIANTS[column]
+    assert augmentation.randaugment == randaugment.RandAugment(
+        RANDAUGMENT_VARIANTS[column], recipe.randaugment_magnitude)
+
+
+def test_randaugment_is_reproducible_with_a_seed():
+  def images(seed, pipeline_id=0):
+    augmentation = recipes.create_training_augmentation(_recipe("resnet50"),
+                                                        4, seed=seed)
+    return np.concatenate([x.numpy() for x, _ in augmentation.apply(
+        _examples(), batch_size=4, pipeline_id=pipeline_id)])
+
+  first = images(7)
+  np.testing.assert_array_equal(first, images(7))
+  assert not np.array_equal(first, images(8))
+  # Input pipelines of one run draw their own augmentations.
+  assert not np.array_equal(first, images(7, pipeline_id=1))
+  # The images are augmented (magnitude 10 of the TPU code always applies
+  # two ops; about 2% of the pairs, e.g. Invert twice, change nothing),
+  # each with its own seed.
+  augmentation = recipes.create_training_augmentation(_recipe("resnet50"),
+                                                      4, seed=7)
+  examples = _examples(count=64)
+  augmented = np.concatenate([x.numpy() for x, _ in augmentation.apply(
+      examples, batch_size=8)])
+  original = np.stack([x.numpy() for x, _ in examples])
+  changed = np.abs(augmented - original).reshape(64, -1).max(axis=1) > 0.01
+  assert changed.mean() >= 0.9, changed
 
 
 def test_augmented_batches_have_mixed_one_hot_labels():
@@ -326,7 +389,39 @@ def test_recipe_rejects_unknown_optimizer_and_decay():
     recipes.ClassifierRecipe(**{**values, "optimizer": "sgd"})
   with pytest.raises(ValueError):
     recipes.ClassifierRecipe(**{**values, "decay": "linear"})
+  with pytest.raises(ValueError, match="randaugment_variant"):
+    recipes.ClassifierRecipe(**{**values, "randaugment_variant": "keras"})
   assert recipes.ClassifierRecipe(**values).epochs == 130
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_deit_configs_add_deits_regularisation_and_no_other_does(name):
+  column, model, _, _ = CONFIGS[name]
+  gin.clear_config()
+  try:
+    gin.parse_config_files_and_bindings([_path(name)], [])
+    recipe = gin.get_configurable(recipes.ClassifierRecipe)()
+    if column in DEIT_STOCHASTIC_DEPTH:
+      assert recipe.random_erasing == 0.25
+      assert recipe.repeated_augmentations == 3
+      assert recipe.dropout_rate is None
+      assert _bound("models.create_classifier.stochastic_depth_rate") == (
+          DEIT_STOCHASTIC_DEPTH[column])
+    else:
+      assert recipe.random_erasing is None
+      assert recipe.repeated_augmentations is None
+    if model == "vit_s16":
+      # Beyer et al. (2022): no dropout, no stochastic depth.
+      assert recipe.dropout_rate is None
+      assert _bound("models.create_classifier.stochastic_depth_rate") == 0.0
+  finally:
+    gin.clear_config()
+  augmentation = recipes.create_training_augmentation(recipe, 4)
+  if column in DEIT_STOCHASTIC_DEPTH:
+    assert augmentation.random_erasing.probability == 0.25
+    assert augmentation.random_erasing.input_mean == models.IMAGENET_MEAN
+  else:
+    assert augmentation.random_erasing is None
 
 
 def test_model_names_cover_the_configs():

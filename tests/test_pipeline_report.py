@@ -94,6 +94,7 @@ def _metrics_file(path):
   metrics.add(metrics_report.MetricValue("FID", 123.456, NETWORK, 30,
                                          reference="validation"))
   metrics.add(metrics_report.MetricValue("IS", 2.5, NETWORK, 30, std=0.125))
+  metrics.notes.append("KID not reported: too few images.")
   metrics.write_json(path)
   return metrics
 
@@ -165,6 +166,7 @@ def test_full_report(data):
           "images;") in text
   for value in metrics.values:
     assert value.label in text
+  assert "- KID not reported: too few images.\n" in text
   assert "| FID@30 vs validation (" + NETWORK + ") | 123.5 | 30 |" in text
   assert "| IS@30 (" + NETWORK + ") | 2.5 ± 0.125 | 30 |" in text
   for info in fashion_mnist.CLASSES:

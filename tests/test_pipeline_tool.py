@@ -16,6 +16,7 @@ from tests import pipeline_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "gin", "pipelines", "fashion_mnist.gin")
+AZIZI = os.path.join(ROOT, "gin", "pipelines", "azizi_imagenet.gin")
 TRAIN_PER_CLASS = 8
 
 TINY_JOB = f"""
@@ -49,6 +50,12 @@ job.JobConfig.cas_gin_bindings = [
     'input_pipeline.training_dataset.shuffle_buffer = 100',
 ]
 job.JobConfig.sample_counts = (20,)
+# The base stage's 16x16 samples scored on their own too.
+job.JobConfig.metrics_heading = "Sample quality at 32x32"
+job.JobConfig.earlier_resolutions = [@job.EarlierResolution()]
+job.EarlierResolution.name = "16x16"
+job.EarlierResolution.num_stages = 1
+job.EarlierResolution.total = 20
 # The headline sweeps: 2 seeds, 20 images per point.
 job.JobConfig.sweep_seeds = [0, 1]
 job.JobConfig.sweep_gin_bindings = [
@@ -83,7 +90,8 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
   gin_file, out, data, result = finished_job
   del gin_file, data
   names = ["train_base", "train_sr", "generate", job.CLASSIFIER_REAL,
-           "metrics", job.CLASSIFIER_SYNTHETIC, job.REAL_SUBSET_DIR,
+           "metrics", "generate_16x16", "metrics_16x16",
+           job.CLASSIFIER_SYNTHETIC, job.REAL_SUBSET_DIR,
            job.CLASSIFIER_CAS_REFERENCE, job.CLASSIFIER_REAL_SYNTHETIC,
            *SWEEP_STEPS]
   for name in names:
@@ -101,6 +109,15 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
           "trained on the real train split)") in labels, labels
   fid = next(m for m in metrics if m["label"].startswith("FID@20 vs valid"))
   assert fid["value"] > 0
+
+  # The base stage's own samples, scored at their resolution.
+  earlier = synthetic_writer.read_manifest(
+      os.path.join(out, f"{job.SYNTHETIC_DIR}_16x16"), "train")
+  assert earlier.num_examples == 20
+  earlier_metrics = json.load(open(os.path.join(
+      out, f"{job.METRICS_DIR}_16x16", job.METRICS_FILE)))["metrics"]
+  assert any(m["label"].startswith("FID@20 vs train")
+             for m in earlier_metrics)
 
   # Real validation images of the same count score better than 4-step
   # samples.
@@ -136,6 +153,9 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
     assert f"= **{ratio:.3f}**" in report
   assert "Fashion-MNIST tiny ResNet features" in report
   assert "For scale" in report
+  assert "## Sample quality at 32x32" in report
+  assert "## Sample quality at 16x16 (the cascade's first 1 stage(s))" in (
+      report)
   assert "ankle boot" in report.lower()
 
   # The claims' headlines: each sweep point over the 2 seeds, with its
@@ -163,7 +183,7 @@ def test_rerun_skips_finished_steps_and_other_settings_are_refused(
   gin_file, out, _, _ = finished_job
   again = _run(f"--gin_file={gin_file}", f"--output_dir={out}")
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count("finished before") == 9 + len(SWEEP_STEPS)
+  assert again.stdout.count("finished before") == 11 + len(SWEEP_STEPS)
   assert "[train_base]" not in again.stdout
 
   changed = _run(f"--gin_file={gin_file}", f"--output_dir={out}",
@@ -191,3 +211,25 @@ def test_dry_run_lists_the_steps_and_bad_configuration_exits_2(tmp_path):
   assert unknown.returncode == 2 and "nope" in unknown.stderr
   seeds = _run("--dry_run", "--gin_bindings=job.JobConfig.sweep_seeds = [1, 1]")
   assert seeds.returncode == 2 and "sweep_seeds" in seeds.stderr
+  stages = _run("--dry_run", "--gin_bindings=job.JobConfig."
+                "earlier_resolutions = [@job.EarlierResolution()]",
+                "--gin_bindings=job.EarlierResolution.name = '16'",
+                "--gin_bindings=job.EarlierResolution.num_stages = 0")
+  assert stages.returncode == 2 and "num_stages" in stages.stderr
+
+
+def test_azizi_job_scores_the_resolutions_of_table_1(tmp_path):
+  dry = _run(f"--gin_file={AZIZI}", f"--output_dir={tmp_path}",
+             "--dry_run")
+  assert dry.returncode == 0, dry.stderr[-2000:]
+  for name, num_stages in (("64x64", 1), ("256x256", 2)):
+    generate = re.search(rf"generate_{name}: .*\n(.*)", dry.stdout).group(1)
+    assert f"--num_stages={num_stages}" in generate
+    assert "--total=50000" in generate
+    assert "azizi_imagenet_1024.gin" in generate
+    metrics = re.search(rf"metrics_{name}: .*\n(.*)", dry.stdout).group(1)
+    assert f"--generated_dir={tmp_path}/synthetic_{name}" in metrics
+    assert "--sample_counts=50000" in metrics
+    assert "--feature_network=inception" in metrics
+  # The 1x set at 1024 is still scored.
+  assert re.search(r"^\d+\. metrics: ", dry.stdout, re.M)

@@ -296,7 +296,11 @@ def test_mirrored_two_cpu_replicas_match_one_device(tmp_path, real_dir):
     (["--cas", "--data=real+synthetic"], "--cas trains on synthetic data"),
     (["--gin_bindings=recipes.ClassifierRecipe.epoch = 3"], "bad gin"),
     (["--real_data_dir=/no/such/dir"], "no real split 'validation'"),
-], ids=["unknown_data", "cas_on_mixed", "bad_binding", "missing_data"])
+    # The 32 x 32 records cannot be made 64 x 64 (Table A.3's column).
+    (["--gin_bindings=trainer.train_classifier.data_resolution = 64"],
+     "data_resolution 64 is larger than the stored real images"),
+], ids=["unknown_data", "cas_on_mixed", "bad_binding", "missing_data",
+        "data_resolution_too_large"])
 def test_bad_flags_and_config_exit_2(tmp_path, real_dir, flags, message):
   command = [sys.executable, TOOL, f"--gin_file={TINY_GIN}",
              f"--model_dir={tmp_path / 'run'}"]

@@ -1,8 +1,11 @@
 """Sample-quality metrics of one generated set against real data.
 
-  # a set written by tools/generate.py, scored with the FID Inception
+  # a set written by tools/generate.py, scored with the FID Inception, and
+  # the Inception Score on the 2015 Inception's 1008 logits (pytorch-fid's
+  # weights file; without it no IS is reported)
   python tools/evaluate.py --generated_dir=runs/synthetic \
-      --real_data_dir=gs://bucket/imagenet --output_dir=runs/synthetic_eval
+      --real_data_dir=gs://bucket/imagenet --output_dir=runs/synthetic_eval \
+      --is_inception_weights=pt_inception-2015-12-05-6726825d.pth
 
   # the embedded Fashion-MNIST: a Fashion-MNIST classifier's features
   # (the model.keras of a tools/train_classifier.py run)
@@ -20,7 +23,10 @@ data), KID and precision/recall against the real features kept
 network; with --cas also CAS top-1 / top-5 (a classifier trained on the set
 in <output_dir>/cas_classifier, resumable). The default N's are CDM's 10K
 and 50K where the set has them, and the whole set when it has fewer than
-50K images. Writes <output_dir>/metrics.json and prints the table.
+50K images. On the FID Inception the IS needs --is_inception_weights (or
+--is_classifier_model); without either, metrics.json and the table carry a
+note that no IS is reported and why. Writes <output_dir>/metrics.json and
+prints the table.
 
 Exit status 2: bad flags, configuration or missing files; 1: stopped during
 CAS training (run again to resume).
@@ -152,7 +158,8 @@ def _check_real_data(num_classes):
                        "reference split to be compared with")
 
 
-def _real_baseline(extractor, references, count, resolution, num_classes):
+def _real_baseline(extractor, classifier, references, count, resolution,
+                   num_classes):
   """The metrics of the first ``count`` real images of the baseline split,
   prepared like the reference images, against the other splits."""
   split = FLAGS.real_baseline_split
@@ -163,9 +170,18 @@ def _real_baseline(extractor, references, count, resolution, num_classes):
       real, extractor, num_examples=count, batch_size=FLAGS.batch_size,
       preprocess=features.center_crop_resize(resolution))
   others = {name: r for name, r in references.items() if name != split}
-  # IS needs logits: without them (the FID Inception) the baseline has none.
-  return sample_quality.evaluate(extracted, extractor, others,
-                                 sample_counts=(count,))
+  # The IS from the extractor's logits, or from logits that follow from its
+  # features (the 2015 Inception's); a separate classifier's would take a
+  # second pass over the real images, which the baseline does not make.
+  separate = classifier is not None and (
+      not sample_quality.scores_from_features(classifier, extractor))
+  baseline = sample_quality.evaluate(
+      extracted, extractor, others, sample_counts=(count,),
+      classifier=None if separate else classifier)
+  if separate:
+    baseline.notes = [f"IS not reported for the real images: {classifier.name}"
+                      " would need a second pass over them."]
+  return baseline
 
 
 def main(argv):
@@ -198,6 +214,8 @@ def main(argv):
   print_fn(f"{manifest.num_examples} generated images at {resolution}x"
            f"{resolution}; FID@{counts} against "
            f"{', '.join(FLAGS.reference_splits)} with {extractor.name}")
+  if classifier is not None and not extractor.has_logits:
+    print_fn(f"IS with {classifier.name}")
   references = {
       split: fid.reference_statistics(
           FLAGS.real_data_dir, extractor, split=split,
@@ -223,8 +241,9 @@ def main(argv):
       raise SystemExit("stopped during CAS training; run again to resume")
     metrics.extend(sweep.cas_values(scores, cas_name, manifest.num_examples))
   if FLAGS.real_baseline_split:
-    baseline = _real_baseline(extractor, references, max(sample_counts),
-                              resolution, manifest.num_classes)
+    baseline = _real_baseline(extractor, classifier, references,
+                              max(sample_counts), resolution,
+                              manifest.num_classes)
     path = os.path.join(FLAGS.output_dir, BASELINE_FILE)
     baseline.write_json(path)
     print_fn(f"for scale, {max(sample_counts)} real "

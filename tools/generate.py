@@ -10,6 +10,10 @@ How many images (one of):
   --total=N           N images spread evenly over the classes
   --classes=3,7 --per_class=N   N images of each listed class
 
+An earlier resolution: --num_stages=N runs only the cascade's first N
+stages (e.g. 1 and 2 of a 64 -> 256 -> 1024 cascade for FID at 64x64 and
+256x256); the images are those the next stage would have upsampled.
+
 Many workers: start the same command with --num_workers=W and
 --worker_index=0..W-1; each writes a disjoint set of shards. Killed and
 restarted with the same flags, a worker regenerates only its incomplete
@@ -47,6 +51,8 @@ flags.DEFINE_list("classes", None, "0-based classes to generate (with "
 flags.DEFINE_integer("per_class", None, "Images of each of --classes.")
 flags.DEFINE_integer("num_workers", 1, "Workers sharing the plan.")
 flags.DEFINE_integer("worker_index", 0, "This worker, 0..num_workers-1.")
+flags.DEFINE_integer("num_stages", None, "Run only the cascade's first N "
+                     "stages; default: all of them.", lower_bound=1)
 flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
 strategies.define_flags()
 FLAGS = flags.FLAGS
@@ -83,19 +89,19 @@ def main(argv):
     plan = plan_lib.GenerationPlan(_class_counts(classes),
                                    settings.examples_per_shard, FLAGS.split)
     plan.worker_shards(FLAGS.num_workers, FLAGS.worker_index)  # checks them
+    stages = cascade_lib.leading_stages(FLAGS.num_stages)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if FLAGS.dry_run:
     print(synthetic_dataset.describe_plan(
-        plan, cascade_lib.estimated_evaluations_per_image(
-            cascade_lib.configured_stages()),
+        plan, cascade_lib.estimated_evaluations_per_image(stages),
         FLAGS.num_workers, FLAGS.worker_index))
     return
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
   try:
     cascade = cascade_lib.Cascade(
-        strategy=strategy,
+        stages=stages, strategy=strategy,
         dtype_policy=strategies.dtype_policy(FLAGS.mixed_precision))
     print(f"cascade {cascade.resolutions} on {cascade.num_replicas} "
           f"replica(s), {cascade.network_evaluations_per_example()} network "

@@ -79,9 +79,12 @@ def _write_report(config, output_dir, step_seconds, notes=()):
       classifier_runs=job.classifier_run_dirs(config, output_dir),
       metrics_file=job.metrics_path(output_dir),
       baseline_metrics_file=job.baseline_metrics_path(output_dir),
+      metrics_heading=config.metrics_heading,
       settings=job.settings_table(config, output_dir, _strategy_flags()),
       step_seconds=step_seconds, notes=notes,
-      extra_sections=job.headline_sections(config, output_dir, report_dir))
+      extra_sections=(job.earlier_resolution_sections(config, output_dir)
+                      + job.headline_sections(config, output_dir,
+                                              report_dir)))
   print(f"report: {path}", flush=True)
 
 

@@ -6,12 +6,12 @@
       --real_data_dir=data/fashion_mnist --output_dir=runs/sweep_base \
       --feature_network=classifier --classifier_model=runs/clf/model.keras
 
-  # Azizi et al.'s 64x64 base sweep, FID Inception features, IS from an
-  # ImageNet classifier, TPU
+  # Azizi et al.'s 64x64 base sweep, FID Inception features, IS on the 2015
+  # Inception's 1008 logits (pytorch-fid's weights file, a local path), TPU
   python tools/sweep.py --gin_file=gin/sweeps/azizi_base64_guidance_logvar.gin \
       --gin_bindings='BASE_MODEL_DIR = "gs://bucket/exports/base64"' \
       --real_data_dir=gs://bucket/imagenet --output_dir=gs://bucket/sweeps/base \
-      --is_classifier_model=gs://bucket/inception_v3_imagenet.keras \
+      --is_inception_weights=pt_inception-2015-12-05-6726825d.pth \
       --strategy=tpu --tpu=my-tpu --mixed_precision=bfloat16
 
   # with the Classification Accuracy Score of every point: add the CAS

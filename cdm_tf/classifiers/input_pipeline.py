@@ -25,8 +25,19 @@ then builds one input pipeline's share of the batches:
 5. The recipe's RandAugment per image, batching to the per-replica batch,
    then its MixUp / CutMix per batch; labels become one-hot.
 
+With the recipe's repeated augmentation (DeiT's), the stream of step 2
+repeats each example before step 3 (``repeat_examples``), so its copies get
+their own seeds and are cropped and augmented independently.
+
 Validation batches use the CAS evaluation crop of real images (short side
 to R, centre crop S) and cover the split exactly once under any strategy.
+
+With a ``data_resolution`` r (Azizi et al. Table A.3's 64 x 64 column),
+every real image, training and validation, is first made r x r exactly as
+the cascade's training data of that resolution
+(``classifier_preprocessing.as_generator_data``), then cropped as above;
+synthetic images, already r x r, pass as they are
+(``check_data_resolution``).
 """
 
 import dataclasses
@@ -248,6 +259,74 @@ def resolve_training_set(data):
   return training_set
 
 
+def _first_image_size(dataset, what):
+  for element in dataset.take(1):
+    height, width = element[schema.IMAGE].shape[:2]
+    return int(height), int(width)
+  raise configuration.ConfigError(f"{what} holds no images")
+
+
+def check_data_resolution(training_set, data_resolution):
+  """Checks that ``training_set`` can be trained at ``data_resolution``.
+
+  Real images are made r x r from their centre crop, so the stored photos
+  must not be smaller: the first image of each real split used (validation,
+  and train when real data is trained on) must be at least r on its short
+  side. That refuses sets stored at one smaller size (downsampled ImageNet,
+  the embedded Fashion-MNIST at 32 x 32); an odd small ImageNet photo is
+  interpolated up, as for the generator. Synthetic images pass unchanged,
+  so the first one must be exactly r x r.
+
+  Args:
+    training_set: a ``TrainingSet``.
+    data_resolution: the side r, or None (images as stored: no check).
+
+  Raises:
+    ConfigError (a ValueError): r is not a positive integer, is larger
+      than the stored real images, or is not the synthetic images' size.
+  """
+  if data_resolution is None:
+    return
+  try:
+    resolution = classifier_preprocessing.check_resolution(data_resolution)
+  except ValueError as e:
+    raise configuration.ConfigError(f"data_resolution: {e}") from e
+  data = training_set.data
+  real_splits = [(VALIDATION_SPLIT, _list_split(
+      data.real_data_dir, VALIDATION_SPLIT, "real"))]
+  if training_set.real_files:
+    real_splits.append((data.train_split, list(training_set.real_files)))
+  for split, paths in real_splits:
+    what = f"the real {split!r} split of {data.real_data_dir}"
+    height, width = _first_image_size(imagenet_reader.read_dataset(
+        paths, num_classes=training_set.num_classes, shuffle=False), what)
+    if min(height, width) < resolution:
+      raise configuration.ConfigError(
+          f"data_resolution {resolution} is larger than the stored real "
+          f"images: the first image of {what} is {height}x{width}")
+  if training_set.synthetic_paths:
+    size = _first_image_size(
+        mixing.read_synthetic(list(training_set.synthetic_paths[:1])),
+        f"the synthetic set {data.synthetic_dir}")
+    if size != (resolution, resolution):
+      raise configuration.ConfigError(
+          f"the synthetic images of {data.synthetic_dir} are "
+          f"{size[0]}x{size[1]}, not data_resolution {resolution}x"
+          f"{resolution}: generate them at {resolution}, or set "
+          "data_resolution to their size")
+
+
+def real_at_resolution(example, data_resolution):
+  """A real reader element with its image made r x r as the generator's
+  training data (``classifier_preprocessing.as_generator_data``); as it is
+  when ``data_resolution`` is None."""
+  if data_resolution is None:
+    return example
+  return dict(example, **{schema.IMAGE: (
+      classifier_preprocessing.as_generator_data(example[schema.IMAGE],
+                                                 data_resolution))})
+
+
 def _shard(paths, input_context):
   """This input pipeline's share of the files (at least one)."""
   paths = list(paths)
@@ -294,6 +373,50 @@ def example_seed(base_seed, pipeline_id, index):
                 tf.cast(pipeline_id, tf.int64)]), index)
 
 
+def repeat_examples(examples, repeats, step_examples):
+  """Repeated augmentation: each example ``repeats`` times, same epoch length.
+
+  Hoffer et al. (2020) and Berman et al. (2019), as DeiT trains (Touvron et
+  al. 2021: 3 copies, its RASampler): every sampled image appears
+  ``repeats`` times, each copy cropped and augmented on its own (they get
+  their own seeds downstream), and an epoch keeps its number of examples,
+  so it covers about 1 / ``repeats`` of the distinct images.
+
+  Where the copies go: the stream is cut into groups of
+  g = ceil(step_examples / repeats) consecutive examples and each group is
+  emitted ``repeats`` times in order, so the copies of an image are g
+  examples apart, in the same step (its examples are ``step_examples``
+  consecutive ones of this pipeline, one per-replica batch after the
+  other). With 3 or more replicas per pipeline (g >= the per-replica
+  batch) the copies land on different replicas, as DeiT's sampler puts them
+  on different GPUs; with one replica they share its batch, as DeiT's
+  sampler does on one GPU. When ``step_examples`` is not a multiple of
+  ``repeats`` the groups drift against the steps and some copies fall in
+  the next step. The transformers this is for have no batch statistics,
+  so a step's gradient does not depend on which replica holds a copy.
+
+  Args:
+    examples: a dataset of reader elements, before cropping.
+    repeats: copies of each example (1: the stream unchanged).
+    step_examples: examples one step takes from this input pipeline (its
+      share of the global batch).
+
+  Returns:
+    The repeated dataset.
+  """
+  if repeats != int(repeats) or repeats < 1:
+    raise ValueError(f"repeats must be a positive integer, got {repeats}")
+  if step_examples < 1:
+    raise ValueError(f"step_examples must be positive, got {step_examples}")
+  repeats = int(repeats)
+  if repeats == 1:
+    return examples
+  group = -(-int(step_examples) // repeats)
+  # Windows keep images of different sizes (a batch could not hold them).
+  return examples.window(group, drop_remainder=True).flat_map(
+      lambda window: tf.data.Dataset.zip(window).repeat(repeats))
+
+
 def train_image(image, seed, image_size, single_crop=False,
                 crop_area_range=classifier_preprocessing.AREA_RANGE,
                 random_flip=True, max_shift=None):
@@ -332,7 +455,7 @@ def train_image(image, seed, image_size, single_crop=False,
 
 def training_examples(training_set, input_context=None, seed=0,
                       shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
-                      sampling=mixing.SAMPLING_RANDOM):
+                      sampling=mixing.SAMPLING_RANDOM, data_resolution=None):
   """One input pipeline's infinite stream of training reader elements.
 
   Args:
@@ -343,6 +466,8 @@ def training_examples(training_set, input_context=None, seed=0,
       unseeded.
     shuffle_buffer: encoded records per shuffle buffer.
     sampling: how real and synthetic interleave (``mixing.SAMPLINGS``).
+    data_resolution: if set, real images are made this size as the
+      generator's training data (``real_at_resolution``).
 
   Returns:
     A ``mixing.TrainingStream`` of ``{image, label, source}`` elements;
@@ -356,7 +481,9 @@ def training_examples(training_set, input_context=None, seed=0,
     real = imagenet_reader.read_dataset(
         list(training_set.real_files), num_classes=training_set.num_classes,
         shuffle=True, shuffle_buffer=shuffle_buffer, seed=pipeline_seed,
-        input_context=input_context)
+        input_context=input_context).map(
+            lambda example: real_at_resolution(example, data_resolution),
+            num_parallel_calls=tf.data.AUTOTUNE)
   if training_set.synthetic_size:
     synthetic = _synthetic_examples(
         training_set, input_context,
@@ -372,14 +499,16 @@ def training_examples(training_set, input_context=None, seed=0,
 
 @gin.configurable(denylist=["training_set", "image_size", "augmentation",
                             "global_batch_size", "input_context", "seed",
-                            "single_crop"])
+                            "single_crop", "data_resolution",
+                            "repeated_augmentations"])
 def training_dataset(training_set, image_size, augmentation,
                      global_batch_size, input_context=None, seed=0,
-                     single_crop=False,
+                     single_crop=False, data_resolution=None,
                      crop_area_range=classifier_preprocessing.AREA_RANGE,
                      random_flip=True, max_shift=None,
                      shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
-                     sampling=mixing.SAMPLING_RANDOM):
+                     sampling=mixing.SAMPLING_RANDOM,
+                     repeated_augmentations=None):
   """One input pipeline's infinite stream of per-replica training batches.
 
   Args:
@@ -392,12 +521,17 @@ def training_dataset(training_set, image_size, augmentation,
       sharded across input pipelines and the batch across replicas.
     seed: base seed of data order, sampling and crops.
     single_crop: the CAS protocol's training crop (see ``train_image``).
+    data_resolution: if set, real images are first made this size as the
+      generator's training data (``real_at_resolution``); synthetic ones
+      pass as they are.
     crop_area_range: random-resized crop area range.
     random_flip: random left-right flips.
     max_shift: random shifts of up to this many pixels instead of the
       random-resized crop (small images).
     shuffle_buffer: encoded records per shuffle buffer.
     sampling: how real and synthetic interleave (``mixing.SAMPLINGS``).
+    repeated_augmentations: the recipe's copies of each sampled example
+      (``repeat_examples``), or None for none.
 
   Returns:
     A dataset of (images float32 [b, S, S, 3], labels float32 [b,
@@ -407,7 +541,7 @@ def training_dataset(training_set, image_size, augmentation,
   batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
                 if input_context else global_batch_size)
   stream = training_examples(training_set, input_context, seed,
-                             shuffle_buffer, sampling)
+                             shuffle_buffer, sampling, data_resolution)
 
   def prepare(index, example):
     image = train_image(example[schema.IMAGE],
@@ -418,14 +552,23 @@ def training_dataset(training_set, image_size, augmentation,
     image.set_shape([image_size, image_size, 3])
     return image, tf.cast(example[schema.LABEL], tf.int32)
 
-  examples = stream.dataset.enumerate().map(
+  examples = stream.dataset
+  if repeated_augmentations:
+    pipeline_examples = (
+        global_batch_size // input_context.num_input_pipelines
+        if input_context else global_batch_size)
+    examples = repeat_examples(examples, repeated_augmentations,
+                               pipeline_examples)
+  examples = examples.enumerate().map(
       prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  return augmentation.apply(examples, batch_size,
-                            drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  batches = augmentation.apply(examples, batch_size, drop_remainder=True,
+                               pipeline_id=pipeline_id)
+  return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def validation_dataset(data_dir, image_size, num_classes, global_batch_size,
-                       split=VALIDATION_SPLIT, input_context=None):
+                       split=VALIDATION_SPLIT, input_context=None,
+                       data_resolution=None):
   """One pass over a real split, cropped as CAS evaluates real images.
 
   Args:
@@ -435,6 +578,8 @@ def validation_dataset(data_dir, image_size, num_classes, global_batch_size,
     global_batch_size: examples per step over all replicas.
     split: split name.
     input_context: from ``distribute_datasets_from_function``.
+    data_resolution: if set, each image is first made this size as the
+      generator's training data (``real_at_resolution``).
 
   Returns:
     A finite dataset of (images float32 [b, S, S, 3], labels int32 [b],
@@ -451,7 +596,8 @@ def validation_dataset(data_dir, image_size, num_classes, global_batch_size,
       input_context=input_context)
 
   def prepare(example):
-    image, label = classifier_preprocessing.eval_example(example, image_size)
+    image, label = classifier_preprocessing.eval_example(
+        real_at_resolution(example, data_resolution), image_size)
     # A static image shape: tf.distribute builds the empty batches of the
     # last step from it.
     image = tf.ensure_shape(image, [image_size, image_size, 3])

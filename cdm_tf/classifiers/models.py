@@ -13,10 +13,12 @@ Architectures:
   the 3x3 convolution, strided 1x1 projection shortcuts).
 * resnet_rs50 / resnet_rs101 / resnet_rs152: ``resnet_rs.ResNetRS`` (built
   here; keras-hub has no ResNet-RS).
-* vit_s16: keras-hub ``ViTBackbone`` at ViT-S/16 size (width 384, depth 12,
-  6 heads, MLP 1536, patch 16) as Beyer et al. (2022) train it: no class
-  token, global average pooling of the tokens, zero-initialised head.
-* deit_s / deit_b: keras-hub ``DeiTBackbone`` at the DeiT paper's sizes
+* vit_s16: keras-hub's ViT (``vision_transformers.ViTDropPathBackbone``) at
+  ViT-S/16 size (width 384, depth 12, 6 heads, MLP 1536, patch 16) as Beyer
+  et al. (2022) train it: no class token, global average pooling of the
+  tokens, zero-initialised head.
+* deit_s / deit_b: keras-hub's DeiT
+  (``vision_transformers.DeiTDropPathBackbone``) at the DeiT paper's sizes
   (Touvron et al. 2021, Table 1): S = 384 / 12 / 6 heads / MLP 1536,
   B = 768 / 12 / 12 / 3072, patch 16, classified from the class token.
 * deit_l: the DeiT paper defines no "L"; Table 3's 307M parameters are
@@ -27,6 +29,12 @@ keras-hub's DeiT embedding always carries a distillation token; trained
 without a teacher (as here) it is one more learned token that the head does
 not read.
 
+Stochastic depth (``stochastic_depth_rate``): ResNet-RS and the
+transformers have it (the transformers' backbones are keras-hub's layers
+with drop-path added, ``vision_transformers``; at rate 0 they compute
+exactly what keras-hub's ``ViTBackbone`` / ``DeiTBackbone`` compute); the
+keras-hub ResNets have none.
+
 ``tiny=True`` keeps each family's code path and structure at 20-110K
 parameters (e.g. at 32 x 32, patch 8), for tests that train a few steps on
 CPU.
@@ -36,6 +44,7 @@ import keras
 import keras_hub
 
 from cdm_tf.classifiers import resnet_rs
+from cdm_tf.classifiers import vision_transformers
 
 # ImageNet channel statistics for inputs in [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -194,23 +203,31 @@ def _resnet_backbone(name, image_size, tiny, resnet_sizes=None):
       **sizes)
 
 
-def _transformer_backbone(name, image_size, tiny):
+def _transformer_backbone(name, image_size, tiny, stochastic_depth_rate,
+                          seed):
   width, depth, heads, mlp = TINY_TRANSFORMER if tiny else (
       TRANSFORMER_SIZES[name])
   patch = TINY_PATCH_SIZE if tiny else PATCH_SIZE
   if image_size % patch:
     raise ValueError(f"{name}: image_size {image_size} is not a multiple "
                      f"of the patch size {patch}")
-  image_shape = (image_size, image_size, 3)
+  sizes = dict(image_size=image_size, patch_size=patch, num_layers=depth,
+               num_heads=heads, hidden_dim=width, mlp_dim=mlp,
+               stochastic_depth_rate=stochastic_depth_rate, seed=seed,
+               name=f"{name}_backbone")
   if name == "vit_s16":
-    return keras_hub.models.ViTBackbone(
-        image_shape=image_shape, patch_size=patch, num_layers=depth,
-        num_heads=heads, hidden_dim=width, mlp_dim=mlp,
-        use_class_token=False, name=f"{name}_backbone")
-  return keras_hub.models.DeiTBackbone(
-      image_shape=image_shape, patch_size=patch, num_layers=depth,
-      num_heads=heads, hidden_dim=width, intermediate_dim=mlp,
-      name=f"{name}_backbone")
+    return vision_transformers.ViTDropPathBackbone(use_class_token=False,
+                                                   **sizes)
+  return vision_transformers.DeiTDropPathBackbone(**sizes)
+
+
+def model_name(name, tiny=False, resnet_sizes=None):
+  """What a built classifier is called (reports and run files show it):
+  ``name``, with "_tiny" for the tiny version and "_resized" when
+  ``resnet_sizes`` changed the architecture, so that no table calls a
+  100K-parameter network "resnet50"."""
+  return name + ("_tiny" if tiny else "") + ("_resized" if resnet_sizes
+                                              else "")
 
 
 def create_classifier(name, num_classes=1000, image_size=224,
@@ -227,10 +244,12 @@ def create_classifier(name, num_classes=1000, image_size=224,
       also 190; DeiT-B also 384); transformers need a multiple of 16.
     dropout_rate: dropout before the head (Table A.1 "Dropout rate"); None
       means 0.
-    stochastic_depth_rate: final-block drop-path rate; only ResNet-RS has
-      stochastic depth, other models reject a non-zero rate.
+    stochastic_depth_rate: drop-path rate of the last block, in [0, 1);
+      earlier blocks drop less (ResNet-RS: rate * l / L, transformers: 0 at
+      the first block, as DeiT). The keras-hub ResNets have no stochastic
+      depth and reject a non-zero rate.
     tiny: a minimal version of the same architecture for tests.
-    seed: optional int for ResNet-RS drop-path streams.
+    seed: optional int for the drop-path streams (ResNet-RS, transformers).
     resnet_sizes: ResNets only: {key of ``RESNET_SIZE_KEYS``: list}
       replacing the architecture's (or the tiny version's) widths, depths
       or stage strides, e.g. to keep more resolution on 32 x 32 inputs.
@@ -245,8 +264,12 @@ def create_classifier(name, num_classes=1000, image_size=224,
   stochastic_depth_rate = float(stochastic_depth_rate or 0.0)
   if resnet_sizes and name not in RESNET_BLOCKS:
     raise ValueError(f"resnet_sizes is for {tuple(RESNET_BLOCKS)}, not {name}")
-  if stochastic_depth_rate and name not in RESNET_RS_DEPTHS:
-    raise ValueError(f"{name} has no stochastic depth; only ResNet-RS does")
+  if not 0.0 <= stochastic_depth_rate < 1.0:
+    raise ValueError(f"stochastic_depth_rate must be in [0, 1), got "
+                     f"{stochastic_depth_rate}")
+  if stochastic_depth_rate and name in RESNET_BLOCKS:
+    raise ValueError(f"{name} has no stochastic depth; ResNet-RS and the "
+                     "transformers do")
   head_initializer = keras.initializers.RandomNormal(stddev=0.01)
   input_mean, input_std = IMAGENET_MEAN, IMAGENET_STD
   pooling = "average"
@@ -259,7 +282,8 @@ def create_classifier(name, num_classes=1000, image_size=224,
         stochastic_depth_rate=stochastic_depth_rate, seed=seed,
         name=f"{name}_backbone", **sizes)
   else:
-    backbone = _transformer_backbone(name, image_size, tiny)
+    backbone = _transformer_backbone(name, image_size, tiny,
+                                     stochastic_depth_rate, seed)
     if name == "vit_s16":
       head_initializer = keras.initializers.Zeros()
       input_mean, input_std = MINUS_ONE_TO_ONE_MEAN, MINUS_ONE_TO_ONE_STD
@@ -269,6 +293,7 @@ def create_classifier(name, num_classes=1000, image_size=224,
   model = ImageClassifier(
       backbone, num_classes, pooling=pooling, dropout_rate=dropout_rate,
       input_mean=input_mean, input_std=input_std,
-      head_initializer=head_initializer, name=name)
+      head_initializer=head_initializer, name=model_name(name, tiny,
+                                                         resnet_sizes))
   model.build((None, image_size, image_size, 3))
   return model

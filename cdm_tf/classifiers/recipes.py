@@ -16,8 +16,11 @@ turn a recipe into the pieces of a training run:
   weight decay applied the way the recipe it comes from applies it (see
   ``WEIGHT_DECAY_CONVENTIONS``), to kernels only (not batch-norm or
   layer-norm parameters, biases, position embeddings or tokens).
-* ``create_training_augmentation``: keras.layers.RandAugment per image,
-  keras.layers.MixUp / CutMix per batch, labels one-hot.
+* ``create_training_augmentation``: RandAugment per image as the recipe's
+  source runs it (``randaugment``: the TPU / big_vision code for the
+  ResNets, ResNet-RS and ViT-S/16, timm's for DeiT; ``randaugment_variant``),
+  then the recipe's random erasing (``random_erasing``), keras.layers.MixUp
+  / CutMix per batch, labels one-hot.
 * ``create_loss``: softmax cross-entropy on logits with the table's label
   smoothing.
 
@@ -26,6 +29,14 @@ but the values are the Beta(alpha, alpha) parameters of the cited recipes:
 DeiT's mixup alpha 0.8 and cutmix alpha 1.0 (Touvron et al. 2021, Table 9,
 with one of the two per batch) and the mixup parameter 0.2 of Beyer et al.
 (2022). They are stored as ``mixup`` and ``cutmix`` and used as alphas.
+
+Azizi et al. "follow (Touvron et al., 2021) to train DeiT family models";
+DeiT's recipe (its Table 9) has ingredients Table A.2 leaves out, which
+``ClassifierRecipe`` holds beyond the table's rows (None: not used) and the
+DeiT gin files bind: weight decay 0.05 (Table A.2's "-"), random erasing
+0.25 (``random_erasing``) and repeated augmentation with 3 copies
+(``input_pipeline.repeat_examples``); its stochastic depth 0.1 is a model
+argument (``models.create_classifier``).
 """
 
 import dataclasses
@@ -34,6 +45,10 @@ from typing import Optional
 
 import keras
 import tensorflow as tf
+
+from cdm_tf.classifiers import models
+from cdm_tf.classifiers import randaugment as randaugment_lib
+from cdm_tf.classifiers import random_erasing as random_erasing_lib
 
 OPTIMIZERS = ("momentum", "adamw")
 DECAYS = ("stepwise", "cosine")
@@ -62,15 +77,10 @@ WEIGHT_DECAY_CONVENTIONS = ("l2", "decoupled", "decoupled_schedule")
 # variable's name) or "scope/kernel:0" (the TensorFlow variable it updates).
 NOT_A_KERNEL = r"(^|/)(?!kernel(:\d+)?$)[^/]*$"
 
-# All three recipes apply two RandAugment operations per image.
-RANDAUGMENT_NUM_OPS = 2
-# keras.layers.RandAugment takes a strength factor in [0, 1] that is a
-# fraction of each operation's full range (shear 1.0, translation of the
-# whole side, ...). factor = magnitude / 30 puts magnitude 10 at shear 0.33
-# and a third-of-the-side translation, near the reference RandAugment ops'
-# 0.3 shear and ~1/3 translation at magnitude 10, and keeps the tables'
-# magnitudes 9 < 10 < 15 distinct and inside Keras' range.
-RANDAUGMENT_MAGNITUDE_SCALE = 30.0
+# Every cited recipe applies two RandAugment operations per image.
+RANDAUGMENT_NUM_LAYERS = randaugment_lib.NUM_LAYERS
+# Random erasing's per-image seed: stateless_fold_in(image seed, this).
+RANDOM_ERASING_SEED_STREAM = 1
 # DeiT's switch probability between mixup and cutmix when both are on.
 CUTMIX_SWITCH_PROBABILITY = 0.5
 # The augmentation layers run in the input pipeline on float32 images in
@@ -98,10 +108,20 @@ class ClassifierRecipe:
       only).
     randaugment_magnitude: RandAugment magnitude, or None for no
       RandAugment.
+    randaugment_variant: the RandAugment the magnitude is for
+      (``randaugment.VARIANTS``): "tpu" (tensorflow/tpu's, which big_vision
+      forks: the ResNet, ResNet-RS and ViT-S/16 recipes) or "timm" (DeiT's
+      rand-m9-mstd0.5-inc1). The gin files bind it.
     mixup: mixup Beta alpha ("Mixup prob.", Table A.2 only), or None.
     cutmix: cutmix Beta alpha ("Cutmix prob.", Table A.2 only), or None.
     decay_epochs: epochs at which "stepwise" divides by 10 (A.4: 30, 60,
       80 of 90; shorter recipes scale them).
+    random_erasing: probability of erasing a rectangle of each image
+      (``random_erasing.RandomErasing``), or None (beyond the tables: DeiT's
+      0.25).
+    repeated_augmentations: copies of each sampled image per epoch, each
+      augmented on its own (``input_pipeline.repeat_examples``), or None
+      (beyond the tables: DeiT's 3).
   """
 
   epochs: int
@@ -114,9 +134,12 @@ class ClassifierRecipe:
   label_smoothing: Optional[float] = None
   dropout_rate: Optional[float] = None
   randaugment_magnitude: Optional[float] = None
+  randaugment_variant: str = randaugment_lib.VARIANT_TPU
   mixup: Optional[float] = None
   cutmix: Optional[float] = None
   decay_epochs: tuple = STEPWISE_DECAY_EPOCHS
+  random_erasing: Optional[float] = None
+  repeated_augmentations: Optional[int] = None
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -124,6 +147,10 @@ class ClassifierRecipe:
                        f"{self.optimizer!r}")
     if self.decay not in DECAYS:
       raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
+    if self.randaugment_variant not in randaugment_lib.VARIANTS:
+      raise ValueError(f"randaugment_variant must be one of "
+                       f"{sorted(randaugment_lib.VARIANTS)}, got "
+                       f"{self.randaugment_variant!r}")
     if not 0 <= self.warmup_epochs < self.epochs:
       raise ValueError(f"warmup_epochs {self.warmup_epochs} must be in "
                        f"[0, epochs={self.epochs})")
@@ -135,6 +162,15 @@ class ClassifierRecipe:
     if epochs != sorted(epochs) or any(e < 0 for e in epochs):
       raise ValueError(f"decay_epochs {self.decay_epochs} must be "
                        "non-negative and increasing")
+    if self.random_erasing is not None and not (
+        0 <= self.random_erasing <= 1):
+      raise ValueError(f"random_erasing is a probability in [0, 1], got "
+                       f"{self.random_erasing}")
+    if self.repeated_augmentations is not None and (
+        self.repeated_augmentations != int(self.repeated_augmentations)
+        or self.repeated_augmentations < 1):
+      raise ValueError(f"repeated_augmentations must be a positive integer, "
+                       f"got {self.repeated_augmentations}")
 
 
 def scaled_learning_rate(recipe, global_batch_size=None):
@@ -335,7 +371,8 @@ def create_loss(recipe, reduction="sum_over_batch_size"):
 
 
 class TrainingAugmentation:
-  """RandAugment per image, then MixUp / CutMix per batch, one-hot labels.
+  """RandAugment and random erasing per image, then MixUp / CutMix per
+  batch, one-hot labels.
 
   Use ``apply`` on a dataset of (image [H, W, 3] float in [0, 1], int label)
   examples (``cdm_tf.data.classifier_preprocessing.train_example``), or
@@ -343,24 +380,34 @@ class TrainingAugmentation:
 
   Args:
     num_classes: label depth of the one-hot labels.
-    randaugment: a keras.layers.RandAugment, or None.
+    randaugment: a ``randaugment.RandAugment``, or None.
     mixup: a keras.layers.MixUp, or None.
     cutmix: a keras.layers.CutMix, or None.
-    seed: optional int for the per-batch choice between mixup and cutmix.
+    seed: optional int for the per-image RandAugment and random erasing
+      seeds and the per-batch choice between mixup and cutmix.
+    random_erasing: a ``random_erasing.RandomErasing``, or None.
   """
 
   def __init__(self, num_classes, randaugment=None, mixup=None, cutmix=None,
-               seed=None):
+               seed=None, random_erasing=None):
     self.num_classes = int(num_classes)
     self.randaugment = randaugment
     self.mixup = mixup
     self.cutmix = cutmix
     self.seed = seed
+    self.random_erasing = random_erasing
 
-  def augment_image(self, image, label):
-    """RandAugment one image (one op choice per image); label unchanged."""
+  def augment_image(self, image, label, seed):
+    """RandAugment one image with its stateless seed (int tensor [2]),
+    then random erasing; label unchanged."""
     if self.randaugment is not None:
-      image = self.randaugment(image, training=True)
+      image = self.randaugment(image, seed)
+    # Random erasing comes last, as in DeiT's transform; its seed is folded
+    # off the image's so that the two draw independently.
+    if self.random_erasing is not None:
+      image = self.random_erasing(
+          image, tf.random.experimental.stateless_fold_in(
+              seed, RANDOM_ERASING_SEED_STREAM))
     return image, label
 
   def mix_batch(self, images, labels):
@@ -385,37 +432,48 @@ class TrainingAugmentation:
       return mix(self.cutmix)
     return images, labels
 
-  def apply(self, dataset, batch_size, drop_remainder=True):
-    """Augments, batches and mixes a dataset of single examples."""
+  def apply(self, dataset, batch_size, drop_remainder=True, pipeline_id=0):
+    """Augments, batches and mixes a dataset of single examples.
+
+    ``pipeline_id`` (of ``tf.distribute``'s input context) gives each input
+    pipeline its own sequence of per-image seeds."""
     autotune = tf.data.AUTOTUNE
-    dataset = dataset.map(self.augment_image, num_parallel_calls=autotune)
+    # One stateless seed [2] per example, a fixed sequence when self.seed
+    # is set.
+    seeds = tf.data.Dataset.random(seed=self.seed).batch(
+        2, drop_remainder=True).map(
+            lambda seed: tf.random.experimental.stateless_fold_in(
+                seed, pipeline_id))
+    dataset = tf.data.Dataset.zip(dataset, seeds).map(
+        lambda example, seed: self.augment_image(*example, seed),
+        num_parallel_calls=autotune)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.map(self.mix_batch, num_parallel_calls=autotune)
 
 
 def create_training_augmentation(
     recipe, num_classes, seed=None,
-    randaugment_num_ops=RANDAUGMENT_NUM_OPS,
-    randaugment_magnitude_scale=RANDAUGMENT_MAGNITUDE_SCALE):
-  """The recipe's augmentations from Keras preprocessing layers.
+    randaugment_num_layers=RANDAUGMENT_NUM_LAYERS,
+    input_mean=models.IMAGENET_MEAN, input_std=models.IMAGENET_STD):
+  """The recipe's augmentations.
 
   Args:
     recipe: a ClassifierRecipe.
     num_classes: label depth.
     seed: optional int seeding every layer.
-    randaugment_num_ops: operations per image.
-    randaugment_magnitude_scale: magnitude giving Keras factor 1.0.
+    randaugment_num_layers: RandAugment operations per image.
+    input_mean: the model's input normalisation (``ImageClassifier``),
+      which random erasing's noise is drawn for.
+    input_std: the same.
 
   Returns:
     A TrainingAugmentation.
   """
   randaugment = mixup = cutmix = None
   if recipe.randaugment_magnitude:
-    factor = min(1.0, recipe.randaugment_magnitude
-                 / randaugment_magnitude_scale)
-    randaugment = keras.layers.RandAugment(
-        value_range=(0.0, 1.0), num_ops=randaugment_num_ops, factor=factor,
-        seed=seed, dtype=AUGMENTATION_DTYPE)
+    randaugment = randaugment_lib.RandAugment(
+        recipe.randaugment_variant, recipe.randaugment_magnitude,
+        num_layers=randaugment_num_layers)
   if recipe.mixup:
     mixup = keras.layers.MixUp(alpha=recipe.mixup, seed=seed,
                                dtype=AUGMENTATION_DTYPE)
@@ -423,4 +481,9 @@ def create_training_augmentation(
     # A (low, high) factor samples alpha in that range; (a, a) fixes it.
     cutmix = keras.layers.CutMix(factor=(recipe.cutmix, recipe.cutmix),
                                  seed=seed, dtype=AUGMENTATION_DTYPE)
-  return TrainingAugmentation(num_classes, randaugment, mixup, cutmix, seed)
+  random_erasing = None
+  if recipe.random_erasing:
+    random_erasing = random_erasing_lib.RandomErasing(
+        recipe.random_erasing, input_mean=input_mean, input_std=input_std)
+  return TrainingAugmentation(num_classes, randaugment, mixup, cutmix, seed,
+                              random_erasing=random_erasing)

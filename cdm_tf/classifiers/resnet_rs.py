@@ -16,7 +16,8 @@ definition:
   output width.
 * Stochastic depth: the residual branch of block l of L is dropped per
   example with rate ``stochastic_depth_rate * l / L`` (the linear rule of
-  Huang et al. 2016), so the last block has the full rate.
+  Huang et al. 2016; ``stochastic_depth``'s "proportional" rule), so the
+  last block has the full rate.
 * ReLU activations by default (the paper's ResNet-D); ``activation`` can be
   set to e.g. "swish", which the TF Model Garden's ResNet-RS configs use.
 
@@ -28,6 +29,8 @@ is global (random state lives in each layer's ``SeedGenerator``).
 
 import keras
 from keras import ops
+
+from cdm_tf.classifiers import stochastic_depth
 
 # Bottleneck blocks per stage for each depth (Bello et al. 2021, Table 7).
 BLOCKS_PER_STAGE = {
@@ -44,11 +47,6 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def stochastic_depth_rates(rate, num_blocks):
-  """Per-block drop rates rising linearly to ``rate`` at the last block."""
-  return [rate * (index + 1) / num_blocks for index in range(num_blocks)]
-
-
 def _conv(filters, kernel_size, strides=1, dtype=None, name=None):
   # He-normal (fan-out) init as in the ResNet papers; BN follows, so no bias.
   return keras.layers.Conv2D(
@@ -63,43 +61,6 @@ def _batch_norm(momentum, epsilon, zero_gamma=False, dtype=None, name=None):
       momentum=momentum, epsilon=epsilon,
       gamma_initializer="zeros" if zero_gamma else "ones", dtype=dtype,
       name=name)
-
-
-@keras.saving.register_keras_serializable(package="cdm_tf")
-class StochasticDepth(keras.layers.Layer):
-  """Drops a residual branch per example while training (drop-path).
-
-  Kept branches are scaled by 1 / (1 - rate) so the expected output equals
-  the inference output, which is the identity.
-
-  Args:
-    rate: probability of dropping the branch of one example.
-    seed: optional int for the layer's random stream.
-    **kwargs: keras.layers.Layer arguments.
-  """
-
-  def __init__(self, rate, seed=None, **kwargs):
-    super().__init__(**kwargs)
-    if not 0.0 <= rate < 1.0:
-      raise ValueError(f"stochastic depth rate must be in [0, 1), got {rate}")
-    self.rate = float(rate)
-    self.seed = seed
-    self.seed_generator = keras.random.SeedGenerator(seed)
-
-  def call(self, inputs, training=None):
-    if not training or self.rate == 0.0:
-      return inputs
-    keep_probability = 1.0 - self.rate
-    shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
-    keep = ops.floor(keep_probability + keras.random.uniform(
-        shape, seed=self.seed_generator, dtype=inputs.dtype))
-    return inputs / keep_probability * keep
-
-  def compute_output_shape(self, input_shape):
-    return input_shape
-
-  def get_config(self):
-    return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="cdm_tf")
@@ -207,7 +168,7 @@ class BottleneckBlock(keras.layers.Layer):
     self.squeeze_excitation = (
         SqueezeExcitation(out_filters, self.se_ratio, dtype=dtype, name="se")
         if self.se_ratio > 0 else None)
-    self.stochastic_depth = StochasticDepth(
+    self.stochastic_depth = stochastic_depth.StochasticDepth(
         self.drop_rate, seed=seed, dtype=dtype, name="stochastic_depth")
     self.shortcut_pool = None
     self.shortcut_conv = None
@@ -341,8 +302,8 @@ class ResNetRS(keras.Model):
           self.bn_momentum, self.bn_epsilon, dtype=self.dtype_policy,
           name=f"stem_bn{index + 1}"))
 
-    rates = stochastic_depth_rates(self.stochastic_depth_rate,
-                                   sum(self.blocks_per_stage))
+    rates = stochastic_depth.block_rates(self.stochastic_depth_rate,
+                                         sum(self.blocks_per_stage))
     self.blocks = []
     for stage, (filters, count) in enumerate(
         zip(self.stage_filters, self.blocks_per_stage)):

@@ -24,10 +24,13 @@ The length of a run comes from the recipe: ``epochs`` over the training
 set's epoch (real, synthetic or both; ``input_pipeline``), at the recipe's
 batch or a smaller global batch with the learning rate scaled linearly.
 At the end the model is evaluated on the real validation split
-(``evaluation``): eval/eval.json, the per-class CSV and PNG. The trained
-model is then saved as a Keras file, ``model.keras`` (loadable with
-``keras.models.load_model`` without this code's factories or gin: what the
-sample-quality metrics load as their feature network).
+(``evaluation``): eval/eval.json, the per-class CSV and PNG. With a
+``data_resolution`` r (gin/classifiers/resnet50_64x64.gin) the real images,
+training and validation, are first made r x r as the cascade's training
+data is, so a model trained with r x r samples is tested like with like.
+The trained model is then saved as a Keras file, ``model.keras`` (loadable
+with ``keras.models.load_model`` without this code's factories or gin: what
+the sample-quality metrics load as their feature network).
 
 The data iterator is not checkpointed: its shuffle buffers of encoded
 images would go into every checkpoint (about 1 GB for ImageNet). A resumed
@@ -130,9 +133,9 @@ def make_replica_step(model, optimizer, loss_fn, global_batch_size,
                             "compare_with", "print_fn"])
 def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
           optimizer_factory=recipes.create_optimizer, global_batch_size=None,
-          single_crop=False, compare_with=None, num_steps=None,
-          checkpoint_every=1000, keep_checkpoints=3, log_every=100,
-          eval_every_epochs=0.0, eval_batch_size=None,
+          single_crop=False, compare_with=None, data_resolution=None,
+          num_steps=None, checkpoint_every=1000, keep_checkpoints=3,
+          log_every=100, eval_every_epochs=0.0, eval_batch_size=None,
           synchronized_batch_norm=False, seed=0, print_fn=print):
   """Trains (or resumes) a classifier, then evaluates it on real data.
 
@@ -151,6 +154,12 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     single_crop: CAS training crop (``input_pipeline.train_image``).
     compare_with: per-class CSV of a reference (real-data) model for the
       per-class plot.
+    data_resolution: if set, every real image (training and validation) is
+      first made this size exactly as the cascade's training data of that
+      resolution (``input_pipeline.real_at_resolution``), then cropped to
+      the model's input as usual; synthetic images must already be this
+      size (``input_pipeline.check_data_resolution``). None: images as
+      stored.
     num_steps: total steps; None is the recipe's epochs. A resumed run
       continues to this.
     checkpoint_every, keep_checkpoints, log_every: in steps.
@@ -171,6 +180,7 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     ConfigError: inconsistent model, data and batch.
     NonFiniteLossError: the loss became NaN or Inf.
   """
+  input_pipeline.check_data_resolution(training_set, data_resolution)
   chief = strategies.is_chief(strategy)
   replicas = strategy.num_replicas_in_sync
   global_batch_size = int(global_batch_size or recipe.batch_size)
@@ -234,7 +244,8 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     print_fn(f"resumed from {resumed} at step {int(step_counter.numpy())}")
   step = int(step_counter.numpy())
   print_fn(f"training {model.name} ({model.count_params():,} parameters, "
-           f"input {image_size}) on {training_set.data.data} data: "
+           f"input {image_size}) on {training_set.data.data} data"
+           f"{_resolution_text(data_resolution)}: "
            f"{training_set.real_size} real + {training_set.synthetic_size} "
            f"synthetic images per epoch, global batch {global_batch_size}, "
            f"{steps_per_epoch:.1f} steps per epoch, {num_steps} steps, peak "
@@ -252,6 +263,7 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
         "steps_per_epoch": steps_per_epoch,
         "num_steps": int(num_steps),
         "single_crop": bool(single_crop),
+        "data_resolution": data_resolution,
         "mixed_precision": keras.mixed_precision.global_policy().name,
         "training_data": training_set.summary(),
     })
@@ -262,17 +274,21 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
   # Created outside the strategy's scope: the augmentation layers' random
   # state lives on the host with the input pipeline.
   augmentation = recipes.create_training_augmentation(
-      recipe, training_set.num_classes, seed=data_seed)
+      recipe, training_set.num_classes, seed=data_seed,
+      input_mean=model.input_mean, input_std=model.input_std)
   dataset = strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.training_dataset(
           training_set, image_size, augmentation, global_batch_size,
-          input_context=context, seed=data_seed, single_crop=single_crop))
+          input_context=context, seed=data_seed, single_crop=single_crop,
+          data_resolution=data_resolution,
+          repeated_augmentations=recipe.repeated_augmentations))
   iterator = iter(dataset)
   evaluator = evaluation.Evaluator(
       model, strategy,
       lambda context: input_pipeline.validation_dataset(
           training_set.data.real_data_dir, image_size,
-          training_set.num_classes, eval_batch_size, input_context=context),
+          training_set.num_classes, eval_batch_size, input_context=context,
+          data_resolution=data_resolution),
       training_set.num_classes, eval_batch_size // replicas)
 
   replica_step = make_replica_step(model, optimizer, loss_fn,
@@ -444,6 +460,13 @@ class _Window:
                "images_per_second": self.steps * global_batch_size / elapsed}
     self.start, self.steps, self.sums = time.perf_counter(), 0, {}
     return metrics
+
+
+def _resolution_text(data_resolution):
+  if data_resolution is None:
+    return ""
+  return (f" (real images made {data_resolution}x{data_resolution} as the "
+          "generator's training data)")
 
 
 def _non_finite(what, step, manager):

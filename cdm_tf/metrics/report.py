@@ -5,7 +5,8 @@ features are different quantities; so is FID@10K against FID@50K, and FID
 against training statistics against FID against validation statistics.
 ``MetricValue.label`` spells all of it out, e.g.
 "FID@50K vs train (Inception-v3 pool3)", and ``MetricsReport`` writes the
-values as JSON (atomically) and as a text table.
+values as JSON (atomically) and as a text table, with notes on what was
+not reported and why (e.g. no Inception Score without logits).
 """
 
 import dataclasses
@@ -68,8 +69,15 @@ def _json_number(value):
 
 @dataclasses.dataclass
 class MetricsReport:
-  """An ordered collection of ``MetricValue``s."""
+  """An ordered collection of ``MetricValue``s.
+
+  Attributes:
+    values: the ``MetricValue``s.
+    notes: sentences on metrics left out and why, printed and written with
+      the values.
+  """
   values: list = dataclasses.field(default_factory=list)
+  notes: list = dataclasses.field(default_factory=list)
 
   def add(self, value):
     self.values.append(value)
@@ -85,17 +93,19 @@ class MetricsReport:
                    f"{[v.label for v in self.values]}")
 
   def as_dict(self):
-    return {"metrics": [v.as_dict() for v in self.values]}
+    return {"metrics": [v.as_dict() for v in self.values],
+            "notes": list(self.notes)}
 
   def write_json(self, path):
     files.atomic_write_json(path, self.as_dict())
 
   def format_table(self):
-    """One line per value: label, value (+- std)."""
+    """One line per value: label, value (+- std); then the notes."""
     width = max((len(v.label) for v in self.values), default=0)
     lines = []
     for v in self.values:
       text = f"{v.value:.4f}" if v.std is None else (
           f"{v.value:.4f} +- {v.std:.4f}")
       lines.append(f"{v.label:<{width}}  {text}")
+    lines.extend(f"note: {note}" for note in self.notes)
     return "\n".join(lines)

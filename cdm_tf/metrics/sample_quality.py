@@ -9,16 +9,23 @@ once, then reports, each labelled with its feature network:
   features (``fid.reference_statistics(..., keep_features=M)``), on all
   extracted generated images;
 * the Inception Score, from the extractor's logits if it has them, else
-  from ``classifier``'s (a second pass over the images).
+  from ``classifier``'s: the 2015 Inception's 1008 logits
+  (``inception_logits.InceptionLogits``) follow from the FID Inception's
+  pool3 features at hand, another classifier takes a second pass over the
+  images. Without either, the report's notes say that no IS is reported
+  and why.
 
 Typical use on ImageNet samples at 64x64::
 
   inception = fid_inception.FidInception()
+  logits = inception_logits.from_file(
+      "pt_inception-2015-12-05-6726825d.pth", inception)
   references = {split: fid.reference_statistics(
       data_dir, inception, split=split, resolution=64, keep_features=10_000)
       for split in ("train", "validation")}
   generated = mixing.read_synthetic(manifest.shard_paths(sample_dir))
-  result = sample_quality.evaluate(generated, inception, references)
+  result = sample_quality.evaluate(generated, inception, references,
+                                   classifier=logits)
   print(result.format_table())
 
 ``default_sample_counts`` picks the N's for a set of any size.
@@ -26,6 +33,7 @@ Typical use on ImageNet samples at 64x64::
 
 from cdm_tf.metrics import features as features_lib
 from cdm_tf.metrics import fid
+from cdm_tf.metrics import inception_logits
 from cdm_tf.metrics import inception_score
 from cdm_tf.metrics import kid
 from cdm_tf.metrics import precision_recall
@@ -45,6 +53,14 @@ def default_sample_counts(num_images):
   counts = {min(num_images, largest)}
   counts.update(n for n in fid.SAMPLE_COUNTS if n <= num_images)
   return tuple(sorted(counts))
+
+
+def scores_from_features(classifier, extractor):
+  """Whether ``classifier``'s logits follow from ``extractor``'s features
+  (the 2015 Inception's 1008 logits on the FID Inception's pool3), so the
+  Inception Score needs no second pass over the images."""
+  return (isinstance(classifier, inception_logits.InceptionLogits)
+          and classifier.reads_features_of(extractor))
 
 
 def evaluate(generated,
@@ -68,7 +84,8 @@ def evaluate(generated,
     references: {split name: ``fid.ReferenceStatistics``} of ``extractor``.
     sample_counts: the N's of FID@N; the first max(N) images are used.
     classifier: optional ``features.FeatureExtractor`` with logits for the
-      Inception Score, when ``extractor`` has none.
+      Inception Score, when ``extractor`` has none (e.g.
+      ``inception_logits.InceptionLogits`` on ``extractor``).
     batch_size: images per network call.
     kid_subsets, kid_subset_size: KID's subset sampling.
     neighbourhood: k of precision/recall.
@@ -99,6 +116,9 @@ def evaluate(generated,
   if extracted.logits is not None:
     result.add(inception_score.inception_score(extracted.logits,
                                                extracted.network))
+  elif scores_from_features(classifier, extractor):
+    result.add(inception_score.inception_score(
+        classifier.logits(extracted.features), classifier.name))
   elif classifier is not None:
     if isinstance(generated, features_lib.ExtractedFeatures):
       raise ValueError("the Inception Score with a separate classifier needs "
@@ -107,4 +127,6 @@ def evaluate(generated,
                                   batch_size=batch_size)
     result.add(inception_score.inception_score(scored.logits,
                                                scored.network))
+  else:
+    result.notes.append(inception_logits.not_reported_note(extracted.network))
   return result

@@ -18,6 +18,9 @@ the tools/ binaries, with every run directory under one output directory:
   <output_dir>/synthetic/           the generated set (tools/generate.py)
   <output_dir>/classifier_real/     tools/train_classifier.py --data=real
   <output_dir>/metrics/             tools/evaluate.py
+  <output_dir>/synthetic_<name>/, <output_dir>/metrics_<name>/
+                                    each earlier resolution scored
+                                    (``EarlierResolution``)
   <output_dir>/classifier_synthetic/       --cas
   <output_dir>/real_subset/                tools/subset_data.py: as many
                                            real images per class as the
@@ -46,6 +49,7 @@ from cdm_tf.classifiers import trainer as classifier_trainer
 from cdm_tf.data import real_subset
 from cdm_tf.data import synthetic_writer
 from cdm_tf.pipeline import claim_sweeps
+from cdm_tf.pipeline import report
 from cdm_tf.pipeline import runner
 
 SYNTHETIC_DIR = "synthetic"
@@ -81,6 +85,29 @@ class DiffusionStage:
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
+class EarlierResolution:
+  """Sample quality at the output of one of the cascade's earlier stages.
+
+  The synthetic set is made at the last stage's resolution; papers also
+  score the earlier stages' samples (Azizi et al. Table 1: FID and IS at
+  64x64 and 256x256 of their 64 -> 256 -> 1024 cascade). The job
+  generates ``total`` images with the cascade's first ``num_stages``
+  stages (tools/generate.py --num_stages, the same seeds: the images the
+  next stage would have upsampled) and scores them like the main set.
+
+  Attributes:
+    name: names the run directories (synthetic_<name>, metrics_<name>) and
+      the report's section, e.g. "64x64".
+    num_stages: the cascade's first this many stages.
+    total: images generated, spread evenly over the classes; FID@total.
+  """
+  name: str
+  num_stages: int
+  total: int = 50_000
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
 class JobConfig:
   """Everything the job runs.
 
@@ -110,10 +137,17 @@ class JobConfig:
       features of the real-data classifier (for data other than ImageNet;
       labelled so in every value); "inception": the FID Inception-v3.
     feature_network_name: how metric labels name the classifier features.
+    is_inception_weights: with "inception": pytorch-fid's
+      pt_inception-2015-12-05-6726825d.pth, for the Inception Score on the
+      2015 Inception's 1008 logits (the standard ImageNet IS; without it or
+      is_classifier_model the metrics say no IS is reported).
     is_classifier_model: with "inception": a Keras ImageNet classifier
-      file for the Inception Score (none is installable here).
+      file for the Inception Score instead (none is installable here).
     sample_counts: N of FID@N; None lets tools/evaluate.py choose from the
       set's size.
+    metrics_heading: the report's heading of the main set's metrics (e.g.
+      to say that its resolution is not one a paper reports).
+    earlier_resolutions: ``EarlierResolution``s also scored.
     real_baseline_split: also score this many real images of this split
       against the other splits, so the metrics have a scale (an FID on a
       classifier's features means little alone); None: no baseline.
@@ -143,8 +177,11 @@ class JobConfig:
   real_synthetic_multiplier: Optional[float] = None
   feature_network: str = "classifier"
   feature_network_name: Optional[str] = None
+  is_inception_weights: Optional[str] = None
   is_classifier_model: Optional[str] = None
   sample_counts: Optional[tuple] = None
+  metrics_heading: str = "Sample quality"
+  earlier_resolutions: tuple = ()
   real_baseline_split: Optional[str] = None
   guidance_sweep_gin_files: tuple = ()
   augmentation_sweep_gin_files: tuple = ()
@@ -166,6 +203,26 @@ class JobConfig:
                          f"directory name outside {sorted(reserved)}")
     if len(set(names)) != len(names):
       raise ValueError(f"diffusion stage names repeat: {names}")
+    earlier = [r.name for r in self.earlier_resolutions]
+    for resolution in self.earlier_resolutions:
+      if not resolution.name or os.sep in resolution.name:
+        raise ValueError(f"earlier resolution name {resolution.name!r} is "
+                         "not a plain directory name")
+      if int(resolution.num_stages) != resolution.num_stages or (
+          resolution.num_stages < 1):
+        raise ValueError(f"earlier resolution {resolution.name!r}: "
+                         "num_stages must be a positive integer, not "
+                         f"{resolution.num_stages}")
+      if int(resolution.total) != resolution.total or resolution.total < 2:
+        raise ValueError(f"earlier resolution {resolution.name!r}: total "
+                         f"must be an integer >= 2, not {resolution.total}")
+    if len(set(earlier)) != len(earlier):
+      raise ValueError(f"earlier resolution names repeat: {earlier}")
+    clashes = set(names) & {f"{prefix}_{name}" for name in earlier
+                            for prefix in (SYNTHETIC_DIR, METRICS_DIR)}
+    if clashes:
+      raise ValueError(f"diffusion stage names {sorted(clashes)} are the "
+                       "run directories of earlier resolutions")
     for stage in self.diffusion_stages:
       if not stage.gin_files:
         raise ValueError(f"diffusion stage {stage.name!r} has no gin_files")
@@ -183,10 +240,14 @@ class JobConfig:
     if self.feature_network not in FEATURE_NETWORKS:
       raise ValueError(f"JobConfig.feature_network must be one of "
                        f"{FEATURE_NETWORKS}, not {self.feature_network!r}")
-    if self.is_classifier_model and self.feature_network != "inception":
-      raise ValueError("JobConfig.is_classifier_model is for "
-                       "feature_network='inception' (the classifier "
-                       "features have logits of their own)")
+    for field in ("is_inception_weights", "is_classifier_model"):
+      if getattr(self, field) and self.feature_network != "inception":
+        raise ValueError(f"JobConfig.{field} is for "
+                         "feature_network='inception' (the classifier "
+                         "features have logits of their own)")
+    if self.is_inception_weights and self.is_classifier_model:
+      raise ValueError("JobConfig: give is_inception_weights or "
+                       "is_classifier_model, not both")
     seeds = list(self.sweep_seeds)
     if (self.guidance_sweep_gin_files or self.augmentation_sweep_gin_files
        ) and (not seeds or len(set(seeds)) != len(seeds) or any(
@@ -291,6 +352,9 @@ def steps(config, output_dir, strategy_flags=()):
         real_model, config.feature_network_name)
   else:
     feature_flags = ["--feature_network=inception"]
+    if config.is_inception_weights:
+      feature_flags.append(
+          f"--is_inception_weights={config.is_inception_weights}")
     if config.is_classifier_model:
       feature_flags.append(
           f"--is_classifier_model={config.is_classifier_model}")
@@ -308,6 +372,9 @@ def steps(config, output_dir, strategy_flags=()):
        *network_flags, f"--output_dir={metrics_dir}", *strategy_flags),
       product=os.path.join(metrics_dir, METRICS_FILE),
       description="sample-quality metrics of the synthetic set"))
+  for resolution in config.earlier_resolutions:
+    result += _earlier_resolution_steps(config, output_dir, resolution,
+                                        feature_flags, strategy_flags)
 
   cas_dir = run_dir(output_dir, CLASSIFIER_SYNTHETIC)
   result.append(runner.Step(
@@ -339,6 +406,45 @@ def steps(config, output_dir, strategy_flags=()):
       description="train the classifier on real + synthetic data"))
   result += _sweep_steps(config, output_dir, feature_flags, strategy_flags)
   return result
+
+
+def _earlier_resolution_steps(config, output_dir, resolution, feature_flags,
+                              strategy_flags):
+  """Generate with the cascade's first stages, then score those images."""
+  synthetic = run_dir(output_dir, f"{SYNTHETIC_DIR}_{resolution.name}")
+  metrics_dir = run_dir(output_dir, f"{METRICS_DIR}_{resolution.name}")
+  return [
+      runner.Step(
+          f"generate_{resolution.name}", "generate.py",
+          (*_gin_flags(config, config.generation_gin_files,
+                       _generation_bindings(config), output_dir),
+           f"--num_stages={resolution.num_stages}",
+           f"--real_data_dir={config.real_data_dir}",
+           f"--total={resolution.total}", f"--output_dir={synthetic}",
+           *strategy_flags),
+          product=os.path.join(synthetic, "manifest-train.json"),
+          description=(f"generate {resolution.total} images at "
+                       f"{resolution.name} with the cascade's first "
+                       f"{resolution.num_stages} stage(s)")),
+      runner.Step(
+          f"metrics_{resolution.name}", "evaluate.py",
+          (f"--generated_dir={synthetic}",
+           f"--real_data_dir={config.real_data_dir}", *feature_flags,
+           f"--sample_counts={resolution.total}",
+           f"--output_dir={metrics_dir}", *strategy_flags),
+          product=os.path.join(metrics_dir, METRICS_FILE),
+          description=f"sample-quality metrics at {resolution.name}"),
+  ]
+
+
+def earlier_resolution_sections(config, output_dir):
+  """[(heading, build, args)] of the earlier resolutions' metrics, for
+  ``report.write_report``'s ``extra_sections``."""
+  return [(f"Sample quality at {r.name} (the cascade's first "
+           f"{r.num_stages} stage(s))", report.metrics_section,
+           (os.path.join(output_dir, f"{METRICS_DIR}_{r.name}",
+                         METRICS_FILE),))
+          for r in config.earlier_resolutions]
 
 
 def guidance_sweep_dirs(config, output_dir):

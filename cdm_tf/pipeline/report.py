@@ -42,7 +42,7 @@ NO_DATA = "no data"
 
 def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
                  diffusion_runs, classifier_runs, metrics_file=None,
-                 baseline_metrics_file=None,
+                 baseline_metrics_file=None, metrics_heading="Sample quality",
                  settings=None, step_seconds=None, real_split="validation",
                  synthetic_split="train", samples_per_class=8,
                  max_grid_classes=MAX_GRID_CLASSES, notes=(),
@@ -59,6 +59,7 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
     metrics_file: a ``MetricsReport`` JSON.
     baseline_metrics_file: the same metrics of real images of the same
       count (tools/evaluate.py --real_baseline_split), shown for scale.
+    metrics_heading: the heading of the metrics' section.
     settings: {setting: value} of what was run; nested dicts are flattened
       to dotted keys.
     step_seconds: {step name: wall seconds}.
@@ -89,7 +90,7 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
                         samples_per_class, max_grid_classes))
   parts.append(section("Classifier accuracy", _accuracy_section,
                         report_dir, classifiers))
-  parts.append(section("Sample quality", _metrics_section, metrics_file,
+  parts.append(section(metrics_heading, metrics_section, metrics_file,
                         baseline_metrics_file))
   parts += [section(heading, build, *args)
             for heading, build, args in extra_sections]
@@ -330,7 +331,8 @@ def _metrics_rows(metrics):
   return rows
 
 
-def _metrics_section(metrics_file, baseline_file=None):
+def metrics_section(metrics_file, baseline_file=None):
+  """The table of a ``MetricsReport`` JSON [and of its real baseline]."""
   metrics = run_outputs.read_metrics(metrics_file)
   if metrics is None:
     return f"Sample-quality metrics {NOT_RUN}."
@@ -341,6 +343,9 @@ def _metrics_section(metrics_file, baseline_file=None):
           + "\nEach label names the feature network: values computed on "
           "different networks, sample counts or reference splits are "
           "different quantities.\n")
+  notes = run_outputs.read_metrics_notes(metrics_file)
+  if notes:
+    text += "\n" + bullets(notes)
   baseline = run_outputs.read_metrics(baseline_file)
   if baseline:
     text += ("\nFor scale, the same metrics of real images (the first "

@@ -311,3 +311,9 @@ def read_metrics(path):
   """The metric dicts of a ``MetricsReport`` JSON, or None without it."""
   obj = read_json(path)
   return None if obj is None else list(obj["metrics"])
+
+
+def read_metrics_notes(path):
+  """The notes of a ``MetricsReport`` JSON (metrics left out and why)."""
+  obj = read_json(path)
+  return [] if obj is None else list(obj.get("notes", []))
