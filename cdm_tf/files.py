@@ -23,6 +23,26 @@ def atomic_write_bytes(path, data):
       tf.io.gfile.remove(tmp)
 
 
+def check_writable_directory(directory):
+  """Creates ``directory`` if needed and writes and removes a probe file in
+  it: a job that writes its results at the end checks this first, so an
+  unusable output directory costs no work.
+
+  Raises:
+    OSError: naming the directory and what went wrong.
+  """
+  probe = os.path.join(directory, f".write-probe-{uuid.uuid4().hex}")
+  try:
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(probe, "wb") as f:
+      f.write(b"")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    raise OSError(f"{directory} is not a writable directory "
+                  f"({getattr(e, 'message', None) or e}); give one that "
+                  "can be created and written") from e
+
+
 def atomic_write_json(path, obj):
   atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True)
                             + "\n").encode("utf-8"))

@@ -144,6 +144,24 @@ def test_bad_flags_exit_2(setup, flags, message):
   assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["a_file", "a_file/metrics"])
+def test_unwritable_output_dir_exits_2_before_the_work(setup, name):
+  blocker = setup["root"] / "a_file"
+  blocker.write_text("not a directory\n")
+  result = _run(_command(setup, setup["root"] / name))
+  assert result.returncode == 2, (result.stdout, result.stderr[-3000:])
+  # TensorFlow's native start-up lines go to stderr too: one error line,
+  # no traceback.
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, (
+      result.stderr[-3000:])
+  assert "is not a writable directory" in errors[0], errors[0]
+  assert str(setup["root"] / name) in errors[0]
+  # Refused before any features were extracted.
+  assert "generated images at" not in result.stdout
+  assert blocker.read_text() == "not a directory\n"
+
+
 @pytest.mark.parametrize("size,counts", [
     (60_000, (10_000, 50_000)), (50_000, (10_000, 50_000)),
     (30_000, (10_000, 30_000)), (10_000, (10_000,)), (5_000, (5_000,)),

@@ -40,6 +40,7 @@ from absl import logging
 import tensorflow as tf
 
 from cdm_tf import configuration
+from cdm_tf import files
 from cdm_tf.classifiers import cas
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
@@ -197,6 +198,9 @@ def main(argv):
     manifest = _read_manifest()
     sample_counts = _sample_counts(manifest.num_examples)
     _check_real_data(manifest.num_classes)
+    # Before any work (networks loaded, features extracted): results found
+    # unwritable at the end would be lost.
+    files.check_writable_directory(FLAGS.output_dir)
     cas_score = None
     if FLAGS.cas:
       strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
@@ -244,14 +248,16 @@ def main(argv):
     baseline = _real_baseline(extractor, classifier, references,
                               max(sample_counts), resolution,
                               manifest.num_classes)
-    path = os.path.join(FLAGS.output_dir, BASELINE_FILE)
-    baseline.write_json(path)
+    # Tables are printed before their (atomic) writes: a write that fails
+    # still leaves the numbers on the terminal.
     print_fn(f"for scale, {max(sample_counts)} real "
              f"{FLAGS.real_baseline_split} images:\n" + baseline.format_table())
+    path = os.path.join(FLAGS.output_dir, BASELINE_FILE)
+    baseline.write_json(path)
     print_fn(f"wrote {path}")
+  print_fn(metrics.format_table())
   path = os.path.join(FLAGS.output_dir, METRICS_FILE)
   metrics.write_json(path)
-  print_fn(metrics.format_table())
   print_fn(f"wrote {path}")
 
 

@@ -19,7 +19,8 @@ Many workers: start the same command with --num_workers=W and
 restarted with the same flags, a worker regenerates only its incomplete
 shard. --dry_run prints the plan and the network evaluations it costs.
 Exit status 2: bad flags or gin; 3: the output directory holds a set made
-with other settings.
+with other settings or with other weights in a stage (an export's
+unet.keras replaced since the set was started).
 """
 
 import sys

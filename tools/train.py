@@ -10,6 +10,10 @@ starts a new --model_dir from another run's export or checkpoint. On TPU:
 --strategy=mirrored --mixed_precision=float16. --cpu_replicas=N splits the
 CPU into N logical devices (to run the distributed path without
 accelerators).
+
+Exit status 2: bad gin, or a step count or global batch that cannot train
+(num_steps <= 0 without init_from, a batch that is not a positive multiple
+of the replicas), refused before anything is written; 3: non-finite loss.
 """
 
 import sys
@@ -43,6 +47,8 @@ def main(argv):
   try:
     trainer.train(FLAGS.model_dir, strategy,
                   print_fn=lambda line: print(line, flush=True))
+  except configuration.ConfigError as e:
+    configuration.exit_with_error(e)
   except trainer.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)

@@ -13,7 +13,15 @@ let TensorFlow fail on a record:
   record takes ``len + 16`` bytes in a TFRecord file, so if the bytes read
   fall short of the file size, reading stopped at a corrupt (bad CRC) or
   truncated record, and a marker element carrying that record's index is
-  added.
+  added. Without ``skip_corrupt`` the marker raises right there, in the
+  file's own reader, before the records are interleaved, repeated or
+  shuffled: behind a shuffle buffer it would come out at a random time,
+  maybe after a short training run ended, or never. The reader reaches the
+  damage within one pass over the file, so training stops then, at the
+  latest one shuffle buffer after the good records before the damage. A
+  full check of the framing when the file list is built would read every
+  record header up front: one ranged read per record on GCS, far too slow
+  for ImageNet.
 * After the shuffle, records are decoded in groups of ``_GROUP_SIZE``, each
   group in its own nested dataset. The fast path decodes a whole group in
   one function call; it is taken when the group is full and its images are
@@ -42,7 +50,9 @@ not detected.
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
+import re
 
 from absl import logging
 import tensorflow as tf
@@ -60,6 +70,10 @@ RECORD_OVERHEAD_BYTES = 16
 # How each split's shards are named: the TPU tool, then TFDS.
 _SPLIT_PATTERNS = ("{split}-*-of-*", "*-{split}.tfrecord-*-of-*")
 _GLOB_CHARACTERS = "*?["
+# index and total of a shard name of either naming.
+_SHARD_NUMBERING_RE = re.compile(r"-(?P<index>\d+)-of-(?P<num>\d+)$")
+# Missing shards named in a message; the rest are counted.
+_MISSING_SHARDS_SHOWN = 5
 _STAT_THREADS = 32
 
 # Default of a missing label: far outside any label range.
@@ -146,8 +160,9 @@ def list_files(path_or_pattern, split=None):
 
   Raises:
     FileNotFoundError: nothing matches (the message names the path).
-    ValueError: a directory without ``split``, or with shards of both
-      namings.
+    ValueError: a directory without ``split``, with shards of both
+      namings, or missing some shards of its ``-of-N`` set (e.g. a copy
+      that was killed), or an invalid split name.
   """
   if isinstance(path_or_pattern, (list, tuple)):
     if not path_or_pattern:
@@ -162,6 +177,7 @@ def list_files(path_or_pattern, split=None):
     if not split:
       raise ValueError(f"{path} is a directory: pass split= (e.g. 'train') "
                        "or a file pattern")
+    schema.check_split_name(split)
     patterns = [p.format(split=split) for p in _SPLIT_PATTERNS]
     matches = [tf.io.gfile.glob(os.path.join(path, p)) for p in patterns]
     non_empty = [m for m in matches if m]
@@ -171,7 +187,7 @@ def list_files(path_or_pattern, split=None):
     if not non_empty:
       raise FileNotFoundError(f"no {split!r} shards in {path} (looked for "
                               f"{' and '.join(patterns)})")
-    return sorted(non_empty[0])
+    return _check_complete_set(path, split, sorted(non_empty[0]))
 
   if split:
     raise ValueError(f"split={split!r} is only used with a directory, but "
@@ -185,6 +201,37 @@ def list_files(path_or_pattern, split=None):
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path}: no such file or directory")
   return [path]
+
+
+def _check_complete_set(directory, split, paths):
+  """``paths``, if they are every shard 0..N-1 of one ``-of-N`` set.
+
+  Only for a directory, which stands for the whole split; a pattern or a
+  list may name a subset on purpose.
+  """
+  numbered = [_SHARD_NUMBERING_RE.search(os.path.basename(p)) for p in paths]
+  totals = {int(m["num"]) for m in numbered}
+  if len(totals) > 1:
+    raise ValueError(f"{directory}: the {split} shards mix set sizes "
+                     f"(-of-N with N in {sorted(totals)}); remove the stale "
+                     "set or pass a file pattern")
+  total = totals.pop()
+  present = {int(m["index"]) for m in numbered}
+  missing = [i for i in range(total) if i not in present]
+  if missing:
+    # Named like a present shard, with the missing index in its place.
+    name, first = os.path.basename(paths[0]), numbered[0]
+    width = len(first["index"])
+    names = [f"{name[:first.start('index')]}{i:0{width}d}"
+             f"{name[first.end('index'):]}"
+             for i in missing[:_MISSING_SHARDS_SHOWN]]
+    more = len(missing) - len(names)
+    raise ValueError(
+        f"{directory}: {len(missing)} of the {total} {split} shards are "
+        f"missing ({', '.join(names)}{f' and {more} more' if more else ''});"
+        " the copy or conversion is incomplete: finish it, or pass a file "
+        "pattern to read only some shards")
+  return paths
 
 
 def file_sizes(files):
@@ -280,7 +327,17 @@ def _feature_spec(keys):
   }
 
 
-def _records_of_file(file_id, path, size):
+def _make_file_reader(skip_corrupt):
+  """An interleave function: (file id, path, size) -> its numbered records.
+
+  A damaged file ends in a marker; without ``skip_corrupt`` the marker
+  raises here, naming the file, rather than after the shuffle.
+  """
+  return _no_autograph(functools.partial(_records_of_file,
+                                         raise_if_damaged=not skip_corrupt))
+
+
+def _records_of_file(file_id, path, size, raise_if_damaged):
   """Numbered raw records of one file, then a marker if it is damaged.
 
   Records are numbered in batches: one function call per ``_READ_BATCH``
@@ -299,6 +356,12 @@ def _records_of_file(file_id, path, size):
     # The marker row (kept only when reading stopped short of the file's
     # end) carries the record count as index and the bytes read.
     damaged = is_end & tf.not_equal(offset, size)
+    if raise_if_damaged:
+      checked = tf.cond(damaged, lambda: _as_true(tf.debugging.Assert(
+          False, [_damage_message(path, index, offset, size)])),
+                        lambda: tf.constant(True))
+      with tf.control_dependencies([checked]):
+        damaged = tf.identity(damaged)
     rows = count + tf.cast(damaged, tf.int64)
     records = {
         _FILE: tf.fill([rows], file_id),
@@ -409,17 +472,26 @@ def _make_describer(keys, num_classes):
     branches[_LABEL_OUT_OF_RANGE] = lambda: tf.strings.join([
         f"label {keys.label} = ", tf.strings.as_string(stored_label),
         f" is outside {first_label}..{last_label} ({num_classes} classes)"])
-    branches[_DAMAGED_FILE] = lambda: tf.strings.join([
-        "reading stopped at byte ", tf.strings.as_string(bytes_read), " of ",
-        tf.strings.as_string(size), ": this record is corrupt (bad "
-        "checksum), the file is truncated or it could not be read; the rest "
-        "of the file is lost"])
+    branches[_DAMAGED_FILE] = lambda: _damage_detail(bytes_read, size)
     # switch_case wants branches 0..n-1: number the problems from 0.
     return tf.switch_case(
         status - _FIRST_PROBLEM,
         [branches[s] for s in range(_FIRST_PROBLEM, _DAMAGED_FILE + 1)])
 
   return describe
+
+
+def _damage_detail(bytes_read, size):
+  return tf.strings.join([
+      "reading stopped at byte ", tf.strings.as_string(bytes_read), " of ",
+      tf.strings.as_string(size), ": this record is corrupt (bad "
+      "checksum), the file is truncated or it could not be read; the rest "
+      "of the file is lost"])
+
+
+def _damage_message(path, index, bytes_read, size):
+  return tf.strings.join([_where(path, index),
+                          _damage_detail(bytes_read, size)])
 
 
 def _where(path, index):
@@ -679,7 +751,7 @@ def read_dataset(files,
   if repeat:
     file_table = file_table.repeat()
   records = file_table.interleave(
-      _no_autograph(_records_of_file),
+      _make_file_reader(skip_corrupt),
       cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE)
   if shuffle:

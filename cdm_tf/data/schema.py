@@ -11,11 +11,17 @@ Two formats of real ImageNet exist in the wild:
 
 Inside the package a label is always 0-based.
 
+A split name (``train``, ``validation``) becomes part of file names
+(``train-00000-of-00064``, ``manifest-train.json``); ``check_split_name``
+is the one check every reader and writer applies to it.
+
 Captioned image-text data (pretraining a text-to-image stage) uses the TPU
 schema plus one feature, ``image/caption`` (UTF-8 bytes, the prompt of the
 image); the class label is optional there. Readers of labelled ImageNet
 ignore the extra feature.
 """
+
+import re
 
 FORMAT_TPU = "tpu"
 FORMAT_TFDS = "tfds"
@@ -58,3 +64,18 @@ IMAGE = "image"  # uint8 [H, W, 3]
 LABEL = "label"  # int32, 0-based
 SOURCE = "source"  # string: the TFRecord file the example came from
 CAPTION = "caption"  # string: the image's caption (captioned data only)
+
+
+# Letters, digits, "_", "-" and ".", but no separator and not "." or "..":
+# a split name must not lead a file name out of its directory.
+_SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_split_name(split):
+  """Returns ``split`` if it is a plain name, else raises ValueError."""
+  if (not isinstance(split, str) or not _SPLIT_NAME_RE.match(split)
+      or ".." in split or split == "."):
+    raise ValueError(
+        f"invalid split name {split!r}: use letters, digits, _, - and . "
+        "only (no path separators or ..), e.g. train or validation")
+  return split

@@ -229,8 +229,7 @@ def encode_example(image_uint8, label, classes, image_format="jpeg",
 
 def shard_file_name(split, index, num_shards):
   """``train-00007-of-00064``: the TPU tool's shard naming."""
-  if not split or "/" in split:
-    raise ValueError(f"invalid split name {split!r}")
+  schema.check_split_name(split)
   if not 0 <= index < num_shards or num_shards > 99999:
     raise ValueError(f"shard index {index} outside 0..{num_shards - 1} "
                      f"(at most 99999 shards)")
@@ -247,6 +246,7 @@ def parse_shard_file_name(name):
 
 def complete_shards(directory, split):
   """Sorted paths of the complete (renamed) shards of ``split``."""
+  schema.check_split_name(split)
   paths = tf.io.gfile.glob(os.path.join(directory, f"{split}-*-of-*"))
   return sorted(p for p in paths
                 if (parse_shard_file_name(p) or (None,))[0] == split)
@@ -462,9 +462,23 @@ class Manifest:
   def from_json(cls, obj):
     if obj.get("version") != MANIFEST_VERSION:
       raise ValueError(f"unsupported manifest version {obj.get('version')}")
-    return cls(split=obj["split"], num_classes=int(obj["num_classes"]),
+    split = schema.check_split_name(obj["split"])
+    shards = tuple(ShardInfo.from_json(s) for s in obj["shards"])
+    for shard in shards:
+      # A name is joined to the set's directory: one that is not a plain
+      # shard name of this split (../x, /abs/path) would be read from
+      # outside the set.
+      parsed = parse_shard_file_name(shard.file_name)
+      if (os.path.basename(shard.file_name) != shard.file_name
+          or parsed is None or parsed[0] != split):
+        raise ValueError(
+            f"shard name {shard.file_name!r} is not a file of split "
+            f"{split!r} in the set's directory (expected e.g. "
+            f"{shard_file_name(split, 0, 1)}); rebuild the manifest with "
+            "synthetic_writer.rebuild_manifest")
+    return cls(split=split, num_classes=int(obj["num_classes"]),
                image_format=obj["image_format"],
-               shards=tuple(ShardInfo.from_json(s) for s in obj["shards"]),
+               shards=shards,
                num_shards=int(obj["num_shards"]),
                num_examples=int(obj["num_examples"]),
                class_counts=tuple(int(c) for c in obj["class_counts"]),
@@ -472,6 +486,7 @@ class Manifest:
 
 
 def manifest_path(directory, split):
+  schema.check_split_name(split)
   return os.path.join(directory,
                       f"{MANIFEST_PREFIX}{split}{MANIFEST_EXTENSION}")
 

@@ -228,6 +228,9 @@ class _StageSampler:
     self.jit_compile = jit_compile
     self.steps_per_call = steps_per_call
     self.diffusion = stage.sampling_diffusion(model.diffusion_config)
+    # Of the weights loaded, not the export's weights.sha256: a unet.keras
+    # replaced after export must not pass for the weights it replaced.
+    self.weights_fingerprint = export.loaded_weights_fingerprint(model.unet)
     self.chain = None
     self.stop_alpha_bar = None
     self._prepare = tf.function(
@@ -478,11 +481,16 @@ class Cascade:
       description["class_prompts"] = self._text_key["class_prompts"]
     return description
 
+  def weights_fingerprints(self):
+    """Each stage's sha256 of the weight values it loaded, in stage order."""
+    return [s.weights_fingerprint for s in self._samplers]
+
   def config_id(self):
     """A short id of the settings and of the exported models they use.
 
     Hashes each stage's sampler settings, its export's ``diffusion.json``
-    and its weights' fingerprint, so retrained weights get a new id.
+    and the fingerprint of the weights it loaded, so retrained or replaced
+    weights get a new id.
     """
     digest = hashlib.sha256()
     for sampler in self._samplers:
@@ -491,7 +499,7 @@ class Cascade:
                                sort_keys=True).encode())
       digest.update(json.dumps(export.read_config(directory),
                                sort_keys=True).encode())
-      digest.update(export.weights_fingerprint(directory).encode())
+      digest.update(sampler.weights_fingerprint.encode())
     if self._text_key is not None:  # the prompts and their encoder
       digest.update(json.dumps(self._text_key, sort_keys=True).encode())
     return digest.hexdigest()[:16]

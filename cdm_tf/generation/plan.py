@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from cdm_tf.data import mixing
+from cdm_tf.data import schema
 from cdm_tf.data import synthetic_writer
 
 # Example id = label * ID_STRIDE + index: unique, stable, and an int64 seed.
@@ -108,7 +109,7 @@ class GenerationPlan:
                        f"{examples_per_shard}")
     self.class_counts = counts
     self.examples_per_shard = int(examples_per_shard)
-    self.split = split
+    self.split = schema.check_split_name(split)
     self.num_shards = math.ceil(self.num_examples / self.examples_per_shard)
     if self.num_shards > 99999:
       raise ValueError(f"{self.num_shards} shards exceed the 99999 the shard "

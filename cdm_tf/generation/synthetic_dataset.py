@@ -3,9 +3,10 @@
 One call is one worker's share of a ``GenerationPlan``:
 
 1. ``generation-<split>.json`` records what the set is (plan, cascade
-   config id, seed, image settings). A worker restarted, or another worker
-   joining, with different settings stops with an error instead of mixing
-   two sets in one directory.
+   config id, seed, image settings, the sha256 of each stage's loaded
+   weights). A worker restarted, or another worker joining, with different
+   settings or weights stops with an error instead of mixing two sets in
+   one directory.
 2. Temporaries left by a killed run of this worker's shards are removed;
    shards already complete (renamed to their final name) are skipped.
 3. Each remaining shard is sampled batch by batch and written to a
@@ -18,6 +19,7 @@ One call is one worker's share of a ``GenerationPlan``:
 """
 
 import dataclasses
+import json
 import os
 import time
 
@@ -80,13 +82,42 @@ class GenerationSettings:
             "base_seed": self.base_seed}
 
 
+# The generation record's per-stage sha256 of the weights loaded.
+STAGE_WEIGHTS_KEY = "stage_weights_sha256"
+
+
 def record_path(output_dir, split):
   return os.path.join(output_dir, f"generation-{split}.json")
 
 
+def _check_stage_weights(output_dir, split, cascade):
+  """Refuses a set started with other weights in one of the stages.
+
+  Compared stage by stage with what the record holds, so the message names
+  the export whose weights changed (e.g. a ``unet.keras`` replaced in
+  place); records written before stage weights were recorded hold none.
+  """
+  path = record_path(output_dir, split)
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    recorded = json.load(f).get(STAGE_WEIGHTS_KEY, [])
+  for stage, before, loaded in zip(cascade.stages, recorded,
+                                   cascade.weights_fingerprints()):
+    if before != loaded:
+      raise GenerationConflictError(
+          f"the {split!r} set in {output_dir} was started with other "
+          f"weights in the stage exported at {stage.model_dir} (sha256 "
+          f"{before[:12]}..., loaded {loaded[:12]}...; see {path}); restore "
+          "those weights or use a new output directory")
+
+
 def _check_or_write_record(output_dir, split, record):
   path = record_path(output_dir, split)
-  differing = files.json_differences(path, record)
+  # Stage weights are compared by _check_stage_weights; ignoring them here
+  # keeps sets whose record predates them.
+  differing = files.json_differences(path, record,
+                                     ignore=(STAGE_WEIGHTS_KEY,))
   if differing:
     raise GenerationConflictError(
         f"{output_dir} already holds a {split!r} set generated with other "
@@ -224,10 +255,12 @@ def generate(output_dir, cascade, plan, classes,
   started = time.time()
   tf.io.gfile.makedirs(output_dir)
   config_id = cascade.config_id()
+  _check_stage_weights(output_dir, plan.split, cascade)
   _check_or_write_record(output_dir, plan.split, {
       "plan": plan.to_json(), "generator_config_id": config_id,
       "settings": settings.stored(),
-      "classes": [c.synset for c in classes]})
+      "classes": [c.synset for c in classes],
+      STAGE_WEIGHTS_KEY: cascade.weights_fingerprints()})
 
   mine = plan.worker_shards(num_workers, worker_index)
   shards = [plan.shard(s) for s in mine]

@@ -34,11 +34,9 @@ def export_model(model, directory):
   tf.io.gfile.makedirs(tmp)
   with model.ema_weights():
     model.unet.save(os.path.join(tmp, UNET_FILE))
-    fingerprint = hashlib.sha256()
-    for weight in model.unet.get_weights():
-      fingerprint.update(weight.tobytes())
+    fingerprint = loaded_weights_fingerprint(model.unet)
   files.atomic_write_bytes(os.path.join(tmp, FINGERPRINT_FILE),
-                           fingerprint.hexdigest().encode())
+                           fingerprint.encode())
   config = model.get_config()
   config.pop("unet")
   for key in ("name", "trainable", "dtype"):
@@ -48,6 +46,18 @@ def export_model(model, directory):
     tf.io.gfile.rmtree(directory)
   tf.io.gfile.rename(tmp, directory)
   return directory
+
+
+def loaded_weights_fingerprint(unet):
+  """sha256 of a U-Net's weight values as they are now in memory.
+
+  What ``export_model`` records; computed again from the weights a loaded
+  model holds, it tells whether ``unet.keras`` was replaced since.
+  """
+  digest = hashlib.sha256()
+  for weight in unet.get_weights():
+    digest.update(weight.tobytes())
+  return digest.hexdigest()
 
 
 def weights_fingerprint(directory):

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import configuration
 from cdm_tf.data import contact_sheet
 from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.diffusion import create_diffusion
@@ -60,6 +61,19 @@ def _checkpoint(model, optimizer, iterator):
       logging.warning("this strategy's data iterator cannot be checkpointed; "
                       "a resumed run restarts the data order")
   return tf.train.Checkpoint(**items)
+
+
+def _check_steps_and_batch(num_steps, global_batch_size, init_from, replicas):
+  # num_steps = 0 only makes sense with init_from (it exports the source
+  # weights); without it, it would export an untrained model.
+  if num_steps < 0 or (num_steps == 0 and not init_from):
+    raise configuration.ConfigError(
+        f"trainer.train.num_steps must be positive (0 only with init_from), "
+        f"got {num_steps}")
+  if global_batch_size <= 0 or global_batch_size % replicas:
+    raise configuration.ConfigError(
+        f"trainer.train.global_batch_size {global_batch_size} must be a "
+        f"positive multiple of the {replicas} replica(s)")
 
 
 @gin.configurable(denylist=["model_dir", "strategy"])
@@ -103,7 +117,14 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
 
   Returns:
     dict of the last logged metrics (floats) and the final step.
+
+  Raises:
+    ConfigError: a step count or batch that cannot train (raised before
+      anything is written).
+    NonFiniteLossError: the loss became NaN or Inf.
   """
+  _check_steps_and_batch(num_steps, global_batch_size, init_from,
+                         strategy.num_replicas_in_sync)
   tf.io.gfile.makedirs(model_dir)
   # float16 needs loss scaling; bfloat16 has float32's exponent range.
   loss_scaling = keras.mixed_precision.global_policy().name == "mixed_float16"
