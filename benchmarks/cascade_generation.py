@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import gin
 import numpy as np
@@ -105,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

@@ -15,7 +15,7 @@ images/s per precision. The first step (tracing, compilation) is not timed.
 import os
 import time
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import gin
 import keras
@@ -81,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

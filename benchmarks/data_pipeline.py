@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import time
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import tensorflow as tf
 
@@ -181,4 +181,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

@@ -13,7 +13,7 @@ comparable with published FIDs).
 
 import time
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -61,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 
 from cdm_tf.metrics import repeated_runs
@@ -198,4 +198,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

@@ -14,7 +14,7 @@ sample is involved. Needs trained stages, e.g. the claims job's:
 blur=runs/claims/sr_blur/export,none=runs/claims/sr_none/export
 """
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import numpy as np
 
@@ -119,4 +119,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  command_line.run(main)

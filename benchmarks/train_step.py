@@ -16,7 +16,7 @@ means more than the raw seconds.
 
 import time
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import keras
 import numpy as np
@@ -155,4 +155,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

@@ -276,8 +276,8 @@ def test_missing_steps_say_not_run(data, tmp_path):
   assert "| synthetic only (CAS) | - | - | - | - | - | - | not run |" in text
   assert ("| real + synthetic | - | - | - | 10 | 25.00 | 75.00 | "
           f"{run_outputs.PERIODIC} |") in text
-  assert "| broken | - | - | - | - | - | - | unreadable: JSONDecodeError" \
-      in text
+  assert "| broken | - | - | - | - | - | - | unreadable: ValueError: " in text
+  assert "is not valid JSON" in text
   assert "Sample-quality metrics not run." in text
   assert "Generation not run" in text
   assert "| base | - | - | not run |" in text

@@ -295,7 +295,7 @@ def test_mirrored_two_cpu_replicas_match_one_device(tmp_path, real_dir):
     (["--data=everything"], "--data"),
     (["--cas", "--data=real+synthetic"], "--cas trains on synthetic data"),
     (["--gin_bindings=recipes.ClassifierRecipe.epoch = 3"], "bad gin"),
-    (["--real_data_dir=/no/such/dir"], "no real split 'validation'"),
+    (["--real_data_dir=/no/such/dir"], "/no/such/dir: no such data directory"),
     # The 32 x 32 records cannot be made 64 x 64 (Table A.3's column).
     (["--gin_bindings=trainer.train_classifier.data_resolution = 64"],
      "data_resolution 64 is larger than the stored real images"),

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import keras
 import numpy as np
@@ -235,4 +235,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

@@ -34,10 +34,9 @@ CAS training (run again to resume).
 
 import os
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
 from cdm_tf import configuration
 from cdm_tf import files
@@ -105,7 +104,7 @@ FLAGS = flags.FLAGS
 def _read_manifest():
   try:
     manifest = synthetic_writer.read_manifest(FLAGS.generated_dir, FLAGS.split)
-  except tf.errors.NotFoundError as e:
+  except FileNotFoundError as e:
     raise ValueError(
         f"no manifest of split {FLAGS.split!r} in {FLAGS.generated_dir} "
         f"({synthetic_writer.manifest_path(FLAGS.generated_dir, FLAGS.split)}"
@@ -190,29 +189,26 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   if FLAGS.cpu_replicas:
     strategies.split_cpu(FLAGS.cpu_replicas)
-  configuration.parse_gin_or_exit(FLAGS.gin_file, FLAGS.gin_bindings)
+  configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   print_fn = lambda line: print(line, flush=True)
-  try:
-    if not FLAGS.reference_splits:
-      raise ValueError("--reference_splits is empty")
-    manifest = _read_manifest()
-    sample_counts = _sample_counts(manifest.num_examples)
-    _check_real_data(manifest.num_classes)
-    # Before any work (networks loaded, features extracted): results found
-    # unwritable at the end would be lost.
-    files.check_writable_directory(FLAGS.output_dir)
-    cas_score = None
-    if FLAGS.cas:
-      strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
-      cas_score, cas_name = cas.configured_cas_scorer(
-          strategy, FLAGS.real_data_dir, print_fn,
-          synthetic_split=FLAGS.split)
-    extractor, classifier = networks.from_flags(FLAGS)
-    generated = mixing.read_synthetic(
-        manifest.shard_paths(FLAGS.generated_dir))
-    resolution = _resolution(generated)
-  except (ValueError, FileNotFoundError, OSError) as e:
-    configuration.exit_with_error(e)
+  if not FLAGS.reference_splits:
+    raise ValueError("--reference_splits is empty")
+  manifest = _read_manifest()
+  sample_counts = _sample_counts(manifest.num_examples)
+  _check_real_data(manifest.num_classes)
+  # Before any work (networks loaded, features extracted): results found
+  # unwritable at the end would be lost.
+  files.check_writable_directory(FLAGS.output_dir)
+  cas_score = None
+  if FLAGS.cas:
+    strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
+    cas_score, cas_name = cas.configured_cas_scorer(
+        strategy, FLAGS.real_data_dir, print_fn,
+        synthetic_split=FLAGS.split)
+  extractor, classifier = networks.from_flags(FLAGS)
+  generated = mixing.read_synthetic(
+      manifest.shard_paths(FLAGS.generated_dir))
+  resolution = _resolution(generated)
 
   counts = ", ".join(report.count_label(n) for n in sample_counts)
   print_fn(f"{manifest.num_examples} generated images at {resolution}x"
@@ -236,11 +232,8 @@ def main(argv):
     # The CAS classifier trains under the chosen precision; the metrics'
     # networks above ran as loaded.
     strategies.set_mixed_precision(FLAGS.mixed_precision)
-    try:
-      scores = cas_score(FLAGS.generated_dir,
-                         os.path.join(FLAGS.output_dir, CAS_DIR))
-    except configuration.ConfigError as e:  # model, data and batch disagree
-      configuration.exit_with_error(e)
+    scores = cas_score(FLAGS.generated_dir,
+                       os.path.join(FLAGS.output_dir, CAS_DIR))
     if scores is None:
       raise SystemExit("stopped during CAS training; run again to resume")
     metrics.extend(sweep.cas_values(scores, cas_name, manifest.num_examples))
@@ -262,4 +255,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=configuration.parse_flags_or_exit)
+  command_line.run(main)

@@ -23,9 +23,7 @@ with other settings or with other weights in a stage (an export's
 unet.keras replaced since the set was started).
 """
 
-import sys
-
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
 
@@ -83,41 +81,30 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   if FLAGS.cpu_replicas:
     strategies.split_cpu(FLAGS.cpu_replicas)
-  configuration.parse_gin_or_exit(FLAGS.gin_file, FLAGS.gin_bindings)
-  try:
-    settings = synthetic_dataset.GenerationSettings()
-    classes = class_names.load_classes(FLAGS.real_data_dir)
-    plan = plan_lib.GenerationPlan(_class_counts(classes),
-                                   settings.examples_per_shard, FLAGS.split)
-    plan.worker_shards(FLAGS.num_workers, FLAGS.worker_index)  # checks them
-    stages = cascade_lib.leading_stages(FLAGS.num_stages)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+  settings = synthetic_dataset.GenerationSettings()
+  classes = class_names.load_classes(FLAGS.real_data_dir)
+  plan = plan_lib.GenerationPlan(_class_counts(classes),
+                                 settings.examples_per_shard, FLAGS.split)
+  plan.worker_shards(FLAGS.num_workers, FLAGS.worker_index)  # checks them
+  stages = cascade_lib.leading_stages(FLAGS.num_stages)
   if FLAGS.dry_run:
     print(synthetic_dataset.describe_plan(
         plan, cascade_lib.estimated_evaluations_per_image(stages),
         FLAGS.num_workers, FLAGS.worker_index))
     return
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
-  try:
-    cascade = cascade_lib.Cascade(
-        stages=stages, strategy=strategy,
-        dtype_policy=strategies.dtype_policy(FLAGS.mixed_precision))
-    print(f"cascade {cascade.resolutions} on {cascade.num_replicas} "
-          f"replica(s), {cascade.network_evaluations_per_example()} network "
-          "evaluations per image", flush=True)
-    synthetic_dataset.generate(
-        FLAGS.output_dir, cascade, plan, classes, settings,
-        FLAGS.num_workers, FLAGS.worker_index,
-        print_fn=lambda line: print(line, flush=True))
-  except synthetic_dataset.GenerationConflictError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cascade = cascade_lib.Cascade(
+      stages=stages, strategy=strategy,
+      dtype_policy=strategies.dtype_policy(FLAGS.mixed_precision))
+  print(f"cascade {cascade.resolutions} on {cascade.num_replicas} "
+        f"replica(s), {cascade.network_evaluations_per_example()} network "
+        "evaluations per image", flush=True)
+  synthetic_dataset.generate(
+      FLAGS.output_dir, cascade, plan, classes, settings,
+      FLAGS.num_workers, FLAGS.worker_index,
+      print_fn=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

@@ -11,7 +11,7 @@ example at every cascade resolution (low to high), plus summary.json.
 import json
 import os
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 
 from cdm_tf import files
@@ -32,7 +32,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   summary, rows = inspection.inspect_split(
-      FLAGS.data_dir, FLAGS.split, [int(r) for r in FLAGS.resolutions],
+      FLAGS.data_dir, FLAGS.split,
+      inspection.parse_resolutions(FLAGS.resolutions),
       per_class=FLAGS.per_class, max_classes=FLAGS.max_classes)
   sheet_path = os.path.join(FLAGS.output_dir,
                             f"{FLAGS.split}_contact_sheet.png")
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

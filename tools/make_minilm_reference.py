@@ -23,7 +23,7 @@ import json
 import os
 import unicodedata
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import numpy as np
 from safetensors.numpy import load_file
@@ -279,4 +279,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

@@ -29,9 +29,8 @@ with other settings; otherwise a failed step's own status.
 """
 
 import os
-import sys
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 
 from cdm_tf import configuration
@@ -43,7 +42,6 @@ from cdm_tf.pipeline import runner
 from cdm_tf.training import strategies
 
 DEFAULT_GIN_FILE = "gin/pipelines/fashion_mnist.gin"
-EXIT_CONFLICT = 3
 
 flags.DEFINE_multi_string("gin_file", None, "Gin config files of the job "
                           f"(gin/pipelines); default {DEFAULT_GIN_FILE}.")
@@ -90,13 +88,13 @@ def _write_report(config, output_dir, step_seconds, notes=()):
 
 def main(argv):
   del argv
-  configuration.parse_gin_or_exit(FLAGS.gin_file or [DEFAULT_GIN_FILE],
-                                  FLAGS.gin_bindings)
+  configuration.parse_gin(FLAGS.gin_file or [DEFAULT_GIN_FILE],
+                          FLAGS.gin_bindings)
   try:
     config = job.selected()
     config.validate()
   except (ValueError, TypeError) as e:
-    configuration.exit_with_error(f"bad job configuration: {e}")
+    raise configuration.ConfigError(f"bad job configuration: {e}") from e
   steps_of = claims.steps if isinstance(config, claims.ClaimsConfig) else (
       job.steps)
   steps = steps_of(config, FLAGS.output_dir, _strategy_flags())
@@ -108,16 +106,14 @@ def main(argv):
   try:
     seconds = runner.run(FLAGS.output_dir, steps,
                          print_fn=lambda line: print(line, flush=True))
-  except runner.StepConflictError as e:
-    configuration.exit_with_error(e, EXIT_CONFLICT)
   except runner.StepFailedError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
+    # The report says how far the job got; the step's status is the job's.
     _write_report(config, FLAGS.output_dir,
                   runner.recorded_seconds(FLAGS.output_dir, steps),
                   notes=[f"Incomplete: {e}"])
-    sys.exit(e.exit_status)
+    raise
   _write_report(config, FLAGS.output_dir, seconds)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=configuration.parse_flags_or_exit)
+  command_line.run(main)

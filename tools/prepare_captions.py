@@ -9,7 +9,7 @@ text-to-image pretraining stage of the CPU pipeline run on real images:
       --output_dir=data/fashion_mnist_captions
 """
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
 
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

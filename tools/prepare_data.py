@@ -9,7 +9,7 @@ the TPU tool's schema, with manifests and classes.json:
   python tools/prepare_data.py --output_dir=data/fashion_mnist
 """
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
 
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

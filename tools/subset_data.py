@@ -12,7 +12,7 @@ Exit status 2: bad flags, a missing or unreadable source, too few records,
 or an output directory holding another subset.
 """
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 
 from cdm_tf import configuration
@@ -28,17 +28,14 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   if not FLAGS.source_dir or not FLAGS.output_dir:
-    configuration.exit_with_error("--source_dir and --output_dir are needed")
-  try:
-    manifest = real_subset.write_subset(
-        FLAGS.source_dir, FLAGS.output_dir, fraction=FLAGS.fraction,
-        per_class=FLAGS.per_class)
-  except (ValueError, OSError) as e:
-    configuration.exit_with_error(str(e))
+    raise configuration.ConfigError("--source_dir and --output_dir are needed")
+  manifest = real_subset.write_subset(
+      FLAGS.source_dir, FLAGS.output_dir, fraction=FLAGS.fraction,
+      per_class=FLAGS.per_class)
   print(f"train: {manifest.num_examples} records in {manifest.num_shards} "
         f"shards; per class {list(manifest.class_counts)}")
   print(f"wrote {FLAGS.output_dir}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=configuration.parse_flags_or_exit)
+  command_line.run(main)

@@ -33,7 +33,7 @@ sweep (or a point's set) made with other settings.
 
 import os
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
 import gin
@@ -48,7 +48,6 @@ from cdm_tf.metrics import networks
 from cdm_tf.training import strategies
 
 CAS_DIR = "cas_classifier"
-EXIT_CONFLICT = 3
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files (a gin/sweeps "
                           "config; with --cas also a gin/classifiers one).")
@@ -132,43 +131,31 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   if FLAGS.cpu_replicas:
     strategies.split_cpu(FLAGS.cpu_replicas)
-  configuration.parse_gin_or_exit(FLAGS.gin_file, FLAGS.gin_bindings)
+  configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   print_fn = lambda line: print(line, flush=True)
-  try:
-    stages, stage_names, index, points = _checked_sweep()
-    if FLAGS.dry_run:
-      _dry_run(stages, stage_names, index, points)
-      return
-    classes = class_names.load_classes(FLAGS.real_data_dir)
-    settings = synthetic_dataset.GenerationSettings()
-    references = sweep.ReferenceSpec(data_dir=FLAGS.real_data_dir)
-    extractor, classifier = networks.from_flags(FLAGS)
-  except (ValueError, FileNotFoundError, OSError) as e:
-    configuration.exit_with_error(e)
+  stages, stage_names, index, points = _checked_sweep()
+  if FLAGS.dry_run:
+    _dry_run(stages, stage_names, index, points)
+    return
+  classes = class_names.load_classes(FLAGS.real_data_dir)
+  settings = synthetic_dataset.GenerationSettings()
+  references = sweep.ReferenceSpec(data_dir=FLAGS.real_data_dir)
+  extractor, classifier = networks.from_flags(FLAGS)
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
   cas_fn, cas_name = None, sweep.DEFAULT_CAS_NAME
   if FLAGS.cas:
-    try:
-      cas_fn, cas_name = _cas_fn(strategy, print_fn)
-    except ValueError as e:
-      configuration.exit_with_error(e)
+    cas_fn, cas_name = _cas_fn(strategy, print_fn)
 
   def make_cascade(point_stages):
     return cascade_lib.Cascade(
         stages=point_stages, strategy=strategy,
         dtype_policy=strategies.dtype_policy(FLAGS.mixed_precision))
 
-  try:
-    sweep.run(FLAGS.output_dir, stages, make_cascade, classes, extractor,
-              references, settings, classifier=classifier, cas_fn=cas_fn,
-              cas_name=cas_name, stage_names=stage_names,
-              plots_only=FLAGS.plots_only, print_fn=print_fn)
-  except (sweep.SweepConflictError,
-          synthetic_dataset.GenerationConflictError) as e:
-    configuration.exit_with_error(e, EXIT_CONFLICT)
-  except (ValueError, FileNotFoundError) as e:
-    configuration.exit_with_error(e)
+  sweep.run(FLAGS.output_dir, stages, make_cascade, classes, extractor,
+            references, settings, classifier=classifier, cas_fn=cas_fn,
+            cas_name=cas_name, stage_names=stage_names,
+            plots_only=FLAGS.plots_only, print_fn=print_fn)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

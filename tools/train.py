@@ -11,14 +11,14 @@ starts a new --model_dir from another run's export or checkpoint. On TPU:
 CPU into N logical devices (to run the distributed path without
 accelerators).
 
-Exit status 2: bad gin, or a step count or global batch that cannot train
-(num_steps <= 0 without init_from, a batch that is not a positive multiple
-of the replicas), refused before anything is written; 3: non-finite loss.
+Exit status (cdm_tf/command_line.py) 2: bad flags, gin or data, or a step
+count or global batch that cannot train (num_steps <= 0 without init_from, a
+batch that is not a positive multiple of the replicas), refused before
+anything is written; 3: a --model_dir run with another model or optimizer,
+or a non-finite loss.
 """
 
-import sys
-
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
 
@@ -39,20 +39,14 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   if FLAGS.cpu_replicas:
     strategies.split_cpu(FLAGS.cpu_replicas)
-  configuration.parse_gin_or_exit(FLAGS.gin_file, FLAGS.gin_bindings)
+  configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   strategies.set_mixed_precision(FLAGS.mixed_precision)
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
   print(f"strategy {type(strategy).__name__} with "
         f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
-  try:
-    trainer.train(FLAGS.model_dir, strategy,
-                  print_fn=lambda line: print(line, flush=True))
-  except configuration.ConfigError as e:
-    configuration.exit_with_error(e)
-  except trainer.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+  trainer.train(FLAGS.model_dir, strategy,
+                print_fn=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

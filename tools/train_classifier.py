@@ -29,14 +29,15 @@ Writes <model_dir>/eval/ (eval.json, per_class_accuracy.csv and .png, the
 plot against --compare_with, a real-data model's per-class CSV, when given)
 and, with --cas, <model_dir>/cas_report.json.
 
-Exit status: 0 done (or stopped by SIGTERM with a checkpoint), 2 bad flags or
-configuration, 3 non-finite loss.
+Exit status (cdm_tf/command_line.py): 0 done (or stopped by SIGTERM with a
+checkpoint), 2 bad flags, configuration or data, 3 a --model_dir run with
+another model or optimizer, or a non-finite loss.
 """
 
 import functools
 import os
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
 import tensorflow as tf
@@ -50,7 +51,6 @@ from cdm_tf.training import strategies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAS_GIN_FILE = os.path.join(ROOT, "gin", "classifiers", "resnet50_cas.gin")
-EXIT_NON_FINITE_LOSS = 3
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files (a "
                           "gin/classifiers config; with --cas the default is "
@@ -98,7 +98,7 @@ def _check_flags():
   data = FLAGS.data or (input_pipeline.DATA_SYNTHETIC if FLAGS.cas
                         else input_pipeline.DATA_REAL)
   if FLAGS.cas and data == input_pipeline.DATA_REAL_AND_SYNTHETIC:
-    configuration.exit_with_error(
+    raise configuration.ConfigError(
         f"--cas trains on synthetic data (or, as its reference, on real "
         f"data) only, not --data={data}")
   training_data = input_pipeline.TrainingData(
@@ -106,19 +106,16 @@ def _check_flags():
       synthetic_dir=FLAGS.synthetic_dir,
       synthetic_multiplier=FLAGS.synthetic_multiplier,
       synthetic_split=FLAGS.synthetic_split)
-  try:
-    training_data.validate()
-  except configuration.ConfigError as e:
-    configuration.exit_with_error(e)
+  training_data.validate()
   if FLAGS.compare_with:
     try:
       evaluation.read_per_class_csv(FLAGS.compare_with)
     except (ValueError, OSError, tf.errors.OpError) as e:
-      configuration.exit_with_error(
-          f"--compare_with {FLAGS.compare_with}: {e}")
+      raise configuration.ConfigError(
+          f"--compare_with {FLAGS.compare_with}: {e}") from e
   gin_files = FLAGS.gin_file or ([CAS_GIN_FILE] if FLAGS.cas else [])
   if not gin_files:
-    configuration.exit_with_error(
+    raise configuration.ConfigError(
         "give --gin_file, a gin/classifiers config (model and recipe)")
   return training_data, gin_files
 
@@ -128,9 +125,9 @@ def _configured():
   try:
     return cas.configured_classifier()
   except (ValueError, TypeError) as e:
-    configuration.exit_with_error(
+    raise configuration.ConfigError(
         "the gin configuration must bind recipes.ClassifierRecipe and "
-        f"models.create_classifier (a gin/classifiers config): {e}")
+        f"models.create_classifier (a gin/classifiers config): {e}") from e
 
 
 def main(argv):
@@ -139,35 +136,32 @@ def main(argv):
   training_data, gin_files = _check_flags()
   if FLAGS.cpu_replicas:
     strategies.split_cpu(FLAGS.cpu_replicas)
-  configuration.parse_gin_or_exit(gin_files, FLAGS.gin_bindings)
+  configuration.parse_gin(gin_files, FLAGS.gin_bindings)
   recipe, model_factory, optimizer_factory = _configured()
   strategies.set_mixed_precision(FLAGS.mixed_precision)
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
   print(f"strategy {type(strategy).__name__} with "
         f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
   print_fn = functools.partial(print, flush=True)
-  try:
-    if FLAGS.cas:
-      cas.classification_accuracy_score(
-          FLAGS.model_dir, strategy, training_data.real_data_dir,
-          training_data.synthetic_dir, recipe, model_factory,
-          synthetic_multiplier=training_data.synthetic_multiplier,
-          synthetic_split=training_data.synthetic_split,
-          global_batch_size=FLAGS.global_batch_size,
-          compare_with=FLAGS.compare_with,
-          optimizer_factory=optimizer_factory, print_fn=print_fn,
-          data=training_data.data)
-    else:
-      training_set = input_pipeline.resolve_training_set(training_data)
-      trainer.train_classifier(FLAGS.model_dir, strategy, training_set, recipe,
-                    model_factory, optimizer_factory=optimizer_factory,
-                    global_batch_size=FLAGS.global_batch_size,
-                    compare_with=FLAGS.compare_with, print_fn=print_fn)
-  except configuration.ConfigError as e:
-    configuration.exit_with_error(e)
-  except trainer.NonFiniteLossError as e:
-    configuration.exit_with_error(e, EXIT_NON_FINITE_LOSS)
+  if FLAGS.cas:
+    cas.classification_accuracy_score(
+        FLAGS.model_dir, strategy, training_data.real_data_dir,
+        training_data.synthetic_dir, recipe, model_factory,
+        synthetic_multiplier=training_data.synthetic_multiplier,
+        synthetic_split=training_data.synthetic_split,
+        global_batch_size=FLAGS.global_batch_size,
+        compare_with=FLAGS.compare_with,
+        optimizer_factory=optimizer_factory, print_fn=print_fn,
+        data=training_data.data)
+  else:
+    training_set = input_pipeline.resolve_training_set(training_data)
+    trainer.train_classifier(FLAGS.model_dir, strategy, training_set, recipe,
+                             model_factory,
+                             optimizer_factory=optimizer_factory,
+                             global_batch_size=FLAGS.global_batch_size,
+                             compare_with=FLAGS.compare_with,
+                             print_fn=print_fn)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=configuration.parse_flags_or_exit)
+  command_line.run(main)

@@ -14,7 +14,7 @@ Writes report.json to --output_dir; exits 1 if any check fails.
 import os
 import sys
 
-from absl import app
+from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 import gin
 
@@ -51,7 +51,7 @@ def _print_convergence(row):
 
 def main(argv):
   del argv
-  configuration.parse_gin_or_exit(FLAGS.gin_file, FLAGS.gin_bindings)
+  configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   rows = gin.get_configurable(analytic.moment_report)(progress=_print_row)
   convergence = gin.get_configurable(analytic.convergence_report)(
       progress=_print_convergence)
@@ -71,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command_line.run(main)

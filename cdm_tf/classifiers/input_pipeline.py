@@ -197,6 +197,22 @@ def _synthetic_manifest(directory, split):
     raise configuration.ConfigError(
         f"synthetic set {directory} is incomplete: {len(manifest.shards)} of "
         f"{manifest.num_shards} shards (generation still running?)")
+  # Class-balanced sampling trusts the manifest's counts: check them
+  # against the shards (one label scan, cached next to the set).
+  try:
+    counts = class_counts.count_per_class(
+        manifest.shard_paths(directory), num_classes=manifest.num_classes)
+  except ValueError as e:
+    raise configuration.ConfigError(str(e)) from e
+  differing = [c for c in range(manifest.num_classes)
+               if counts[c] != manifest.class_counts[c]]
+  if differing:
+    c = differing[0]
+    raise configuration.ConfigError(
+        f"{path} disagrees with its shards: class {c} has "
+        f"{manifest.class_counts[c]} examples in the manifest, {counts[c]} "
+        f"in the shards ({len(differing)} classes differ); rebuild the "
+        "manifest with synthetic_writer.rebuild_manifest")
   return manifest
 
 

@@ -53,6 +53,7 @@ from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import input_pipeline
 from cdm_tf.classifiers import recipes
 from cdm_tf.training import preemption
+from cdm_tf.training import run_settings
 from cdm_tf.training import strategies
 from cdm_tf.training import trainer as diffusion_trainer
 
@@ -239,6 +240,10 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
                                    optimizer=optimizer, step=step_counter)
   manager = preemption.checkpoint_manager(checkpoint, model_dir, strategy,
                                          keep_checkpoints)
+  run_settings.check_or_record(
+      model_dir, run_settings.describe({"name": model.name}, optimizer,
+                                       model.weights),
+      resuming=manager.latest_checkpoint is not None, chief=chief)
   resumed = preemption.restore_latest(checkpoint, manager)
   if resumed:
     print_fn(f"resumed from {resumed} at step {int(step_counter.numpy())}")
@@ -363,6 +368,7 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     if step > start_step:
       print_fn(f"trained steps {start_step}..{step} in "
                f"{time.perf_counter() - run_start:.1f} s")
+    strategies.print_weights_digest(strategy, model.weights, print_fn)
     result = _evaluate(evaluator, step, print_fn)
     writer.flush()
   if chief:

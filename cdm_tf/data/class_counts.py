@@ -169,7 +169,7 @@ def _scan(files, sizes, keys, num_classes, cycle_length, skip_corrupt):
     if got != size:
       problem(f"{path}: reading stopped at record {records} (byte {got} of "
               f"{size}): the record is corrupt (bad checksum) or the file is "
-              "truncated")
+              "truncated; copy or write the file again")
   return counts
 
 

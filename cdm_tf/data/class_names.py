@@ -7,7 +7,6 @@ their classes in a ``classes.json`` next to their records (written by
 """
 
 import dataclasses
-import json
 import os
 
 import tensorflow as tf
@@ -45,10 +44,11 @@ def write_classes_file(directory, classes):
 def load_classes(data_dir=None):
   """Classes of the dataset in ``data_dir``: its classes.json, else ImageNet."""
   if data_dir:
+    if not tf.io.gfile.isdir(data_dir):
+      raise FileNotFoundError(f"{data_dir}: no such data directory")
     path = os.path.join(data_dir, CLASSES_FILE)
     if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path) as f:
-        entries = json.load(f)
+      entries = files.read_json(path)
       try:
         return [ClassInfo(synset=str(e["synset"]), name=str(e["name"]))
                 for e in entries]

@@ -57,6 +57,7 @@ import re
 from absl import logging
 import tensorflow as tf
 
+from cdm_tf import files as files_lib
 from cdm_tf.data import image_decoding
 from cdm_tf.data import schema
 
@@ -151,7 +152,11 @@ def list_files(path_or_pattern, split=None):
     path_or_pattern: a directory (then ``split`` is required and the split's
       shards of either naming are found: ``train-00000-of-01024`` or
       ``imagenet2012-train.tfrecord-00000-of-01024``), a glob pattern, a
-      file, or a list of any of these. ``gs://`` paths work.
+      file, or a list of any of these. ``gs://`` paths work. A path that
+      exists as it is written is a directory or file even if it holds glob
+      characters (``data[1]``); so is the directory part of a pattern
+      (``data[1]/train-*`` is ``train-*`` in the directory ``data[1]``
+      if there is one).
     split: split name, e.g. ``"train"`` or ``"validation"``; only for
       directories.
 
@@ -179,7 +184,7 @@ def list_files(path_or_pattern, split=None):
                        "or a file pattern")
     schema.check_split_name(split)
     patterns = [p.format(split=split) for p in _SPLIT_PATTERNS]
-    matches = [tf.io.gfile.glob(os.path.join(path, p)) for p in patterns]
+    matches = [files_lib.glob_in(path, p) for p in patterns]
     non_empty = [m for m in matches if m]
     if len(non_empty) > 1:
       raise ValueError(f"{path} holds {split} shards of both namings "
@@ -190,11 +195,20 @@ def list_files(path_or_pattern, split=None):
     return _check_complete_set(path, split, sorted(non_empty[0]))
 
   if split:
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f"{path}: no such directory (give the data "
+                              "directory holding the split's shards)")
     raise ValueError(f"split={split!r} is only used with a directory, but "
                      f"{path} is not one")
-  if _has_glob(path):
-    matches = [m for m in tf.io.gfile.glob(path)
-               if not tf.io.gfile.isdir(m)]
+  if _has_glob(path) and not tf.io.gfile.exists(path):
+    directory, name = os.path.split(path)
+    if directory and tf.io.gfile.isdir(directory):
+      # Only the file name is a pattern: the directory's name may hold
+      # glob characters.
+      matches = files_lib.glob_in(directory, name)
+    else:
+      matches = tf.io.gfile.glob(path)
+    matches = [m for m in matches if not tf.io.gfile.isdir(m)]
     if not matches:
       raise FileNotFoundError(f"no files match {path}")
     return sorted(matches)
@@ -485,8 +499,8 @@ def _damage_detail(bytes_read, size):
   return tf.strings.join([
       "reading stopped at byte ", tf.strings.as_string(bytes_read), " of ",
       tf.strings.as_string(size), ": this record is corrupt (bad "
-      "checksum), the file is truncated or it could not be read; the rest "
-      "of the file is lost"])
+      "checksum), the file is truncated or it could not be read; copy or "
+      "write the file again"])
 
 
 def _damage_message(path, index, bytes_read, size):

@@ -13,6 +13,46 @@ from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import schema
 
+# Largest side a contact sheet is drawn at: far above any cascade stage, and
+# a mistyped 100000 would otherwise try to allocate terabytes.
+MAX_RESOLUTION = 1024
+
+
+def parse_resolutions(values, flag="--resolutions"):
+  """The cascade resolutions named by ``values`` (strings such as a list
+  flag's, or ints), as ints in the given order.
+
+  Larger than the stored images is allowed: the diffusion preprocessing
+  upsamples small photos, as training does.
+
+  Raises:
+    ValueError: an empty list, a value that is not an integer, not in
+      1..MAX_RESOLUTION, or given twice; the message names the value and
+      ``flag``.
+  """
+  given = ",".join(str(v) for v in values)
+  fix = (f"give distinct image sides from 1 to {MAX_RESOLUTION}, separated "
+         f"by commas, e.g. {flag}=16,32")
+  if not values:
+    raise ValueError(f"no resolutions given ({flag}={given}); {fix}")
+  resolutions = []
+  for value in values:
+    try:
+      if isinstance(value, (bool, float)):
+        raise ValueError(value)  # int() would accept and truncate them
+      resolution = int(str(value).strip())
+    except ValueError:
+      raise ValueError(f"resolution {str(value)!r} is not an integer "
+                       f"({flag}={given}); {fix}") from None
+    if not 1 <= resolution <= MAX_RESOLUTION:
+      raise ValueError(f"resolution {resolution} is outside 1.."
+                       f"{MAX_RESOLUTION} ({flag}={given}); {fix}")
+    if resolution in resolutions:
+      raise ValueError(f"resolution {resolution} is given twice "
+                       f"({flag}={given}); {fix}")
+    resolutions.append(resolution)
+  return resolutions
+
 
 def inspect_split(data_dir, split, resolutions, per_class=4,
                   max_classes=20, num_classes=None, seed=0):
@@ -30,7 +70,11 @@ def inspect_split(data_dir, split, resolutions, per_class=4,
   Returns:
     (summary dict, rows): rows is one list per shown class holding, for each
     example, its image at every resolution (uint8), low to high.
+
+  Raises:
+    ValueError: bad ``resolutions`` (see ``parse_resolutions``).
   """
+  resolutions = parse_resolutions(resolutions, flag="resolutions")
   classes = class_names.load_classes(data_dir)
   num_classes = num_classes or len(classes)
   files = imagenet_reader.list_files(data_dir, split=split)

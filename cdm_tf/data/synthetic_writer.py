@@ -247,7 +247,7 @@ def parse_shard_file_name(name):
 def complete_shards(directory, split):
   """Sorted paths of the complete (renamed) shards of ``split``."""
   schema.check_split_name(split)
-  paths = tf.io.gfile.glob(os.path.join(directory, f"{split}-*-of-*"))
+  paths = files.glob_in(directory, f"{split}-*-of-*")
   return sorted(p for p in paths
                 if (parse_shard_file_name(p) or (None,))[0] == split)
 
@@ -393,10 +393,8 @@ def remove_stale_temporaries(directory, older_than_seconds=0.0,
   """
   now_ns = time.time_ns()
   removed = []
-  candidates = set(tf.io.gfile.glob(
-      os.path.join(directory, f"{TMP_PREFIX}*")))
-  candidates.update(tf.io.gfile.glob(
-      os.path.join(directory, f"*{TMP_SUFFIX_MARKER}*")))
+  candidates = set(files.glob_in(directory, f"{TMP_PREFIX}*"))
+  candidates.update(files.glob_in(directory, f"*{TMP_SUFFIX_MARKER}*"))
   if shard_names is not None:
     shard_names = set(shard_names)
     candidates = {p for p in candidates
@@ -476,13 +474,30 @@ class Manifest:
             f"{split!r} in the set's directory (expected e.g. "
             f"{shard_file_name(split, 0, 1)}); rebuild the manifest with "
             "synthetic_writer.rebuild_manifest")
-    return cls(split=split, num_classes=int(obj["num_classes"]),
-               image_format=obj["image_format"],
-               shards=shards,
-               num_shards=int(obj["num_shards"]),
-               num_examples=int(obj["num_examples"]),
-               class_counts=tuple(int(c) for c in obj["class_counts"]),
-               settings=dict(obj.get("settings") or {}))
+    manifest = cls(split=split, num_classes=int(obj["num_classes"]),
+                   image_format=obj["image_format"],
+                   shards=shards,
+                   num_shards=int(obj["num_shards"]),
+                   num_examples=int(obj["num_examples"]),
+                   class_counts=tuple(int(c) for c in obj["class_counts"]),
+                   settings=dict(obj.get("settings") or {}))
+    manifest.check_totals()
+    return manifest
+
+  def check_totals(self):
+    """Raises ValueError unless the counts add up: each shard's classes to
+    its examples, the shards to the split's totals."""
+    totals = np.zeros([self.num_classes], np.int64)
+    for shard in self.shards:
+      if (len(shard.class_counts) != self.num_classes or
+          sum(shard.class_counts) != shard.num_examples):
+        raise ValueError(f"shard {shard.file_name}'s class counts do not add "
+                         f"up to its {shard.num_examples} examples")
+      totals += shard.class_counts
+    if self.complete and (tuple(int(t) for t in totals) != self.class_counts
+                          or int(totals.sum()) != self.num_examples):
+      raise ValueError("the split's class counts and example count are not "
+                       "the sums of its shards'")
 
 
 def manifest_path(directory, split):
@@ -493,8 +508,8 @@ def manifest_path(directory, split):
 
 def manifest_splits(directory):
   """Names of the splits that have a manifest in ``directory``, sorted."""
-  names = tf.io.gfile.glob(os.path.join(
-      directory, f"{MANIFEST_PREFIX}*{MANIFEST_EXTENSION}"))
+  names = files.glob_in(directory,
+                        f"{MANIFEST_PREFIX}*{MANIFEST_EXTENSION}")
   return sorted(os.path.basename(n)[len(MANIFEST_PREFIX):
                                     -len(MANIFEST_EXTENSION)]
                 for n in names)
@@ -560,8 +575,7 @@ def write_manifest(directory, split, shard_infos, num_classes, image_format,
 def read_manifest(directory, split):
   """Reads a split's manifest back as a ``Manifest``."""
   path = manifest_path(directory, split)
-  with tf.io.gfile.GFile(path) as f:
-    obj = json.load(f)
+  obj = files.read_json(path)
   try:
     return Manifest.from_json(obj)
   except (KeyError, TypeError, ValueError) as e:

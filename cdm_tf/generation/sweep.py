@@ -48,7 +48,6 @@ import gc
 import hashlib
 import io
 import itertools
-import json
 import os
 import re
 import time
@@ -58,6 +57,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import configuration
 from cdm_tf import files
 from cdm_tf.data import mixing
 from cdm_tf.data import schema
@@ -90,7 +90,7 @@ _RECORD_VERSION = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9.,+_-]")
 
 
-class SweepConflictError(ValueError):
+class SweepConflictError(configuration.ConflictError):
   """The output directory holds a sweep made with other settings."""
 
 
@@ -384,8 +384,7 @@ def _read_finished(point_dir, point):
   path = os.path.join(point_dir, METRICS_FILE)
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    stored = json.load(f)
+  stored = files.read_json(path)
   names = {k: format_value(v) for k, v in stored["parameters"].items()}
   if names != {k: format_value(v) for k, v in point.parameters.items()}:
     raise SweepConflictError(f"{path} holds the metrics of "

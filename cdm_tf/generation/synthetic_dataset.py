@@ -8,7 +8,10 @@ One call is one worker's share of a ``GenerationPlan``:
    settings or weights stops with an error instead of mixing two sets in
    one directory.
 2. Temporaries left by a killed run of this worker's shards are removed;
-   shards already complete (renamed to their final name) are skipped.
+   shards already complete (renamed to their final name) are skipped. A
+   worker holds a lock (``.worker-<index>.lock``) while it runs, so a second
+   process started as the same worker stops instead of removing the
+   temporaries of the live one.
 3. Each remaining shard is sampled batch by batch and written to a
    temporary name, renamed when complete. Example (class c, index i) has id
    c * 2^32 + i and seed (base_seed, id), so whoever generates it, in
@@ -18,15 +21,18 @@ One call is one worker's share of a ``GenerationPlan``:
    split's manifest (counts from the plan, which the shards hold exactly).
 """
 
+import contextlib
 import dataclasses
-import json
+import fcntl
 import os
 import time
 
+from absl import logging
 import gin
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import configuration
 from cdm_tf import files
 from cdm_tf.data import contact_sheet
 from cdm_tf.data import diffusion_preprocessing
@@ -36,8 +42,51 @@ from cdm_tf.data import synthetic_writer
 from cdm_tf.generation import plan as plan_lib
 
 
-class GenerationConflictError(ValueError):
+class GenerationConflictError(configuration.ConflictError):
   """The output directory holds a set made with other settings."""
+
+
+class WorkerRunningError(GenerationConflictError):
+  """Another live process is the same worker of the same output directory."""
+
+
+def worker_lock_path(output_dir, worker_index):
+  return os.path.join(output_dir, f".worker-{worker_index}.lock")
+
+
+@contextlib.contextmanager
+def worker_lock(output_dir, worker_index):
+  """Holds worker ``worker_index``'s exclusive lock of ``output_dir``.
+
+  A second process started as the same worker would remove the first one's
+  temporary shard files; it is refused instead. The lock is an flock on
+  ``.worker-<index>.lock``: the kernel releases it when its holder dies, so
+  a killed worker never blocks its restart. The lock file stays (removing
+  it could race with a new holder).
+
+  Raises:
+    WorkerRunningError: a live process holds the lock.
+  """
+  if "://" in output_dir:
+    # Buckets (gs://) cannot flock: nothing stops a second worker there.
+    logging.warning("%s is not on a local file system: worker %d is not "
+                    "locked against a second copy of itself", output_dir,
+                    worker_index)
+    yield
+    return
+  path = worker_lock_path(output_dir, worker_index)
+  with open(path, "a", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise WorkerRunningError(
+          f"worker {worker_index} is already running on {output_dir} (it "
+          f"holds {path}); wait for it to finish or stop it, or give this "
+          "process another --worker_index") from None
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @gin.configurable
@@ -100,8 +149,7 @@ def _check_stage_weights(output_dir, split, cascade):
   path = record_path(output_dir, split)
   if not tf.io.gfile.exists(path):
     return
-  with tf.io.gfile.GFile(path) as f:
-    recorded = json.load(f).get(STAGE_WEIGHTS_KEY, [])
+  recorded = files.read_json(path).get(STAGE_WEIGHTS_KEY, [])
   for stage, before, loaded in zip(cascade.stages, recorded,
                                    cascade.weights_fingerprints()):
     if before != loaded:
@@ -241,6 +289,12 @@ def generate(output_dir, cascade, plan, classes,
 
   Returns:
     The summary dict (also written as JSON).
+
+  Raises:
+    WorkerRunningError: another live process is this worker (on a local
+      output directory).
+    GenerationConflictError: the directory holds a set made with other
+      settings or weights.
   """
   if len(classes) != plan.num_classes:
     raise ValueError(f"the plan has {plan.num_classes} classes but the class "
@@ -252,8 +306,19 @@ def generate(output_dir, cascade, plan, classes,
   if batch_size % cascade.num_replicas:
     raise ValueError(f"batch_size {batch_size} must be a multiple of the "
                      f"{cascade.num_replicas} replicas")
+  plan.worker_shards(num_workers, worker_index)  # checks them
   started = time.time()
   tf.io.gfile.makedirs(output_dir)
+  # Locked before anything is written or removed (temporaries included).
+  with worker_lock(output_dir, worker_index):
+    return _generate(output_dir, cascade, plan, classes, settings,
+                     num_workers, worker_index, print_fn, started)
+
+
+def _generate(output_dir, cascade, plan, classes, settings, num_workers,
+              worker_index, print_fn, started):
+  """``generate`` once the worker holds its lock."""
+  batch_size = settings.batch_size
   config_id = cascade.config_id()
   _check_stage_weights(output_dir, plan.split, cascade)
   _check_or_write_record(output_dir, plan.split, {

@@ -25,7 +25,6 @@ take the same choices as arguments, for library callers.
 
 from absl import flags
 from absl import logging
-import keras
 
 # Imported for its registered Keras classes: classifier files trained by
 # cdm_tf.classifiers (ImageClassifier, ResNet-RS blocks) then load.
@@ -33,6 +32,7 @@ from cdm_tf.classifiers import models as classifier_models  # pylint: disable=un
 from cdm_tf.metrics import features
 from cdm_tf.metrics import fid_inception
 from cdm_tf.metrics import inception_logits
+from cdm_tf.models import export
 
 FEATURE_NETWORKS = ("inception", "classifier")
 
@@ -71,7 +71,7 @@ def define_flags():
 
 def load_classifier(path):
   """A Keras classifier file (.keras); cdm_tf.classifiers models included."""
-  return keras.models.load_model(path)
+  return export.load_keras_file(path)
 
 
 def feature_extractor(feature_network, classifier_model=None,

@@ -7,11 +7,12 @@ them without any gin state.
 """
 
 import hashlib
-import json
 import os
 import uuid
+import zipfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cdm_tf import files
@@ -28,20 +29,29 @@ def export_model(model, directory):
   """Writes the model's EMA U-Net and settings; returns ``directory``.
 
   Written into a temporary sibling directory first and renamed, so a reader
-  never sees a half-written export.
+  never sees a half-written export. Temporary directories of earlier
+  exports to ``directory`` that were killed are removed first (an export
+  replaces ``directory`` anyway, so two at once cannot both be wanted).
   """
-  tmp = f"{directory.rstrip('/')}.tmp-{uuid.uuid4().hex}"
+  files.remove_temporaries_of(directory)
+  tmp = f"{directory.rstrip('/')}{files.TMP_MARKER}{uuid.uuid4().hex}"
   tf.io.gfile.makedirs(tmp)
-  with model.ema_weights():
-    model.unet.save(os.path.join(tmp, UNET_FILE))
-    fingerprint = loaded_weights_fingerprint(model.unet)
-  files.atomic_write_bytes(os.path.join(tmp, FINGERPRINT_FILE),
-                           fingerprint.encode())
-  config = model.get_config()
-  config.pop("unet")
-  for key in ("name", "trainable", "dtype"):
-    config.pop(key, None)
-  files.atomic_write_json(os.path.join(tmp, CONFIG_FILE), config)
+  try:
+    with model.ema_weights():
+      model.unet.save(os.path.join(tmp, UNET_FILE))
+      fingerprint = loaded_weights_fingerprint(model.unet)
+    files.atomic_write_bytes(os.path.join(tmp, FINGERPRINT_FILE),
+                             fingerprint.encode())
+    config = model.get_config()
+    config.pop("unet")
+    for key in ("name", "trainable", "dtype"):
+      config.pop(key, None)
+    files.atomic_write_json(os.path.join(tmp, CONFIG_FILE), config)
+  except BaseException:
+    # A failed export leaves nothing behind; a killed one is cleaned above.
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.rmtree(tmp)
+    raise
   if tf.io.gfile.exists(directory):
     tf.io.gfile.rmtree(directory)
   tf.io.gfile.rename(tmp, directory)
@@ -54,9 +64,14 @@ def loaded_weights_fingerprint(unet):
   What ``export_model`` records; computed again from the weights a loaded
   model holds, it tells whether ``unet.keras`` was replaced since.
   """
+  return weights_digest(unet.get_weights())
+
+
+def weights_digest(values):
+  """sha256 (hex) of arrays or variables, in order, bytes as stored."""
   digest = hashlib.sha256()
-  for weight in unet.get_weights():
-    digest.update(weight.tobytes())
+  for value in values:
+    digest.update(np.ascontiguousarray(np.asarray(value)).tobytes())
   return digest.hexdigest()
 
 
@@ -81,8 +96,20 @@ def read_config(directory):
       raise FileNotFoundError(f"{directory} is not an exported model: "
                               f"{name} is missing (see tools/train.py, "
                               "which exports to <model_dir>/export)")
-  with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILE)) as f:
-    return json.load(f)
+  return files.read_json(os.path.join(directory, CONFIG_FILE))
+
+
+def load_keras_file(path):
+  """``keras.models.load_model(path)``; a missing, cut short or damaged
+  file raises ValueError naming it."""
+  try:
+    return keras.models.load_model(path)
+  except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as e:
+    raise ValueError(
+        f"{path} cannot be loaded as a Keras model ({type(e).__name__}: "
+        f"{e}): the file is missing, cut short or damaged; write it again "
+        "(a diffusion stage: run tools/train.py on its --model_dir, which "
+        "exports from the last checkpoint)") from e
 
 
 def load_model(directory, dtype_policy=None):
@@ -98,11 +125,15 @@ def load_model(directory, dtype_policy=None):
       trained with; the float32 weights are the same either way.
   """
   config = read_config(directory)
-  unet = keras.models.load_model(os.path.join(directory, UNET_FILE))
+  unet = load_keras_file(os.path.join(directory, UNET_FILE))
   if dtype_policy is not None:
     rebuilt = unet.__class__.from_config(
         {**unet.get_config(), "dtype": keras.DTypePolicy(dtype_policy)})
     rebuilt.build()
     rebuilt.set_weights(unet.get_weights())
     unet = rebuilt
-  return diffusion_model.DiffusionModel(unet, **config)
+  try:
+    return diffusion_model.DiffusionModel(unet, **config)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{os.path.join(directory, CONFIG_FILE)} holds settings "
+                     f"a DiffusionModel does not take ({e})") from e

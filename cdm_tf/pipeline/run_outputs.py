@@ -8,13 +8,13 @@ in place of that part.
 """
 
 import dataclasses
-import json
 import os
 import re
 
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import files
 from cdm_tf.classifiers import cas
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import trainer as classifier_trainer
@@ -61,8 +61,7 @@ def read_json(path):
   """The JSON object at ``path``, or None if there is no such file."""
   if not _exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return files.read_json(path)
 
 
 def _value_of(value):
@@ -86,8 +85,7 @@ def read_scalars(log_dir, tag):
   if not _exists(log_dir):
     return _empty_scalars()
   by_step = {}
-  for path in sorted(tf.io.gfile.glob(
-      os.path.join(log_dir, "events.out.tfevents.*"))):
+  for path in sorted(files.glob_in(log_dir, "events.out.tfevents.*")):
     try:
       for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
         event = tf.compat.v1.Event.FromString(record)
@@ -128,8 +126,8 @@ def read_diffusion_run(label, model_dir):
     return DiffusionRun(label, model_dir, NOT_RUN, _empty_scalars())
   loss = read_scalars(os.path.join(model_dir, TENSORBOARD_DIR), LOSS_TAG)
   sheets = []
-  for path in tf.io.gfile.glob(os.path.join(model_dir, SAMPLES_DIR,
-                                            "step_*.png")):
+  for path in files.glob_in(os.path.join(model_dir, SAMPLES_DIR),
+                            "step_*.png"):
     match = _SHEET_RE.match(os.path.basename(path))
     if match:
       sheets.append((int(match[1]), path))

@@ -19,7 +19,6 @@ with other settings; the runner stops rather than mixing them.
 
 import ctypes
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import time
 
 import tensorflow as tf
 
+from cdm_tf import configuration
 from cdm_tf import files
 
 STEPS_DIR = "steps"
@@ -45,7 +45,7 @@ class StepFailedError(RuntimeError):
     self.exit_status = exit_status
 
 
-class StepConflictError(ValueError):
+class StepConflictError(configuration.ConflictError):
   """A finished step was run with another command line."""
 
 
@@ -79,8 +79,7 @@ def read_marker(output_dir, name):
   path = marker_path(output_dir, name)
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return files.read_json(path)
 
 
 def _check_marker(output_dir, step, marker):
@@ -224,7 +223,8 @@ def run(output_dir, steps, print_fn=print, env=None):
         raise StepFailedError(
             f"{label} failed with exit status {status} after {elapsed:.0f} "
             f"s; see {os.path.join(output_dir, LOGS_DIR, step.name)}.log",
-            status)
+            # Killed by signal N (status -N): the shell's 128 + N.
+            status if status > 0 else 128 - status)
       if not tf.io.gfile.exists(step.product):
         raise StepFailedError(
             f"{label} ended without writing {step.product} (stopped "

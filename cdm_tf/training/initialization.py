@@ -19,7 +19,6 @@ trained with, which must be the fine-tune's (checked here).
 
 import os
 
-import keras
 import tensorflow as tf
 
 from cdm_tf.models import export
@@ -63,7 +62,7 @@ def _from_export(model, directory):
         f"{model.text_encoder['name']!r} (fingerprint "
         f"{model.text_encoder['fingerprint'][:12]}, max_length "
         f"{model.text_encoder['max_length']}); configure the same encoder")
-  source = keras.models.load_model(os.path.join(directory, export.UNET_FILE))
+  source = export.load_keras_file(os.path.join(directory, export.UNET_FILE))
   weights = source.get_weights()
   del source
   _check_shapes(model, [w.shape for w in weights], directory)

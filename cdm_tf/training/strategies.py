@@ -5,6 +5,8 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from cdm_tf.models import export
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored",
               "tpu")
 _POLICIES = {"none": None, "bfloat16": "mixed_bfloat16",
@@ -71,6 +73,29 @@ def is_chief(strategy):
   resolver = strategy.cluster_resolver
   return resolver.task_type in (None, "chief") or (
       resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def num_workers(strategy):
+  """The number of processes training together (1 unless multi-worker)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 1
+  spec = strategy.cluster_resolver.cluster_spec()
+  return max(1, sum(spec.num_tasks(job) for job in ("chief", "worker")
+                    if job in spec.jobs))
+
+
+def print_weights_digest(strategy, variables, print_fn):
+  """In a multi-worker run, prints this worker's ``weights_digest``.
+
+  The workers apply the same all-reduced updates, so their copies of the
+  weights must stay bit-identical: equal lines from every worker show they
+  did (the non-chief workers keep no checkpoint to compare).
+  """
+  if num_workers(strategy) == 1:
+    return
+  resolver = strategy.cluster_resolver
+  print_fn(f"{resolver.task_type} {resolver.task_id} weights sha256 "
+           f"{export.weights_digest(variables)}")
 
 
 def split_cpu(num_devices):

@@ -40,12 +40,14 @@ from cdm_tf.models import export
 from cdm_tf.text import factory as text_factory
 from cdm_tf.training import initialization
 from cdm_tf.training import preemption
+from cdm_tf.training import run_settings
 from cdm_tf.training import strategies
 from cdm_tf.training import text_conditioning
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or Inf; the run stopped without saving it."""
+  exit_status = 3  # the binaries' status (cdm_tf/command_line.py)
 
 
 def _checkpoint(model, optimizer, iterator):
@@ -125,7 +127,10 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
   """
   _check_steps_and_batch(num_steps, global_batch_size, init_from,
                          strategy.num_replicas_in_sync)
-  tf.io.gfile.makedirs(model_dir)
+  # Only the chief writes into model_dir (often shared by every worker).
+  chief = strategies.is_chief(strategy)
+  if chief:
+    tf.io.gfile.makedirs(model_dir)
   # float16 needs loss scaling; bfloat16 has float32's exponent range.
   loss_scaling = keras.mixed_precision.global_policy().name == "mixed_float16"
   # Same seed, same initial weights: runs are reproducible, whatever the
@@ -161,16 +166,27 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
     prompts = prompt_source.prompts()
     embeddings = text_conditioning.encode_prompts(
         encoder, prompts,
-        prompt_source.cache_dir or os.path.join(model_dir, "text_embeddings"))
+        prompt_source.cache_dir or (
+            os.path.join(model_dir, "text_embeddings") if chief else None))
     with strategy.scope():
       model.set_class_prompts(prompts, embeddings)
     print_fn(f"{len(prompts)} class prompts, e.g. {prompts[:3]}")
   iterator = iter(dataset)
+  if save_iterator_state and strategies.num_workers(strategy) > 1:
+    # Each worker reads its own shard of the files, and only the chief's
+    # checkpoint is kept: the others could not resume their iterators.
+    logging.warning("multi-worker: the data iterators are not checkpointed; "
+                    "a resumed run restarts the data order")
+    save_iterator_state = False
   checkpoint = _checkpoint(model, optimizer,
                            iterator if save_iterator_state else None)
-  chief = strategies.is_chief(strategy)
   manager = preemption.checkpoint_manager(checkpoint, model_dir, strategy,
                                          keep_checkpoints)
+  model_config = model.get_config()
+  model_config.pop("name", None)
+  run_settings.check_or_record(
+      model_dir, run_settings.describe(model_config, optimizer, model.weights),
+      resuming=manager.latest_checkpoint is not None, chief=chief)
   resumed = preemption.restore_latest(checkpoint, manager)
   if resumed:
     print_fn(f"resumed from {resumed} at step "
@@ -229,11 +245,14 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
                  f"{steps_per_second:.2f} steps/s eta {eta / 60:.1f} min")
       if step % checkpoint_every == 0:
         manager.save(checkpoint_number=step)
-      if chief and sample_every and step % sample_every == 0:
+      if sample_every and step % sample_every == 0:
+        # Every worker takes the batch the inputs may come from, so their
+        # iterators stay at the same step.
         sample_inputs = sample_inputs or _sample_inputs(model, iterator,
                                                         strategy, num_samples)
-        _write_samples(model, model_dir, step, sample_inputs, sample_respacing,
-                       sample_guidance_weight, seed)
+        if chief:
+          _write_samples(model, model_dir, step, sample_inputs,
+                         sample_respacing, sample_guidance_weight, seed)
     if manager.latest_checkpoint is None or int(
         manager.latest_checkpoint.rsplit("-", 1)[1]) != step:
       manager.save(checkpoint_number=step)
@@ -244,6 +263,8 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
   if step > start_step:
     print_fn(f"trained steps {start_step}..{step} in "
              f"{time.perf_counter() - run_start:.1f} s")
+  strategies.print_weights_digest(
+      strategy, list(model.unet.weights) + list(model.ema_variables), print_fn)
   if export_at_end and chief:
     sample_inputs = sample_inputs or _sample_inputs(model, iterator, strategy,
                                                     num_samples)
