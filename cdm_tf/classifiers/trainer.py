@@ -241,7 +241,7 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
   manager = preemption.checkpoint_manager(checkpoint, model_dir, strategy,
                                          keep_checkpoints)
   run_settings.check_or_record(
-      model_dir, run_settings.describe({"name": model.name}, optimizer,
+      model_dir, run_settings.describe({"architecture": model.name}, optimizer,
                                        model.weights),
       resuming=manager.latest_checkpoint is not None, chief=chief)
   resumed = preemption.restore_latest(checkpoint, manager)

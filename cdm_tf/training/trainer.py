@@ -182,10 +182,9 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
                            iterator if save_iterator_state else None)
   manager = preemption.checkpoint_manager(checkpoint, model_dir, strategy,
                                          keep_checkpoints)
-  model_config = model.get_config()
-  model_config.pop("name", None)
   run_settings.check_or_record(
-      model_dir, run_settings.describe(model_config, optimizer, model.weights),
+      model_dir, run_settings.describe(model.get_config(), optimizer,
+                                       model.weights),
       resuming=manager.latest_checkpoint is not None, chief=chief)
   resumed = preemption.restore_latest(checkpoint, manager)
   if resumed:
