@@ -38,7 +38,7 @@ from cdm_tf.data import classifier_preprocessing
 from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import shard_writer
 
 flags.DEFINE_string("data_dir", "data/fashion_mnist",
                     "Prepared Fashion-MNIST (tools/prepare_data.py).")
@@ -127,10 +127,10 @@ def _photo_records(directory, count):
   for path in paths:
     label = int(re.search(r"imagenet_\d+_(\d+)\.jpg", path).group(1))
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3).numpy()
-    examples.append((synthetic_writer.encode_example(
+    examples.append((shard_writer.encode_example(
         image, label, classes, image_format="jpeg"), label))
   shard_path = os.path.join(directory, "train-00000-of-00001")
-  with synthetic_writer.ShardWriter(shard_path, len(classes)) as writer:
+  with shard_writer.ShardWriter(shard_path, len(classes)) as writer:
     for i in range(count):
       writer.write(*examples[i % len(examples)])
   return [shard_path]

@@ -27,7 +27,11 @@ import sys
 from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 
+from cdm_tf.classifiers import trainer as classifier_trainer
+from cdm_tf.diffusion_training import trainer
 from cdm_tf.metrics import repeated_runs
+from cdm_tf.pipeline import job
+from cdm_tf.sweeps import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("base", "sr")
@@ -53,15 +57,19 @@ def _sweep(stage, seed, output_dir):
   command = [
       sys.executable, os.path.join(ROOT, "tools", "sweep.py"),
       f"--gin_file={ROOT}/gin/sweeps/fashion_mnist_sampler_quality_{stage}.gin",
-      f"--gin_bindings=BASE_MODEL_DIR = '{FLAGS.run_dir}/base/export'",
-      f"--gin_bindings=SR_MODEL_DIR = '{FLAGS.run_dir}/sr/export'",
-      f"--gin_bindings=sweep.run.num_images = {FLAGS.num_images}",
-      f"--gin_bindings=sweep.run.fid_sample_counts = [{FLAGS.num_images}]",
+      "--gin_bindings=BASE_MODEL_DIR = "
+      f"'{os.path.join(FLAGS.run_dir, 'base', trainer.EXPORT_DIR)}'",
+      "--gin_bindings=SR_MODEL_DIR = "
+      f"'{os.path.join(FLAGS.run_dir, 'sr', trainer.EXPORT_DIR)}'",
+      f"--gin_bindings=sweep.SweepSettings.num_images = {FLAGS.num_images}",
+      "--gin_bindings=sweep.SweepSettings.fid_sample_counts = "
+      f"[{FLAGS.num_images}]",
       f"--gin_bindings=synthetic_dataset.GenerationSettings.base_seed = {seed}",
       *[f"--gin_bindings={b}" for b in FLAGS.gin_bindings],
       f"--real_data_dir={FLAGS.real_data_dir}", f"--output_dir={output_dir}",
       "--feature_network=classifier",
-      f"--classifier_model={FLAGS.run_dir}/classifier_real/model.keras",
+      "--classifier_model=" + os.path.join(
+          FLAGS.run_dir, job.CLASSIFIER_REAL, classifier_trainer.MODEL_FILE),
       "--feature_network_name=Fashion-MNIST tiny ResNet features"]
   if FLAGS.cas:
     command += ["--cas", f"--gin_file={ROOT}/gin/classifiers/fashion_mnist/"
@@ -189,7 +197,8 @@ def main(argv):
     tables = []
     for seed in FLAGS.seeds:
       fid_label, table, cheapest = summarize(
-          os.path.join(directory(seed, stage), "sweep.csv"), FLAGS.tolerance)
+          os.path.join(directory(seed, stage), records.CSV_FILE),
+          FLAGS.tolerance)
       _print(f"{stage}, seed {seed}", fid_label, table, cheapest)
       tables.append(table)
     if len(tables) > 1:

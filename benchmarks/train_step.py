@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from cdm_tf.diffusion import per_example_noise
+from cdm_tf.diffusion_training import optimizers
 from cdm_tf.models.diffusion_model import DiffusionModel
 from cdm_tf.models.unet import UNet
-from cdm_tf.training import optimizers
 
 flags.DEFINE_integer("batch_size", 8, "Examples per step.")
 flags.DEFINE_integer("steps", 5, "Timed calls per measurement (median).")

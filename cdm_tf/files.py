@@ -133,17 +133,3 @@ def atomic_write_figure(path, fig):
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png")
   atomic_write_bytes(path, buffer.getvalue())
-
-
-def json_differences(path, record, ignore=()):
-  """Top-level keys whose values differ between ``record`` and the JSON
-  object stored at ``path`` (sorted), or None if there is no such file.
-
-  For jobs that record their settings in their output directory and must
-  refuse to continue one made with other settings.
-  """
-  if not tf.io.gfile.exists(path):
-    return None
-  existing = read_json(path)
-  keys = (set(existing) | set(record)) - set(ignore)
-  return sorted(k for k in keys if existing.get(k) != record.get(k))

@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 
-from cdm_tf.data import fashion_mnist
+from cdm_tf.data_preparation import fashion_mnist
 
 
 def write_idx(path, array, magic):

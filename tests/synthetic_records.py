@@ -13,7 +13,8 @@ import numpy as np
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 
 
 def real_images_by_class(real_data_dir, split="train"):
@@ -33,8 +34,8 @@ def write(real_data_dir, out_dir, per_class, split="train", num_shards=2):
   """
   classes = class_names.load_classes(real_data_dir)
   by_class = real_images_by_class(real_data_dir)
-  writers = [synthetic_writer.ShardWriter(
-      os.path.join(out_dir, synthetic_writer.shard_file_name(
+  writers = [shard_writer.ShardWriter(
+      os.path.join(out_dir, shard_writer.shard_file_name(
           split, shard, num_shards)), num_classes=len(classes))
              for shard in range(num_shards)]
   position = 0
@@ -42,14 +43,14 @@ def write(real_data_dir, out_dir, per_class, split="train", num_shards=2):
     for index in range(per_class):
       image = np.array(by_class[label][index % len(by_class[label])])
       image[0, 0, 0] = index
-      writers[position % num_shards].write(synthetic_writer.encode_example(
+      writers[position % num_shards].write(shard_writer.encode_example(
           image, label, classes, image_format="png",
-          provenance=synthetic_writer.Provenance(
+          provenance=shard_writer.Provenance(
               "test-relabelled-real", f"{label}-{index}", index,
               (label, index))), label)
       position += 1
   for writer in writers:
     writer.close()
-  return synthetic_writer.write_manifest(
+  return split_manifest.write(
       out_dir, split, [w.info for w in writers], len(classes), "png",
       settings={"source": "real images relabelled as synthetic"})

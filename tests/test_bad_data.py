@@ -12,9 +12,10 @@ import tensorflow as tf
 
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.diffusion_training import input_pipeline
 from cdm_tf.generation import plan as plan_lib
-from cdm_tf.training import input_pipeline
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import synthetic_records
 
@@ -130,17 +131,17 @@ def test_mixed_shard_totals_are_refused(tmp_path):
 def test_manifest_shard_outside_the_set_is_refused(real_dir, tmp_path,
                                                    bad_name):
   synthetic_records.write(real_dir, str(tmp_path), per_class=1)
-  path = synthetic_writer.manifest_path(str(tmp_path), "train")
+  path = split_manifest.file_path(str(tmp_path), "train")
   with open(path) as f:
     manifest = json.load(f)
-  assert synthetic_writer.read_manifest(str(tmp_path), "train").complete
+  assert split_manifest.read(str(tmp_path), "train").complete
   manifest["shards"][0]["file_name"] = bad_name
   with open(path, "w") as f:
     json.dump(manifest, f)
   with pytest.raises(ValueError, match=(
       f"{path}: malformed manifest .*shard name {bad_name!r} is not a "
       "file of split 'train'")):
-    synthetic_writer.read_manifest(str(tmp_path), "train")
+    split_manifest.read(str(tmp_path), "train")
 
 
 @pytest.mark.parametrize("split", [
@@ -149,9 +150,9 @@ def test_bad_split_names_are_refused_by_readers_and_writers(tmp_path, split):
   with pytest.raises(ValueError, match="invalid split name"):
     schema.check_split_name(split)
   with pytest.raises(ValueError, match="invalid split name"):
-    synthetic_writer.shard_file_name(split, 0, 1)
+    shard_writer.shard_file_name(split, 0, 1)
   with pytest.raises(ValueError, match="invalid split name"):
-    synthetic_writer.manifest_path(str(tmp_path), split)
+    split_manifest.file_path(str(tmp_path), split)
   with pytest.raises(ValueError, match="invalid split name"):
     plan_lib.GenerationPlan([2, 2], 2, split)
   if split:
@@ -163,5 +164,5 @@ def test_bad_split_names_are_refused_by_readers_and_writers(tmp_path, split):
 @pytest.mark.parametrize("split", ["train", "validation", "val_2.x-1"])
 def test_plain_split_names_pass(split):
   assert schema.check_split_name(split) == split
-  assert synthetic_writer.shard_file_name(split, 3, 8) == (
+  assert shard_writer.shard_file_name(split, 3, 8) == (
       f"{split}-00003-of-00008")

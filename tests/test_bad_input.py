@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import synthetic_records
 from tests import tiny_cascade
@@ -254,7 +254,7 @@ def _synthetic_row(name, damage, message):
 
 
 def _manifest_path(synthetic):
-  return synthetic_writer.manifest_path(synthetic, "train")
+  return split_manifest.file_path(synthetic, "train")
 
 
 def _edit_manifest(synthetic, edit):

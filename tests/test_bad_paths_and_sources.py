@@ -19,16 +19,20 @@ import tensorflow as tf
 
 from cdm_tf import configuration
 from cdm_tf import files
+from cdm_tf import settings_record
 from cdm_tf.data import class_names
-from cdm_tf.data import fashion_mnist
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import inspection
-from cdm_tf.data import synthetic_writer
+from cdm_tf.data_preparation import fashion_mnist
+from cdm_tf.diffusion_training import trainer
 from cdm_tf.generation import plan as plan_lib
 from cdm_tf.generation import synthetic_dataset
 from cdm_tf.models import diffusion_model
 from cdm_tf.models import export
 from cdm_tf.pipeline import run_outputs
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
+from cdm_tf.training import loop
 from tests import fashion_mnist_subset
 from tests import tiny_cascade
 
@@ -172,7 +176,7 @@ def test_labels_that_do_not_fit_the_images_are_named(tmp_path, source):
 def test_failure_mid_conversion_leaves_no_partial_shard(tmp_path, source,
                                                         monkeypatch):
   out = str(tmp_path / "out")
-  encode = synthetic_writer.encode_example
+  encode = shard_writer.encode_example
   calls = []
 
   def failing_encode(*args, **kwargs):
@@ -181,7 +185,7 @@ def test_failure_mid_conversion_leaves_no_partial_shard(tmp_path, source,
       raise OSError("disk full")
     return encode(*args, **kwargs)
 
-  monkeypatch.setattr(synthetic_writer, "encode_example", failing_encode)
+  monkeypatch.setattr(shard_writer, "encode_example", failing_encode)
   with pytest.raises(OSError, match="disk full"):
     fashion_mnist.convert(out, source_dir=source)
   names = sorted(os.listdir(out))
@@ -190,7 +194,7 @@ def test_failure_mid_conversion_leaves_no_partial_shard(tmp_path, source,
   # Readers refuse the incomplete set rather than reading part of it.
   with pytest.raises(ValueError, match="6 of the 8 train shards are missing"):
     imagenet_reader.list_files(out, split="train")
-  monkeypatch.setattr(synthetic_writer, "encode_example", encode)
+  monkeypatch.setattr(shard_writer, "encode_example", encode)
   manifests = fashion_mnist.convert(out, source_dir=source)
   assert manifests["train"].num_examples == 20
   assert manifests["validation"].num_examples == 10
@@ -202,17 +206,20 @@ def test_other_settings_on_a_complete_conversion_are_a_conflict(tmp_path,
   fashion_mnist.convert(out, source_dir=source)
   before = {n: os.path.getmtime(os.path.join(out, n))
             for n in os.listdir(out)}
-  for kwargs, differing in (({"pad_to": 36}, "pad_to"),
-                            ({"seed": 1}, "shuffle_seed"),
-                            ({"image_format": "jpeg"}, "image_format")):
-    with pytest.raises(fashion_mnist.ConversionConflictError, match=(
-        f"complete train split in {re.escape(out)} was converted with "
-        f"other settings \\({differing} differ.*use a new --output_dir")):
+  manifest = re.escape(split_manifest.file_path(out, "train"))
+  for kwargs, differing in (({"pad_to": 36}, "pad_to: 32 -> 36"),
+                            ({"seed": 1}, "shuffle_seed: 0 -> 1"),
+                            ({"image_format": "jpeg"},
+                             "image_format: 'png' -> 'jpeg'")):
+    with pytest.raises(settings_record.SettingsConflictError, match=(
+        f"^the complete train split in {re.escape(out)} was converted with "
+        f"other settings \\({differing}; see {manifest}\\); use a new "
+        "--output_dir, or the same settings$")):
       fashion_mnist.convert(out, source_dir=source, **kwargs)
   assert {n: os.path.getmtime(os.path.join(out, n))
           for n in os.listdir(out)} == before
   fashion_mnist.convert(out, source_dir=source)  # same settings: kept
-  assert issubclass(fashion_mnist.ConversionConflictError,
+  assert issubclass(settings_record.SettingsConflictError,
                     configuration.ConflictError)
 
 
@@ -254,15 +261,15 @@ def _write_shards(directory, split, num_shards, per_shard=2):
              for i in range(2)]
   infos = []
   for index in range(num_shards):
-    path = os.path.join(directory, synthetic_writer.shard_file_name(
+    path = os.path.join(directory, shard_writer.shard_file_name(
         split, index, num_shards))
-    with synthetic_writer.ShardWriter(path, 2) as writer:
+    with shard_writer.ShardWriter(path, 2) as writer:
       for i in range(per_shard):
         image = np.full((4, 4, 3), 10 * index + i, np.uint8)
-        writer.write(synthetic_writer.encode_example(
+        writer.write(shard_writer.encode_example(
             image, i % 2, classes, image_format="png"), i % 2)
     infos.append(writer.info)
-  synthetic_writer.write_manifest(directory, split, infos, 2, "png")
+  split_manifest.write(directory, split, infos, 2, "png")
   return sorted(os.path.join(directory, i.file_name) for i in infos)
 
 
@@ -290,8 +297,8 @@ def test_data_directories_with_glob_characters_are_read(tmp_path, name):
   _write_shards(str(tmp_path / "a"), "train", 3)
   _write_shards(str(tmp_path / "axbz"), "train", 3)
   assert imagenet_reader.list_files(directory, split="train") == paths
-  assert synthetic_writer.complete_shards(directory, "train") == paths
-  assert synthetic_writer.manifest_splits(directory) == ["train"]
+  assert shard_writer.complete_shards(directory, "train") == paths
+  assert split_manifest.splits(directory) == ["train"]
   # A file, and a file pattern inside the directory.
   assert imagenet_reader.list_files(paths[0]) == paths[:1]
   assert imagenet_reader.list_files(
@@ -299,13 +306,13 @@ def test_data_directories_with_glob_characters_are_read(tmp_path, name):
   # Stale temporaries are found and removed, of every shard or of one.
   stale = [os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{n}")
            for n in ("train-00000-of-00002", "train-00001-of-00002")]
-  manifest_tmp = synthetic_writer.manifest_path(directory, "train") + (
+  manifest_tmp = split_manifest.file_path(directory, "train") + (
       f".tmp-{uuid.uuid4().hex}")
   for path in stale + [manifest_tmp]:
     open(path, "wb").close()
-  assert synthetic_writer.remove_stale_temporaries(
+  assert shard_writer.remove_stale_temporaries(
       directory, shard_names=["train-00001-of-00002"]) == stale[1:]
-  assert synthetic_writer.remove_stale_temporaries(directory) == sorted(
+  assert shard_writer.remove_stale_temporaries(directory) == sorted(
       [stale[0], manifest_tmp])
   assert not [n for n in os.listdir(directory) if ".tmp-" in n]
 
@@ -324,12 +331,12 @@ def test_glob_patterns_keep_working(tmp_path):
 def test_run_outputs_read_a_model_dir_with_glob_characters(tmp_path):
   model_dir = str(tmp_path / "runs[1]" / "base")
   writer = tf.summary.create_file_writer(
-      os.path.join(model_dir, run_outputs.TENSORBOARD_DIR))
+      os.path.join(model_dir, loop.TENSORBOARD_DIR))
   with writer.as_default():
     for step in (1, 2):
       tf.summary.scalar(run_outputs.LOSS_TAG, 0.5 / step, step=step)
   writer.close()
-  sheet = os.path.join(model_dir, run_outputs.SAMPLES_DIR, "step_2.png")
+  sheet = os.path.join(model_dir, trainer.SAMPLES_DIR, "step_2.png")
   os.makedirs(os.path.dirname(sheet))
   open(sheet, "wb").close()
   run = run_outputs.read_diffusion_run("base", model_dir)

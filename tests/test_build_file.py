@@ -111,3 +111,19 @@ def test_deps_cover_the_packages_each_target_imports():
       missing = _imported_packages(path) - deps - {name}
       assert not missing, f"{name}: {path} imports {sorted(missing)} " \
                           "without a BUILD dep"
+
+
+def test_package_libraries_form_no_cycle():
+  """Bazel refuses a cycle of deps: the package folders must layer."""
+  deps = {name: {d[1:] for d in t.get("deps", [])}
+          for name, t in TARGETS.items() if t["rule"] == "py_library"}
+
+  def reaches(start, goal, seen):
+    for dep in deps.get(start, ()):
+      if dep == goal or (dep not in seen and
+                         reaches(dep, goal, seen | {dep})):
+        return True
+    return False
+
+  cyclic = sorted(name for name in deps if reaches(name, name, set()))
+  assert not cyclic, f"py_library deps form a cycle through {cyclic}"

@@ -8,11 +8,11 @@ import pytest
 
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import trainer as classifier_trainer
-from cdm_tf.generation import sweep
 from cdm_tf.pipeline import claim_sweeps
 from cdm_tf.pipeline import claims
 from cdm_tf.pipeline import claims_report
 from cdm_tf.pipeline import job
+from cdm_tf.sweeps import records
 
 NET = "net"
 FID = f"FID@20 vs train ({NET})"
@@ -79,7 +79,8 @@ def test_steps_layout_and_order(tmp_path):
   assert "--gin_bindings=aug = None" in none
   assert f"--model_dir={out}/sr_none" in none
   sweep_args = by_name["augmentation_none_seed1"].args
-  assert "--gin_bindings=sweep.run.grid = {'aug_level': [0.0]}" in sweep_args
+  assert ("--gin_bindings=sweep.SweepSettings.grid = {'aug_level': [0.0]}"
+          in sweep_args)
   assert f'--gin_bindings=SR_MODEL_DIR = "{out}/sr_none/export"' in sweep_args
   assert f'--gin_bindings=BASE = "{out}/base/export"' in sweep_args
   assert ("--gin_bindings=synthetic_dataset.GenerationSettings.base_seed = 1"
@@ -88,7 +89,7 @@ def test_steps_layout_and_order(tmp_path):
   assert (f"--classifier_model={out}/classifiers/full_k0_seed0/model.keras"
           in sweep_args)
   assert by_name["augmentation_none_seed1"].product == os.path.join(
-      out, "augmentation", "none", "seed_1", sweep.CSV_FILE)
+      out, "augmentation", "none", "seed_1", records.CSV_FILE)
   guidance = by_name["guidance_seed2"].args
   assert f'--gin_bindings=SR_MODEL_DIR = "{out}/sr_gaussian/export"' in (
       guidance)
@@ -131,7 +132,7 @@ def _sweep(directory, field, rows):
   lines = [f"point,{field},{FID},{IS},{IS} std,{CAS}"]
   lines += [f"{field}_{v},{v},{fid},{inception},0.1,{cas}"
             for v, fid, inception, cas in rows]
-  with open(os.path.join(directory, sweep.CSV_FILE), "w") as f:
+  with open(os.path.join(directory, records.CSV_FILE), "w") as f:
     f.write("\n".join(lines) + "\n")
 
 
@@ -192,7 +193,7 @@ def test_report_summarises_each_claim_over_runs(tmp_path):
   for png in (claims_report.MIX_PNG, claim_sweeps.GUIDANCE_PNG,
               claim_sweeps.AUGMENTATION_PNG):
     assert f"]({png})" in text
-    assert os.path.getsize(os.path.join(out, claims.REPORT_DIR, png)) > 0
+    assert os.path.getsize(os.path.join(out, job.REPORT_DIR, png)) > 0
   assert "| generate | 1 min 05 s |" in text
 
 

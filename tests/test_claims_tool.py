@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from cdm_tf.generation import sweep
-from cdm_tf.pipeline import claims
+from cdm_tf.pipeline import job
 from cdm_tf.pipeline import runner
+from cdm_tf.sweeps import records
 from tests import fashion_mnist_subset
 from tests import pipeline_runs
 
@@ -43,10 +43,10 @@ claims.ClaimsConfig.generation_gin_bindings = [
     'synthetic_dataset.GenerationSettings.examples_per_shard = 10',
 ]
 claims.ClaimsConfig.sweep_gin_bindings = [
-    'sweep.run.num_images = 20',
-    'sweep.run.fid_sample_counts = [20]',
-    'sweep.ReferenceSpec.num_examples = 80',
-    'sweep.ReferenceSpec.keep_features = 80',
+    'sweep.SweepSettings.num_images = 20',
+    'sweep.SweepSettings.fid_sample_counts = [20]',
+    'sample_scores.ReferenceSpec.num_examples = 80',
+    'sample_scores.ReferenceSpec.keep_features = 80',
     'synthetic_dataset.GenerationSettings.batch_size = 10',
     'synthetic_dataset.GenerationSettings.examples_per_shard = 10',
     'synthetic_dataset.GenerationSettings.sheet_per_class = 0',
@@ -81,10 +81,10 @@ def finished_claims(tmp_path_factory):
   data = fashion_mnist_subset.prepared(str(root / "data"), per_class=(8, 3))
   (root / "guidance.gin").write_text(
       f'include "{GUIDANCE}"\n'
-      'sweep.run.grid = {"guidance_weight": [1.0, 3.0]}\n')
+      'sweep.SweepSettings.grid = {"guidance_weight": [1.0, 3.0]}\n')
   (root / "augmentation.gin").write_text(
       f'include "{AUGMENTATION}"\n'
-      'sweep.run.grid = {"aug_level": [0.0, 0.2]}\n')
+      'sweep.SweepSettings.grid = {"aug_level": [0.0, 0.2]}\n')
   gin_file = root / "tiny_claims.gin"
   gin_file.write_text(TINY_CLAIMS.replace("@DATA@", data).replace(
       "@ROOT@", str(root)))
@@ -109,18 +109,18 @@ def test_claims_job_runs_every_step_and_reports_each_claim(finished_claims):
 
   # Each sweep scored FID, IS and CAS on the real classifier's features;
   # the variant without augmentation only at s = 0.
-  rows = sweep.read_csv(os.path.join(out, "augmentation", "none", "seed_1",
-                                     sweep.CSV_FILE))
+  rows = records.read_csv(os.path.join(out, "augmentation", "none", "seed_1",
+                                       records.CSV_FILE))
   assert [float(r["aug_level"]) for r in rows] == [0.0]
   header = list(rows[0])
   assert any(h.startswith("CAS top-1") for h in header), header
   assert any(h.startswith("FID@20 vs train (Fashion-MNIST ResNet features")
              for h in header), header
-  rows = sweep.read_csv(os.path.join(out, "guidance", "seed_0",
-                                     sweep.CSV_FILE))
+  rows = records.read_csv(os.path.join(out, "guidance", "seed_0",
+                                       records.CSV_FILE))
   assert [float(r["guidance_weight"]) for r in rows] == [1.0, 3.0]
 
-  report = open(os.path.join(out, claims.REPORT_DIR, "report.md")).read()
+  report = open(os.path.join(out, job.REPORT_DIR, "report.md")).read()
   assert "Not run yet" not in report
   # Every summarised value is over the 2 seeds that ran.
   cells = re.findall(r"\((\d+) runs?\)", report)
@@ -128,7 +128,7 @@ def test_claims_job_runs_every_step_and_reports_each_claim(finished_claims):
   assert report.count("| Gaussian augmentation |") == 2
   assert report.count("| no augmentation |") == 1
   for png in re.findall(r"\]\(([^)]+\.png)\)", report):
-    assert os.path.getsize(os.path.join(out, claims.REPORT_DIR, png)) > 0
+    assert os.path.getsize(os.path.join(out, job.REPORT_DIR, png)) > 0
   assert re.search(r"^\[guidance_seed1\] ", result.stdout, re.M)
 
 

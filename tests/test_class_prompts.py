@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cdm_tf.data import class_names
-from cdm_tf.data import fashion_mnist
+from cdm_tf.data_preparation import fashion_mnist
 from cdm_tf.text import class_prompts
 
 

@@ -25,7 +25,9 @@ from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import mixing
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import reader
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import real_photo_records
 from tests import synthetic_records
@@ -38,21 +40,21 @@ IMAGE_SIZE = 224  # resnet50_64x64.gin's model input
 
 def _write_generated(directory, images_and_labels, classes):
   """A one-shard synthetic set (PNG, so pixels survive) with its manifest."""
-  writer = synthetic_writer.ShardWriter(
-      os.path.join(directory, synthetic_writer.shard_file_name(
+  writer = shard_writer.ShardWriter(
+      os.path.join(directory, shard_writer.shard_file_name(
           input_pipeline.TRAIN_SPLIT, 0, 1)), num_classes=len(classes))
   per_class = collections.Counter()
   for image, label in images_and_labels:
     label, index = int(label), per_class[int(label)]
     per_class[label] += 1
-    writer.write(synthetic_writer.encode_example(
+    writer.write(shard_writer.encode_example(
         np.asarray(image), label, classes, image_format="png",
-        provenance=synthetic_writer.Provenance(
+        provenance=shard_writer.Provenance(
             "test-downsampled-real", f"{label}-{index}", index,
             (label, index))), label)
   writer.close()
-  synthetic_writer.write_manifest(directory, input_pipeline.TRAIN_SPLIT,
-                                  [writer.info], len(classes), "png")
+  split_manifest.write(directory, input_pipeline.TRAIN_SPLIT,
+                       [writer.info], len(classes), "png")
   return directory
 
 
@@ -139,7 +141,7 @@ def test_real_training_images_are_the_generator_data_exactly(photos):
   input_pipeline.check_data_resolution(training_set, RESOLUTION)
   expected_real = _generator_images(real, input_pipeline.TRAIN_SPLIT)
   stored_synthetic = collections.defaultdict(list)
-  for e in mixing.read_synthetic(
+  for e in reader.read(
       list(training_set.synthetic_paths)).as_numpy_iterator():
     stored_synthetic[int(e[schema.LABEL])].append(e[schema.IMAGE])
   stream = input_pipeline.training_examples(

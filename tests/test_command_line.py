@@ -9,9 +9,10 @@ import tensorflow as tf
 
 from cdm_tf import command_line
 from cdm_tf import configuration
+from cdm_tf import settings_record
 from cdm_tf.pipeline import runner
+from cdm_tf.training import loop
 from cdm_tf.training import run_settings
-from cdm_tf.training import trainer
 
 
 @pytest.mark.parametrize("error,status", [
@@ -22,7 +23,7 @@ from cdm_tf.training import trainer
     (tf.errors.DataLossError(None, None, "x"), 2),
     (tf.errors.InvalidArgumentError(None, None, "x"), 2),
     (configuration.ConflictError("x"), 3),
-    (trainer.NonFiniteLossError("x"), 3),
+    (loop.NonFiniteLossError("x"), 3),
     (runner.StepFailedError("x", 7), 7),
     # Bugs keep their traceback.
     (TypeError("x"), None),
@@ -104,18 +105,19 @@ def test_run_settings_say_what_differs(tmp_path):
   changed = run_settings.describe({"width": 16},
                                   _Optimizer(learning_rate=3e-4),
                                   [_Variable(3, 16), _Variable(16)])
-  with pytest.raises(configuration.ConflictError) as raised:
+  with pytest.raises(settings_record.SettingsConflictError) as raised:
     run_settings.check_or_record(str(tmp_path), changed, resuming=True)
   message = str(raised.value)
   assert ("optimizer.learning_rate: 0.001 -> 0.0003; model.width: 32 -> 16; "
           "2 of 2 variables change shape") in message
+  assert isinstance(raised.value, configuration.ConflictError)  # exit 3
   # A new run in the directory (no checkpoint yet) records its own.
   run_settings.check_or_record(str(tmp_path), changed, resuming=False)
   run_settings.check_or_record(str(tmp_path), changed, resuming=True)
 
 
 def test_nested_differences():
-  assert run_settings.differences_between(
+  assert settings_record.differences(
       {"a": {"b": [1, 2], "c": 1}, "d": 1},
       {"a": {"b": [1, 3]}, "e": 2}) == [
           "a.b[1]: 2 -> 3", "a.c: 1 -> not set", "d: 1 -> not set",

@@ -5,10 +5,10 @@ import tensorflow as tf
 
 from cdm_tf.diffusion import create_diffusion
 from cdm_tf.diffusion import per_example_noise
+from cdm_tf.diffusion_training import optimizers
 from cdm_tf.models import export
 from cdm_tf.models.diffusion_model import DiffusionModel
 from cdm_tf.models.unet import UNet
-from cdm_tf.training import optimizers
 
 
 def _unet(**kwargs):

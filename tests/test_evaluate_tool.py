@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from cdm_tf.data import class_names
-from cdm_tf.data import synthetic_writer
 from cdm_tf.metrics import networks
 from cdm_tf.metrics import sample_quality
+from cdm_tf.metrics import sample_scores
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import synthetic_records
 
@@ -32,23 +34,23 @@ TIMEOUT = 300
 def _write_real_split_as_generated(real_dir, out_dir, split):
   """The real split's images, unchanged (PNG), as a generated "train" set."""
   classes = class_names.load_classes(real_dir)
-  writers = [synthetic_writer.ShardWriter(
-      os.path.join(out_dir, synthetic_writer.shard_file_name("train", i, 2)),
+  writers = [shard_writer.ShardWriter(
+      os.path.join(out_dir, shard_writer.shard_file_name("train", i, 2)),
       num_classes=len(classes)) for i in range(2)]
   by_class = synthetic_records.real_images_by_class(real_dir, split)
   position = 0
   for label, images in sorted(by_class.items()):
     for index, image in enumerate(images):
-      writers[position % 2].write(synthetic_writer.encode_example(
+      writers[position % 2].write(shard_writer.encode_example(
           image, label, classes, image_format="png",
-          provenance=synthetic_writer.Provenance(
+          provenance=shard_writer.Provenance(
               "test-real-images", f"{label}-{index}", index, (label, index))),
                                   label)
       position += 1
   for writer in writers:
     writer.close()
-  synthetic_writer.write_manifest(out_dir, "train", [w.info for w in writers],
-                                  len(classes), "png")
+  split_manifest.write(out_dir, "train", [w.info for w in writers],
+                       len(classes), "png")
   return position
 
 
@@ -91,7 +93,8 @@ def test_real_validation_images_have_zero_fid_against_validation(setup):
   assert result.returncode == 0, result.stderr[-3000:]
   assert setup["count"] == 20
   # 20 images: the default FID@N is the whole set.
-  metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+  metrics = json.loads(
+      (out / sample_scores.METRICS_FILE).read_text())["metrics"]
   by_label = {m["label"]: m for m in metrics}
   assert list(by_label) == [
       f"FID@20 vs train ({NETWORK})", f"FID@20 vs validation ({NETWORK})",
@@ -120,7 +123,7 @@ def test_real_validation_images_have_zero_fid_against_validation(setup):
   # data and prepared like the reference images, against train only. Here
   # they are the "generated" images, so their values must agree.
   baseline = {m["label"]: m for m in json.loads(
-      (out / "metrics_real_baseline.json").read_text())["metrics"]}
+      (out / sample_scores.BASELINE_FILE).read_text())["metrics"]}
   assert not any("vs validation" in label for label in baseline)
   for label in (f"FID@20 vs train ({NETWORK})", f"IS@20 ({NETWORK})"):
     np.testing.assert_allclose(baseline[label]["value"],

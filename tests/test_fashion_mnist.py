@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cdm_tf.data import class_names
-from cdm_tf.data import fashion_mnist
-from cdm_tf.data import synthetic_writer
+from cdm_tf.data_preparation import fashion_mnist
+from cdm_tf.synthetic_set import shard_writer
 from tests import fashion_mnist_subset
 
 
@@ -63,12 +63,12 @@ def test_convert_writes_complete_splits_and_keeps_them_on_restart(tmp_path):
   assert list(manifests["validation"].class_counts) == [2] * 10
   assert [c.name for c in class_names.load_classes(out)][:2] == [
       "T-shirt/top", "trouser"]
-  train_shards = synthetic_writer.complete_shards(out, "train")
+  train_shards = shard_writer.complete_shards(out, "train")
   assert len(train_shards) == fashion_mnist.NUM_SHARDS["train"]
   mtimes = {p: os.path.getmtime(p) for p in train_shards}
   # A killed run leaves a temporary behind; a restart removes it and keeps
   # the splits that are complete.
-  leftover = os.path.join(out, synthetic_writer.TMP_PREFIX + "x-train-1")
+  leftover = os.path.join(out, shard_writer.TMP_PREFIX + "x-train-1")
   open(leftover, "wb").close()
   fashion_mnist.convert(out, source_dir=source)
   assert not os.path.exists(leftover)

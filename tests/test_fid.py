@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cdm_tf.data import fashion_mnist
+from cdm_tf import files as files_lib
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import schema
+from cdm_tf.data_preparation import fashion_mnist
 from cdm_tf.metrics import features as features_lib
 from cdm_tf.metrics import fid
 from tests import real_photo_records as records
@@ -301,13 +302,13 @@ def test_unwritable_data_dir_caches_in_cache_dir(photos, tmp_path,
   cache_dir = str(tmp_path / "cache")
   records.write_photo_shards(data_dir, schema.FORMAT_TPU, photos[:6],
                              num_shards=1)
-  write = fid.files_lib.atomic_write_bytes
+  write = files_lib.atomic_write_bytes
 
   def read_only_data_dir(path, data):
     if os.path.dirname(path) == data_dir:
       raise PermissionError(f"{path}: read-only")
     write(path, data)
-  monkeypatch.setattr(fid.files_lib, "atomic_write_bytes", read_only_data_dir)
+  monkeypatch.setattr(files_lib, "atomic_write_bytes", read_only_data_dir)
   extractor = _CountingExtractor()
   result = fid.reference_statistics(data_dir, extractor, split="train",
                                     cache_dir=cache_dir)

@@ -3,6 +3,7 @@ two workers, or two replicas, write the same files as one."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,12 +14,14 @@ import pytest
 import tensorflow as tf
 
 from cdm_tf import configuration
+from cdm_tf import settings_record
 from cdm_tf.data import class_names
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
 from cdm_tf.generation import cascade as cascade_lib
 from cdm_tf.generation import plan as plan_lib
 from cdm_tf.generation import synthetic_dataset
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import tiny_cascade
 
@@ -72,13 +75,13 @@ def _command(setup, output_dir, *flags):
 
 def _shard_bytes(directory):
   return {os.path.basename(p): open(p, "rb").read()
-          for p in synthetic_writer.complete_shards(directory, "train")}
+          for p in shard_writer.complete_shards(directory, "train")}
 
 
 def _records(directory):
   """Every record, parsed independently of the package's readers."""
   records = []
-  for path in synthetic_writer.complete_shards(directory, "train"):
+  for path in shard_writer.complete_shards(directory, "train"):
     for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
       features = tf.train.Example.FromString(raw).features.feature
       image = tf.io.decode_png(
@@ -103,7 +106,7 @@ def _check_complete_set(directory, plan):
     assert r["id"] == plan_lib.example_id_string(r["label"], r["class_index"])
     assert r["seed"] == [0, int(plan_lib.example_id(r["label"],
                                                     r["class_index"]))]
-  manifest = synthetic_writer.read_manifest(directory, "train")
+  manifest = split_manifest.read(directory, "train")
   assert manifest.complete and manifest.num_examples == plan.num_examples
   assert list(manifest.class_counts) == plan.class_counts.tolist()
   assert not [n for n in os.listdir(directory) if n.startswith(".tmp-")]
@@ -131,7 +134,7 @@ def test_two_workers_write_the_single_worker_set(setup, tmp_path):
                                      **kwargs)
   assert first["shards"] == ["train-00001-of-00004", "train-00003-of-00004"]
   assert not first["split_complete"]
-  assert not tf.io.gfile.exists(synthetic_writer.manifest_path(out, "train"))
+  assert not tf.io.gfile.exists(split_manifest.file_path(out, "train"))
   second = synthetic_dataset.generate(out, setup["cascade"], setup["plan"],
                                       setup["classes"], worker_index=0,
                                       **kwargs)
@@ -156,7 +159,7 @@ def test_resized_jpeg_output_and_a_worker_without_shards(setup, tmp_path):
                                        num_workers=2, worker_index=0,
                                        print_fn=lambda _: None)
   assert summary["split_complete"]
-  manifest = synthetic_writer.read_manifest(out, "train")
+  manifest = split_manifest.read(out, "train")
   assert manifest.image_format == "jpeg" and manifest.class_counts[4] == 3
   for raw in tf.data.TFRecordDataset(
       manifest.shard_paths(out)).as_numpy_iterator():
@@ -170,8 +173,12 @@ def test_resized_jpeg_output_and_a_worker_without_shards(setup, tmp_path):
 def test_other_settings_in_the_same_directory_are_refused(setup):
   settings = synthetic_dataset.GenerationSettings(
       **{**vars(setup["settings"]), "base_seed": 1})
-  with pytest.raises(synthetic_dataset.GenerationConflictError,
-                     match="settings differ"):
+  record = re.escape(synthetic_dataset.record_path(setup["reference"],
+                                                   "train"))
+  with pytest.raises(settings_record.SettingsConflictError, match=(
+      "already holds a 'train' set generated with other settings "
+      f"\\(settings.base_seed: 0 -> 1; see {record}\\); use a new output "
+      "directory or the same settings$")):
     synthetic_dataset.generate(setup["reference"], setup["cascade"],
                                setup["plan"], setup["classes"], settings,
                                print_fn=lambda _: None)

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from cdm_tf.data import synthetic_writer
+from cdm_tf import fingerprints
 from cdm_tf.models import export
+from cdm_tf.synthetic_set import shard_writer
 from tests import fashion_mnist_subset
 from tests import tiny_cascade
 
@@ -57,7 +58,7 @@ def setup(tmp_path_factory):
 def test_loaded_weights_match_the_export_fingerprint(setup, dtype_policy):
   for directory in (setup["base_dir"], setup["sr_dir"]):
     model = export.load_model(directory, dtype_policy)
-    assert (export.loaded_weights_fingerprint(model.unet) ==
+    assert (fingerprints.of_arrays(model.unet.get_weights()) ==
             export.weights_fingerprint(directory))
 
 
@@ -67,7 +68,7 @@ def test_replaced_stage_weights_are_refused_for_every_worker(setup):
   first = _run(setup["bindings"], setup["data_dir"], output_dir,
                "--num_workers=2", "--worker_index=0")
   assert first.returncode == 0, first.stderr
-  assert len(synthetic_writer.complete_shards(output_dir, "train")) == 1
+  assert len(shard_writer.complete_shards(output_dir, "train")) == 1
   # Restarted with the same weights, it is accepted (nothing left to do).
   again = _run(setup["bindings"], setup["data_dir"], output_dir,
                "--num_workers=2", "--worker_index=0")

@@ -8,12 +8,12 @@ import tensorflow as tf
 
 from cdm_tf.classifiers import models
 from cdm_tf.data import imagenet_reader
-from cdm_tf.data import mixing
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
 from cdm_tf.metrics import features as features_lib
 from cdm_tf.metrics import fid
 from cdm_tf.metrics import sample_quality
+from cdm_tf.synthetic_set import reader
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import real_photo_records as records
 from tests import synthetic_records
@@ -132,7 +132,7 @@ def fashion_mnist_sets(tmp_path_factory):
   real_dir = fashion_mnist_subset.prepared(str(directory), per_class=(4, 3))
   synthetic_dir = str(directory / "synthetic")
   synthetic_records.write(real_dir, synthetic_dir, per_class=3)
-  manifest = synthetic_writer.read_manifest(synthetic_dir, "train")
+  manifest = split_manifest.read(synthetic_dir, "train")
   return real_dir, manifest.shard_paths(synthetic_dir)
 
 
@@ -145,7 +145,7 @@ def test_metrics_of_a_generated_set_carry_the_feature_network(
   references = {"validation": fid.reference_statistics(
       real_dir, extractor, split="validation", num_classes=10,
       keep_features=30)}
-  generated = mixing.read_synthetic(synthetic_paths)
+  generated = reader.read(synthetic_paths)
   result = sample_quality.evaluate(
       generated, extractor, references, sample_counts=(20, 30),
       kid_subsets=5, kid_subset_size=10)
@@ -183,7 +183,7 @@ def test_inception_score_from_a_separate_classifier(fashion_mnist_sets):
       real_dir, extractor, split="train", num_classes=10)}
   classifier = features_lib.ClassifierFeatures(_small_network(), "scorer")
   result = sample_quality.evaluate(
-      mixing.read_synthetic(synthetic_paths), extractor, references,
+      reader.read(synthetic_paths), extractor, references,
       sample_counts=(30,), classifier=classifier)
   assert [v.label for v in result.values] == [
       "FID@30 vs train (mean colour)", "IS@30 (scorer)"]

@@ -13,7 +13,9 @@ import tensorflow as tf
 from cdm_tf.data import class_names
 from cdm_tf.data import mixing
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer as sw
+from cdm_tf.synthetic_set import reader
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 
 
 def _elements(count, source, image_shape, num_classes=3):
@@ -129,24 +131,24 @@ def _synthetic_set(tmp_path):
   order = [(label, index) for index in range(5) for label in range(3)]
   infos, images = [], {}
   for shard in range(2):
-    path = str(tmp_path / sw.shard_file_name("train", shard, 2))
-    with sw.ShardWriter(path, num_classes=3) as writer:
+    path = str(tmp_path / shard_writer.shard_file_name("train", shard, 2))
+    with shard_writer.ShardWriter(path, num_classes=3) as writer:
       for n, (label, index) in enumerate(order):
         if n % 2 != shard:
           continue
         images[(label, index)] = crops[n]
-        writer.write(sw.encode_example(
+        writer.write(shard_writer.encode_example(
             crops[n], label, CLASSES, image_format="png",
-            provenance=sw.Provenance("g", f"{label}-{index}", index,
-                                     (label, index))), label)
+            provenance=shard_writer.Provenance("g", f"{label}-{index}",
+                                               index, (label, index))), label)
     infos.append(writer.info)
-  manifest = sw.write_manifest(str(tmp_path), "train", infos, 3, "png")
+  manifest = split_manifest.write(str(tmp_path), "train", infos, 3, "png")
   return str(tmp_path), manifest, images
 
 
 def test_read_synthetic_yields_labels_class_indices_and_pixels(synthetic_set):
   directory, manifest, images = synthetic_set
-  elements = list(mixing.read_synthetic(
+  elements = list(reader.read(
       manifest.shard_paths(directory)).as_numpy_iterator())
   assert len(elements) == 15
   for e in elements:
@@ -158,8 +160,7 @@ def test_read_synthetic_yields_labels_class_indices_and_pixels(synthetic_set):
 @pytest.mark.parametrize("decode", [True, False])
 def test_class_balanced_subset_by_class_index(synthetic_set, decode):
   directory, manifest, images = synthetic_set
-  synthetic = mixing.read_synthetic(manifest.shard_paths(directory),
-                                    decode=decode)
+  synthetic = reader.read(manifest.shard_paths(directory), decode=decode)
   real_counts = [2, 1, 3]  # 2x: limits 4, 2, 6; class 2 has only 5.
   with pytest.raises(ValueError, match="fewer synthetic examples"):
     mixing.class_balanced_subset(synthetic, real_counts, 2,
@@ -167,7 +168,7 @@ def test_class_balanced_subset_by_class_index(synthetic_set, decode):
   subset, size = mixing.class_balanced_subset(
       synthetic, real_counts, 2, manifest.class_counts, allow_short=True)
   if not decode:
-    subset = mixing.decode_images(subset)
+    subset = reader.decode_images(subset)
   kept = sorted((int(e[schema.LABEL]), int(e[schema.CLASS_INDEX]))
                 for e in subset.as_numpy_iterator())
   assert size == len(kept) == 4 + 2 + 5
@@ -188,7 +189,7 @@ def test_real_plus_class_balanced_synthetic_stream(synthetic_set):
   directory, manifest, _ = synthetic_set
   real = _elements(6, "real", [8, 7, 3])
   synthetic, size = mixing.class_balanced_subset(
-      mixing.read_synthetic(manifest.shard_paths(directory)), [2, 2, 2], 2,
+      reader.read(manifest.shard_paths(directory)), [2, 2, 2], 2,
       manifest.class_counts)
   stream = mixing.training_stream(real, 6, synthetic, size, seed=5,
                                   sampling=mixing.SAMPLING_EXACT)

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 from cdm_tf.diffusion import per_example_noise
+from cdm_tf.diffusion_training import optimizers
 from cdm_tf.models import diffusion_model
 from cdm_tf.models import unet as unet_lib
-from cdm_tf.training import optimizers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "gin", "models", "*.gin")))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cdm_tf.models import export
+from cdm_tf import fingerprints
 from tests import fashion_mnist_subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -239,7 +239,7 @@ DIFFUSION_REFERENCE = _TWO_PIPELINES + textwrap.dedent("""
     import sys
     import gin
     from cdm_tf import configuration
-    from cdm_tf.training import input_pipeline, trainer
+    from cdm_tf.diffusion_training import input_pipeline, trainer
 
     model_dir, gin_file = sys.argv[1:3]
     configuration.parse_gin([gin_file], sys.argv[3:])
@@ -331,7 +331,7 @@ def test_diffusion_training_on_two_workers(tmp_path, data_dir):
   ema = _checkpoint_arrays(chief, "ema_weights")
   digests = _digests(workers)
   # Bit-identical on both workers, and what the chief saved.
-  assert digests[0] == digests[1] == export.weights_digest(unet + ema)
+  assert digests[0] == digests[1] == fingerprints.of_arrays(unet + ema)
 
   reference_ckpt = os.path.join(reference_dir, "checkpoints", "ckpt-3")
   assert _max_diff(unet, _checkpoint_arrays(reference_ckpt,
@@ -375,7 +375,7 @@ def test_classifier_training_on_two_workers(tmp_path, data_dir):
   weights = _checkpoint_arrays(
       os.path.join(model_dir, "checkpoints", "ckpt-3"), "model_weights")
   digests = _digests(workers)
-  assert digests[0] == digests[1] == export.weights_digest(weights)
+  assert digests[0] == digests[1] == fingerprints.of_arrays(weights)
   reference_weights = _checkpoint_arrays(
       os.path.join(reference_dir, "checkpoints", "ckpt-3"), "model_weights")
   assert _max_diff(weights, reference_weights) < 1e-5
@@ -441,7 +441,7 @@ def test_sigkill_of_a_worker_then_both_resume_from_the_chiefs_checkpoint(
     assert f"trained steps {saved}..{saved + 3}" in worker.stdout
   assert _latest_step(model_dir) == saved + 3
   digests = _digests(restarted)
-  assert digests[0] == digests[1] == export.weights_digest(
+  assert digests[0] == digests[1] == fingerprints.of_arrays(
       _checkpoint_arrays(os.path.join(model_dir, "checkpoints",
                                       f"ckpt-{saved + 3}"), "model_weights"))
   # The chief's checkpoints only: no other worker's anywhere in model_dir.

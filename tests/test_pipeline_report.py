@@ -13,13 +13,13 @@ import tensorflow as tf
 from cdm_tf.classifiers import cas
 from cdm_tf.classifiers import evaluation
 from cdm_tf.data import contact_sheet
-from cdm_tf.data import fashion_mnist
-from cdm_tf.data import mixing
-from cdm_tf.data import synthetic_writer
+from cdm_tf.data_preparation import fashion_mnist
 from cdm_tf.metrics import report as metrics_report
 from cdm_tf.pipeline import report
 from cdm_tf.pipeline import report_figures
 from cdm_tf.pipeline import run_outputs
+from cdm_tf.synthetic_set import reader
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import synthetic_records
 
@@ -209,7 +209,7 @@ def test_full_report(data):
                         report_figures.LABEL_WIDTH + 2 * block
                         + report_figures.SEPARATOR_WIDTH, 3)
   generated = {}
-  for element in mixing.read_synthetic(synthetic_writer.read_manifest(
+  for element in reader.read(split_manifest.read(
       synthetic, "train").shard_paths(synthetic)).as_numpy_iterator():
     generated.setdefault(int(element["label"]), []).append(element["image"])
   validation = synthetic_records.real_images_by_class(real, "validation")

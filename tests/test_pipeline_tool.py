@@ -7,10 +7,11 @@ import re
 
 import pytest
 
-from cdm_tf.data import synthetic_writer
-from cdm_tf.generation import sweep
+from cdm_tf.metrics import sample_scores
 from cdm_tf.pipeline import job
 from cdm_tf.pipeline import runner
+from cdm_tf.sweeps import records
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import pipeline_runs
 
@@ -59,10 +60,10 @@ job.EarlierResolution.total = 20
 # The headline sweeps: 2 seeds, 20 images per point.
 job.JobConfig.sweep_seeds = [0, 1]
 job.JobConfig.sweep_gin_bindings = [
-    'sweep.run.num_images = 20',
-    'sweep.run.fid_sample_counts = [20]',
-    'sweep.ReferenceSpec.num_examples = 80',
-    'sweep.ReferenceSpec.keep_features = 80',
+    'sweep.SweepSettings.num_images = 20',
+    'sweep.SweepSettings.fid_sample_counts = [20]',
+    'sample_scores.ReferenceSpec.num_examples = 80',
+    'sample_scores.ReferenceSpec.keep_features = 80',
     'synthetic_dataset.GenerationSettings.sheet_per_class = 0',
 ]
 """
@@ -98,7 +99,7 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
     assert os.path.exists(runner.marker_path(out, name)), name
   # The steps' own output is echoed under their names.
   assert re.search(r"^\[train_base\] step 4/4 loss", result.stdout, re.M)
-  manifest = synthetic_writer.read_manifest(
+  manifest = split_manifest.read(
       os.path.join(out, job.SYNTHETIC_DIR), "train")
   assert manifest.num_examples == 20
   assert list(manifest.class_counts) == [2] * 10
@@ -111,11 +112,12 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
   assert fid["value"] > 0
 
   # The base stage's own samples, scored at their resolution.
-  earlier = synthetic_writer.read_manifest(
+  earlier = split_manifest.read(
       os.path.join(out, f"{job.SYNTHETIC_DIR}_16x16"), "train")
   assert earlier.num_examples == 20
   earlier_metrics = json.load(open(os.path.join(
-      out, f"{job.METRICS_DIR}_16x16", job.METRICS_FILE)))["metrics"]
+      out, f"{job.METRICS_DIR}_16x16",
+      sample_scores.METRICS_FILE)))["metrics"]
   assert any(m["label"].startswith("FID@20 vs train")
              for m in earlier_metrics)
 
@@ -167,7 +169,7 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
       augmentation_sweep_gin_files=("a.gin",), sweep_seeds=(0, 1))
   for directory in (job.guidance_sweep_dirs(config, out)
                     + job.augmentation_sweep_dirs(config, out)):
-    assert os.path.exists(os.path.join(directory, sweep.CSV_FILE)), directory
+    assert os.path.exists(os.path.join(directory, records.CSV_FILE)), directory
   assert "## Conditioning augmentation at reduced size" in report
   assert "## Guidance against classification at reduced size" in report
   interval = r"[0-9.]+ \[-?[0-9.]+, [0-9.]+\] \(2 runs\)"

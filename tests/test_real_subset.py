@@ -12,9 +12,9 @@ import tensorflow as tf
 from cdm_tf.classifiers import input_pipeline
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
-from cdm_tf.data import real_subset
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.data_preparation import real_subset
+from cdm_tf.synthetic_set import shard_writer
 from tests import fashion_mnist_subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +77,7 @@ def test_first_records_of_each_class_copied_as_they_are(source, tmp_path):
       raw for _, raw in _records(source, "validation")]
   assert class_names.load_classes(out) == class_names.load_classes(source)
   assert not [n for n in os.listdir(out)
-              if n.startswith(synthetic_writer.TMP_PREFIX)]
+              if n.startswith(shard_writer.TMP_PREFIX)]
   # Classifiers train on it like on any real set.
   training_set = input_pipeline.resolve_training_set(
       input_pipeline.TrainingData(data=input_pipeline.DATA_REAL,

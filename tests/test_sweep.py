@@ -1,4 +1,4 @@
-"""Sampler sweeps (cdm_tf.generation.sweep) on the tiny untrained cascade,
+"""Sampler sweeps (cdm_tf.sweeps) on the tiny untrained cascade,
 scored with a tiny classifier's features against real Fashion-MNIST: the
 points, their metrics, the CSV, the plots, resuming after a kill, and the
 earlier stages generated once for a super-resolution sweep."""
@@ -12,16 +12,20 @@ import keras
 import numpy as np
 import pytest
 
+from cdm_tf import settings_record
 from cdm_tf.data import class_names
-from cdm_tf.data import mixing
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
 from cdm_tf.generation import cascade as cascade_lib
 from cdm_tf.generation import plan as plan_lib
-from cdm_tf.generation import sweep
-from cdm_tf.generation import sweep_plots
 from cdm_tf.generation import synthetic_dataset
 from cdm_tf.metrics import features as features_lib
+from cdm_tf.metrics import sample_scores
+from cdm_tf.sweeps import grid as grid_lib
+from cdm_tf.sweeps import records
+from cdm_tf.sweeps import scoring
+from cdm_tf.sweeps import sweep
+from cdm_tf.synthetic_set import reader
+from cdm_tf.synthetic_set import split_manifest
 from tests import fashion_mnist_subset
 from tests import tiny_cascade
 
@@ -55,8 +59,8 @@ def setup(tmp_path_factory):
       classes=class_names.load_classes(data_dir),
       extractor=features_lib.ClassifierFeatures(
           _tiny_classifier(), NETWORK, feature_layer="features"),
-      references=sweep.ReferenceSpec(data_dir, splits=("train", "validation"),
-                                     keep_features=30),
+      references=sample_scores.ReferenceSpec(
+          data_dir, splits=("train", "validation"), keep_features=30),
       settings=synthetic_dataset.GenerationSettings(
           batch_size=10, examples_per_shard=10, image_format="png",
           sheet_per_class=1, progress_every_seconds=0))
@@ -64,6 +68,20 @@ def setup(tmp_path_factory):
 
 def _metric_kwargs():
   return dict(num_images=NUM_IMAGES, kid_subsets=5, kid_subset_size=10)
+
+
+def _run_sweep(out, stages, make_cascade, setup, *, references=None,
+               cas_fn=None, cas_name=scoring.DEFAULT_CAS_NAME,
+               stage_names=None, print_fn=lambda _: None, **settings):
+  """``Sweep(...).run()`` scored with the setup's extractor; ``settings``
+  are ``SweepSettings``'."""
+  scorer = scoring.PointScorer(setup["extractor"],
+                               references or setup["references"],
+                               cas_fn=cas_fn, cas_name=cas_name)
+  return sweep.Sweep(out, sweep.SweepSettings(**settings), stages,
+                     make_cascade, setup["classes"], scorer,
+                     setup["settings"], stage_names=stage_names,
+                     print_fn=print_fn).run()
 
 
 class _Recorder:
@@ -80,7 +98,7 @@ class _Recorder:
 
 
 def test_explicit_points_mix_samplers_with_their_own_step_fields():
-  points = sweep.expand_grid([
+  points = grid_lib.expand_grid([
       {"sampler": "ddpm", "timestep_respacing": 250, "steps": None},
       {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 15}])
   assert [p.parameters for p in points] == [
@@ -93,11 +111,11 @@ def test_explicit_points_mix_samplers_with_their_own_step_fields():
       ([{"nope": 1}], "not a Stage field"),
       ([{}], "non-empty")):
     with pytest.raises(ValueError, match=message):
-      sweep.expand_grid(bad)
+      grid_lib.expand_grid(bad)
 
 
 def test_grid_points_names_and_checks():
-  points = sweep.expand_grid({"guidance_weight": [1, 1.25],
+  points = grid_lib.expand_grid({"guidance_weight": [1, 1.25],
                               "timestep_respacing": [128, "ddim32"]})
   assert [p.parameters for p in points] == [
       {"guidance_weight": 1.0, "timestep_respacing": "128"},
@@ -109,33 +127,20 @@ def test_grid_points_names_and_checks():
                         ({"aug_level": []}, "no values"),
                         ({"aug_level": [0.1, 0.1]}, "twice")):
     with pytest.raises(ValueError, match=message):
-      sweep.expand_grid(grid)
-  assert sweep.resolve_stage("sr", 2, ["base", "sr"]) == 1
-  assert sweep.resolve_stage(0, 2) == 0
+      grid_lib.expand_grid(grid)
+  assert grid_lib.resolve_stage("sr", 2, ["base", "sr"]) == 1
+  assert grid_lib.resolve_stage(0, 2) == 0
   with pytest.raises(ValueError, match="no stage named"):
-    sweep.resolve_stage("sr256", 2, ["base", "sr"])
+    grid_lib.resolve_stage("sr256", 2, ["base", "sr"])
   stages = [cascade_lib.Stage("base"), cascade_lib.Stage("sr")]
   with pytest.raises(ValueError, match="logvar_coeff is a DDPM setting"):
-    sweep.point_stages(stages, 1, {"sampler": "ddim", "logvar_coeff": 0.1})
-  truncating = sweep.expand_grid({"aug_level": [0.1], "truncated": [True]})
-  assert not sweep.reuses_earlier_stages(stages, 1, truncating)
-  assert sweep.reuses_earlier_stages(
-      stages, 1, sweep.expand_grid({"aug_level": [0.1, 0.2]}))
-  assert not sweep.reuses_earlier_stages(
-      stages, 0, sweep.expand_grid({"guidance_weight": [1.0]}))
-
-
-def test_pareto_front_and_views():
-  # Lower FID and higher IS are better: (IS 5, FID 3) is beaten by (6, 2).
-  mask = sweep_plots.pareto_mask([5, 6, 7, 4, np.nan], [3, 2, 4, 1, 0],
-                                 x_higher_is_better=True,
-                                 y_higher_is_better=False)
-  assert mask.tolist() == [False, True, True, True, False]
-  assert sweep_plots.resolve_views(["logvar_coeff", "guidance_weight"]) == [
-      ("guidance_weight", "logvar_coeff")]
-  assert sweep_plots.resolve_views(["aug_level"]) == [("aug_level", None)]
-  with pytest.raises(ValueError, match="is not swept"):
-    sweep_plots.resolve_views(["aug_level"], [["guidance_weight"]])
+    grid_lib.point_stages(stages, 1, {"sampler": "ddim", "logvar_coeff": 0.1})
+  truncating = grid_lib.expand_grid({"aug_level": [0.1], "truncated": [True]})
+  assert not grid_lib.reuses_earlier_stages(stages, 1, truncating)
+  assert grid_lib.reuses_earlier_stages(
+      stages, 1, grid_lib.expand_grid({"aug_level": [0.1, 0.2]}))
+  assert not grid_lib.reuses_earlier_stages(
+      stages, 0, grid_lib.expand_grid({"guidance_weight": [1.0]}))
 
 
 def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
@@ -147,7 +152,7 @@ def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
 
   def cas_fn(synthetic_dir):
     # A stand-in for a trained classifier: a deterministic score of the set.
-    manifest = synthetic_writer.read_manifest(synthetic_dir, "train")
+    manifest = split_manifest.read(synthetic_dir, "train")
     cas_calls.append(os.path.basename(synthetic_dir))
     assert manifest.complete and manifest.num_examples == NUM_IMAGES
     return {"top1": 0.1 * len(cas_calls), "top5": 0.5}
@@ -158,18 +163,16 @@ def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
       raise KilledForTest(line)
 
   def run(make_cascade, print_fn=lambda _: None, **kwargs):
-    return sweep.run(out, stages, make_cascade, setup["classes"],
-                     setup["extractor"], setup["references"],
-                     setup["settings"], stage=0, grid=grid,
-                     cas_fn=cas_fn, cas_name="stand-in CAS", print_fn=print_fn,
-                     **dict(_metric_kwargs(), **kwargs))
+    return _run_sweep(out, stages, make_cascade, setup, stage=0, grid=grid,
+                      cas_fn=cas_fn, cas_name="stand-in CAS",
+                      print_fn=print_fn, **dict(_metric_kwargs(), **kwargs))
 
   with pytest.raises(KilledForTest):
     run(_Recorder(), print_fn=kill_in_third_point)
-  names = [p.name for p in sweep.expand_grid(grid)]
-  assert len(sweep.read_csv(os.path.join(out, sweep.CSV_FILE))) == 2
+  names = [p.name for p in grid_lib.expand_grid(grid)]
+  assert len(records.read_csv(os.path.join(out, records.CSV_FILE))) == 2
   third = os.path.join(out, sweep.POINTS_DIR, names[2])
-  assert not os.path.exists(os.path.join(third, sweep.METRICS_FILE))
+  assert not os.path.exists(os.path.join(third, sample_scores.METRICS_FILE))
   assert os.listdir(third).count("train-00000-of-00002") == 1
   assert "train-00001-of-00002" not in os.listdir(third)
 
@@ -183,7 +186,7 @@ def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
   assert summary["shards_written_now"] == ["train-00001-of-00002"]
   assert cas_calls == names  # once per point, on its complete set
 
-  rows = sweep.read_csv(result.csv_path)
+  rows = records.read_csv(result.csv_path)
   assert [(r["guidance_weight"], r["timestep_respacing"]) for r in rows] == [
       ("1", "2"), ("1", "3"), ("3", "2"), ("3", "3")]
   labels = [f"FID@20 vs train ({NETWORK})", f"FID@20 vs validation ({NETWORK})",
@@ -215,8 +218,9 @@ def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
 
   again = run(_Recorder(allowed=False))
   assert again.computed == [] and again.skipped == names
-  assert sweep.read_csv(again.csv_path) == rows
-  with pytest.raises(sweep.SweepConflictError, match="plan differ"):
+  assert records.read_csv(again.csv_path) == rows
+  with pytest.raises(settings_record.SettingsConflictError,
+                     match=r"plan\.class_counts\[0\]: 2 -> 3"):
     run(_Recorder(allowed=False), num_images=30)
 
 
@@ -225,14 +229,12 @@ def test_sweep_of_explicit_points_mixes_ddpm_and_solver_settings(setup,
   stages = [cascade_lib.Stage(setup["base_dir"], timestep_respacing="3")]
   grid = [{"sampler": "ddpm", "timestep_respacing": "2", "steps": None},
           {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 2}]
-  result = sweep.run(str(tmp_path / "points"), stages, _Recorder(),
-                     setup["classes"], setup["extractor"],
-                     dataclasses.replace(setup["references"],
-                                         splits=("validation",)),
-                     setup["settings"], stage=0, grid=grid,
-                     plot_views=[["steps", "sampler"]],
-                     print_fn=lambda _: None, **_metric_kwargs())
-  rows = sweep.read_csv(result.csv_path)
+  result = _run_sweep(str(tmp_path / "points"), stages, _Recorder(), setup,
+                      references=dataclasses.replace(setup["references"],
+                                                     splits=("validation",)),
+                      stage=0, grid=grid, plot_views=[["steps", "sampler"]],
+                      **_metric_kwargs())
+  rows = records.read_csv(result.csv_path)
   assert [(r["sampler"], r["timestep_respacing"], r["steps"])
           for r in rows] == [("ddpm", "2", "None"), ("dpmpp_2m", "None", "2")]
   assert [r["network_evaluations_per_image"] for r in rows] == ["2", "2"]
@@ -247,20 +249,18 @@ def test_super_resolution_sweep_generates_the_earlier_stage_once(setup,
             cascade_lib.Stage(setup["sr_dir"], timestep_respacing="2",
                               aug_level=0.1)]
   recorder = _Recorder()
-  result = sweep.run(out, stages, recorder, setup["classes"],
-                     setup["extractor"],
-                     dataclasses.replace(setup["references"],
-                                         splits=("validation",)),
-                     setup["settings"], stage="sr",
-                     grid={"aug_level": [0.0, 0.3]}, stage_names=["base", "sr"],
-                     print_fn=lambda _: None, **_metric_kwargs())
+  result = _run_sweep(out, stages, recorder, setup,
+                      references=dataclasses.replace(setup["references"],
+                                                     splits=("validation",)),
+                      stage="sr", grid={"aug_level": [0.0, 0.3]},
+                      stage_names=["base", "sr"], **_metric_kwargs())
   # The base stage alone once, then each point's full cascade (whose base
   # is loaded, for its settings and provenance, but not sampled).
   assert [len(c.stages) for c in recorder.built] == [1, 2, 2]
-  earlier = synthetic_writer.read_manifest(
+  earlier = split_manifest.read(
       os.path.join(out, sweep.EARLIER_STAGES_DIR), "train")
   assert earlier.complete and earlier.num_examples == NUM_IMAGES
-  rows = sweep.read_csv(result.csv_path)
+  rows = records.read_csv(result.csv_path)
   assert [r["aug_level"] for r in rows] == ["0", "0.3"]
   assert all(r["resolution"] == "16" for r in rows)
   assert {os.path.basename(p.path) for p in result.plots} >= {
@@ -270,8 +270,8 @@ def test_super_resolution_sweep_generates_the_earlier_stage_once(setup,
   # The pixels are a full cascade's: the last point's cascade, sampling
   # both stages, makes them again.
   point_dir = os.path.join(out, sweep.POINTS_DIR, "aug_level_0.3")
-  manifest = synthetic_writer.read_manifest(point_dir, "train")
-  stored = list(mixing.read_synthetic(
+  manifest = split_manifest.read(point_dir, "train")
+  stored = list(reader.read(
       manifest.shard_paths(point_dir)[:1]).as_numpy_iterator())
   labels = np.array([e[schema.LABEL] for e in stored])
   ids = plan_lib.example_id(labels, [e[schema.CLASS_INDEX] for e in stored])

@@ -13,7 +13,9 @@ import pytest
 from cdm_tf import configuration
 from cdm_tf.classifiers import recipes
 from cdm_tf.generation import cascade as cascade_lib
-from cdm_tf.generation import sweep
+from cdm_tf.sweeps import grid
+from cdm_tf.sweeps import records
+from cdm_tf.sweeps import sweep
 from tests import fashion_mnist_subset
 from tests import tiny_cascade
 
@@ -46,15 +48,16 @@ def test_sweep_configs_expand_to_the_papers_grids(name, stage, points,
   try:
     configuration.parse_gin([os.path.join(SWEEPS, name)], [])
     stages = cascade_lib.configured_stages()
-    names = sweep.configured_stage_names()
-    assert gin.query_parameter("sweep.run.stage") == stage
-    index = sweep.resolve_stage(stage, len(stages), names)
-    grid = sweep.expand_grid(gin.query_parameter("sweep.run.grid"))
-    assert len(grid) == points and list(grid[0].parameters) == fields
-    for point in grid:  # every point is a valid stage
-      sweep.point_stages(stages, index, point.parameters)
+    names = grid.configured_stage_names()
+    assert gin.query_parameter("sweep.SweepSettings.stage") == stage
+    index = grid.resolve_stage(stage, len(stages), names)
+    expanded = grid.expand_grid(
+        gin.query_parameter("sweep.SweepSettings.grid"))
+    assert len(expanded) == points and list(expanded[0].parameters) == fields
+    for point in expanded:  # every point is a valid stage
+      grid.point_stages(stages, index, point.parameters)
     # Only the super-resolution sweep has earlier stages to reuse.
-    assert sweep.reuses_earlier_stages(stages, index, grid) == (index > 0)
+    assert grid.reuses_earlier_stages(stages, index, expanded) == (index > 0)
     # The sampler benchmark and the claims job score the whole cascade,
     # the papers' grids the swept stage's output.
     if name.startswith("azizi") or name == "fashion_mnist_base_guidance.gin":
@@ -84,7 +87,7 @@ def test_sweep_cas_trains_as_many_steps_as_the_main_cas(sweep_file, images):
     configuration.parse_gin(files, [])
     recipe = gin.get_configurable(recipes.ClassifierRecipe)()
     if sweep_file:
-      assert gin.query_parameter("sweep.run.num_images") == images
+      assert gin.query_parameter("sweep.SweepSettings.num_images") == images
       # One evaluation, at the end.
       assert gin.query_parameter(
           "trainer.train_classifier.eval_every_epochs") == 0.0
@@ -122,14 +125,14 @@ def test_tool_sweeps_the_base_guidance_with_a_classifier(setup):
   bindings = [
       f"BASE_MODEL_DIR = '{setup['base_dir']}'",
       "base/cascade.Stage.steps = 2",
-      "sweep.run.grid = {'guidance_weight': [1.0, 2.0]}",
-      "sweep.run.num_images = 20",
-      "sweep.run.fid_sample_counts = [20]",
-      "sweep.run.kid_subsets = 5",
-      "sweep.run.kid_subset_size = 10",
-      "sweep.run.plot_views = None",
-      "sweep.ReferenceSpec.num_examples = None",
-      "sweep.ReferenceSpec.keep_features = 30",
+      "sweep.SweepSettings.grid = {'guidance_weight': [1.0, 2.0]}",
+      "sweep.SweepSettings.num_images = 20",
+      "sweep.SweepSettings.fid_sample_counts = [20]",
+      "sweep.SweepSettings.kid_subsets = 5",
+      "sweep.SweepSettings.kid_subset_size = 10",
+      "sweep.SweepSettings.plot_views = None",
+      "sample_scores.ReferenceSpec.num_examples = None",
+      "sample_scores.ReferenceSpec.keep_features = 30",
       "synthetic_dataset.GenerationSettings.batch_size = 10",
       "synthetic_dataset.GenerationSettings.examples_per_shard = 10",
       "synthetic_dataset.GenerationSettings.sheet_per_class = 1",
@@ -145,7 +148,7 @@ def test_tool_sweeps_the_base_guidance_with_a_classifier(setup):
                           timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "2 of 2 points finished (2 now, 0 before)" in result.stdout
-  rows = sweep.read_csv(os.path.join(out, sweep.CSV_FILE))
+  rows = records.read_csv(os.path.join(out, records.CSV_FILE))
   assert [r["guidance_weight"] for r in rows] == ["1", "2"]
   for label in (f"FID@20 vs train ({NETWORK})",
                 f"FID@20 vs validation ({NETWORK})", f"IS@20 ({NETWORK})",
@@ -162,7 +165,7 @@ def test_dry_run_resolves_macros_and_loads_nothing(tmp_path):
       sys.executable, TOOL,
       f"--gin_file={os.path.join(SWEEPS, 'fashion_mnist_base_guidance.gin')}",
       "--gin_bindings=NUM = 40",
-      "--gin_bindings=sweep.run.num_images = %NUM",
+      "--gin_bindings=sweep.SweepSettings.num_images = %NUM",
       f"--gin_bindings=BASE_MODEL_DIR = '{tmp_path / 'no_model'}'",
       f"--real_data_dir={tmp_path / 'no_data'}",
       f"--output_dir={tmp_path / 'out'}", "--dry_run"]

@@ -21,24 +21,25 @@ import pytest
 import tensorflow as tf
 
 from cdm_tf.data import caption_reader
-from cdm_tf.data import captions
 from cdm_tf.data import class_names
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.data_preparation import captions
 from cdm_tf.diffusion import per_example_noise
+from cdm_tf.diffusion_training import initialization
+from cdm_tf.diffusion_training import input_pipeline
+from cdm_tf.diffusion_training import optimizers
+from cdm_tf.diffusion_training import text_conditioning
+from cdm_tf.diffusion_training import trainer
 from cdm_tf.generation import cascade as cascade_lib
 from cdm_tf.generation import plan as plan_lib
 from cdm_tf.generation import synthetic_dataset
 from cdm_tf.models import diffusion_model
 from cdm_tf.models import export
 from cdm_tf.models import unet as unet_lib
+from cdm_tf.synthetic_set import split_manifest
 from cdm_tf.text import class_prompts
+from cdm_tf.text import conditioning
 from cdm_tf.text import factory as text_factory
-from cdm_tf.training import initialization
-from cdm_tf.training import input_pipeline
-from cdm_tf.training import optimizers
-from cdm_tf.training import text_conditioning
-from cdm_tf.training import trainer
 from tests import fashion_mnist_subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,7 +197,7 @@ def test_pretrain_on_captions_finetune_on_class_names_resume_and_generate(
           sheet_per_class=1, progress_every_seconds=0),
       print_fn=lambda _: None)
   assert summary["split_complete"]
-  manifest = synthetic_writer.read_manifest(out, "train")
+  manifest = split_manifest.read(out, "train")
   assert manifest.class_counts == (2,) * 10
   assert manifest.settings["cascade"]["class_prompts"][0] == "T-shirt"
   # One seed for all ten classes: each prompt gives another image.
@@ -271,14 +272,14 @@ def test_class_labels_condition_on_their_prompts_embeddings():
 
 def test_null_prompt_is_no_text_for_dropout_and_guidance():
   rng = np.random.default_rng(1)
-  text = diffusion_model.text_inputs(_random_text(rng, 4))
-  dropped = diffusion_model.drop_text(text, tf.constant([True, False, True,
-                                                         False]))
+  text = conditioning.text_inputs(_random_text(rng, 4))
+  dropped = conditioning.drop_text(text, tf.constant([True, False, True,
+                                                      False]))
   for row in (0, 2):
     assert not dropped["text_mask"][row].numpy().any()
     assert not dropped["text_tokens"][row].numpy().any()
     assert not dropped["text_pooled"][row].numpy().any()
-  for key in diffusion_model.TEXT_KEYS:
+  for key in conditioning.TEXT_KEYS:
     np.testing.assert_array_equal(dropped[key][1], text[key][1])
 
   model = _built(diffusion_model.DiffusionModel(_text_unet(),
@@ -437,7 +438,7 @@ def test_captions_are_templates_of_class_name_and_pixels(data):
   for example in examples:
     caption = example[schema.CAPTION].numpy().decode()
     assert names[int(example[schema.LABEL])] in caption, caption
-  manifest = synthetic_writer.read_manifest(captioned, "train")
+  manifest = split_manifest.read(captioned, "train")
   assert "synthetic templates" in manifest.settings["captions"]
 
 
@@ -479,7 +480,7 @@ def test_generate_tool_samples_a_text_cascade_with_a_frozen_stage(
       capture_output=True, text=True, timeout=300, check=False,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-3000:]
-  manifest = synthetic_writer.read_manifest(out, "train")
+  manifest = split_manifest.read(out, "train")
   assert manifest.complete and manifest.class_counts == (2,) * 10
   assert manifest.settings["cascade"]["class_prompts"] == prompts
   summary = json.load(open(os.path.join(

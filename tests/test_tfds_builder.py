@@ -11,8 +11,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cdm_tf.data import class_names
-from cdm_tf.data import synthetic_writer as sw
-from cdm_tf.data import tfds_builder
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
+from cdm_tf.synthetic_set import tfds_builder
 
 # Two classes share a name, as ImageNet's two "crane" classes do.
 CLASSES = [class_names.ClassInfo("n02012849", "crane"),
@@ -41,18 +42,19 @@ def _write_set(directory, image_format="png"):
   for split, shards in layout.items():
     infos = []
     for index, labels in enumerate(shards):
-      path = os.path.join(directory, sw.shard_file_name(split, index,
-                                                        len(shards)))
-      with sw.ShardWriter(path, num_classes=len(CLASSES)) as writer:
+      path = os.path.join(directory, shard_writer.shard_file_name(
+          split, index, len(shards)))
+      with shard_writer.ShardWriter(path, num_classes=len(CLASSES)) as writer:
         for label in labels:
           name = f"{split}-{n}"
-          writer.write(sw.encode_example(
+          writer.write(shard_writer.encode_example(
               images[n], label, CLASSES, image_format=image_format,
-              provenance=sw.Provenance("g", name, 0, (0, n))), label)
-          truth[name + sw.FILE_EXTENSIONS[image_format]] = (images[n], label)
+              provenance=shard_writer.Provenance("g", name, 0, (0, n))), label)
+          truth[name + shard_writer.FILE_EXTENSIONS[image_format]] = (
+              images[n], label)
           n += 1
       infos.append(writer.info)
-    sw.write_manifest(directory, split, infos, len(CLASSES), image_format)
+    split_manifest.write(directory, split, infos, len(CLASSES), image_format)
   return truth
 
 
@@ -87,7 +89,7 @@ def test_jpeg_bytes_are_stored_unchanged(tmp_path):
   builder = tfds_builder.prepare(source, data_dir)
   # Decoding the record's own bytes gives what TFDS gives: no re-encoding.
   originals = {}
-  for path in sw.complete_shards(source, "train"):
+  for path in shard_writer.complete_shards(source, "train"):
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
       feature = tf.train.Example.FromString(record).features.feature
       originals[feature["image/filename"].bytes_list.value[0].decode()] = (
@@ -117,8 +119,9 @@ def test_records_that_disagree_with_the_manifest_fail(tmp_path):
   source, data_dir = str(tmp_path / "synthetic"), str(tmp_path / "tfds")
   _write_set(source)
   # The validation manifest claims other class counts than its records.
-  sw.write_manifest(source, "validation",
-                    [sw.ShardInfo("validation-00000-of-00001", 2, (0, 0, 2))],
-                    len(CLASSES), "png")
+  split_manifest.write(source, "validation",
+                       [shard_writer.ShardInfo("validation-00000-of-00001",
+                                               2, (0, 0, 2))],
+                       len(CLASSES), "png")
   with pytest.raises(Exception, match="class counts"):
     tfds_builder.prepare(source, data_dir)

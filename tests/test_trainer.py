@@ -128,7 +128,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     from cdm_tf import configuration
-    from cdm_tf.training import strategies, trainer
+    from cdm_tf.diffusion_training import trainer
+    from cdm_tf.training import strategies
 
     strategies.split_cpu(2)
     gin_file, data_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]

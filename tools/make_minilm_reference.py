@@ -29,6 +29,8 @@ import numpy as np
 from safetensors.numpy import load_file
 from scipy import special
 
+from cdm_tf.text import minilm
+
 flags.DEFINE_string("output", "tests/data/minilm_reference.json",
                     "Fixture to write.")
 flags.DEFINE_string("model_dir", None,
@@ -228,11 +230,11 @@ def _sha256(path):
 def main(argv):
   del argv
   model_dir = FLAGS.model_dir or default_model_dir()
-  with open(os.path.join(model_dir, "vocab.txt"), encoding="utf-8") as f:
+  with open(os.path.join(model_dir, minilm.VOCAB_FILE), encoding="utf-8") as f:
     vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
-  with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+  with open(os.path.join(model_dir, minilm.CONFIG_FILE), encoding="utf-8") as f:
     config = json.load(f)
-  weights_path = os.path.join(model_dir, "model.safetensors")
+  weights_path = os.path.join(model_dir, minilm.WEIGHTS_FILE)
   weights = {k: v.astype(np.float64)
              for k, v in load_file(weights_path).items()
              if v.dtype.kind == "f"}

@@ -53,7 +53,6 @@ strategies.define_flags()
 FLAGS = flags.FLAGS
 
 
-
 def _strategy_flags():
   """The strategy flags given on the command line, for every step."""
   names = ("strategy", "tpu", "mixed_precision", "cpu_replicas")

@@ -2,7 +2,7 @@
 
 The captions are SYNTHETIC TEMPLATES, not annotations: the class name plus
 words computed from the pixels (tone, size, texture, shape), e.g. "a photo
-of a grey ankle boot" (see cdm_tf/data/captions.py). They let the
+of a grey ankle boot" (see cdm_tf/data_preparation/captions.py). They let the
 text-to-image pretraining stage of the CPU pipeline run on real images:
 
   python tools/prepare_captions.py --data_dir=data/fashion_mnist \\
@@ -13,7 +13,7 @@ from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
 
-from cdm_tf.data import captions
+from cdm_tf.data_preparation import captions
 from cdm_tf.text import class_prompts
 
 flags.DEFINE_string("data_dir", None, "A converted data set (shards, "

@@ -13,7 +13,7 @@ from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
 
-from cdm_tf.data import fashion_mnist
+from cdm_tf.data_preparation import fashion_mnist
 
 flags.DEFINE_string("output_dir", None, "Directory for the TFRecords.",
                     required=True)

@@ -16,7 +16,7 @@ from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 
 from cdm_tf import configuration
-from cdm_tf.data import real_subset
+from cdm_tf.data_preparation import real_subset
 
 flags.DEFINE_string("source_dir", None, "Real data directory.")
 flags.DEFINE_string("output_dir", None, "The subset's directory.")

@@ -19,7 +19,7 @@
   ... --cas --gin_file=gin/classifiers/resnet50_cas.gin
 
 The grid, the swept stage and the number of images per point are bound in
-the gin file (``sweep.run``, see ``cdm_tf/generation/sweep.py``); the
+the gin file (``sweep.SweepSettings``, see ``cdm_tf/sweeps/sweep.py``); the
 cascade and the generation settings come from the generation gin it
 includes. Killed and restarted with the same flags, the sweep skips the
 finished points and resumes the one it was generating. Writes
@@ -31,23 +31,20 @@ Exit status 2: bad flags or configuration; 3: the output directory holds a
 sweep (or a point's set) made with other settings.
 """
 
-import os
-
 from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
-import gin
 
 from cdm_tf import configuration
-from cdm_tf.classifiers import cas
 from cdm_tf.data import class_names
 from cdm_tf.generation import cascade as cascade_lib
-from cdm_tf.generation import sweep
 from cdm_tf.generation import synthetic_dataset
 from cdm_tf.metrics import networks
+from cdm_tf.metrics import sample_scores
+from cdm_tf.sweeps import grid
+from cdm_tf.sweeps import scoring
+from cdm_tf.sweeps import sweep
 from cdm_tf.training import strategies
-
-CAS_DIR = "cas_classifier"
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files (a gin/sweeps "
                           "config; with --cas also a gin/classifiers one).")
@@ -70,62 +67,6 @@ flags.mark_flags_as_required(["output_dir", "real_data_dir"])
 FLAGS = flags.FLAGS
 
 
-
-
-def _cas_fn(strategy, print_fn):
-  """``synthetic_dir -> {"top1", "top5"}`` with the gin-bound CAS recipe,
-  trained in the point's directory."""
-  score, name = cas.configured_cas_scorer(strategy, FLAGS.real_data_dir,
-                                          print_fn,
-                                          trained_on="the point's images")
-
-  def point_score(synthetic_dir):
-    result = score(synthetic_dir, os.path.join(synthetic_dir, CAS_DIR))
-    if result is None:
-      raise SystemExit("stopped during CAS training; run again to resume")
-    return result
-  return point_score, name
-
-
-def _bound(name):
-  """The value bound to ``name``, a macro (``%NUM``) resolved."""
-  value = gin.query_parameter(name)
-  if isinstance(value, gin.config.ConfigurableReference) and (
-      value.configurable.name == "macro"):
-    return value.scoped_configurable_fn()
-  return value
-
-
-def _checked_sweep():
-  """The stages, stage names, swept stage and points gin binds, checked
-  before any model, data or feature network is loaded."""
-  stages = cascade_lib.configured_stages()
-  stage_names = sweep.configured_stage_names()
-  try:
-    stage = _bound("sweep.run.stage")
-    grid = _bound("sweep.run.grid")
-    _bound("sweep.run.num_images")
-  except ValueError as e:
-    raise ValueError("bind sweep.run.stage, sweep.run.grid and "
-                     f"sweep.run.num_images ({e})") from e
-  index = sweep.resolve_stage(stage, len(stages), stage_names)
-  points = sweep.expand_grid(grid)
-  for point in points:
-    sweep.point_stages(stages, index, point.parameters)
-  return stages, stage_names, index, points
-
-
-def _dry_run(stages, stage_names, index, points):
-  try:
-    reuse = _bound("sweep.run.reuse_earlier")
-  except ValueError:  # not bound: the default
-    reuse = True
-  print(sweep.describe(
-      stages, index, points, _bound("sweep.run.num_images"),
-      reuse and sweep.reuses_earlier_stages(stages, index, points),
-      stage_names))
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
@@ -133,28 +74,35 @@ def main(argv):
     strategies.split_cpu(FLAGS.cpu_replicas)
   configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   print_fn = lambda line: print(line, flush=True)
-  stages, stage_names, index, points = _checked_sweep()
+  # Checked before any model, data or feature network is loaded.
+  stages = cascade_lib.configured_stages()
+  stage_names = grid.configured_stage_names()
+  settings = sweep.configured_settings()
+  index, points = settings.checked_points(stages, stage_names)
   if FLAGS.dry_run:
-    _dry_run(stages, stage_names, index, points)
+    print(grid.describe(stages, index, points, settings.num_images,
+                        settings.reuses_earlier(stages, index, points),
+                        stage_names))
     return
   classes = class_names.load_classes(FLAGS.real_data_dir)
-  settings = synthetic_dataset.GenerationSettings()
-  references = sweep.ReferenceSpec(data_dir=FLAGS.real_data_dir)
+  references = sample_scores.ReferenceSpec(data_dir=FLAGS.real_data_dir)
   extractor, classifier = networks.from_flags(FLAGS)
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
-  cas_fn, cas_name = None, sweep.DEFAULT_CAS_NAME
+  cas_fn, cas_name = None, scoring.DEFAULT_CAS_NAME
   if FLAGS.cas:
-    cas_fn, cas_name = _cas_fn(strategy, print_fn)
+    cas_fn, cas_name = scoring.configured_cas_fn(
+        strategy, FLAGS.real_data_dir, print_fn)
+  scorer = scoring.PointScorer(extractor, references, classifier, cas_fn,
+                               cas_name)
+  dtype_policy = strategies.dtype_policy(FLAGS.mixed_precision)
 
   def make_cascade(point_stages):
-    return cascade_lib.Cascade(
-        stages=point_stages, strategy=strategy,
-        dtype_policy=strategies.dtype_policy(FLAGS.mixed_precision))
+    return cascade_lib.Cascade(stages=point_stages, strategy=strategy,
+                               dtype_policy=dtype_policy)
 
-  sweep.run(FLAGS.output_dir, stages, make_cascade, classes, extractor,
-            references, settings, classifier=classifier, cas_fn=cas_fn,
-            cas_name=cas_name, stage_names=stage_names,
-            plots_only=FLAGS.plots_only, print_fn=print_fn)
+  sweep.Sweep(FLAGS.output_dir, settings, stages, make_cascade, classes,
+              scorer, synthetic_dataset.GenerationSettings(), stage_names,
+              print_fn).run(plots_only=FLAGS.plots_only)
 
 
 if __name__ == "__main__":

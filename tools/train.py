@@ -9,7 +9,9 @@ starts a new --model_dir from another run's export or checkpoint. On TPU:
 --strategy=tpu --tpu=<name> --mixed_precision=bfloat16; on GPUs:
 --strategy=mirrored --mixed_precision=float16. --cpu_replicas=N splits the
 CPU into N logical devices (to run the distributed path without
-accelerators).
+accelerators). trainer.train.steps_per_execution = k runs k steps per
+compiled call (TPU hosts then do not wait for every step); the log,
+checkpoint and sample intervals must be multiples of k.
 
 Exit status (cdm_tf/command_line.py) 2: bad flags, gin or data, or a step
 count or global batch that cannot train (num_steps <= 0 without init_from, a
@@ -23,8 +25,8 @@ from absl import flags
 from absl import logging
 
 from cdm_tf import configuration
+from cdm_tf.diffusion_training import trainer
 from cdm_tf.training import strategies
-from cdm_tf.training import trainer
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")

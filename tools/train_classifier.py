@@ -25,6 +25,8 @@ or computes the Classification Accuracy Score (CAS) of a synthetic set.
 The model and recipe come from a gin/classifiers config (one column of
 Tables A.1 / A.2); --global_batch_size below the recipe's batch scales the
 learning rate linearly. Resumes from the latest checkpoint in --model_dir.
+trainer.train_classifier.steps_per_execution = k runs k steps per compiled
+call (its log, checkpoint and evaluation intervals must be multiples of k).
 Writes <model_dir>/eval/ (eval.json, per_class_accuracy.csv and .png, the
 plot against --compare_with, a real-data model's per-class CSV, when given)
 and, with --cas, <model_dir>/cas_report.json.
@@ -40,11 +42,9 @@ import os
 from cdm_tf import command_line  # first: quiets TensorFlow's start-up
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
 from cdm_tf import configuration
 from cdm_tf.classifiers import cas
-from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import input_pipeline
 from cdm_tf.classifiers import trainer
 from cdm_tf.training import strategies
@@ -91,35 +91,6 @@ flags.register_validator("global_batch_size",
 FLAGS = flags.FLAGS
 
 
-
-
-def _check_flags():
-  """Cross-flag checks, before TensorFlow does any work."""
-  data = FLAGS.data or (input_pipeline.DATA_SYNTHETIC if FLAGS.cas
-                        else input_pipeline.DATA_REAL)
-  if FLAGS.cas and data == input_pipeline.DATA_REAL_AND_SYNTHETIC:
-    raise configuration.ConfigError(
-        f"--cas trains on synthetic data (or, as its reference, on real "
-        f"data) only, not --data={data}")
-  training_data = input_pipeline.TrainingData(
-      data=data, real_data_dir=FLAGS.real_data_dir,
-      synthetic_dir=FLAGS.synthetic_dir,
-      synthetic_multiplier=FLAGS.synthetic_multiplier,
-      synthetic_split=FLAGS.synthetic_split)
-  training_data.validate()
-  if FLAGS.compare_with:
-    try:
-      evaluation.read_per_class_csv(FLAGS.compare_with)
-    except (ValueError, OSError, tf.errors.OpError) as e:
-      raise configuration.ConfigError(
-          f"--compare_with {FLAGS.compare_with}: {e}") from e
-  gin_files = FLAGS.gin_file or ([CAS_GIN_FILE] if FLAGS.cas else [])
-  if not gin_files:
-    raise configuration.ConfigError(
-        "give --gin_file, a gin/classifiers config (model and recipe)")
-  return training_data, gin_files
-
-
 def _configured():
   """The recipe, model factory and optimizer factory the gin files bind."""
   try:
@@ -133,7 +104,16 @@ def _configured():
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  training_data, gin_files = _check_flags()
+  # Cross-flag checks, before TensorFlow does any work.
+  training_data = trainer.choose_training_data(
+      FLAGS.data, FLAGS.cas, FLAGS.real_data_dir, FLAGS.synthetic_dir,
+      FLAGS.synthetic_multiplier, FLAGS.synthetic_split)
+  if FLAGS.compare_with:
+    trainer.check_compare_with(FLAGS.compare_with)
+  gin_files = FLAGS.gin_file or ([CAS_GIN_FILE] if FLAGS.cas else [])
+  if not gin_files:
+    raise configuration.ConfigError(
+        "give --gin_file, a gin/classifiers config (model and recipe)")
   if FLAGS.cpu_replicas:
     strategies.split_cpu(FLAGS.cpu_replicas)
   configuration.parse_gin(gin_files, FLAGS.gin_bindings)

@@ -24,6 +24,9 @@ from cdm_tf.diffusion import analytic
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
+# What --output_dir receives.
+REPORT_FILE = "report.json"
+
 flags.DEFINE_string("output_dir", None, "Where to write report.json.")
 FLAGS = flags.FLAGS
 
@@ -56,7 +59,7 @@ def main(argv):
   convergence = gin.get_configurable(analytic.convergence_report)(
       progress=_print_convergence)
   if FLAGS.output_dir:
-    path = os.path.join(FLAGS.output_dir, "report.json")
+    path = os.path.join(FLAGS.output_dir, REPORT_FILE)
     files.atomic_write_json(path, {"moments": rows,
                                    "convergence": convergence})
     print(f"wrote {path}")

@@ -19,7 +19,8 @@ tools/subset_data.py), that is the CAS's reference; Azizi et al. compare
 69.24% CAS with 73.09% from as many real images (ratio 0.947).
 ``configured_cas_scorer`` binds it to the model and recipe of the parsed
 gin configuration, for the binaries that score generated sets
-(tools/sweep.py, tools/evaluate.py).
+(tools/sweep.py, tools/evaluate.py), and ``cas_values`` labels its result
+like the other sample-quality metrics (``metrics.report``).
 """
 
 import os
@@ -36,6 +37,11 @@ from cdm_tf.classifiers import trainer
 from cdm_tf.training import strategies
 
 REPORT_FILE = "cas_report.json"
+# Where the binaries that score a generated set train its CAS classifier
+# (under their output directory, or a sweep point's).
+CLASSIFIER_DIR = "cas_classifier"
+# Why a binary stops when the CAS classifier's run was stopped (exit 1).
+STOPPED_MESSAGE = "stopped during CAS training; run again to resume"
 CAS_DECAY = "stepwise"
 
 
@@ -88,16 +94,35 @@ def classification_accuracy_score(model_dir, strategy, real_data_dir,
           synthetic_dir=synthetic_dir,
           synthetic_multiplier=synthetic_multiplier,
           synthetic_split=synthetic_split))
-  outcome = trainer.train_classifier(model_dir, strategy, training_set, recipe,
-                          model_factory, optimizer_factory=optimizer_factory,
-                          global_batch_size=global_batch_size,
-                          single_crop=True, compare_with=compare_with,
-                          print_fn=print_fn)
+  outcome = trainer.train_classifier(
+      model_dir, strategy, training_set, recipe, model_factory,
+      optimizer_factory=optimizer_factory,
+      global_batch_size=global_batch_size, single_crop=True,
+      compare_with=compare_with, print_fn=print_fn)
   if outcome["stopped"]:
     return None
   result = outcome["eval"]
+  report = _report(outcome, model_dir, training_set, recipe, data,
+                   real_data_dir, synthetic_dir, synthetic_split,
+                   synthetic_multiplier, global_batch_size)
+  path = os.path.join(model_dir, REPORT_FILE)
+  if strategies.is_chief(strategy):
+    files.atomic_write_json(path, report)
+  name = ("CAS" if data == input_pipeline.DATA_SYNTHETIC
+          else "CAS protocol on real images:")
+  print_fn(f"{name} top-1 {100 * result.top1:.2f}% top-5 "
+           f"{100 * result.top5:.2f}% on {result.num_examples} real "
+           f"validation images; wrote {path}")
+  return report
+
+
+def _report(outcome, model_dir, training_set, recipe, data, real_data_dir,
+            synthetic_dir, synthetic_split, synthetic_multiplier,
+            global_batch_size):
+  """The ``cas_report.json`` contents of a finished CAS run."""
+  result = outcome["eval"]
   eval_dir = os.path.join(model_dir, trainer.EVAL_DIR)
-  report = {
+  return {
       "cas_top1": result.top1,
       "cas_top5": result.top5,
       "validation_examples": result.num_examples,
@@ -118,14 +143,6 @@ def classification_accuracy_score(model_dir, strategy, real_data_dir,
                    "centre crop S; R = S * 256 / 224), evaluated on the "
                    "real validation split"),
   }
-  if strategies.is_chief(strategy):
-    files.atomic_write_json(os.path.join(model_dir, REPORT_FILE), report)
-  name = ("CAS" if data == input_pipeline.DATA_SYNTHETIC
-          else "CAS protocol on real images:")
-  print_fn(f"{name} top-1 {100 * result.top1:.2f}% top-5 "
-           f"{100 * result.top5:.2f}% on {result.num_examples} real "
-           f"validation images; wrote {os.path.join(model_dir, REPORT_FILE)}")
-  return report
 
 
 def configured_classifier():

@@ -17,8 +17,9 @@ then builds one input pipeline's share of the batches:
    sizes, so every epoch of ``real_size + synthetic_size`` examples holds
    both in the requested ratio.
 3. Each example gets its own stateless seed, ``fold_in([seed, pipeline],
-   index)``: the crop and flip of an example do not depend on how the
-   global batch is split across replicas.
+   index)`` (``input_sharding.folded_example_seed``): the crop and flip of
+   an example do not depend on how the global batch is split across
+   replicas.
 4. Training crop: the Inception-style random-resized crop and a flip at the
    model's input size, or for CAS the single evaluation crop of a generated
    image (resize to R x R, centre crop S; no flip).
@@ -53,9 +54,11 @@ from cdm_tf.data import class_counts
 from cdm_tf.data import class_names
 from cdm_tf.data import classifier_preprocessing
 from cdm_tf.data import imagenet_reader
+from cdm_tf.data import input_sharding
 from cdm_tf.data import mixing
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import reader
+from cdm_tf.synthetic_set import split_manifest
 
 DATA_REAL = "real"
 DATA_SYNTHETIC = "synthetic"
@@ -182,40 +185,6 @@ def _list_split(directory, split, what):
         f"no {what} split {split!r} in {directory}: {e}") from e
 
 
-def _synthetic_manifest(directory, split):
-  path = synthetic_writer.manifest_path(directory, split)
-  if not tf.io.gfile.exists(path):
-    raise configuration.ConfigError(
-        f"{path} not found: a synthetic set needs its manifest (written by "
-        "tools/generate.py; synthetic_writer.rebuild_manifest rebuilds it "
-        "from the shards)")
-  try:
-    manifest = synthetic_writer.read_manifest(directory, split)
-  except ValueError as e:
-    raise configuration.ConfigError(str(e)) from e
-  if not manifest.complete:
-    raise configuration.ConfigError(
-        f"synthetic set {directory} is incomplete: {len(manifest.shards)} of "
-        f"{manifest.num_shards} shards (generation still running?)")
-  # Class-balanced sampling trusts the manifest's counts: check them
-  # against the shards (one label scan, cached next to the set).
-  try:
-    counts = class_counts.count_per_class(
-        manifest.shard_paths(directory), num_classes=manifest.num_classes)
-  except ValueError as e:
-    raise configuration.ConfigError(str(e)) from e
-  differing = [c for c in range(manifest.num_classes)
-               if counts[c] != manifest.class_counts[c]]
-  if differing:
-    c = differing[0]
-    raise configuration.ConfigError(
-        f"{path} disagrees with its shards: class {c} has "
-        f"{manifest.class_counts[c]} examples in the manifest, {counts[c]} "
-        f"in the shards ({len(differing)} classes differ); rebuild the "
-        "manifest with synthetic_writer.rebuild_manifest")
-  return manifest
-
-
 def resolve_training_set(data):
   """Checks ``data`` and counts what one epoch holds.
 
@@ -248,7 +217,8 @@ def resolve_training_set(data):
       fields["real_files"] = tuple(real_files)
       fields["real_size"] = int(np.sum(counts))
   if data.uses_synthetic():
-    manifest = _synthetic_manifest(data.synthetic_dir, data.synthetic_split)
+    manifest = split_manifest.read_checked(data.synthetic_dir,
+                                           data.synthetic_split)
     if manifest.num_classes != num_classes:
       raise configuration.ConfigError(
           f"synthetic set {data.synthetic_dir} has {manifest.num_classes} "
@@ -258,7 +228,7 @@ def resolve_training_set(data):
     if data.synthetic_multiplier is not None:
       try:
         _, size = mixing.class_balanced_subset(
-            mixing.read_synthetic(paths, decode=False),
+            reader.read(paths, decode=False),
             fields["real_class_counts"], data.synthetic_multiplier,
             synthetic_class_counts=manifest.class_counts)
       except ValueError as e:
@@ -322,7 +292,7 @@ def check_data_resolution(training_set, data_resolution):
           f"images: the first image of {what} is {height}x{width}")
   if training_set.synthetic_paths:
     size = _first_image_size(
-        mixing.read_synthetic(list(training_set.synthetic_paths[:1])),
+        reader.read(list(training_set.synthetic_paths[:1])),
         f"the synthetic set {data.synthetic_dir}")
     if size != (resolution, resolution):
       raise configuration.ConfigError(
@@ -343,32 +313,11 @@ def real_at_resolution(example, data_resolution):
                                                  data_resolution))})
 
 
-def _shard(paths, input_context):
-  """This input pipeline's share of the files (at least one)."""
-  paths = list(paths)
-  if input_context is None or input_context.num_input_pipelines == 1:
-    return paths
-  count = input_context.num_input_pipelines
-  if len(paths) < count:
-    raise ValueError(f"{len(paths)} synthetic shards cannot be split across "
-                     f"{count} input pipelines: need one per pipeline")
-  return paths[input_context.input_pipeline_id::count]
-
-
 def _synthetic_examples(training_set, input_context, seed, shuffle_buffer):
   """Synthetic reader elements, class-balanced when a multiplier is set."""
-  paths = _shard(training_set.synthetic_paths, input_context)
-  # The same record parsing as mixing.read_synthetic, but with the files
-  # shuffled and interleaved: a generated split may be written class by
-  # class, and a shuffle buffer over files in order would not mix it.
-  files = tf.data.Dataset.from_tensor_slices(paths).shuffle(
-      len(paths), seed=seed, reshuffle_each_iteration=True)
-  records = files.interleave(
-      lambda path: tf.data.TFRecordDataset(path).map(
-          lambda record: dict(mixing.parse_synthetic_record(record, False),
-                              **{schema.SOURCE: path})),
-      cycle_length=min(SYNTHETIC_CYCLE_LENGTH, len(paths)),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+  paths = input_sharding.shard_files(training_set.synthetic_paths,
+                                     input_context, "synthetic shards")
+  records = reader.read_interleaved(paths, seed, SYNTHETIC_CYCLE_LENGTH)
   multiplier = training_set.data.synthetic_multiplier
   if multiplier is not None:
     records, _ = mixing.class_balanced_subset(
@@ -378,15 +327,7 @@ def _synthetic_examples(training_set, input_context, seed, shuffle_buffer):
     records = records.shuffle(shuffle_buffer,
                               seed=None if seed is None else seed + 1,
                               reshuffle_each_iteration=True)
-  return mixing.decode_images(records)
-
-
-def example_seed(base_seed, pipeline_id, index):
-  """The stateless seed [2] of example ``index`` of input pipeline
-  ``pipeline_id``."""
-  return tf.random.experimental.stateless_fold_in(
-      tf.stack([tf.cast(base_seed, tf.int64),
-                tf.cast(pipeline_id, tf.int64)]), index)
+  return reader.decode_images(records)
 
 
 def repeat_examples(examples, repeats, step_examples):
@@ -490,7 +431,7 @@ def training_examples(training_set, input_context=None, seed=0,
     its epoch is the global one (only the sizes' ratio matters per
     pipeline).
   """
-  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  pipeline_id = input_sharding.pipeline_id(input_context)
   pipeline_seed = None if seed is None else seed + 1000 * pipeline_id
   real = synthetic = None
   if training_set.real_size:
@@ -553,7 +494,7 @@ def training_dataset(training_set, image_size, augmentation,
     A dataset of (images float32 [b, S, S, 3], labels float32 [b,
     num_classes]) with b the per-replica batch.
   """
-  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  pipeline_id = input_sharding.pipeline_id(input_context)
   batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
                 if input_context else global_batch_size)
   stream = training_examples(training_set, input_context, seed,
@@ -561,7 +502,8 @@ def training_dataset(training_set, image_size, augmentation,
 
   def prepare(index, example):
     image = train_image(example[schema.IMAGE],
-                        example_seed(seed or 0, pipeline_id, index),
+                        input_sharding.folded_example_seed(
+                            seed or 0, pipeline_id, index),
                         image_size, single_crop=single_crop,
                         crop_area_range=crop_area_range,
                         random_flip=random_flip, max_shift=max_shift)

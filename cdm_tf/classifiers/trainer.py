@@ -1,14 +1,13 @@
-"""The training loop of an ImageNet classifier, under any tf.distribute
-strategy.
+"""Training an ImageNet classifier, under any tf.distribute strategy.
 
-A custom loop (not ``Model.fit``) so the run behaves like the diffusion
-trainer (``cdm_tf.training.trainer``): it checkpoints the weights
-(including batch-norm statistics), the optimizer and the number of steps
-done every ``checkpoint_every`` steps and on SIGTERM, resumes from the
-latest checkpoint after a kill, writes TensorBoard scalars (loss, learning
-rate, train and validation top-1 / top-5, images/s), prints progress lines,
-and stops on a NaN / Inf loss, or weights found non-finite before a save,
-without saving the bad state.
+The steps run in the training loop the diffusion trainer runs too
+(``cdm_tf.training.loop``, which says why it is not ``Model.fit``): it
+checkpoints the weights (including batch-norm statistics), the optimizer
+and the number of steps done every ``checkpoint_every`` steps and on
+SIGTERM, resumes from the latest checkpoint after a kill, writes
+TensorBoard scalars (loss, learning rate, train and validation top-1 /
+top-5, images/s), prints progress lines, and stops on a NaN / Inf loss, or
+weights found non-finite before a save, without saving the bad state.
 
 One step: each replica sums the per-example softmax cross-entropy (the
 recipe's label smoothing) of its share of the global batch and divides by
@@ -39,8 +38,10 @@ so it does not replay the examples the killed run began with.
 """
 
 import dataclasses
-import math
+import functools
 import os
+import shutil
+import tempfile
 import time
 
 import gin
@@ -52,17 +53,53 @@ from cdm_tf import files
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import input_pipeline
 from cdm_tf.classifiers import recipes
-from cdm_tf.training import preemption
+from cdm_tf.training import loop
 from cdm_tf.training import run_settings
 from cdm_tf.training import strategies
-from cdm_tf.training import trainer as diffusion_trainer
 
 EVAL_DIR = "eval"
 RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"
+# The evaluation interval, as the loop names it when it refuses it.
+_EVAL_FLAG = "trainer.train_classifier.eval_every_epochs (in steps)"
+_NON_FINITE_ADVICE = ("Lower the learning rate (or the global batch), "
+                      "lengthen the warmup, or check the data.")
 
-# The diffusion trainer's error: binaries handle both loops' NaN stops alike.
-NonFiniteLossError = diffusion_trainer.NonFiniteLossError
+def choose_training_data(data, cas_protocol, real_data_dir, synthetic_dir,
+                         synthetic_multiplier, synthetic_split):
+  """The ``input_pipeline.TrainingData`` a run asks for, checked.
+
+  Args:
+    data: one of ``input_pipeline.DATA_CHOICES``; None: synthetic for the
+      CAS protocol, else real.
+    cas_protocol: the CAS protocol, which trains on synthetic data (or, as
+      its reference, real data) only.
+    real_data_dir, synthetic_dir, synthetic_multiplier, synthetic_split:
+      as ``input_pipeline.TrainingData``.
+
+  Raises:
+    ConfigError: a combination that cannot train.
+  """
+  data = data or (input_pipeline.DATA_SYNTHETIC if cas_protocol
+                  else input_pipeline.DATA_REAL)
+  if cas_protocol and data == input_pipeline.DATA_REAL_AND_SYNTHETIC:
+    raise configuration.ConfigError(
+        f"--cas trains on synthetic data (or, as its reference, on real "
+        f"data) only, not --data={data}")
+  training_data = input_pipeline.TrainingData(
+      data=data, real_data_dir=real_data_dir, synthetic_dir=synthetic_dir,
+      synthetic_multiplier=synthetic_multiplier,
+      synthetic_split=synthetic_split)
+  training_data.validate()
+  return training_data
+
+
+def check_compare_with(path):
+  """Refuses a per-class CSV to compare with that cannot be read."""
+  try:
+    evaluation.read_per_class_csv(path)
+  except (ValueError, OSError, tf.errors.OpError) as e:
+    raise configuration.ConfigError(f"--compare_with {path}: {e}") from e
 
 
 def synchronize_batch_norm(model):
@@ -137,7 +174,8 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
           single_crop=False, compare_with=None, data_resolution=None,
           num_steps=None, checkpoint_every=1000, keep_checkpoints=3,
           log_every=100, eval_every_epochs=0.0, eval_batch_size=None,
-          synchronized_batch_norm=False, seed=0, print_fn=print):
+          synchronized_batch_norm=False, seed=0, steps_per_execution=1,
+          print_fn=print):
   """Trains (or resumes) a classifier, then evaluates it on real data.
 
   Args:
@@ -170,6 +208,9 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     synchronized_batch_norm: batch-norm statistics over the global batch
       (``synchronize_batch_norm``) instead of each replica's.
     seed: seed of the initial weights, data order and augmentation.
+    steps_per_execution: optimizer steps per compiled call (``loop``);
+      log_every, checkpoint_every and the evaluation interval must be
+      multiples of it.
     print_fn: where progress lines go.
 
   Returns:
@@ -178,200 +219,261 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     run has written ``<model_dir>/model.keras`` (``MODEL_FILE``).
 
   Raises:
-    ConfigError: inconsistent model, data and batch.
-    NonFiniteLossError: the loss became NaN or Inf.
+    ConfigError: inconsistent model, data, batch or intervals.
+    loop.NonFiniteLossError: the loss or the weights became NaN or Inf.
   """
   input_pipeline.check_data_resolution(training_set, data_resolution)
-  chief = strategies.is_chief(strategy)
-  replicas = strategy.num_replicas_in_sync
-  global_batch_size = int(global_batch_size or recipe.batch_size)
-  if global_batch_size <= 0 or global_batch_size % replicas:
-    raise configuration.ConfigError(
-        f"the global batch {global_batch_size} must be a positive multiple "
-        f"of the {replicas} replicas")
-  eval_batch_size = int(eval_batch_size or global_batch_size)
-  if eval_batch_size % replicas:
-    raise configuration.ConfigError(
-        f"the evaluation batch {eval_batch_size} must be a multiple of the "
-        f"{replicas} replicas")
-  steps_per_epoch = input_pipeline.steps_per_epoch(training_set,
-                                                   global_batch_size)
-  if num_steps is None:
-    num_steps = input_pipeline.total_steps(training_set, global_batch_size,
-                                           recipe.epochs)
-  learning_rate = recipes.scaled_learning_rate(recipe, global_batch_size)
+  run = _Run.plan(strategy, training_set, recipe, global_batch_size,
+                  eval_batch_size, num_steps, eval_every_epochs)
+  run.check_intervals(steps_per_execution, log_every, checkpoint_every)
+  loss_scaling = loop.seed_and_loss_scaling(seed)
+  _check_reference(compare_with, training_set.num_classes)
+  model, optimizer = _build(strategy, model_factory, optimizer_factory,
+                            recipe, run, training_set.num_classes,
+                            loss_scaling, synchronized_batch_norm)
+  checkpoints, step = _restore(model, optimizer, model_dir, strategy,
+                               checkpoint_every, keep_checkpoints, print_fn)
+  _describe_run(model_dir, strategy, model, training_set, recipe, run,
+                single_crop, data_resolution, print_fn)
+  iterator = iter(_training_data(strategy, model, training_set, recipe, run,
+                                 seed + step, single_crop, data_resolution))
+  evaluator = _evaluator(model, strategy, training_set, run, data_resolution)
+  results = []  # the final evaluation, when the run completes
+  outcome = _training_loop(
+      model, optimizer, recipe, run, training_set.num_classes, checkpoints,
+      evaluator, log_every, steps_per_execution, print_fn).run(
+          iterator, strategy, loop.summary_writer(model_dir, strategy), step,
+          print_fn, digest_variables=model.weights,
+          at_end=lambda at: results.append(_evaluate(evaluator, at,
+                                                     print_fn)))
+  return _finish(outcome, results, model_dir, strategy, model, training_set,
+                 compare_with, step, print_fn)
 
-  # float16 needs loss scaling; bfloat16 has float32's exponent range.
-  loss_scaling = (keras.mixed_precision.global_policy().name
-                  == "mixed_float16")
-  # Same seed, same initial weights, whatever the strategy.
-  keras.utils.set_random_seed(seed)
-  if compare_with:
-    try:
-      evaluation.read_per_class_csv(compare_with, training_set.num_classes)
-    except (ValueError, OSError, tf.errors.OpError) as e:
-      raise configuration.ConfigError(f"compare_with: {e}") from e
+
+def _check_reference(compare_with, num_classes):
+  if not compare_with:
+    return
+  try:
+    evaluation.read_per_class_csv(compare_with, num_classes)
+  except (ValueError, OSError, tf.errors.OpError) as e:
+    raise configuration.ConfigError(f"compare_with: {e}") from e
+
+
+def _restore(model, optimizer, model_dir, strategy, every, keep, print_fn):
+  """The run's ``loop.Checkpoints`` (settings checked and recorded), its
+  latest checkpoint restored; returns them and the step they are at."""
+  step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  checkpoints = loop.Checkpoints(
+      tf.train.Checkpoint(model_weights=list(model.weights),
+                          optimizer=optimizer, step=step_counter),
+      model_dir, strategy,
+      run_settings.describe({"architecture": model.name}, optimizer,
+                            model.weights),
+      every=every, keep=keep, weights=model.weights,
+      advice=_NON_FINITE_ADVICE, before_save=step_counter.assign)
+  resumed = checkpoints.restore()
+  if resumed:
+    print_fn(f"resumed from {resumed} at step {int(step_counter.numpy())}")
+  return checkpoints, int(step_counter.numpy())
+
+
+def _training_loop(model, optimizer, recipe, run, num_classes, checkpoints,
+                   evaluator, log_every, steps_per_execution, print_fn):
+  """The loop of the run's steps, evaluating every ``run.eval_every_steps``
+  (not counted in the throughput)."""
+  return loop.TrainingLoop(
+      step_fn=_distributed_step(run.strategy, make_replica_step(
+          model, optimizer, recipes.create_loss(recipe, reduction="none"),
+          run.global_batch_size, num_classes)),
+      checkpoints=checkpoints, num_steps=run.num_steps, log_every=log_every,
+      log_flag="trainer.train_classifier.log_every",
+      checkpoint_flag="trainer.train_classifier.checkpoint_every",
+      report=functools.partial(_report, optimizer, run, print_fn),
+      hooks=[loop.Periodic(
+          _EVAL_FLAG, run.eval_every_steps,
+          lambda at: _evaluate(evaluator, at, print_fn),
+          at_last_step=False, timed=False)],
+      steps_per_execution=steps_per_execution)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """The strategy, batch sizes, length and learning rate of a run."""
+  strategy: tf.distribute.Strategy
+  global_batch_size: int
+  eval_batch_size: int
+  replicas: int
+  steps_per_epoch: float
+  num_steps: int
+  learning_rate: float
+  eval_every_steps: int
+
+  @classmethod
+  def plan(cls, strategy, training_set, recipe, global_batch_size,
+           eval_batch_size, num_steps, eval_every_epochs):
+    """Raises ConfigError for batches the replicas cannot split."""
+    replicas = strategy.num_replicas_in_sync
+    global_batch_size = int(global_batch_size or recipe.batch_size)
+    if global_batch_size <= 0 or global_batch_size % replicas:
+      raise configuration.ConfigError(
+          f"the global batch {global_batch_size} must be a positive multiple "
+          f"of the {replicas} replicas")
+    eval_batch_size = int(eval_batch_size or global_batch_size)
+    if eval_batch_size % replicas:
+      raise configuration.ConfigError(
+          f"the evaluation batch {eval_batch_size} must be a multiple of the "
+          f"{replicas} replicas")
+    steps_per_epoch = input_pipeline.steps_per_epoch(training_set,
+                                                     global_batch_size)
+    if num_steps is None:
+      num_steps = input_pipeline.total_steps(training_set, global_batch_size,
+                                             recipe.epochs)
+    return cls(
+        strategy=strategy, global_batch_size=global_batch_size,
+        eval_batch_size=eval_batch_size, replicas=replicas,
+        steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+        learning_rate=recipes.scaled_learning_rate(recipe, global_batch_size),
+        eval_every_steps=(
+            max(1, int(round(eval_every_epochs * steps_per_epoch)))
+            if eval_every_epochs else 0))
+
+  def check_intervals(self, steps_per_execution, log_every,
+                      checkpoint_every):
+    """Refuses intervals that are not multiples of steps_per_execution."""
+    loop.check_intervals(steps_per_execution, {
+        "trainer.train_classifier.log_every": log_every,
+        "trainer.train_classifier.checkpoint_every": checkpoint_every,
+        _EVAL_FLAG: self.eval_every_steps})
+
+
+def _build(strategy, model_factory, optimizer_factory, recipe, run,
+           num_classes, loss_scaling, synchronized_batch_norm):
+  """The model and its (built) optimizer, in the strategy's scope."""
   with strategy.scope():
     try:
       model = model_factory()
-      optimizer = optimizer_factory(recipe, steps_per_epoch,
-                                    global_batch_size=global_batch_size)
+      optimizer = optimizer_factory(recipe, run.steps_per_epoch,
+                                    global_batch_size=run.global_batch_size)
     except (ValueError, TypeError) as e:
       raise configuration.ConfigError(
           f"cannot build the classifier and its optimizer: {e}") from e
     if loss_scaling:
       optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
-  if model.num_classes != training_set.num_classes:
+  if model.num_classes != num_classes:
     raise configuration.ConfigError(
         f"the model has {model.num_classes} outputs but the data "
-        f"{training_set.num_classes} classes; bind "
-        f"models.create_classifier.num_classes = {training_set.num_classes}")
+        f"{num_classes} classes; bind "
+        f"models.create_classifier.num_classes = {num_classes}")
   height, width = model.input_image_shape
   if height != width:
     raise configuration.ConfigError(f"the model's input {height}x{width} "
                                     "is not square")
-  image_size = int(height)
   if synchronized_batch_norm:
     synchronize_batch_norm(model)
+  return model, optimizer
 
-  step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  checkpoint = tf.train.Checkpoint(model_weights=list(model.weights),
-                                   optimizer=optimizer, step=step_counter)
-  manager = preemption.checkpoint_manager(checkpoint, model_dir, strategy,
-                                         keep_checkpoints)
-  run_settings.check_or_record(
-      model_dir, run_settings.describe({"architecture": model.name}, optimizer,
-                                       model.weights),
-      resuming=manager.latest_checkpoint is not None, chief=chief)
-  resumed = preemption.restore_latest(checkpoint, manager)
-  if resumed:
-    print_fn(f"resumed from {resumed} at step {int(step_counter.numpy())}")
-  step = int(step_counter.numpy())
+
+def _describe_run(model_dir, strategy, model, training_set, recipe, run,
+                  single_crop, data_resolution, print_fn):
+  """Prints what is trained on what, and records it in run.json."""
+  image_size = int(model.input_image_shape[0])
   print_fn(f"training {model.name} ({model.count_params():,} parameters, "
            f"input {image_size}) on {training_set.data.data} data"
            f"{_resolution_text(data_resolution)}: "
            f"{training_set.real_size} real + {training_set.synthetic_size} "
-           f"synthetic images per epoch, global batch {global_batch_size}, "
-           f"{steps_per_epoch:.1f} steps per epoch, {num_steps} steps, peak "
-           f"learning rate {learning_rate:.4g}")
+           f"synthetic images per epoch, global batch "
+           f"{run.global_batch_size}, {run.steps_per_epoch:.1f} steps per "
+           f"epoch, {run.num_steps} steps, peak learning rate "
+           f"{run.learning_rate:.4g}")
+  if not strategies.is_chief(strategy):
+    return
+  files.atomic_write_json(os.path.join(model_dir, RUN_FILE), {
+      "model": model.name,
+      "parameters": int(model.count_params()),
+      "image_size": image_size,
+      "recipe": dataclasses.asdict(recipe),
+      "global_batch_size": run.global_batch_size,
+      "replicas": run.replicas,
+      "peak_learning_rate": run.learning_rate,
+      "steps_per_epoch": run.steps_per_epoch,
+      "num_steps": int(run.num_steps),
+      "single_crop": bool(single_crop),
+      "data_resolution": data_resolution,
+      "mixed_precision": keras.mixed_precision.global_policy().name,
+      "training_data": training_set.summary(),
+  })
 
-  if chief:
-    files.atomic_write_json(os.path.join(model_dir, RUN_FILE), {
-        "model": model.name,
-        "parameters": int(model.count_params()),
-        "image_size": image_size,
-        "recipe": dataclasses.asdict(recipe),
-        "global_batch_size": global_batch_size,
-        "replicas": replicas,
-        "peak_learning_rate": learning_rate,
-        "steps_per_epoch": steps_per_epoch,
-        "num_steps": int(num_steps),
-        "single_crop": bool(single_crop),
-        "data_resolution": data_resolution,
-        "mixed_precision": keras.mixed_precision.global_policy().name,
-        "training_data": training_set.summary(),
-    })
 
-  loss_fn = recipes.create_loss(recipe, reduction="none")
-  # A resumed run starts a fresh shuffled pass (see the module docstring).
-  data_seed = seed + step
+def _training_data(strategy, model, training_set, recipe, run, data_seed,
+                   single_crop, data_resolution):
+  """The distributed training batches. ``data_seed`` is the run's seed plus
+  the step it starts at: a resumed run starts a fresh shuffled pass (see
+  the module docstring)."""
   # Created outside the strategy's scope: the augmentation layers' random
   # state lives on the host with the input pipeline.
   augmentation = recipes.create_training_augmentation(
       recipe, training_set.num_classes, seed=data_seed,
       input_mean=model.input_mean, input_std=model.input_std)
-  dataset = strategy.distribute_datasets_from_function(
+  return strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.training_dataset(
-          training_set, image_size, augmentation, global_batch_size,
-          input_context=context, seed=data_seed, single_crop=single_crop,
-          data_resolution=data_resolution,
+          training_set, int(model.input_image_shape[0]), augmentation,
+          run.global_batch_size, input_context=context, seed=data_seed,
+          single_crop=single_crop, data_resolution=data_resolution,
           repeated_augmentations=recipe.repeated_augmentations))
-  iterator = iter(dataset)
-  evaluator = evaluation.Evaluator(
+
+
+def _evaluator(model, strategy, training_set, run, data_resolution):
+  """Top-1 / top-5 on the real validation split."""
+  return evaluation.Evaluator(
       model, strategy,
       lambda context: input_pipeline.validation_dataset(
-          training_set.data.real_data_dir, image_size,
-          training_set.num_classes, eval_batch_size, input_context=context,
-          data_resolution=data_resolution),
-      training_set.num_classes, eval_batch_size // replicas)
+          training_set.data.real_data_dir, int(model.input_image_shape[0]),
+          training_set.num_classes, run.eval_batch_size,
+          input_context=context, data_resolution=data_resolution),
+      training_set.num_classes, run.eval_batch_size // run.replicas)
 
-  replica_step = make_replica_step(model, optimizer, loss_fn,
-                                   global_batch_size,
-                                   training_set.num_classes)
 
-  @tf.function
-  def train_step(iterator):
+def _distributed_step(strategy, replica_step):
+  """One step over every replica; the metrics SUM-reduced (the loss is
+  each replica's share of the global mean)."""
+  def step(iterator):
     per_replica = strategy.run(replica_step, args=next(iterator))
     return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value,
                                   axis=None)
             for name, value in per_replica.items()}
+  return step
 
-  @tf.function
-  def weights_are_finite():
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
-                          for v in model.weights
-                          if tf.as_dtype(v.dtype).is_floating])
 
-  def save(step):
-    # A finite loss can still come with an update that made the weights
-    # Inf or NaN (seen as a bad loss one step later): never save those.
-    if not bool(weights_are_finite()):
-      raise _non_finite("weights", step, manager)
-    step_counter.assign(step)
-    manager.save(checkpoint_number=step)
+def _report(optimizer, run, print_fn, step, window):
+  """The progress line of ``step``: the loss and training accuracy over the
+  steps since the last one."""
+  examples = max(window.sums.get("examples", 0.0), 1.0)
+  metrics = {"loss": window.sums["loss"] / window.steps,
+             "top1": window.sums["top1"] / examples,
+             "top5": window.sums["top5"] / examples,
+             "images_per_second": (window.steps * run.global_batch_size
+                                   / window.seconds())}
+  metrics["learning_rate"] = float(optimizer.learning_rate)
+  eta = (run.num_steps - step) * run.global_batch_size / max(
+      metrics["images_per_second"], 1e-9)
+  print_fn(f"step {step}/{run.num_steps} epoch "
+           f"{step / run.steps_per_epoch:.2f} loss {metrics['loss']:.4f} "
+           f"top1 {metrics['top1']:.3f} top5 {metrics['top5']:.3f} "
+           f"lr {metrics['learning_rate']:.3e} "
+           f"{metrics['images_per_second']:.0f} images/s "
+           f"eta {eta / 60:.1f} min")
+  return metrics
 
-  writer = (tf.summary.create_file_writer(
-      os.path.join(model_dir, "tensorboard")) if chief
-            else tf.summary.create_noop_writer())
-  eval_every_steps = (max(1, int(round(eval_every_epochs * steps_per_epoch)))
-                      if eval_every_epochs else 0)
-  metrics = {}
-  window = _Window()
-  run_start, start_step = time.perf_counter(), step
-  result = None
-  with preemption.StopRequested() as stop, writer.as_default():
-    while step < num_steps and not stop.requested:
-      values = {k: float(v) for k, v in train_step(iterator).items()}
-      step += 1
-      if not math.isfinite(values["loss"]):
-        raise _non_finite(f"loss {values['loss']}", step, manager)
-      window.add(values)
-      if step % log_every == 0 or step == num_steps:
-        metrics = window.flush(global_batch_size)
-        metrics["learning_rate"] = float(optimizer.learning_rate)
-        for name, value in metrics.items():
-          tf.summary.scalar(f"train/{name}", value, step=step)
-        eta = (num_steps - step) * global_batch_size / max(
-            metrics["images_per_second"], 1e-9)
-        print_fn(f"step {step}/{num_steps} epoch "
-                 f"{step / steps_per_epoch:.2f} loss {metrics['loss']:.4f} "
-                 f"top1 {metrics['top1']:.3f} top5 {metrics['top5']:.3f} "
-                 f"lr {metrics['learning_rate']:.3e} "
-                 f"{metrics['images_per_second']:.0f} images/s "
-                 f"eta {eta / 60:.1f} min")
-      if step % checkpoint_every == 0:
-        save(step)
-      if eval_every_steps and step % eval_every_steps == 0 and (
-          step < num_steps):
-        eval_start = time.perf_counter()
-        result = _evaluate(evaluator, step, print_fn)
-        # Training throughput excludes the evaluation.
-        window.start += time.perf_counter() - eval_start
-    if manager.latest_checkpoint is None or int(
-        manager.latest_checkpoint.rsplit("-", 1)[1]) != step:
-      save(step)
-    if stop.requested:
-      writer.flush()
-      print_fn(f"stopped at step {step} on request; checkpoint saved")
-      return dict(metrics, step=step, eval=None, stopped=True)
-    if step > start_step:
-      print_fn(f"trained steps {start_step}..{step} in "
-               f"{time.perf_counter() - run_start:.1f} s")
-    strategies.print_weights_digest(strategy, model.weights, print_fn)
-    result = _evaluate(evaluator, step, print_fn)
-    writer.flush()
-  if chief:
+
+def _finish(outcome, results, model_dir, strategy, model, training_set,
+            compare_with, start_step, print_fn):
+  """The run's result; a completed run's chief writes the evaluation
+  reports and (unless a rerun after the end finds it) the Keras file."""
+  if outcome["stopped"]:
+    return dict(outcome, eval=None)
+  step, result = outcome["step"], results[-1]
+  if strategies.is_chief(strategy):
     summary = evaluation.write_reports(
         os.path.join(model_dir, EVAL_DIR), result,
         classes=training_set.class_names, compare_with=compare_with,
@@ -385,7 +487,7 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     if step > start_step or not tf.io.gfile.exists(model_path):
       save_model(model, model_path)
       print_fn(f"wrote {model_path}")
-  return dict(metrics, step=step, eval=result, stopped=False)
+  return dict(outcome, eval=result)
 
 
 def save_model(model, path):
@@ -394,21 +496,18 @@ def save_model(model, path):
   A model trained under a mixed policy is saved as its float32 copy (the
   variables are float32 either way; only the compute dtype changes): the
   file is for evaluation, where bfloat16 features would make metrics
-  depend on rounding. It is saved under a temporary name in the same
-  directory, then renamed over ``path`` (Keras insists on the .keras
-  suffix, so the temporary name keeps it).
+  depend on rounding. Keras writes a local file (with the .keras suffix it
+  insists on), whose bytes then go to ``path`` atomically
+  (``files.atomic_write_bytes``), on any file system.
   """
-  directory, name = os.path.split(path)
-  stem, suffix = os.path.splitext(name)
-  tmp = os.path.join(directory, f"{stem}.tmp-{os.getpid()}{suffix}")
-  if directory:
-    tf.io.gfile.makedirs(directory)
+  scratch = tempfile.mkdtemp(prefix="cdm_tf_model_")
   try:
-    float32_copy(model).save(tmp)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    local = os.path.join(scratch, os.path.basename(path))
+    float32_copy(model).save(local)
+    with open(local, "rb") as f:
+      files.atomic_write_bytes(path, f.read())
   finally:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def float32_copy(model):
@@ -444,42 +543,11 @@ def _float32_policies(config):
   return config
 
 
-class _Window:
-  """Sums of step metrics since the last progress line."""
-
-  def __init__(self):
-    self.start = time.perf_counter()
-    self.steps = 0
-    self.sums = {}
-
-  def add(self, values):
-    self.steps += 1
-    for name, value in values.items():
-      self.sums[name] = self.sums.get(name, 0.0) + value
-
-  def flush(self, global_batch_size):
-    elapsed = max(time.perf_counter() - self.start, 1e-9)
-    examples = max(self.sums.get("examples", 0.0), 1.0)
-    metrics = {"loss": self.sums["loss"] / self.steps,
-               "top1": self.sums["top1"] / examples,
-               "top5": self.sums["top5"] / examples,
-               "images_per_second": self.steps * global_batch_size / elapsed}
-    self.start, self.steps, self.sums = time.perf_counter(), 0, {}
-    return metrics
-
-
 def _resolution_text(data_resolution):
   if data_resolution is None:
     return ""
   return (f" (real images made {data_resolution}x{data_resolution} as the "
           "generator's training data)")
-
-
-def _non_finite(what, step, manager):
-  return NonFiniteLossError(
-      f"non-finite {what} at step {step}; stopped without saving. The last "
-      f"good checkpoint is {manager.latest_checkpoint}. Lower the learning "
-      "rate (or the global batch), lengthen the warmup, or check the data.")
 
 
 def _evaluate(evaluator, step, print_fn):

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from cdm_tf.data import image_decoding
 from cdm_tf.data import imagenet_reader
+from cdm_tf.data import input_sharding
 from cdm_tf.data import schema
 
 NO_LABEL = -1
@@ -69,13 +70,8 @@ def read_dataset(files, *, split=None, shuffle=True,
     schema.LABEL: int32 (NO_LABEL if the record has none), schema.SOURCE:
     string file path}``.
   """
-  files = imagenet_reader.list_files(files, split)
-  if input_context is not None:
-    pipelines = input_context.num_input_pipelines
-    if len(files) < pipelines:
-      raise ValueError(f"{len(files)} files cannot be sharded across "
-                       f"{pipelines} input pipelines")
-    files = files[input_context.input_pipeline_id::pipelines]
+  files = input_sharding.shard_files(
+      imagenet_reader.list_files(files, split), input_context)
   file_list = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:
     file_list = file_list.shuffle(len(files), seed=seed,

@@ -6,21 +6,19 @@ length + 16 bytes), so a corrupt or truncated file is reported by name
 instead of silently lowering the counts.
 
 The result is cached as JSON next to the data (``class_counts-<key>.json``,
-written atomically). The key hashes the format, the number of classes and
-the shard names and sizes, so a changed file list gets a new cache file. If
-the data directory is not writable (e.g. a read-only bucket) the cache goes
-to ``cache_dir`` when given, else it is not written.
+a ``content_cache`` entry). The key hashes the format, the number of
+classes and the shard names and sizes, so a changed file list gets a new
+cache file. If the data directory is not writable (e.g. a read-only bucket)
+the cache goes to ``cache_dir`` when given, else it is not written.
 """
 
-import hashlib
-import json
 import os
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from cdm_tf import files as files_lib
+from cdm_tf import content_cache
 from cdm_tf.data import imagenet_reader
 
 CACHE_PREFIX = "class_counts-"
@@ -29,51 +27,28 @@ _BATCH = 1024
 _MISSING_LABEL = -(2**62)
 
 
-def cache_key(files, sizes, record_format, num_classes):
-  """Hex digest identifying a file list (names and sizes) and its reading."""
-  description = json.dumps({
+def cache_entry(files, sizes, record_format, num_classes, cache_dir=None):
+  """The ``content_cache.Entry`` of a file list (names and sizes) and its
+  reading: next to the data, then in ``cache_dir``."""
+  description = {
       "version": _CACHE_VERSION,
       "format": record_format,
       "num_classes": num_classes,
       "files": [[os.path.basename(f), s] for f, s in zip(files, sizes)],
-  }, sort_keys=True)
-  return hashlib.sha256(description.encode("utf-8")).hexdigest()
+  }
+  return content_cache.Entry.of(
+      description, prefix=CACHE_PREFIX, extension=content_cache.JSON,
+      directories=content_cache.directories(files, cache_dir),
+      what="class-count cache")
 
 
-def _cache_dirs(files, cache_dir):
-  """Where to look for / write the cache: next to the data, then cache_dir."""
-  dirs = []
-  data_dirs = {os.path.dirname(f) for f in files}
-  if len(data_dirs) == 1:
-    dirs.append(data_dirs.pop())
-  if cache_dir:
-    dirs.append(os.fspath(cache_dir))
-  return dirs
-
-
-def _load_cache(path, key, num_classes):
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      cached = json.load(f)
-  except (OSError, tf.errors.OpError, ValueError) as e:
-    logging.warning("ignoring unreadable class-count cache %s: %s", path, e)
+def _check_cached(num_classes):
+  def check(cached):
+    counts = cached.get("counts")
+    if not isinstance(counts, list) or len(counts) != num_classes:
+      return f"it holds no list of {num_classes} counts"
     return None
-  counts = cached.get("counts") if isinstance(cached, dict) else None
-  if (cached.get("key") != key or not isinstance(counts, list)
-      or len(counts) != num_classes):
-    return None
-  return np.asarray(counts, dtype=np.int64)
-
-
-def _write_cache(dirs, name, payload):
-  for directory in dirs:
-    path = os.path.join(directory, name)
-    try:
-      files_lib.atomic_write_json(path, payload)
-      return path
-    except (OSError, tf.errors.OpError) as e:
-      logging.warning("cannot write class-count cache %s (%s)", path, e)
-  return None
+  return check
 
 
 def _label_batches(files, label_key, cycle_length):
@@ -209,22 +184,15 @@ def count_per_class(files,
     record_format = imagenet_reader.detect_format(files[0])
   keys = imagenet_reader.feature_keys(record_format)
   sizes = imagenet_reader.file_sizes(files)
-  key = cache_key(files, sizes, record_format, num_classes)
-  name = f"{CACHE_PREFIX}{key[:16]}.json"
-  dirs = _cache_dirs(files, cache_dir)
-
+  entry = cache_entry(files, sizes, record_format, num_classes, cache_dir)
   if use_cache:
-    for directory in dirs:
-      path = os.path.join(directory, name)
-      if tf.io.gfile.exists(path):
-        cached = _load_cache(path, key, num_classes)
-        if cached is not None:
-          return cached
+    cached, _ = entry.read(_check_cached(num_classes))
+    if cached is not None:
+      return np.asarray(cached["counts"], dtype=np.int64)
 
   counts = _scan(files, sizes, keys, num_classes, cycle_length, skip_corrupt)
   if use_cache:
-    _write_cache(dirs, name, {
-        "key": key,
+    entry.write({
         "record_format": record_format,
         "num_classes": num_classes,
         "num_files": len(files),

@@ -59,6 +59,7 @@ import tensorflow as tf
 
 from cdm_tf import files as files_lib
 from cdm_tf.data import image_decoding
+from cdm_tf.data import input_sharding
 from cdm_tf.data import schema
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -519,6 +520,100 @@ def _as_true(op):
     return tf.constant(True)
 
 
+class _Problems:
+  """What both checks of ``_make_checker`` share: telling a bad element,
+  describing it and lost records, and the output of a checked element."""
+
+  def __init__(self, keys, num_classes, files, sizes):
+    self._keys = keys
+    self._num_classes = num_classes
+    self._describe = _make_describer(keys, num_classes)
+    self._files = tf.constant(files)
+    self._sizes = tf.constant(sizes, tf.int64)
+
+  def lost_lines(self, element, first, end):
+    """One message per record missing from positions first..end-1."""
+    return tf.strings.join([
+        _where(tf.gather(self._files, element[_GROUP_FILES][first:end]),
+               element[_GROUP_INDICES][first:end]),
+        _UNDECODABLE_DETAIL])
+
+  def element_message(self, element):
+    status = _status(self._keys, self._num_classes, element[_ENCODED],
+                     element[_STORED_LABEL], element[_BYTES_READ])
+    return tf.strings.join([
+        _where(element[schema.SOURCE], element[_INDEX]),
+        self._describe(status, element[_STORED_LABEL], element[_BYTES_READ],
+                       tf.gather(self._sizes, element[_FILE]))])
+
+  @staticmethod
+  def is_problem(element):
+    return tf.logical_not(element[_OK] | (element[_INDEX] < 0))
+
+  @staticmethod
+  def output(element, checked):
+    """A good example as a batch of one, anything else as a batch of none,
+    once ``checked`` has run."""
+    with tf.control_dependencies([checked]):
+      keep = tf.cast(element[_OK], tf.int32)
+    return {key: element[key][tf.newaxis][:keep]
+            for key in (schema.IMAGE, schema.LABEL, schema.SOURCE)}
+
+
+def _raising_check(problems):
+  """The map function over ``(rank, element)`` that raises at the first
+  problem (see ``_make_checker``)."""
+
+  def check_raising(rank, element):
+    lost = element[_POSITION] - rank
+    position = element[_POSITION]
+
+    def report():
+      # Lost records come before this element in record order.
+      message = tf.cond(
+          lost > 0,
+          lambda: problems.lost_lines(element, position - lost,
+                                      position - lost + 1)[0],
+          lambda: problems.element_message(element))
+      return _as_true(tf.debugging.Assert(False, [message]))
+
+    # Messages are built only inside this branch.
+    checked = tf.cond((lost > 0) | problems.is_problem(element), report,
+                      lambda: tf.constant(True))
+    return problems.output(element, checked)
+  return check_raising
+
+
+def _counting_check(problems, stats):
+  """The scan function over ``element`` that counts every problem in
+  ``stats`` and logs it (see ``_make_checker``)."""
+
+  def check_counting(expected, element):
+    position = element[_POSITION]
+    problem = problems.is_problem(element)
+
+    def report():
+      lines = tf.concat([
+          problems.lost_lines(element, expected, position),
+          tf.cond(problem,
+                  lambda: problems.element_message(element)[tf.newaxis],
+                  lambda: tf.zeros([0], tf.string))], 0)
+      skipped = stats.skipped_records.assign_add(
+          position - expected + tf.cast(problem, tf.int64))
+      damaged = stats.damaged_files.assign_add(tf.cast(
+          problem & (element[_BYTES_READ] >= 0), tf.int64))
+      warn = tf.print("skipping", tf.strings.reduce_join(
+          lines, separator="\nskipping "), output_stream=logging.warning)
+      return _as_true(tf.group(skipped, damaged, warn))
+
+    checked = tf.cond((position > expected) | problem, report,
+                      lambda: tf.constant(True))
+    next_expected = tf.where(element[_INDEX] < 0, tf.constant(0, tf.int64),
+                             position + 1)
+    return next_expected, problems.output(element, checked)
+  return check_counting
+
+
 def _make_checker(keys, num_classes, files, sizes, skip_corrupt, stats):
   """A function over decoded elements, in order, that finds every problem.
 
@@ -538,78 +633,10 @@ def _make_checker(keys, num_classes, files, sizes, skip_corrupt, stats):
     must see each gap on its own: then it is a scan function over
     ``element`` whose state is the next expected position.
   """
-  describe = _make_describer(keys, num_classes)
-  files = tf.constant(files)
-  sizes = tf.constant(sizes, tf.int64)
-
-  def lost_lines(element, first, end):
-    # One message per record missing from positions first..end-1.
-    return tf.strings.join([
-        _where(tf.gather(files, element[_GROUP_FILES][first:end]),
-               element[_GROUP_INDICES][first:end]),
-        _UNDECODABLE_DETAIL])
-
-  def element_message(element):
-    status = _status(keys, num_classes, element[_ENCODED],
-                     element[_STORED_LABEL], element[_BYTES_READ])
-    return tf.strings.join([
-        _where(element[schema.SOURCE], element[_INDEX]),
-        describe(status, element[_STORED_LABEL], element[_BYTES_READ],
-                 tf.gather(sizes, element[_FILE]))])
-
-  def is_problem(element):
-    return tf.logical_not(element[_OK] | (element[_INDEX] < 0))
-
-  def output(element, checked):
-    with tf.control_dependencies([checked]):
-      keep = tf.cast(element[_OK], tf.int32)
-    return {key: element[key][tf.newaxis][:keep]
-            for key in (schema.IMAGE, schema.LABEL, schema.SOURCE)}
-
-  def check_raising(rank, element):
-    lost = element[_POSITION] - rank
-    position = element[_POSITION]
-
-    def report():
-      # Lost records come before this element in record order.
-      message = tf.cond(
-          lost > 0,
-          lambda: lost_lines(element, position - lost,
-                             position - lost + 1)[0],
-          lambda: element_message(element))
-      return _as_true(tf.debugging.Assert(False, [message]))
-
-    # Messages are built only inside this branch.
-    checked = tf.cond((lost > 0) | is_problem(element), report,
-                      lambda: tf.constant(True))
-    return output(element, checked)
-
-  def check_counting(expected, element):
-    position = element[_POSITION]
-    problem = is_problem(element)
-
-    def report():
-      lines = tf.concat([
-          lost_lines(element, expected, position),
-          tf.cond(problem, lambda: element_message(element)[tf.newaxis],
-                  lambda: tf.zeros([0], tf.string))], 0)
-      skipped = stats.skipped_records.assign_add(
-          position - expected + tf.cast(problem, tf.int64))
-      damaged = stats.damaged_files.assign_add(tf.cast(
-          problem & (element[_BYTES_READ] >= 0), tf.int64))
-      warn = tf.print("skipping", tf.strings.reduce_join(
-          lines, separator="\nskipping "), output_stream=logging.warning)
-      return _as_true(tf.group(skipped, damaged, warn))
-
-    checked = tf.cond((position > expected) | problem, report,
-                      lambda: tf.constant(True))
-    next_expected = tf.where(element[_INDEX] < 0, tf.constant(0, tf.int64),
-                             position + 1)
-    return next_expected, output(element, checked)
-
+  problems = _Problems(keys, num_classes, files, sizes)
   if skip_corrupt:
-    return _no_autograph(check_counting), True
-  return _no_autograph(check_raising), False
+    return _no_autograph(_counting_check(problems, stats)), True
+  return _no_autograph(_raising_check(problems)), False
 
 
 def _make_uniform_group_decoder(keys, num_classes, files):
@@ -694,6 +721,31 @@ def _make_group_reader(keys, num_classes, files, sizes, skip_corrupt, stats):
   return _no_autograph(read_group)
 
 
+def _encoded_records(files, sizes, *, shuffle, shuffle_buffer, seed,
+                     cycle_length, repeat, skip_corrupt):
+  """The files' records, still encoded, interleaved one by one (and
+  shuffled): the input of ``read_dataset``'s group decoding."""
+  file_table = tf.data.Dataset.from_tensor_slices(
+      (tf.range(len(files), dtype=tf.int32), tf.constant(files),
+       tf.constant(sizes, tf.int64)))
+  if shuffle:
+    file_table = file_table.shuffle(len(files), seed=seed,
+                                    reshuffle_each_iteration=True)
+  if repeat:
+    file_table = file_table.repeat()
+  records = file_table.interleave(
+      _make_file_reader(skip_corrupt),
+      cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
+      num_parallel_calls=tf.data.AUTOTUNE)
+  if shuffle:
+    # Shuffling encoded records costs far less memory than decoded images;
+    # the checks after decoding do not depend on record order.
+    records = records.shuffle(
+        shuffle_buffer, seed=None if seed is None else seed + 1,
+        reshuffle_each_iteration=True)
+  return records
+
+
 def read_dataset(files,
                  *,
                  split=None,
@@ -739,14 +791,7 @@ def read_dataset(files,
     fail with InvalidArgumentError "bad ImageNet record: <file>, record <i>:
     <what is wrong>".
   """
-  files = list_files(files, split)
-  if input_context is not None:
-    pipelines = input_context.num_input_pipelines
-    if len(files) < pipelines:
-      raise ValueError(f"{len(files)} files cannot be sharded across "
-                       f"{pipelines} input pipelines: need at least one file "
-                       "per pipeline")
-    files = files[input_context.input_pipeline_id::pipelines]
+  files = input_sharding.shard_files(list_files(files, split), input_context)
   if record_format is None:
     record_format = detect_format(files[0])
   keys = feature_keys(record_format)
@@ -756,25 +801,10 @@ def read_dataset(files,
     stats = ReadStats()  # The warnings are still logged.
 
   sizes = file_sizes(files)
-  file_table = tf.data.Dataset.from_tensor_slices(
-      (tf.range(len(files), dtype=tf.int32), tf.constant(files),
-       tf.constant(sizes, tf.int64)))
-  if shuffle:
-    file_table = file_table.shuffle(len(files), seed=seed,
-                                    reshuffle_each_iteration=True)
-  if repeat:
-    file_table = file_table.repeat()
-  records = file_table.interleave(
-      _make_file_reader(skip_corrupt),
-      cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
-      num_parallel_calls=tf.data.AUTOTUNE)
-  if shuffle:
-    # Shuffling encoded records costs far less memory than decoded images;
-    # the checks below do not depend on record order.
-    records = records.shuffle(
-        shuffle_buffer, seed=None if seed is None else seed + 1,
-        reshuffle_each_iteration=True)
-
+  records = _encoded_records(files, sizes, shuffle=shuffle,
+                             shuffle_buffer=shuffle_buffer, seed=seed,
+                             cycle_length=cycle_length, repeat=repeat,
+                             skip_corrupt=skip_corrupt)
   # A seeded shuffle promises a reproducible order; otherwise examples may
   # come out of order, as soon as any group is decoded.
   deterministic = not shuffle or seed is not None

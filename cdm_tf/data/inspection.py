@@ -16,6 +16,9 @@ from cdm_tf.data import schema
 # Largest side a contact sheet is drawn at: far above any cascade stage, and
 # a mistyped 100000 would otherwise try to allocate terabytes.
 MAX_RESOLUTION = 1024
+# What tools/inspect_data.py writes for a split, after the split's name.
+CONTACT_SHEET_SUFFIX = "_contact_sheet.png"
+SUMMARY_SUFFIX = "_summary.json"
 
 
 def parse_resolutions(values, flag="--resolutions"):

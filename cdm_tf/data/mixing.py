@@ -14,14 +14,14 @@ interleaved in proportion to their sizes, so every epoch of
 A smaller synthetic set is taken class-balanced from a larger one by the
 ``cdm/class_index`` provenance field: keep an example of class c when its
 index within the class is below ``multiplier * real_count[c]``
-(``class_balanced_subset``). ``read_synthetic`` yields our synthetic records
-with that field.
+(``class_balanced_subset``). ``synthetic_set.reader.read`` yields our
+synthetic records with that field.
 
 Example (real + 2x synthetic)::
 
   real = imagenet_reader...              # elements {image, label, source}
   synthetic, size = class_balanced_subset(
-      read_synthetic(manifest.shard_paths(directory)),
+      reader.read(manifest.shard_paths(directory)),
       real_class_counts, multiplier=2,
       synthetic_class_counts=manifest.class_counts)
   stream = training_stream(real, sum(real_class_counts), synthetic, size,
@@ -44,86 +44,6 @@ SAMPLINGS = (SAMPLING_RANDOM, SAMPLING_EXACT)
 # Keys every element of the stream has; both inputs are cut down to them so
 # their structures match.
 STREAM_KEYS = (schema.IMAGE, schema.LABEL, schema.SOURCE)
-
-
-# ------------------------------------------------- synthetic records
-
-
-def _synthetic_features():
-  return {
-      schema.TPU_IMAGE: tf.io.FixedLenFeature([], tf.string),
-      schema.TPU_LABEL: tf.io.FixedLenFeature([], tf.int64),
-      schema.CLASS_INDEX: tf.io.FixedLenFeature([], tf.int64),
-  }
-
-
-def parse_synthetic_record(serialized, decode=True):
-  """Parses one of our synthetic records, with its class index.
-
-  Args:
-    serialized: Scalar string tensor, a TPU-schema example written by
-      ``synthetic_writer.encode_example`` with provenance.
-    decode: Whether to decode the image; without decoding the element keeps
-      the encoded bytes under ``schema.TPU_IMAGE`` (cheap to filter first).
-
-  Returns:
-    ``{schema.IMAGE: uint8 [H, W, 3], schema.LABEL: int32 0-based,
-    schema.CLASS_INDEX: int64}``, or ``schema.TPU_IMAGE`` instead of
-    ``schema.IMAGE`` when ``decode`` is False.
-  """
-  parsed = tf.io.parse_single_example(serialized, _synthetic_features())
-  element = {
-      schema.LABEL: tf.cast(parsed[schema.TPU_LABEL]
-                            - schema.TPU_LABEL_OFFSET, tf.int32),
-      schema.CLASS_INDEX: parsed[schema.CLASS_INDEX],
-  }
-  if decode:
-    element[schema.IMAGE] = decode_image(parsed[schema.TPU_IMAGE])
-  else:
-    element[schema.TPU_IMAGE] = parsed[schema.TPU_IMAGE]
-  return element
-
-
-def decode_image(encoded):
-  """Decodes JPEG or PNG bytes to uint8 [H, W, 3]."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
-
-
-def read_synthetic(paths, decode=True, num_parallel_calls=tf.data.AUTOTUNE):
-  """Our synthetic records from ``paths`` with class index and source.
-
-  Args:
-    paths: Shard paths, e.g. ``Manifest.shard_paths(directory)``.
-    decode: See ``parse_synthetic_record``; with False, call
-      ``decode_images`` after filtering.
-    num_parallel_calls: Parallelism of the parse map.
-
-  Returns:
-    A dataset of ``parse_synthetic_record`` elements plus ``schema.SOURCE``
-    (the shard path), in file order.
-  """
-  paths = list(paths)
-  if not paths:
-    raise ValueError("no synthetic shard paths given")
-
-  def records_of(path):
-    return tf.data.TFRecordDataset(path).map(
-        lambda r: dict(parse_synthetic_record(r, decode),
-                       **{schema.SOURCE: path}),
-        num_parallel_calls=num_parallel_calls)
-
-  return tf.data.Dataset.from_tensor_slices(paths).flat_map(records_of)
-
-
-def decode_images(dataset, num_parallel_calls=tf.data.AUTOTUNE):
-  """Decodes the ``schema.TPU_IMAGE`` bytes of undecoded elements."""
-  def decode(element):
-    element = dict(element)
-    element[schema.IMAGE] = decode_image(element.pop(schema.TPU_IMAGE))
-    return element
-  return dataset.map(decode, num_parallel_calls=num_parallel_calls)
 
 
 # ----------------------------------------------- class-balanced subset
@@ -165,7 +85,7 @@ def class_balanced_subset(dataset, real_class_counts, multiplier,
 
   Args:
     dataset: Elements with ``schema.LABEL`` and ``schema.CLASS_INDEX``, e.g.
-      from ``read_synthetic``.
+      from ``synthetic_set.reader.read``.
     real_class_counts: Real examples per class.
     multiplier: Synthetic-to-real ratio, e.g. 1 ... 10 in the paper.
     synthetic_class_counts: Examples per class in ``dataset`` (the

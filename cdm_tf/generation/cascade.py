@@ -45,6 +45,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import fingerprints
 from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.diffusion import create_diffusion
 from cdm_tf.diffusion import dpm_solver
@@ -230,7 +231,7 @@ class _StageSampler:
     self.diffusion = stage.sampling_diffusion(model.diffusion_config)
     # Of the weights loaded, not the export's weights.sha256: a unet.keras
     # replaced after export must not pass for the weights it replaced.
-    self.weights_fingerprint = export.loaded_weights_fingerprint(model.unet)
+    self.weights_fingerprint = fingerprints.of_arrays(model.unet.get_weights())
     self.chain = None
     self.stop_alpha_bar = None
     self._prepare = tf.function(
@@ -492,6 +493,8 @@ class Cascade:
     and the fingerprint of the weights it loaded, so retrained or replaced
     weights get a new id.
     """
+    # Not fingerprints.of_json: that hashes one JSON document, and these
+    # ids, already stored in generated sets' records, hash the parts in turn.
     digest = hashlib.sha256()
     for sampler in self._samplers:
       directory = sampler.stage.model_dir

@@ -18,7 +18,7 @@ import numpy as np
 
 from cdm_tf.data import mixing
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import shard_writer
 
 # Example id = label * ID_STRIDE + index: unique, stable, and an int64 seed.
 ID_STRIDE = 2**32
@@ -82,7 +82,7 @@ class Shard:
   def info(self, num_classes):
     """The ``ShardInfo`` a complete shard of this plan has."""
     counts = np.bincount(self.labels, minlength=num_classes)
-    return synthetic_writer.ShardInfo(
+    return shard_writer.ShardInfo(
         file_name=self.file_name, num_examples=len(self),
         class_counts=tuple(int(c) for c in counts))
 
@@ -149,12 +149,13 @@ class GenerationPlan:
     start = index * self.examples_per_shard
     stop = start + self.examples_per_shard
     return Shard(index=index,
-                 file_name=synthetic_writer.shard_file_name(
+                 file_name=shard_writer.shard_file_name(
                      self.split, index, self.num_shards),
                  labels=labels[start:stop], class_indices=indices[start:stop])
 
   def worker_shards(self, num_workers=1, worker_index=0):
-    """Indices of the shards worker ``worker_index`` of ``num_workers`` writes."""
+    """Indices of the shards worker ``worker_index`` of ``num_workers``
+    writes."""
     if num_workers <= 0 or not 0 <= worker_index < num_workers:
       raise ValueError(f"worker_index must be in 0..{num_workers - 1}, got "
                        f"{worker_index} (num_workers={num_workers})")

@@ -4,9 +4,9 @@ One call is one worker's share of a ``GenerationPlan``:
 
 1. ``generation-<split>.json`` records what the set is (plan, cascade
    config id, seed, image settings, the sha256 of each stage's loaded
-   weights). A worker restarted, or another worker joining, with different
-   settings or weights stops with an error instead of mixing two sets in
-   one directory.
+   weights), a ``settings_record``: a worker restarted, or another worker
+   joining, with different settings or weights stops with an error
+   (saying what differs) instead of mixing two sets in one directory.
 2. Temporaries left by a killed run of this worker's shards are removed;
    shards already complete (renamed to their final name) are skipped. A
    worker holds a lock (``.worker-<index>.lock``) while it runs, so a second
@@ -34,19 +34,17 @@ import tensorflow as tf
 
 from cdm_tf import configuration
 from cdm_tf import files
+from cdm_tf import settings_record
 from cdm_tf.data import contact_sheet
 from cdm_tf.data import diffusion_preprocessing
-from cdm_tf.data import mixing
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
 from cdm_tf.generation import plan as plan_lib
+from cdm_tf.synthetic_set import reader
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 
 
-class GenerationConflictError(configuration.ConflictError):
-  """The output directory holds a set made with other settings."""
-
-
-class WorkerRunningError(GenerationConflictError):
+class WorkerRunningError(configuration.ConflictError):
   """Another live process is the same worker of the same output directory."""
 
 
@@ -118,9 +116,9 @@ class GenerationSettings:
   def __post_init__(self):
     if self.batch_size <= 0 or self.examples_per_shard <= 0:
       raise ValueError("batch_size and examples_per_shard must be positive")
-    if self.image_format not in synthetic_writer.IMAGE_FORMATS:
+    if self.image_format not in shard_writer.IMAGE_FORMATS:
       raise ValueError(f"image_format must be one of "
-                       f"{synthetic_writer.IMAGE_FORMATS}, got "
+                       f"{shard_writer.IMAGE_FORMATS}, got "
                        f"{self.image_format!r}")
 
   def stored(self):
@@ -147,32 +145,36 @@ def _check_stage_weights(output_dir, split, cascade):
   place); records written before stage weights were recorded hold none.
   """
   path = record_path(output_dir, split)
-  if not tf.io.gfile.exists(path):
-    return
-  recorded = files.read_json(path).get(STAGE_WEIGHTS_KEY, [])
-  for stage, before, loaded in zip(cascade.stages, recorded,
-                                   cascade.weights_fingerprints()):
-    if before != loaded:
-      raise GenerationConflictError(
+
+  def compare(recorded, current):
+    return [f"the stage exported at {stage.model_dir} (sha256 "
+            f"{before[:12]}..., loaded {loaded[:12]}..."
+            for stage, before, loaded in zip(
+                cascade.stages, recorded.get(STAGE_WEIGHTS_KEY, []),
+                current[STAGE_WEIGHTS_KEY])
+            if before != loaded]
+
+  settings_record.check(
+      path, {STAGE_WEIGHTS_KEY: cascade.weights_fingerprints()},
+      lambda found: (
           f"the {split!r} set in {output_dir} was started with other "
-          f"weights in the stage exported at {stage.model_dir} (sha256 "
-          f"{before[:12]}..., loaded {loaded[:12]}...; see {path}); restore "
-          "those weights or use a new output directory")
+          f"weights in {found[0]}; see {path}); restore those weights or "
+          "use a new output directory"),
+      compare=compare)
 
 
 def _check_or_write_record(output_dir, split, record):
+  """Writes the set's record, or refuses ``record`` if it differs from
+  the one there (stage weights aside: ``_check_stage_weights`` compares
+  them, and records from before they were recorded hold none)."""
   path = record_path(output_dir, split)
-  # Stage weights are compared by _check_stage_weights; ignoring them here
-  # keeps sets whose record predates them.
-  differing = files.json_differences(path, record,
-                                     ignore=(STAGE_WEIGHTS_KEY,))
-  if differing:
-    raise GenerationConflictError(
-        f"{output_dir} already holds a {split!r} set generated with other "
-        f"settings ({', '.join(differing)} differ, see {path}); use a new "
-        "output directory or the same settings")
-  if differing is None:
-    files.atomic_write_json(path, record)
+  settings_record.check_or_write(
+      path, record,
+      lambda found: (
+          f"{output_dir} already holds a {split!r} set generated with other "
+          f"settings ({settings_record.summary(found)}; see {path}); use a "
+          "new output directory or the same settings"),
+      ignore=(STAGE_WEIGHTS_KEY,))
 
 
 class Progress:
@@ -230,7 +232,7 @@ def _pad(array, size):
 
 def _write_shard(path, shard, cascade, classes, provenance_base, settings,
                  batch_size, progress, shard_text):
-  with synthetic_writer.ShardWriter(path, len(classes)) as writer:
+  with shard_writer.ShardWriter(path, len(classes)) as writer:
     for labels, indices in _batches(shard, batch_size):
       count = len(labels)
       ids = plan_lib.example_id(labels, indices)
@@ -245,7 +247,7 @@ def _write_shard(path, shard, cascade, classes, provenance_base, settings,
             provenance_base,
             example_id=plan_lib.example_id_string(label, index),
             class_index=int(index), seed=(int(seed[0]), int(seed[1])))
-        writer.write(synthetic_writer.encode_example(
+        writer.write(shard_writer.encode_example(
             image, int(label), classes, image_format=settings.image_format,
             jpeg_quality=settings.jpeg_quality, provenance=provenance),
                      int(label))
@@ -262,7 +264,7 @@ def read_examples_per_class(paths, per_class, num_classes):
   rows = [[] for _ in range(num_classes)]
   wanted = per_class * num_classes
   found = 0
-  for element in mixing.read_synthetic(paths, num_parallel_calls=1):
+  for element in reader.read(paths, num_parallel_calls=1):
     label = int(element[schema.LABEL])
     if len(rows[label]) < per_class:
       rows[label].append(element[schema.IMAGE].numpy())
@@ -293,8 +295,8 @@ def generate(output_dir, cascade, plan, classes,
   Raises:
     WorkerRunningError: another live process is this worker (on a local
       output directory).
-    GenerationConflictError: the directory holds a set made with other
-      settings or weights.
+    settings_record.SettingsConflictError: the directory holds a set made
+      with other settings or weights.
   """
   if len(classes) != plan.num_classes:
     raise ValueError(f"the plan has {plan.num_classes} classes but the class "
@@ -318,7 +320,6 @@ def generate(output_dir, cascade, plan, classes,
 def _generate(output_dir, cascade, plan, classes, settings, num_workers,
               worker_index, print_fn, started):
   """``generate`` once the worker holds its lock."""
-  batch_size = settings.batch_size
   config_id = cascade.config_id()
   _check_stage_weights(output_dir, plan.split, cascade)
   _check_or_write_record(output_dir, plan.split, {
@@ -327,63 +328,28 @@ def _generate(output_dir, cascade, plan, classes, settings, num_workers,
       "classes": [c.synset for c in classes],
       STAGE_WEIGHTS_KEY: cascade.weights_fingerprints()})
 
-  mine = plan.worker_shards(num_workers, worker_index)
-  shards = [plan.shard(s) for s in mine]
-  removed = synthetic_writer.remove_stale_temporaries(
-      output_dir, shard_names=[s.file_name for s in shards])
-  for path in removed:
-    print_fn(f"removed the incomplete shard "
-             f"{synthetic_writer.temporary_shard_target(path)} "
-             f"({os.path.basename(path)}); it is written again")
-  pending = [s for s in shards if not tf.io.gfile.exists(
-      os.path.join(output_dir, s.file_name))]
+  shards = [plan.shard(s) for s in plan.worker_shards(num_workers,
+                                                      worker_index)]
   label = f"[worker {worker_index}/{num_workers}]"
-  print_fn(f"{label} {len(shards)} shards ({sum(map(len, shards))} images); "
-           f"{len(shards) - len(pending)} already complete, {len(pending)} to "
-           f"write")
-
-  provenance_base = synthetic_writer.Provenance(
-      generator_config_id=config_id, example_id="-", class_index=0,
-      seed=(0, 0), stage_resolutions=tuple(cascade.resolutions),
-      guidance=tuple(float(s.guidance_weight) for s in cascade.stages),
-      sampler=tuple(cascade.sampler_names()),
-      logvar_coeff=tuple(float(s.logvar_coeff or 0.0)
-                         for s in cascade.stages),
-      noise_augmentation=tuple(float(s.aug_level)
-                               for s in cascade.stages[1:]))
+  pending = _pending_shards(output_dir, shards, label, print_fn)
+  provenance_base = _provenance_base(cascade, config_id)
   progress = Progress(sum(map(len, pending)), label,
                       settings.progress_every_seconds, print_fn)
   for number, shard in enumerate(pending, 1):
     _write_shard(os.path.join(output_dir, shard.file_name), shard, cascade,
-                 classes, provenance_base, settings, batch_size, progress,
-                 f"shard {number}/{len(pending)} ({shard.file_name})")
+                 classes, provenance_base, settings, settings.batch_size,
+                 progress, f"shard {number}/{len(pending)} ({shard.file_name})")
   if pending:
     progress.update(0, "done", force=True)
 
   suffix = f"worker-{worker_index:05d}-of-{num_workers:05d}"
-  own_paths = [os.path.join(output_dir, s.file_name) for s in shards]
   if settings.sheet_per_class and shards:
-    rows = read_examples_per_class(own_paths, settings.sheet_per_class,
-                                   plan.num_classes)
-    side = max(cascade.resolutions[-1], 32)
-    contact_sheet.write_png(
+    _write_contact_sheet(
         os.path.join(output_dir, f"contact_sheet.{suffix}.png"),
-        contact_sheet.grid(rows, cell_size=min(side, 128)))
-
-  complete = [plan.shard(s) for s in range(plan.num_shards)
-              if tf.io.gfile.exists(os.path.join(
-                  output_dir, plan.shard(s).file_name))]
-  manifest = None
-  if len(complete) == plan.num_shards:
-    manifest = synthetic_writer.write_manifest(
-        output_dir, plan.split, [s.info(plan.num_classes) for s in complete],
-        plan.num_classes, settings.image_format,
-        settings={"generator_config_id": config_id,
-                  "cascade": cascade.description(),
-                  "output": settings.stored()})
-    print_fn(f"all {plan.num_shards} shards complete: wrote "
-             f"{synthetic_writer.manifest_path(output_dir, plan.split)}")
-
+        [os.path.join(output_dir, s.file_name) for s in shards],
+        settings.sheet_per_class, plan.num_classes, cascade)
+  manifest = _write_manifest_if_complete(output_dir, plan, cascade,
+                                         settings, config_id, print_fn)
   summary = {
       "worker_index": worker_index, "num_workers": num_workers,
       "split": plan.split, "generator_config_id": config_id,
@@ -397,7 +363,8 @@ def _generate(output_dir, cascade, plan, classes, settings, num_workers,
                                           minlength=plan.num_classes)
                               for s in shards], axis=0).tolist(),
       "wall_time_seconds": time.time() - started,
-      "num_replicas": cascade.num_replicas, "batch_size": batch_size,
+      "num_replicas": cascade.num_replicas,
+      "batch_size": settings.batch_size,
       "cascade": cascade.description(),
       "settings": dataclasses.asdict(settings),
       "split_complete": manifest is not None,
@@ -405,6 +372,65 @@ def _generate(output_dir, cascade, plan, classes, settings, num_workers,
   files.atomic_write_json(os.path.join(output_dir, f"summary.{suffix}.json"),
                           summary)
   return summary
+
+
+def _pending_shards(output_dir, shards, label, print_fn):
+  """This worker's shards still to write, once the temporaries a killed
+  run left of them are removed."""
+  removed = shard_writer.remove_stale_temporaries(
+      output_dir, shard_names=[s.file_name for s in shards])
+  for path in removed:
+    print_fn(f"removed the incomplete shard "
+             f"{shard_writer.temporary_shard_target(path)} "
+             f"({os.path.basename(path)}); it is written again")
+  pending = [s for s in shards if not tf.io.gfile.exists(
+      os.path.join(output_dir, s.file_name))]
+  print_fn(f"{label} {len(shards)} shards ({sum(map(len, shards))} images); "
+           f"{len(shards) - len(pending)} already complete, {len(pending)} to "
+           f"write")
+  return pending
+
+
+def _provenance_base(cascade, config_id):
+  """The provenance every example of ``cascade`` shares (the per-example
+  fields are placeholders)."""
+  return shard_writer.Provenance(
+      generator_config_id=config_id, example_id="-", class_index=0,
+      seed=(0, 0), stage_resolutions=tuple(cascade.resolutions),
+      guidance=tuple(float(s.guidance_weight) for s in cascade.stages),
+      sampler=tuple(cascade.sampler_names()),
+      logvar_coeff=tuple(float(s.logvar_coeff or 0.0)
+                         for s in cascade.stages),
+      noise_augmentation=tuple(float(s.aug_level)
+                               for s in cascade.stages[1:]))
+
+
+def _write_contact_sheet(path, shard_paths, per_class, num_classes, cascade):
+  rows = read_examples_per_class(shard_paths, per_class, num_classes)
+  side = max(cascade.resolutions[-1], 32)
+  contact_sheet.write_png(path,
+                          contact_sheet.grid(rows, cell_size=min(side, 128)))
+
+
+def _write_manifest_if_complete(output_dir, plan, cascade, settings,
+                                config_id, print_fn):
+  """Writes the split's manifest if every shard of the plan is complete
+  (counts from the plan, which the shards hold exactly); returns it, or
+  None."""
+  complete = [plan.shard(s) for s in range(plan.num_shards)
+              if tf.io.gfile.exists(os.path.join(
+                  output_dir, plan.shard(s).file_name))]
+  if len(complete) != plan.num_shards:
+    return None
+  manifest = split_manifest.write(
+      output_dir, plan.split, [s.info(plan.num_classes) for s in complete],
+      plan.num_classes, settings.image_format,
+      settings={"generator_config_id": config_id,
+                "cascade": cascade.description(),
+                "output": settings.stored()})
+  print_fn(f"all {plan.num_shards} shards complete: wrote "
+           f"{split_manifest.file_path(output_dir, plan.split)}")
+  return manifest
 
 
 def describe_plan(plan, cascade_evaluations_per_image=None, num_workers=1,

@@ -5,7 +5,8 @@ from the features or logits of some network, and its value means nothing
 without knowing which. A ``FeatureExtractor`` therefore carries a ``name``
 that every report prints next to the metric, e.g. "FID (Inception-v3 pool3)"
 or "FID (Fashion-MNIST classifier features: runs/clf)", and a
-``fingerprint`` (a hash of its weights) that keys cached statistics.
+``fingerprint`` (``cdm_tf.fingerprints`` of its weights and settings) that
+keys cached statistics.
 
 Two kinds exist:
 
@@ -20,18 +21,18 @@ An extractor maps one uint8 image of any size to a fixed-size input
 (``prepare``, runs inside ``tf.data``) and a batch of those to float32
 features and logits (``compute``). ``extract`` runs it over a dataset of
 reader elements (``imagenet_reader.read_dataset`` or
-``mixing.read_synthetic``), in order, over the first N images.
+``synthetic_set.reader.read``), in order, over the first N images.
 """
 
 import abc
 import dataclasses
-import hashlib
 
 from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import fingerprints
 from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.data import schema
 
@@ -109,16 +110,6 @@ class FeatureExtractor(abc.ABC):
     features, logits = self.compute(prepared)
     return (np.asarray(features, np.float32),
             None if logits is None else np.asarray(logits, np.float32))
-
-
-def weights_fingerprint(variables, extra=""):
-  """sha256 of variable names, shapes and values (and ``extra``)."""
-  digest = hashlib.sha256(extra.encode("utf-8"))
-  for variable in variables:
-    value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
-    digest.update(f"{variable.path}:{value.dtype}:{value.shape};".encode())
-    digest.update(value.tobytes())
-  return digest.hexdigest()
 
 
 def _penultimate(model):
@@ -216,8 +207,9 @@ class ClassifierFeatures(FeatureExtractor):
   @property
   def fingerprint(self):
     if self._fingerprint is None:
-      self._fingerprint = weights_fingerprint(self._model.weights,
-                                              extra=self._settings)
+      self._fingerprint = fingerprints.of_json({
+          "weights": fingerprints.of_arrays(self._model.weights),
+          "settings": self._settings})
     return self._fingerprint
 
   @property

@@ -36,26 +36,22 @@ negative eigenvalues (below -``NEGATIVE_TOLERANCE`` times the largest).
 CDM reports FID against the statistics of the real training set and of the
 validation set, at 10K and 50K samples (Ho et al. 2021, Tables 1-3). Real
 statistics are computed once per split (``reference_statistics``) and cached
-as ``fid_stats-<key>.npz`` next to the data, or in ``cache_dir`` when the
-data directory is not writable. The key hashes the split's file names and
-sizes, the number of examples, the preprocessing and the feature network's
-fingerprint, so changed data or a different network never reuses a stale
-file. FID@N (``fid_at``) uses the first N generated images.
+as ``fid_stats-<key>.npz`` (a ``content_cache`` entry) next to the data, or
+in ``cache_dir`` when the data directory is not writable. The key hashes
+the split's file names and sizes, the number of examples, the
+preprocessing and the feature network's fingerprint, so changed data or a
+different network never reuses a stale file. FID@N (``fid_at``) uses the first N generated images.
 """
 
 import dataclasses
-import hashlib
-import io
-import json
 import os
 import warnings
 
 from absl import logging
 import numpy as np
 import scipy.linalg
-import tensorflow as tf
 
-from cdm_tf import files as files_lib
+from cdm_tf import content_cache
 from cdm_tf.data import imagenet_reader
 from cdm_tf.metrics import features as features_lib
 from cdm_tf.metrics import report
@@ -354,10 +350,11 @@ class ReferenceStatistics:
   cache_path: str | None
 
 
-def cache_key(files, sizes, *, num_examples, resolution, fingerprint,
-              record_format, num_classes, keep_features):
-  """Hex digest of everything the statistics depend on."""
-  description = json.dumps({
+def cache_entry(files, sizes, *, num_examples, resolution, fingerprint,
+                record_format, num_classes, keep_features, cache_dir=None):
+  """The ``content_cache.Entry`` of everything the statistics depend on:
+  next to the data, then in ``cache_dir``."""
+  description = {
       "version": _CACHE_VERSION,
       "files": [[os.path.basename(f), int(s)] for f, s in zip(files, sizes)],
       "num_examples": num_examples,
@@ -366,44 +363,34 @@ def cache_key(files, sizes, *, num_examples, resolution, fingerprint,
       "format": record_format,
       "num_classes": num_classes,
       "keep_features": keep_features,
-  }, sort_keys=True)
-  return hashlib.sha256(description.encode("utf-8")).hexdigest()
+  }
+  return content_cache.Entry.of(
+      description, prefix=CACHE_PREFIX, extension=content_cache.NPZ,
+      directories=content_cache.directories(files, cache_dir),
+      what="FID statistics cache")
 
 
-def _cache_dirs(files, cache_dir):
-  """Next to the data (if it is one directory), then ``cache_dir``."""
-  data_dirs = sorted({os.path.dirname(f) for f in files})
-  dirs = data_dirs if len(data_dirs) == 1 else []
-  if cache_dir:
-    dirs.append(os.fspath(cache_dir))
-  return dirs
+def _check_cached(arrays):
+  missing = sorted({"mean", "covariance", "count", "network"} - set(arrays))
+  return f"it lacks {', '.join(missing)}" if missing else None
 
 
-def _read_cache(path, key):
-  try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      with np.load(io.BytesIO(f.read()), allow_pickle=False) as arrays:
-        if str(arrays["key"]) != key:
-          return None
-        features = arrays["features"] if "features" in arrays.files else None
-        return FeatureStatistics.from_arrays(arrays), features
-  except (OSError, tf.errors.OpError, ValueError, KeyError) as e:
-    logging.warning("ignoring unreadable FID statistics cache %s: %s", path,
-                    e)
-    return None
-
-
-def _write_cache(dirs, name, arrays):
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  for directory in dirs:
-    path = os.path.join(directory, name)
-    try:
-      files_lib.atomic_write_bytes(path, buffer.getvalue())
-      return path
-    except (OSError, tf.errors.OpError) as e:
-      logging.warning("cannot write FID statistics cache %s (%s)", path, e)
-  return None
+def _compute_reference(files, extractor, num_examples, resolution,
+                       record_format, num_classes, batch_size, keep_features):
+  """(statistics, the first ``keep_features`` features or None) of a split,
+  read in a fixed order."""
+  dataset = imagenet_reader.read_dataset(
+      files, record_format=record_format, num_classes=num_classes,
+      shuffle=False)
+  preprocess = (features_lib.center_crop_resize(resolution)
+                if resolution else None)
+  extracted = features_lib.extract(dataset, extractor,
+                                   num_examples=num_examples,
+                                   batch_size=batch_size,
+                                   preprocess=preprocess)
+  stats = statistics(extracted.features, extractor.name)
+  kept = extracted.features[:keep_features] if keep_features else None
+  return stats, kept
 
 
 def reference_statistics(files,
@@ -448,38 +435,26 @@ def reference_statistics(files,
   if record_format is None:
     record_format = imagenet_reader.detect_format(files[0])
   sizes = imagenet_reader.file_sizes(files)
-  key = cache_key(files, sizes, num_examples=num_examples,
-                  resolution=resolution, fingerprint=extractor.fingerprint,
-                  record_format=record_format, num_classes=num_classes,
-                  keep_features=int(keep_features))
-  name = f"{CACHE_PREFIX}{key[:16]}.npz"
-  dirs = _cache_dirs(files, cache_dir)
+  entry = cache_entry(files, sizes, num_examples=num_examples,
+                      resolution=resolution,
+                      fingerprint=extractor.fingerprint,
+                      record_format=record_format, num_classes=num_classes,
+                      keep_features=int(keep_features), cache_dir=cache_dir)
   if use_cache:
-    for directory in dirs:
-      path = os.path.join(directory, name)
-      if tf.io.gfile.exists(path):
-        cached = _read_cache(path, key)
-        if cached is not None:
-          logging.info("FID statistics of %s from %s", split or files[0],
-                       path)
-          return ReferenceStatistics(cached[0], cached[1], path)
+    cached, path = entry.read(_check_cached)
+    if cached is not None:
+      logging.info("FID statistics of %s from %s", split or files[0], path)
+      return ReferenceStatistics(FeatureStatistics.from_arrays(cached),
+                                 cached.get("features"), path)
 
-  dataset = imagenet_reader.read_dataset(
-      files, record_format=record_format, num_classes=num_classes,
-      shuffle=False)
-  preprocess = (features_lib.center_crop_resize(resolution)
-                if resolution else None)
-  extracted = features_lib.extract(dataset, extractor,
-                                   num_examples=num_examples,
-                                   batch_size=batch_size,
-                                   preprocess=preprocess)
-  stats = statistics(extracted.features, extractor.name)
-  kept = extracted.features[:keep_features] if keep_features else None
+  stats, kept = _compute_reference(files, extractor, num_examples,
+                                   resolution, record_format, num_classes,
+                                   batch_size, keep_features)
   path = None
   if use_cache:
-    arrays = dict(stats.as_arrays(), key=np.str_(key),
-                  split=np.str_(split or ""), num_files=np.int64(len(files)))
+    arrays = dict(stats.as_arrays(), split=np.str_(split or ""),
+                  num_files=np.int64(len(files)))
     if kept is not None:
       arrays["features"] = kept
-    path = _write_cache(dirs, name, arrays)
+    path = entry.write(arrays)
   return ReferenceStatistics(stats, kept, path)

@@ -39,7 +39,6 @@ importing it would import torch). Nothing is downloaded.
 original TorchScript network on real photos.
 """
 
-import hashlib
 import importlib.util
 import os
 
@@ -47,6 +46,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import fingerprints
 from cdm_tf.metrics import features as features_lib
 from cdm_tf.metrics import torchscript_archive
 
@@ -283,14 +283,12 @@ class FidInception(features_lib.FeatureExtractor):
   @property
   def fingerprint(self):
     if self._fingerprint is None:
-      # The file identifies the network; its size and name are cheap to
-      # read, its hash costs a pass over 87 MB once.
-      digest = hashlib.sha256(f"{NAME}|{self.dtype_policy}|resize=tf1-"
-                              "bilinear".encode())
-      with open(self.weights_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-          digest.update(block)
-      self._fingerprint = digest.hexdigest()
+      # The file identifies the network; its hash costs a pass over 87 MB
+      # once.
+      self._fingerprint = fingerprints.of_json({
+          "network": NAME, "dtype_policy": str(self.dtype_policy),
+          "resize": "tf1-bilinear",
+          "weights_file": fingerprints.of_file(self.weights_path)})
     return self._fingerprint
 
   def prepare(self, image):

@@ -31,11 +31,11 @@ reported (``not_reported_note`` says why and which file to give).
 """
 
 import collections
-import hashlib
 import os
 
 import numpy as np
 
+from cdm_tf import fingerprints
 from cdm_tf.metrics import features as features_lib
 from cdm_tf.metrics import fid_inception
 from cdm_tf.metrics import torchscript_archive
@@ -169,10 +169,10 @@ class InceptionLogits(features_lib.FeatureExtractor):
   @property
   def fingerprint(self):
     if self._fingerprint is None:
-      digest = hashlib.sha256(
-          f"{NAME}|{self.inception.fingerprint}|no bias|".encode())
-      digest.update(np.ascontiguousarray(self.fc_weight).tobytes())
-      self._fingerprint = digest.hexdigest()
+      self._fingerprint = fingerprints.of_json({
+          "network": NAME, "inception": self.inception.fingerprint,
+          "bias": False,
+          "fc_weight": fingerprints.of_arrays([self.fc_weight])})
     return self._fingerprint
 
   @property

@@ -23,7 +23,7 @@ Typical use on ImageNet samples at 64x64::
   references = {split: fid.reference_statistics(
       data_dir, inception, split=split, resolution=64, keep_features=10_000)
       for split in ("train", "validation")}
-  generated = mixing.read_synthetic(manifest.shard_paths(sample_dir))
+  generated = reader.read(manifest.shard_paths(sample_dir))
   result = sample_quality.evaluate(generated, inception, references,
                                    classifier=logits)
   print(result.format_table())
@@ -78,7 +78,7 @@ def evaluate(generated,
 
   Args:
     generated: unbatched dataset of reader elements or uint8 images (e.g.
-      ``mixing.read_synthetic``), or their ``features.ExtractedFeatures``.
+      ``synthetic_set.reader.read``), or their ``features.ExtractedFeatures``.
     extractor: the ``features.FeatureExtractor`` of FID, KID and
       precision/recall.
     references: {split name: ``fid.ReferenceStatistics``} of ``extractor``.

@@ -14,24 +14,17 @@ Every random draw of a step comes from the example's seed, so the result does
 not depend on how the global batch is split across replicas.
 
 Text-conditioned models (a U-Net with ``text_embed_dim``, Imagen's stages)
-read a frozen text encoder's embeddings of each example's prompt:
-``text_pooled`` [B, D], ``text_tokens`` [B, L, D] and ``text_mask`` [B, L].
-A batch carries them (captioned pretraining: the captions are encoded
-outside the step), or carries ``label`` and the model holds the encoded
-class prompts (``set_class_prompts``; Azizi et al.'s fine-tuning, where each
-class's prompt is its name): the step gathers the label's embeddings, so a
-step moves only labels, not [B, L, D] tensors. Generation conditions on a
-class the same way.
+read a frozen text encoder's embeddings of each example's prompt
+(``cdm_tf.text.conditioning.TEXT_KEYS``). A batch carries them (captioned
+pretraining: the captions are encoded outside the step), or carries
+``label`` and the model holds the encoded class prompts
+(``set_class_prompts``; Azizi et al.'s fine-tuning, where each class's
+prompt is its name): the step gathers the label's embeddings, so a step
+moves only labels, not [B, L, D] tensors. Generation conditions on a class
+the same way.
 
-The null prompt of classifier-free guidance is NO text: zero token and
-pooled embeddings with an all-False mask. Cross-attention then attends to
-the image's own positions only (the U-Net's attention concatenates text keys
-to pixel keys) and the pooled projection adds only its bias. It is
-independent of the encoder, so the unconditional branch needs no encoder
-and the null condition learned in pretraining carries over to fine-tuning
-unchanged. (The empty prompt "" is a real prompt, encoded like any other.)
-Text is dropped to the null prompt with ``label_dropout``'s probability, by
-the same draw that drops the label.
+Text is dropped to the null prompt (no text; ``conditioning.null_text``)
+with ``label_dropout``'s probability, by the same draw that drops the label.
 """
 
 import contextlib
@@ -44,45 +37,13 @@ from cdm_tf.diffusion import create_diffusion
 from cdm_tf.diffusion import guidance
 from cdm_tf.diffusion import per_example_noise
 from cdm_tf.diffusion import samplers
+# Aliased: `conditioning` names the sampling conditioning dicts here.
+from cdm_tf.text import conditioning as text_conditioning
 
 CONDITIONING_AUGMENTATIONS = ("none", "gaussian", "blur")
 # Uniform draws per example per step, by position.
 _U_STEP, _U_IN_STEP, _U_LABEL_DROP, _U_AUG_LEVEL, _U_BLUR_SIGMA, _U_BLUR = (
     range(6))
-# The U-Net's text inputs: pooled [B, D], tokens [B, L, D], mask [B, L].
-TEXT_POOLED, TEXT_TOKENS, TEXT_MASK = "text_pooled", "text_tokens", "text_mask"
-TEXT_KEYS = (TEXT_POOLED, TEXT_TOKENS, TEXT_MASK)
-
-
-def text_inputs(text):
-  """The U-Net's text inputs from ``TextEmbeddings`` or a dict of them."""
-  if not isinstance(text, dict):
-    text = {TEXT_POOLED: text.pooled, TEXT_TOKENS: text.tokens,
-            TEXT_MASK: text.mask}
-  missing = [k for k in TEXT_KEYS if k not in text]
-  if missing:
-    raise ValueError(f"text conditioning lacks {missing}")
-  return {TEXT_POOLED: tf.cast(text[TEXT_POOLED], tf.float32),
-          TEXT_TOKENS: tf.cast(text[TEXT_TOKENS], tf.float32),
-          TEXT_MASK: tf.cast(text[TEXT_MASK], tf.bool)}
-
-
-def null_text(text):
-  """The null prompt (no text) shaped like ``text``: zeros, mask False."""
-  return {TEXT_POOLED: tf.zeros_like(text[TEXT_POOLED]),
-          TEXT_TOKENS: tf.zeros_like(text[TEXT_TOKENS]),
-          TEXT_MASK: tf.zeros_like(text[TEXT_MASK])}
-
-
-def drop_text(text, drop):
-  """``text`` with the rows where ``drop`` [B] is True set to the null
-  prompt."""
-  null = null_text(text)
-  return {key: tf.where(tf.reshape(drop, [-1] + [1] * (text[key].shape.rank
-                                                       - 1)),
-                        null[key], text[key])
-          for key in TEXT_KEYS}
-
 
 @keras.saving.register_keras_serializable(package="cdm_tf")
 class DiffusionModel(keras.Model):
@@ -252,8 +213,8 @@ class DiffusionModel(keras.Model):
     Args:
       prompts: list of C prompt strings, in label order; must equal
         ``class_prompts`` if the model already records some.
-      embeddings: their ``TextEmbeddings`` (or a dict of ``TEXT_KEYS``)
-        from the model's frozen encoder.
+      embeddings: their ``TextEmbeddings`` (or a dict of
+        ``conditioning.TEXT_KEYS``) from the model's frozen encoder.
     """
     if not self.is_text_conditioned:
       raise ValueError("class prompts need a text-conditioned U-Net")
@@ -264,11 +225,12 @@ class DiffusionModel(keras.Model):
     if self.unet.num_classes and len(prompts) != self.unet.num_classes:
       raise ValueError(f"{len(prompts)} class prompts for "
                        f"{self.unet.num_classes} classes")
-    table = text_inputs(embeddings)
-    if (table[TEXT_TOKENS].shape[0] != len(prompts)
-        or table[TEXT_TOKENS].shape[-1] != self.unet.text_embed_dim):
+    table = text_conditioning.text_inputs(embeddings)
+    tokens_shape = table[text_conditioning.TEXT_TOKENS].shape
+    if (tokens_shape[0] != len(prompts)
+        or tokens_shape[-1] != self.unet.text_embed_dim):
       raise ValueError(
-          f"class prompt embeddings of shape {table[TEXT_TOKENS].shape} do "
+          f"class prompt embeddings of shape {tokens_shape} do "
           f"not fit {len(prompts)} prompts of width "
           f"{self.unet.text_embed_dim}")
     with tf.init_scope():
@@ -344,7 +306,7 @@ class DiffusionModel(keras.Model):
       label = tf.where(drop, self.null_label, label)
     text = None
     if self.is_text_conditioned:
-      text = drop_text(self._training_text(batch), drop)
+      text = text_conditioning.drop_text(self._training_text(batch), drop)
     low_res, aug_level = None, None
     if self.is_super_resolution:
       low_res, aug_level = self._augmented_low_res(
@@ -356,14 +318,14 @@ class DiffusionModel(keras.Model):
 
   def _training_text(self, batch):
     """The batch's text embeddings, else its labels' class prompts'."""
-    if all(key in batch for key in TEXT_KEYS):
-      return text_inputs(batch)
+    if all(key in batch for key in text_conditioning.TEXT_KEYS):
+      return text_conditioning.text_inputs(batch)
     if self._class_text is not None and "label" in batch:
       return self.class_text(batch["label"])
     raise ValueError(
         "a text-conditioned model trains on batches with text embeddings "
-        f"{TEXT_KEYS} (e.g. encoded captions), or on labels after "
-        "set_class_prompts")
+        f"{text_conditioning.TEXT_KEYS} (e.g. encoded captions), or on "
+        "labels after set_class_prompts")
 
   def train_step(self, batch):
     """One optimizer step on this replica's share of the global batch.
@@ -455,7 +417,8 @@ class DiffusionModel(keras.Model):
         stopped at s (CDM Algorithm 2, truncated); otherwise it is z_0 and
         is corrupted here to z'_s ~ q(z_s | z_0) (non-truncated).
       text: text-conditioned models: the prompts' ``TextEmbeddings`` (or a
-        dict of ``TEXT_KEYS``); None takes the class prompts of ``labels``.
+        dict of ``conditioning.TEXT_KEYS``); None takes the class prompts
+        of ``labels``.
 
     Returns:
       ``(conditioning, null_conditioning)`` dicts for ``guided_model_fn``;
@@ -476,9 +439,9 @@ class DiffusionModel(keras.Model):
           raise ValueError("this model is text-conditioned: pass text "
                            "embeddings, or labels of its class prompts")
         text = self.class_text(labels)
-      text = text_inputs(text)
+      text = text_conditioning.text_inputs(text)
       cond.update(text)
-      uncond.update(null_text(text))
+      uncond.update(text_conditioning.null_text(text))
     if (aug_level or truncated) and not self.unet.aug_level_conditioning:
       raise ValueError(
           "conditioning-augmentation level / truncation at sampling needs a "
@@ -504,7 +467,7 @@ class DiffusionModel(keras.Model):
                       guidance_weight=1.0):
     """``fn(x_t, time_input)`` -> float32 network output with guidance."""
     def model_fn(x, time_input, c):
-      text = ({key: c[key] for key in TEXT_KEYS}
+      text = ({key: c[key] for key in text_conditioning.TEXT_KEYS}
               if self.is_text_conditioned else None)
       return tf.cast(self.unet(self.network_inputs(
           x, time_input, c.get("label"), c.get("low_res"),

@@ -6,22 +6,23 @@ conditioning settings). ``load_model`` rebuilds a ``DiffusionModel`` from
 them without any gin state.
 """
 
-import hashlib
 import os
 import uuid
 import zipfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from cdm_tf import files
+from cdm_tf import fingerprints
 from cdm_tf.models import diffusion_model
 
 UNET_FILE = "unet.keras"
 CONFIG_FILE = "diffusion.json"
-# sha256 of the exported weight values, written at export: identifies the
-# weights cheaply (the .keras file itself also holds a save date).
+# sha256 of the exported weight values (``fingerprints.of_arrays`` of the
+# U-Net's weights), written at export: identifies the weights cheaply (the
+# .keras file itself also holds a save date); computed again from a loaded
+# U-Net, it tells whether ``unet.keras`` was replaced since.
 FINGERPRINT_FILE = "weights.sha256"
 
 
@@ -39,7 +40,7 @@ def export_model(model, directory):
   try:
     with model.ema_weights():
       model.unet.save(os.path.join(tmp, UNET_FILE))
-      fingerprint = loaded_weights_fingerprint(model.unet)
+      fingerprint = fingerprints.of_arrays(model.unet.get_weights())
     files.atomic_write_bytes(os.path.join(tmp, FINGERPRINT_FILE),
                              fingerprint.encode())
     config = model.get_config()
@@ -58,23 +59,6 @@ def export_model(model, directory):
   return directory
 
 
-def loaded_weights_fingerprint(unet):
-  """sha256 of a U-Net's weight values as they are now in memory.
-
-  What ``export_model`` records; computed again from the weights a loaded
-  model holds, it tells whether ``unet.keras`` was replaced since.
-  """
-  return weights_digest(unet.get_weights())
-
-
-def weights_digest(values):
-  """sha256 (hex) of arrays or variables, in order, bytes as stored."""
-  digest = hashlib.sha256()
-  for value in values:
-    digest.update(np.ascontiguousarray(np.asarray(value)).tobytes())
-  return digest.hexdigest()
-
-
 def weights_fingerprint(directory):
   """The export's weight fingerprint; for an export without one, the
   sha256 of its weights file."""
@@ -82,11 +66,7 @@ def weights_fingerprint(directory):
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       return f.read().strip()
-  digest = hashlib.sha256()
-  with tf.io.gfile.GFile(os.path.join(directory, UNET_FILE), "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 24), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+  return fingerprints.of_file(os.path.join(directory, UNET_FILE))
 
 
 def read_config(directory):

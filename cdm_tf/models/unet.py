@@ -214,9 +214,24 @@ class UNet(keras.Model):
         context_dim=self.text_embed_dim, dtype=self.dtype_policy, name=name)
 
   def _create_layers(self):
-    policy = self.dtype_policy
+    self._create_embeddings()
+    width = self._create_encoder()
+    self.middle_layers = [
+        self._res_block(width, "middle_res_0"),
+        self._attention_block("middle_attention"),
+        self._res_block(width, "middle_res_1"),
+    ]
+    self._create_decoder()
+    self.output_norm = unet_blocks.group_norm(self.group_norm_groups,
+                                              "output_norm")
+    # float32 output under mixed precision; zero init -> epsilon = 0.
+    self.output_conv = keras.layers.Conv2D(
+        self.out_channels, 3, padding="same", kernel_initializer="zeros",
+        dtype="float32", name="output_conv")
 
-    # Conditioning embeddings.
+  def _create_embeddings(self):
+    """The layers of the conditioning embedding and the text context."""
+    policy = self.dtype_policy
     self.time_embedding = embeddings.ScalarEmbedding(
         self.base_channels, self.embed_dim, dtype=policy,
         name="time_embedding")
@@ -241,19 +256,22 @@ class UNet(keras.Model):
       self.text_token_norm = keras.layers.LayerNormalization(
           epsilon=1e-5, dtype="float32", name="text_token_norm")
 
-    # The encoder is a flat list of layers; `_encoder_saves_skip[i]` says
-    # whether the output after layer i is kept for the decoder.
+  def _create_encoder(self):
+    """The input conv and the encoder; returns the encoder's last width.
+
+    The encoder is a flat list of layers; `_encoder_saves_skip[i]` says
+    whether the output after layer i is kept for the decoder.
+    """
     sides = self.level_sides()
     width = self.base_channels * self.channel_mult[0]
     self.input_conv = keras.layers.Conv2D(
-        width, 3, padding="same", dtype=policy, name="input_conv")
-    skip_widths = [width]
+        width, 3, padding="same", dtype=self.dtype_policy, name="input_conv")
     self.encoder_layers = []
     self._encoder_saves_skip = []
     for level, mult in enumerate(self.channel_mult):
       side = sides[level]
+      width = self.base_channels * mult
       for block in range(self.num_res_blocks):
-        width = self.base_channels * mult
         self.encoder_layers.append(
             self._res_block(width, f"encoder_{side}_res_{block}"))
         self._encoder_saves_skip.append(False)
@@ -262,33 +280,27 @@ class UNet(keras.Model):
               self._attention_block(f"encoder_{side}_attention_{block}"))
           self._encoder_saves_skip.append(False)
         self._encoder_saves_skip[-1] = True
-        skip_widths.append(width)
       if level != len(self.channel_mult) - 1:
         if self.resblock_updown:
           down = self._res_block(width, f"encoder_{side}_down",
                                  resample="down")
         else:
-          down = unet_blocks.Downsample(width, dtype=policy,
+          down = unet_blocks.Downsample(width, dtype=self.dtype_policy,
                                         name=f"encoder_{side}_down")
         self.encoder_layers.append(down)
         self._encoder_saves_skip.append(True)
-        skip_widths.append(width)
+    return width
 
-    self.middle_layers = [
-        self._res_block(width, "middle_res_0"),
-        self._attention_block("middle_attention"),
-        self._res_block(width, "middle_res_1"),
-    ]
-
-    # Decoder: `_decoder_takes_skip[i]` says whether layer i first
-    # concatenates the most recent unused encoder activation.
+  def _create_decoder(self):
+    """The decoder: `_decoder_takes_skip[i]` says whether layer i first
+    concatenates the most recent unused encoder activation."""
+    sides = self.level_sides()
     self.decoder_layers = []
     self._decoder_takes_skip = []
     for level in reversed(range(len(self.channel_mult))):
       side = sides[level]
+      width = self.base_channels * self.channel_mult[level]
       for block in range(self.num_res_blocks + 1):
-        skip_widths.pop()
-        width = self.base_channels * self.channel_mult[level]
         self.decoder_layers.append(
             self._res_block(width, f"decoder_{side}_res_{block}"))
         self._decoder_takes_skip.append(True)
@@ -300,18 +312,10 @@ class UNet(keras.Model):
         if self.resblock_updown:
           up = self._res_block(width, f"decoder_{side}_up", resample="up")
         else:
-          up = unet_blocks.Upsample(width, dtype=policy,
+          up = unet_blocks.Upsample(width, dtype=self.dtype_policy,
                                     name=f"decoder_{side}_up")
         self.decoder_layers.append(up)
         self._decoder_takes_skip.append(False)
-    assert not skip_widths, skip_widths
-
-    self.output_norm = unet_blocks.group_norm(self.group_norm_groups,
-                                              "output_norm")
-    # float32 output under mixed precision; zero init -> epsilon = 0.
-    self.output_conv = keras.layers.Conv2D(
-        self.out_channels, 3, padding="same", kernel_initializer="zeros",
-        dtype="float32", name="output_conv")
 
   # ---------------------------------------------------------------- inputs
 
@@ -358,50 +362,26 @@ class UNet(keras.Model):
     return inputs
 
   def build(self, input_shape=None):
-    """Creates all weights from the constructor arguments alone.
+    """Creates all weights by running `call` on symbolic inputs.
 
     `input_shape` is accepted for Keras (which passes the shapes of the first
-    call, or of the saved build config) but not needed: every shape follows
-    from the configuration, so `unet.build()` builds the model for
-    `resolution` without running it.
+    call, or of the saved build config) but not needed: every input's shape
+    follows from the configuration, with the batch size and text length
+    left free, so `unet.build()` builds the model for `resolution` without
+    computing anything. Each block creates its weights when first called,
+    with the same names, order and initial values as any other way of
+    building the model.
     """
-    emb_shape = (None, self.embed_dim)
-    self.time_embedding.build((None,))
-    if self.label_embedding is not None:
-      self.label_embedding.build((None,))
-    if self.aug_level_embedding is not None:
-      self.aug_level_embedding.build((None,))
-    if self.text_embed_dim is not None:
-      self.text_pooled_projection.build((None, self.text_embed_dim))
-      self.text_token_norm.build((None, None, self.text_embed_dim))
+    del input_shape  # The configuration says it all.
+    self.call(self._symbolic_inputs())
 
-    def build_block(layer, shape):
-      if isinstance(layer, unet_blocks.ResidualBlock):
-        layer.build(shape, emb_shape)
-        return layer.compute_output_shape(shape, emb_shape)
-      layer.build(shape)
-      return tuple(layer.compute_output_shape(shape))
-
-    input_channels = self.in_channels * (
-        1 if self.low_res_resolution is None else 2)
-    shape = (None, self.resolution, self.resolution, input_channels)
-    shape = build_block(self.input_conv, shape)
-    skips = [shape]
-    for layer, saves_skip in zip(self.encoder_layers,
-                                 self._encoder_saves_skip):
-      shape = build_block(layer, shape)
-      if saves_skip:
-        skips.append(shape)
-    for layer in self.middle_layers:
-      shape = build_block(layer, shape)
-    for layer, takes_skip in zip(self.decoder_layers,
-                                 self._decoder_takes_skip):
-      if takes_skip:
-        shape = shape[:-1] + (shape[-1] + skips.pop()[-1],)
-      shape = build_block(layer, shape)
-    self.output_norm.build(shape)
-    self.output_conv.build(shape)
-    self.built = True
+  def _symbolic_inputs(self):
+    """`keras.KerasTensor`s of the inputs `call` expects, batch size free."""
+    shapes = self._expected_shapes()
+    dtypes = {"label": "int32", "text_mask": "bool"}
+    return {key: keras.KerasTensor(shapes[key][0],
+                                   dtype=dtypes.get(key, "float32"))
+            for key in self.input_names()}
 
   def _expected_shapes(self):
     """Key -> (expected static shape with None for free dims, description)."""
@@ -493,10 +473,11 @@ class UNet(keras.Model):
     low_res = ops.cast(inputs["low_res"], "float32")
     if self.low_res_resolution != self.resolution:
       # tf.image.resize as two fixed matrix products: XLA (TPU, jit_compile)
-      # has no ResizeBicubic kernel, and matmuls are fast everywhere.
-      matrix = tf.constant(self._upsampling_matrix())
-      low_res = tf.einsum("Hh,bhwc->bHwc", matrix, low_res)
-      low_res = tf.einsum("Ww,bhwc->bhWc", matrix, low_res)
+      # has no ResizeBicubic kernel, and matmuls are fast everywhere. Keras
+      # ops (the same tf.einsum) also run on `build`'s symbolic inputs.
+      matrix = self._upsampling_matrix()
+      low_res = ops.einsum("ih,bhwc->biwc", matrix, low_res)
+      low_res = ops.einsum("jw,bhwc->bhjc", matrix, low_res)
     return ops.concatenate([x, low_res], axis=-1)
 
   def _upsampling_matrix(self):

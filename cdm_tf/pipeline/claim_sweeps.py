@@ -21,11 +21,11 @@ import os
 import numpy as np
 
 from cdm_tf import files
-from cdm_tf.generation import sweep
 from cdm_tf.metrics import repeated_runs
 from cdm_tf.pipeline import report
 from cdm_tf.pipeline import report_figures
 from cdm_tf.pipeline import runner
+from cdm_tf.sweeps import records
 
 GUIDANCE_DIR = "guidance"
 AUGMENTATION_DIR = "augmentation"
@@ -76,7 +76,7 @@ def sweep_step(name, sweep_dir, gin_flags, real_data_dir, network_flags,
       name, "sweep.py",
       (*gin_flags, "--cas", f"--real_data_dir={real_data_dir}",
        f"--output_dir={sweep_dir}", *network_flags, *strategy_flags),
-      product=os.path.join(sweep_dir, sweep.CSV_FILE),
+      product=os.path.join(sweep_dir, records.CSV_FILE),
       description=description)
 
 
@@ -127,10 +127,10 @@ def read_sweeps(directories):
   the parameter columns of the first row seen, and the metric columns."""
   points, parameters, header = {}, {}, None
   for directory in directories:
-    path = os.path.join(directory, sweep.CSV_FILE)
+    path = os.path.join(directory, records.CSV_FILE)
     if not os.path.exists(path):
       continue
-    for row in sweep.read_csv(path):
+    for row in records.read_csv(path):
       header = header or list(row)
       values = points.setdefault(row["point"], {})
       parameters.setdefault(row["point"], row)

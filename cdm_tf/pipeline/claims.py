@@ -40,16 +40,13 @@ from typing import Optional
 import gin
 
 from cdm_tf.classifiers import trainer as classifier_trainer
-from cdm_tf.data import real_subset
-from cdm_tf.data import synthetic_writer
+from cdm_tf.diffusion_training import trainer
 from cdm_tf.pipeline import claim_sweeps
 from cdm_tf.pipeline import job
 from cdm_tf.pipeline import runner
 
 BASE = "base"
 CLASSIFIERS_DIR = "classifiers"
-SYNTHETIC_DIR = "synthetic"
-REPORT_DIR = "report"
 SEED_BINDING = "trainer.train_classifier.seed"
 
 
@@ -253,7 +250,8 @@ def _gin_flags(config, output_dir, files, bindings):
 
 
 def _generation_bindings(config, output_dir, variant):
-  export = os.path.join(output_dir, variant_stage_name(variant), "export")
+  export = os.path.join(output_dir, variant_stage_name(variant),
+                        trainer.EXPORT_DIR)
   return [*config.generation_gin_bindings,
           f'{config.sr_model_macro} = "{export}"']
 
@@ -265,24 +263,15 @@ def _diffusion_steps(config, output_dir, strategy_flags):
       job.DiffusionStage(variant_stage_name(v), config.sr_stage.gin_files,
                          (*config.sr_stage.gin_bindings, *v.gin_bindings))
       for v in config.augmentation_variants]
-  result = []
-  for stage in stages:
-    name = stage.name
-    model_dir = os.path.join(output_dir, name)
-    result.append(runner.Step(
-        f"train_{name}", "train.py",
-        (*_gin_flags(config, output_dir, stage.gin_files, stage.gin_bindings),
-         f"--model_dir={model_dir}", *strategy_flags),
-        product=os.path.join(model_dir, "export", "diffusion.json"),
-        description=f"train the {name} diffusion stage"))
-  return result
+  return [job.diffusion_stage_step(config.real_data_dir, output_dir, stage,
+                                   strategy_flags) for stage in stages]
 
 
 def _classifier_step(config, output_dir, mix, k, seed, strategy_flags):
   model_dir = classifier_dir(output_dir, mix, k, seed)
   data = [f"--real_data_dir={mix_data_dir(config, output_dir, mix)}"]
   if k:
-    data += [f"--synthetic_dir={os.path.join(output_dir, SYNTHETIC_DIR)}",
+    data += [f"--synthetic_dir={os.path.join(output_dir, job.SYNTHETIC_DIR)}",
              "--data=real+synthetic", f"--synthetic_multiplier={k:g}"]
   else:
     data.append("--data=real")
@@ -330,8 +319,7 @@ def steps(config, output_dir, strategy_flags=()):
           f"real_{mix.name}", "subset_data.py",
           (f"--source_dir={config.real_data_dir}", f"--output_dir={data}",
            f"--fraction={mix.real_fraction:g}"),
-          product=synthetic_writer.manifest_path(data,
-                                                 real_subset.TRAIN_SPLIT),
+          product=job.train_manifest(data),
           description=(f"take floor({mix.real_fraction:g} x count) real "
                        "images of each class")))
   # Real-only classifiers need no generated data; the feature network first.
@@ -355,7 +343,7 @@ def steps(config, output_dir, strategy_flags=()):
         f"claim 2: base guidance sweep, generation seed {seed}",
         strategy_flags))
   for variant in config.augmentation_variants:
-    grid = ([f"sweep.run.grid = {variant.sweep_grid!r}"]
+    grid = ([f"sweep.SweepSettings.grid = {variant.sweep_grid!r}"]
             if variant.sweep_grid else [])
     for seed in config.generation_seeds:
       result.append(_sweep_step(
@@ -367,7 +355,7 @@ def steps(config, output_dir, strategy_flags=()):
           f"claim 1: {variant.description}, generation seed {seed}",
           strategy_flags))
 
-  synthetic = os.path.join(output_dir, SYNTHETIC_DIR)
+  synthetic = os.path.join(output_dir, job.SYNTHETIC_DIR)
   multiplier = synthetic_multiplier(config)
   if multiplier > 0:
     result.append(runner.Step(
@@ -377,7 +365,7 @@ def steps(config, output_dir, strategy_flags=()):
          f"--real_data_dir={config.real_data_dir}",
          f"--multiplier={multiplier:g}", f"--output_dir={synthetic}",
          *strategy_flags),
-        product=synthetic_writer.manifest_path(synthetic, "train"),
+        product=job.train_manifest(synthetic),
         description=(f"claim 3: generate {multiplier:g} x the real class "
                      "counts")))
   for mix in config.data_mixes:

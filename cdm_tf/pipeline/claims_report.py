@@ -15,11 +15,11 @@ from cdm_tf import files
 from cdm_tf.metrics import repeated_runs
 from cdm_tf.pipeline import claim_sweeps
 from cdm_tf.pipeline import claims
+from cdm_tf.pipeline import job
 from cdm_tf.pipeline import report
 from cdm_tf.pipeline import report_figures
 from cdm_tf.pipeline import run_outputs
 
-REPORT_FILE = report.REPORT_FILE
 MIX_PNG = "real_plus_synthetic.png"
 
 
@@ -120,7 +120,7 @@ def write_report(config, output_dir, step_seconds=None, notes=(),
   Returns:
     The path of report.md.
   """
-  report_dir = os.path.join(output_dir, claims.REPORT_DIR)
+  report_dir = os.path.join(output_dir, job.REPORT_DIR)
   os.makedirs(report_dir, exist_ok=True)
   parts = [f"# {config.title}\n",
            report.bullets(list(notes) + [
@@ -140,7 +140,7 @@ def write_report(config, output_dir, step_seconds=None, notes=(),
            report.section("Settings", report.settings_section, settings),
            report.section("Wall time per step", report.times_section,
                           step_seconds)]
-  path = os.path.join(report_dir, REPORT_FILE)
+  path = os.path.join(report_dir, report.REPORT_FILE)
   text = "\n".join(p for p in parts if p).rstrip() + "\n"
   files.atomic_write_bytes(path, text.encode("utf-8"))
   return path

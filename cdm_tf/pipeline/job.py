@@ -46,11 +46,15 @@ import gin
 from cdm_tf.classifiers import cas
 from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import trainer as classifier_trainer
-from cdm_tf.data import real_subset
-from cdm_tf.data import synthetic_writer
+from cdm_tf.data import class_names
+from cdm_tf.data_preparation import real_subset
+from cdm_tf.diffusion_training import trainer
+from cdm_tf.metrics import sample_scores
+from cdm_tf.models import export
 from cdm_tf.pipeline import claim_sweeps
 from cdm_tf.pipeline import report
 from cdm_tf.pipeline import runner
+from cdm_tf.synthetic_set import split_manifest
 
 SYNTHETIC_DIR = "synthetic"
 CLASSIFIER_REAL = "classifier_real"
@@ -60,8 +64,6 @@ CLASSIFIER_CAS_REFERENCE = "classifier_cas_reference"
 REAL_SUBSET_DIR = "real_subset"
 SWEEPS_DIR = "sweeps"
 METRICS_DIR = "metrics"
-METRICS_FILE = "metrics.json"
-BASELINE_FILE = "metrics_real_baseline.json"
 REPORT_DIR = "report"
 OUTPUT_DIR_PLACEHOLDER = "{output_dir}"
 REAL_DATA_DIR_PLACEHOLDER = "{real_data_dir}"
@@ -284,7 +286,7 @@ def prepare_data_step(data_dir):
   """Writes the embedded Fashion-MNIST to ``data_dir`` if it is not there."""
   return runner.Step(
       "prepare_data", "prepare_data.py", (f"--output_dir={data_dir}",),
-      product=os.path.join(data_dir, "classes.json"),
+      product=os.path.join(data_dir, class_names.CLASSES_FILE),
       description=f"write the embedded Fashion-MNIST to {data_dir}")
 
 
@@ -298,6 +300,25 @@ def run_dir(output_dir, name):
   return os.path.join(output_dir, name)
 
 
+def diffusion_stage_step(real_data_dir, output_dir, stage, strategy_flags):
+  """tools/train.py for one ``DiffusionStage``; done once it has exported."""
+  model_dir = run_dir(output_dir, stage.name)
+  return runner.Step(
+      f"train_{stage.name}", "train.py",
+      (*gin_flags(real_data_dir, output_dir, stage.gin_files,
+                  stage.gin_bindings),
+       f"--model_dir={model_dir}", *strategy_flags),
+      product=os.path.join(model_dir, trainer.EXPORT_DIR,
+                           export.CONFIG_FILE),
+      description=f"train the {stage.name} diffusion stage")
+
+
+def train_manifest(directory):
+  """The manifest written last into a generated set or real subset (both
+  in the synthetic-set format): its train split's."""
+  return split_manifest.file_path(directory, real_subset.TRAIN_SPLIT)
+
+
 def steps(config, output_dir, strategy_flags=()):
   """The job's ``runner.Step``s.
 
@@ -308,56 +329,81 @@ def steps(config, output_dir, strategy_flags=()):
       flags given to every step that runs a network.
   """
   strategy_flags = list(strategy_flags)
-  data = config.real_data_dir
   result = []
   if config.prepare_embedded_data:
-    result.append(prepare_data_step(data))
-  for stage in config.diffusion_stages:
-    model_dir = run_dir(output_dir, stage.name)
-    result.append(runner.Step(
-        f"train_{stage.name}", "train.py",
-        (*_gin_flags(config, stage.gin_files, stage.gin_bindings, output_dir),
-         f"--model_dir={model_dir}", *strategy_flags),
-        product=os.path.join(model_dir, "export", "diffusion.json"),
-        description=f"train the {stage.name} diffusion stage"))
+    result.append(prepare_data_step(config.real_data_dir))
+  result += [diffusion_stage_step(config.real_data_dir, output_dir, stage,
+                                  strategy_flags)
+             for stage in config.diffusion_stages]
+  result.append(_generate_step(config, output_dir, strategy_flags))
+  result.append(_real_classifier_step(config, output_dir, strategy_flags))
+  feature_flags = _feature_flags(config, output_dir)
+  result.append(_metrics_step(config, output_dir, feature_flags,
+                              strategy_flags))
+  for resolution in config.earlier_resolutions:
+    result += _earlier_resolution_steps(config, output_dir, resolution,
+                                        feature_flags, strategy_flags)
+  result.append(_cas_step(config, output_dir, strategy_flags))
+  if config.cas_real_reference:
+    result += _cas_reference_steps(config, output_dir, strategy_flags,
+                                   _real_per_class(output_dir))
+  result.append(_real_synthetic_step(config, output_dir, strategy_flags))
+  result += _sweep_steps(config, output_dir, feature_flags, strategy_flags)
+  return result
 
+
+def _real_model(output_dir):
+  return os.path.join(run_dir(output_dir, CLASSIFIER_REAL),
+                      classifier_trainer.MODEL_FILE)
+
+
+def _real_per_class(output_dir):
+  """The real-data classifier's per-class accuracy, which the other
+  classifiers compare with."""
+  return os.path.join(run_dir(output_dir, CLASSIFIER_REAL),
+                      classifier_trainer.EVAL_DIR, evaluation.PER_CLASS_CSV)
+
+
+def _generate_step(config, output_dir, strategy_flags):
   synthetic = run_dir(output_dir, SYNTHETIC_DIR)
-  result.append(runner.Step(
+  return runner.Step(
       "generate", "generate.py",
       (*_gin_flags(config, config.generation_gin_files,
                    _generation_bindings(config), output_dir),
-       f"--real_data_dir={data}",
+       f"--real_data_dir={config.real_data_dir}",
        f"--multiplier={config.synthetic_multiplier:g}",
        f"--output_dir={synthetic}", *strategy_flags),
-      product=os.path.join(synthetic, "manifest-train.json"),
+      product=train_manifest(synthetic),
       description=(f"generate {config.synthetic_multiplier:g} x the real "
-                   "class counts with the cascade")))
+                   "class counts with the cascade"))
 
-  real_dir = run_dir(output_dir, CLASSIFIER_REAL)
-  real_model = os.path.join(real_dir, classifier_trainer.MODEL_FILE)
-  result.append(runner.Step(
+
+def _real_classifier_step(config, output_dir, strategy_flags):
+  return runner.Step(
       CLASSIFIER_REAL, "train_classifier.py",
       (*_gin_flags(config, config.classifier_gin_files,
                    config.classifier_gin_bindings, output_dir),
-       f"--real_data_dir={data}", "--data=real", f"--model_dir={real_dir}",
+       f"--real_data_dir={config.real_data_dir}", "--data=real",
+       f"--model_dir={run_dir(output_dir, CLASSIFIER_REAL)}",
        *strategy_flags),
-      product=real_model,
-      description="train the classifier on real data"))
-  real_per_class = os.path.join(real_dir, classifier_trainer.EVAL_DIR,
-                                evaluation.PER_CLASS_CSV)
+      product=_real_model(output_dir),
+      description="train the classifier on real data")
 
-  metrics_dir = run_dir(output_dir, METRICS_DIR)
+
+def _feature_flags(config, output_dir):
+  """tools/evaluate.py's flags choosing the metrics' feature network."""
   if config.feature_network == "classifier":
-    feature_flags = claim_sweeps.classifier_network_flags(
-        real_model, config.feature_network_name)
-  else:
-    feature_flags = ["--feature_network=inception"]
-    if config.is_inception_weights:
-      feature_flags.append(
-          f"--is_inception_weights={config.is_inception_weights}")
-    if config.is_classifier_model:
-      feature_flags.append(
-          f"--is_classifier_model={config.is_classifier_model}")
+    return claim_sweeps.classifier_network_flags(
+        _real_model(output_dir), config.feature_network_name)
+  flags = ["--feature_network=inception"]
+  if config.is_inception_weights:
+    flags.append(f"--is_inception_weights={config.is_inception_weights}")
+  if config.is_classifier_model:
+    flags.append(f"--is_classifier_model={config.is_classifier_model}")
+  return flags
+
+
+def _metrics_step(config, output_dir, feature_flags, strategy_flags):
   network_flags = list(feature_flags)
   if config.real_baseline_split:
     network_flags.append(
@@ -366,46 +412,46 @@ def steps(config, output_dir, strategy_flags=()):
     network_flags.append(
         "--sample_counts=" + ",".join(str(int(n)) for n in
                                       config.sample_counts))
-  result.append(runner.Step(
+  metrics_dir = run_dir(output_dir, METRICS_DIR)
+  return runner.Step(
       "metrics", "evaluate.py",
-      (f"--generated_dir={synthetic}", f"--real_data_dir={data}",
+      (f"--generated_dir={run_dir(output_dir, SYNTHETIC_DIR)}",
+       f"--real_data_dir={config.real_data_dir}",
        *network_flags, f"--output_dir={metrics_dir}", *strategy_flags),
-      product=os.path.join(metrics_dir, METRICS_FILE),
-      description="sample-quality metrics of the synthetic set"))
-  for resolution in config.earlier_resolutions:
-    result += _earlier_resolution_steps(config, output_dir, resolution,
-                                        feature_flags, strategy_flags)
+      product=os.path.join(metrics_dir, sample_scores.METRICS_FILE),
+      description="sample-quality metrics of the synthetic set")
 
+
+def _cas_step(config, output_dir, strategy_flags):
   cas_dir = run_dir(output_dir, CLASSIFIER_SYNTHETIC)
-  result.append(runner.Step(
+  return runner.Step(
       CLASSIFIER_SYNTHETIC, "train_classifier.py",
       (*_gin_flags(config, config.cas_gin_files, config.cas_gin_bindings,
                    output_dir),
-       "--cas", f"--real_data_dir={data}", f"--synthetic_dir={synthetic}",
-       f"--model_dir={cas_dir}", f"--compare_with={real_per_class}",
-       *strategy_flags),
+       "--cas", f"--real_data_dir={config.real_data_dir}",
+       f"--synthetic_dir={run_dir(output_dir, SYNTHETIC_DIR)}",
+       f"--model_dir={cas_dir}",
+       f"--compare_with={_real_per_class(output_dir)}", *strategy_flags),
       product=os.path.join(cas_dir, cas.REPORT_FILE),
-      description="Classification Accuracy Score: train on synthetic only"))
-  if config.cas_real_reference:
-    result += _cas_reference_steps(config, output_dir, strategy_flags,
-                                   real_per_class)
+      description="Classification Accuracy Score: train on synthetic only")
 
+
+def _real_synthetic_step(config, output_dir, strategy_flags):
   mixed_dir = run_dir(output_dir, CLASSIFIER_REAL_SYNTHETIC)
   multiplier = []
   if config.real_synthetic_multiplier is not None:
     multiplier.append(
         f"--synthetic_multiplier={config.real_synthetic_multiplier:g}")
-  result.append(runner.Step(
+  return runner.Step(
       CLASSIFIER_REAL_SYNTHETIC, "train_classifier.py",
       (*_gin_flags(config, config.classifier_gin_files,
                    config.classifier_gin_bindings, output_dir),
-       f"--real_data_dir={data}", f"--synthetic_dir={synthetic}",
+       f"--real_data_dir={config.real_data_dir}",
+       f"--synthetic_dir={run_dir(output_dir, SYNTHETIC_DIR)}",
        "--data=real+synthetic", *multiplier, f"--model_dir={mixed_dir}",
-       f"--compare_with={real_per_class}", *strategy_flags),
+       f"--compare_with={_real_per_class(output_dir)}", *strategy_flags),
       product=os.path.join(mixed_dir, classifier_trainer.MODEL_FILE),
-      description="train the classifier on real + synthetic data"))
-  result += _sweep_steps(config, output_dir, feature_flags, strategy_flags)
-  return result
+      description="train the classifier on real + synthetic data")
 
 
 def _earlier_resolution_steps(config, output_dir, resolution, feature_flags,
@@ -422,7 +468,7 @@ def _earlier_resolution_steps(config, output_dir, resolution, feature_flags,
            f"--real_data_dir={config.real_data_dir}",
            f"--total={resolution.total}", f"--output_dir={synthetic}",
            *strategy_flags),
-          product=os.path.join(synthetic, "manifest-train.json"),
+          product=train_manifest(synthetic),
           description=(f"generate {resolution.total} images at "
                        f"{resolution.name} with the cascade's first "
                        f"{resolution.num_stages} stage(s)")),
@@ -432,7 +478,7 @@ def _earlier_resolution_steps(config, output_dir, resolution, feature_flags,
            f"--real_data_dir={config.real_data_dir}", *feature_flags,
            f"--sample_counts={resolution.total}",
            f"--output_dir={metrics_dir}", *strategy_flags),
-          product=os.path.join(metrics_dir, METRICS_FILE),
+          product=os.path.join(metrics_dir, sample_scores.METRICS_FILE),
           description=f"sample-quality metrics at {resolution.name}"),
   ]
 
@@ -443,7 +489,7 @@ def earlier_resolution_sections(config, output_dir):
   return [(f"Sample quality at {r.name} (the cascade's first "
            f"{r.num_stages} stage(s))", report.metrics_section,
            (os.path.join(output_dir, f"{METRICS_DIR}_{r.name}",
-                         METRICS_FILE),))
+                         sample_scores.METRICS_FILE),))
           for r in config.earlier_resolutions]
 
 
@@ -519,7 +565,7 @@ def _cas_reference_steps(config, output_dir, strategy_flags,
         REAL_SUBSET_DIR, "subset_data.py",
         (f"--source_dir={config.real_data_dir}", f"--output_dir={data}",
          f"--fraction={config.synthetic_multiplier:g}"),
-        product=synthetic_writer.manifest_path(data, real_subset.TRAIN_SPLIT),
+        product=train_manifest(data),
         description=(f"take floor({config.synthetic_multiplier:g} x count) "
                      "real images of each class")))
   reference_dir = run_dir(output_dir, CLASSIFIER_CAS_REFERENCE)
@@ -553,11 +599,13 @@ def classifier_run_dirs(config, output_dir):
 
 
 def metrics_path(output_dir):
-  return os.path.join(output_dir, METRICS_DIR, METRICS_FILE)
+  return os.path.join(output_dir, METRICS_DIR,
+                      sample_scores.METRICS_FILE)
 
 
 def baseline_metrics_path(output_dir):
-  return os.path.join(output_dir, METRICS_DIR, BASELINE_FILE)
+  return os.path.join(output_dir, METRICS_DIR,
+                      sample_scores.BASELINE_FILE)
 
 
 def settings_table(config, output_dir, strategy_flags=()):

@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from cdm_tf import files
-from cdm_tf.generation import sweep_plots
 from cdm_tf.pipeline import report_figures
 from cdm_tf.pipeline import run_outputs
+from cdm_tf.sweeps import plots
 
 REPORT_FILE = "report.md"
 SAMPLES_PNG = "samples_per_class.png"
@@ -163,7 +163,7 @@ def _link_names(labels):
   "real_synthetic")."""
   names, used = {}, set()
   for label in labels:
-    base = sweep_plots.slug(label) or "run"
+    base = plots.slug(label) or "run"
     name, k = base, 2
     while name in used:
       name, k = f"{base}_{k}", k + 1

@@ -20,10 +20,13 @@ from cdm_tf.classifiers import evaluation
 from cdm_tf.classifiers import trainer as classifier_trainer
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
-from cdm_tf.data import mixing
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.diffusion_training import trainer
 from cdm_tf.generation import synthetic_dataset
+from cdm_tf.synthetic_set import reader
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
+from cdm_tf.training import loop
 
 NOT_RUN = "not run"
 NO_RESULT = "no result yet (stopped or still running)"
@@ -32,11 +35,9 @@ FINISHED = "finished"
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError,
                tf.errors.OpError)
 
-TENSORBOARD_DIR = "tensorboard"
-SAMPLES_DIR = "samples"
-EXPORT_DIR = "export"
 LOSS_TAG = "train/loss"
-_SHEET_RE = re.compile(r"^step_(\d+)\.png$")
+_SHEET_RE = re.compile(rf"^{re.escape(trainer.SAMPLE_SHEET_PREFIX)}(\d+)"
+                       rf"{re.escape(trainer.SAMPLE_SHEET_SUFFIX)}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +104,7 @@ def read_scalars(log_dir, tag):
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionRun:
-  """A diffusion training run (``cdm_tf/training/trainer.py``).
+  """A diffusion training run (``cdm_tf/diffusion_training/trainer.py``).
 
   Attributes:
     label: the report's name of the run.
@@ -124,16 +125,18 @@ class DiffusionRun:
 def read_diffusion_run(label, model_dir):
   if not _exists(model_dir):
     return DiffusionRun(label, model_dir, NOT_RUN, _empty_scalars())
-  loss = read_scalars(os.path.join(model_dir, TENSORBOARD_DIR), LOSS_TAG)
+  loss = read_scalars(os.path.join(model_dir, loop.TENSORBOARD_DIR),
+                      LOSS_TAG)
   sheets = []
-  for path in files.glob_in(os.path.join(model_dir, SAMPLES_DIR),
-                            "step_*.png"):
+  for path in files.glob_in(
+      os.path.join(model_dir, trainer.SAMPLES_DIR),
+      f"{trainer.SAMPLE_SHEET_PREFIX}*{trainer.SAMPLE_SHEET_SUFFIX}"):
     match = _SHEET_RE.match(os.path.basename(path))
     if match:
       sheets.append((int(match[1]), path))
   last_step, last_sheet = max(sheets) if sheets else (None, None)
   # The export is written last, after the final sample sheet.
-  exported = tf.io.gfile.isdir(os.path.join(model_dir, EXPORT_DIR))
+  exported = tf.io.gfile.isdir(os.path.join(model_dir, trainer.EXPORT_DIR))
   return DiffusionRun(label, model_dir, FINISHED if exported else NO_RESULT,
                       loss, last_sheet, last_step)
 
@@ -187,7 +190,7 @@ def read_classifier_run(label, model_dir):
   finished), else the last ``eval/top1`` / ``eval/top5`` events."""
   if not _exists(model_dir):
     return ClassifierRun(label, model_dir, NOT_RUN, _empty_scalars())
-  tensorboard = os.path.join(model_dir, TENSORBOARD_DIR)
+  tensorboard = os.path.join(model_dir, loop.TENSORBOARD_DIR)
   run = read_json(os.path.join(model_dir, classifier_trainer.RUN_FILE)) or {}
   eval_dir = os.path.join(model_dir, classifier_trainer.EVAL_DIR)
   png = os.path.join(eval_dir, evaluation.PER_CLASS_PNG)
@@ -225,14 +228,14 @@ class SyntheticSet:
     split: its split name.
     status: ``NOT_RUN``, ``NO_RESULT`` (shards but no manifest yet) or
       ``FINISHED``.
-    manifest: the ``synthetic_writer.Manifest`` or None.
+    manifest: the ``split_manifest.Manifest`` or None.
     record: generation-<split>.json (plan, config id, settings) or None.
     shard_paths: the complete shards, in manifest (record) order.
   """
   directory: str | None
   split: str
   status: str
-  manifest: synthetic_writer.Manifest | None = None
+  manifest: split_manifest.Manifest | None = None
   record: dict | None = None
   shard_paths: tuple = ()
 
@@ -241,11 +244,11 @@ def read_synthetic_set(directory, split):
   if not _exists(directory):
     return SyntheticSet(directory, split, NOT_RUN)
   record = read_json(synthetic_dataset.record_path(directory, split))
-  if _exists(synthetic_writer.manifest_path(directory, split)):
-    manifest = synthetic_writer.read_manifest(directory, split)
+  if _exists(split_manifest.file_path(directory, split)):
+    manifest = split_manifest.read(directory, split)
     return SyntheticSet(directory, split, FINISHED, manifest, record,
                         tuple(manifest.shard_paths(directory)))
-  shards = tuple(synthetic_writer.complete_shards(directory, split))
+  shards = tuple(shard_writer.complete_shards(directory, split))
   status = NO_RESULT if shards or record else NOT_RUN
   return SyntheticSet(directory, split, status, None, record, shards)
 
@@ -289,11 +292,10 @@ def synthetic_per_class(shard_paths, class_ids, per_class):
   """``first_per_class`` of a synthetic set, in record order; images of
   other classes are skipped before decoding."""
   ids = tf.constant(sorted(int(c) for c in class_ids), tf.int32)
-  dataset = mixing.read_synthetic(shard_paths, decode=False,
-                                  num_parallel_calls=1)
+  dataset = reader.read(shard_paths, decode=False, num_parallel_calls=1)
   dataset = dataset.filter(
       lambda e: tf.reduce_any(tf.equal(e[schema.LABEL], ids)))
-  return first_per_class(mixing.decode_images(dataset), class_ids, per_class)
+  return first_per_class(reader.decode_images(dataset), class_ids, per_class)
 
 
 def real_per_class(real_data_dir, split, num_classes, class_ids, per_class):

@@ -1,4 +1,5 @@
-"""Frozen text encoders, class prompts and cached prompt embeddings.
+"""Frozen text encoders, class prompts, cached prompt embeddings and the
+U-Net's text inputs (``conditioning``: their keys and the null prompt).
 
 The text-to-image cascade is conditioned on a frozen text encoder's token
 embeddings (cross-attention) and pooled embedding (added to the time-step

@@ -14,18 +14,10 @@ that cached embeddings are reused only for the encoder that made them.
 
 import abc
 import dataclasses
-import hashlib
-import json
 
 import numpy as np
-import tensorflow as tf
 
-# Files up to this size are hashed whole; larger ones (a T5-XXL checkpoint
-# is tens of GB) by their size and evenly spaced samples, so that computing
-# a cache key takes seconds, not minutes.
-FULL_HASH_MAX_BYTES = 1 << 30
-SAMPLED_HASH_CHUNKS = 64
-SAMPLED_HASH_CHUNK_BYTES = 1 << 20
+from cdm_tf import fingerprints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,28 +67,18 @@ def l2_normalize(vectors, epsilon=1e-12):
   return (vectors / np.maximum(norms, epsilon)).astype(np.float32)
 
 
-def file_digest(path):
-  """sha256 of a file: whole, or sampled when it is larger than 1 GiB."""
-  size = tf.io.gfile.stat(path).length
-  digest = hashlib.sha256(str(size).encode())
-  with tf.io.gfile.GFile(path, "rb") as f:
-    if size <= FULL_HASH_MAX_BYTES:
-      while chunk := f.read(1 << 22):
-        digest.update(chunk)
-    else:
-      step = (size - SAMPLED_HASH_CHUNK_BYTES) // (SAMPLED_HASH_CHUNKS - 1)
-      for i in range(SAMPLED_HASH_CHUNKS):
-        f.seek(i * step)
-        digest.update(f.read(SAMPLED_HASH_CHUNK_BYTES))
-  return digest.hexdigest()
-
-
 def fingerprint(kind, settings, paths):
-  """A stable id of an encoder: its kind, settings and files' contents."""
-  record = {"kind": kind, "settings": settings,
-            "files": sorted(file_digest(p) for p in paths)}
-  return hashlib.sha256(
-      json.dumps(record, sort_keys=True).encode()).hexdigest()
+  """A stable id of an encoder: its kind, settings and files' contents.
+
+  Files over ``fingerprints.FULL_HASH_MAX_BYTES`` (a T5-XXL checkpoint is
+  tens of GB) are hashed by their size and evenly spaced samples, so that
+  computing a cache key takes seconds, not minutes.
+  """
+  files = sorted(
+      fingerprints.of_file(p, sampled_above=fingerprints.FULL_HASH_MAX_BYTES)
+      for p in paths)
+  return fingerprints.of_json({"kind": kind, "settings": settings,
+                               "files": files})
 
 
 def check_prompts(prompts):

@@ -25,6 +25,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import fingerprints
 from cdm_tf.text import encoder
 
 DEFAULT_MAX_LENGTH = 64
@@ -56,16 +57,6 @@ def _backbone_kwargs(config):
   for key in ("name", "trainable", "dtype"):
     config.pop(key, None)
   return config
-
-
-def weights_digest(model):
-  """sha256 of a model's variable values (when no files identify it)."""
-  digest = hashlib.sha256()
-  for variable in model.weights:
-    value = np.asarray(keras.ops.convert_to_numpy(variable))
-    digest.update(f"{variable.path}:{value.shape}:{value.dtype}".encode())
-    digest.update(np.ascontiguousarray(value).tobytes())
-  return digest.hexdigest()
 
 
 class T5Encoder(encoder.TextEncoder):
@@ -166,7 +157,7 @@ class T5Encoder(encoder.TextEncoder):
     if self._source_files:
       return encoder.fingerprint("t5", settings, self._source_files)
     # No files: hash the weights and the vocabulary themselves.
-    settings["weights"] = weights_digest(self._encoder)
+    settings["weights"] = fingerprints.of_arrays(self._encoder.get_weights())
     settings["vocabulary"] = hashlib.sha256(
         self._tokenizer.proto).hexdigest()
     return encoder.fingerprint("t5", settings, ())

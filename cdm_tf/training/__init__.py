@@ -1,1 +1,2 @@
-"""Training: distribution strategies, optimizers, input pipelines, the loop."""
+"""Training shared by the diffusion stages and the classifiers: the loop,
+distribution strategies, preemption and the run-settings record."""

@@ -14,6 +14,9 @@ import tensorflow as tf
 
 from cdm_tf.training import strategies
 
+# A run's checkpoints, under its model directory.
+CHECKPOINTS_DIR = "checkpoints"
+
 
 class StopRequested:
   """Within ``with StopRequested() as stop:``, SIGTERM sets ``stop.requested``
@@ -43,7 +46,7 @@ def checkpoint_manager(checkpoint, model_dir, strategy, max_to_keep):
   to a private temporary directory and deletes it, and restores from the
   chief's directory (which every worker must be able to read).
   """
-  directory = os.path.join(model_dir, "checkpoints")
+  directory = os.path.join(model_dir, CHECKPOINTS_DIR)
   if not strategies.is_chief(strategy):
     return WorkerCheckpoints(checkpoint, directory)
   return tf.train.CheckpointManager(checkpoint, directory,

@@ -9,19 +9,15 @@ compare first and refuse, saying what differs. The number of steps, the
 data and the mixed-precision policy may change between runs.
 """
 
-import json
 import os
 
-import tensorflow as tf
-
-from cdm_tf import configuration
 from cdm_tf import files
+from cdm_tf import settings_record
 
 SETTINGS_FILE = "checkpoint_settings.json"
 # Keys compared nowhere: a dtype policy may change between runs (weights
 # are float32 either way); Keras names layers by a per-process counter.
 _IGNORED_KEYS = frozenset({"dtype", "name"})
-_SHOWN_DIFFERENCES = 5
 
 
 def describe(model_config, optimizer, variables):
@@ -31,7 +27,7 @@ def describe(model_config, optimizer, variables):
   inner = getattr(optimizer, "inner_optimizer", optimizer)
   optimizer_config = dict(inner.get_config())
   optimizer_config.pop("name", None)
-  return _plain({
+  return settings_record.plain({
       "model": model_config,
       "optimizer": {"class": type(inner).__name__, **optimizer_config},
       "variable_shapes": [list(v.shape) for v in variables],
@@ -48,22 +44,21 @@ def check_or_record(model_dir, settings, resuming, chief=True):
     chief: whether this process writes the run's files.
 
   Raises:
-    ConflictError: the recorded settings differ (the message lists how).
+    SettingsConflictError: the recorded settings differ (the message lists
+      how).
   """
   path = os.path.join(model_dir, SETTINGS_FILE)
-  if resuming and tf.io.gfile.exists(path):
-    differences = _summary(files.read_json(path), settings)
-    if differences:
-      shown = "; ".join(differences[:_SHOWN_DIFFERENCES])
-      more = len(differences) - _SHOWN_DIFFERENCES
-      raise configuration.ConflictError(
-          f"{model_dir} holds a run made with another model or optimizer "
-          f"({shown}{f'; and {more} more' if more > 0 else ''}; recorded in "
-          f"{path}): resume it with its own settings, or train in a new "
-          "--model_dir")
-    return
-  # A new run, or one whose checkpoints predate the record.
-  if chief:
+
+  def conflict(found):
+    return (f"{model_dir} holds a run made with another model or optimizer "
+            f"({settings_record.summary(found)}; recorded in {path}): resume "
+            "it with its own settings, or train in a new --model_dir")
+
+  if resuming:
+    # Checkpoints that predate the record get one.
+    settings_record.check_or_write(path, settings, conflict,
+                                   compare=_summary, write=chief)
+  elif chief:  # a new run
     files.atomic_write_json(path, settings)
 
 
@@ -75,7 +70,7 @@ def _summary(recorded, current):
     old, new = recorded.get(key, {}), current.get(key, {})
     if key == "optimizer" and old.get("class") != new.get("class"):
       return [f"optimizer: {old.get('class')} -> {new.get('class')}"]
-    found += differences_between(old, new, key)
+    found += settings_record.differences(old, new, _IGNORED_KEYS, key)
   old, new = recorded.get("variable_shapes"), current.get("variable_shapes")
   if old != new:
     if len(old or ()) != len(new or ()):
@@ -84,37 +79,3 @@ def _summary(recorded, current):
       changed = sum(a != b for a, b in zip(old, new))
       found.append(f"{changed} of {len(old)} variables change shape")
   return found
-
-
-def differences_between(recorded, current, where=""):
-  """``"<key path>: <recorded> -> <current>"`` for every difference
-  between two JSON-like values, keys in ``_IGNORED_KEYS`` left out."""
-  if isinstance(recorded, dict) and isinstance(current, dict):
-    found = []
-    for key in sorted(set(recorded) | set(current)):
-      if key in _IGNORED_KEYS:
-        continue
-      path = f"{where}.{key}" if where else key
-      if key not in recorded:
-        found.append(f"{path}: not set -> {current[key]!r}")
-      elif key not in current:
-        found.append(f"{path}: {recorded[key]!r} -> not set")
-      else:
-        found += differences_between(recorded[key], current[key], path)
-    return found
-  if (isinstance(recorded, list) and isinstance(current, list) and
-      len(recorded) == len(current)):
-    found = []
-    for index, (old, new) in enumerate(zip(recorded, current)):
-      found += differences_between(old, new, f"{where}[{index}]")
-    return found
-  if recorded != current:
-    if isinstance(recorded, list) and isinstance(current, list):
-      return [f"{where}: {len(recorded)} entries -> {len(current)}"]
-    return [f"{where}: {recorded!r} -> {current!r}"]
-  return []
-
-
-def _plain(value):
-  """JSON types only (tuples become lists), as the record reads back."""
-  return json.loads(json.dumps(value, default=repr))

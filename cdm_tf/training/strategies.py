@@ -5,7 +5,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from cdm_tf.models import export
+from cdm_tf import fingerprints
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored",
               "tpu")
@@ -85,7 +85,8 @@ def num_workers(strategy):
 
 
 def print_weights_digest(strategy, variables, print_fn):
-  """In a multi-worker run, prints this worker's ``weights_digest``.
+  """In a multi-worker run, prints this worker's weights fingerprint
+  (``fingerprints.of_arrays``).
 
   The workers apply the same all-reduced updates, so their copies of the
   weights must stay bit-identical: equal lines from every worker show they
@@ -95,7 +96,7 @@ def print_weights_digest(strategy, variables, print_fn):
     return
   resolver = strategy.cluster_resolver
   print_fn(f"{resolver.task_type} {resolver.task_id} weights sha256 "
-           f"{export.weights_digest(variables)}")
+           f"{fingerprints.of_arrays(variables)}")
 
 
 def split_cpu(num_devices):

@@ -25,7 +25,8 @@ from cdm_tf.data import class_counts
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import mixing
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 
 TRAIN_SPLIT = "train"
 LINKED_SPLITS = ("validation",)
@@ -71,9 +72,9 @@ def _link_split(source_dir, output_dir, split):
     link = os.path.join(output_dir, os.path.basename(path))
     if not os.path.lexists(link):
       os.symlink(os.path.abspath(path), link)
-  manifest = synthetic_writer.manifest_path(source_dir, split)
+  manifest = split_manifest.file_path(source_dir, split)
   if os.path.exists(manifest):
-    link = synthetic_writer.manifest_path(output_dir, split)
+    link = split_manifest.file_path(output_dir, split)
     if not os.path.lexists(link):
       os.symlink(os.path.abspath(manifest), link)
 
@@ -91,7 +92,7 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
     examples_per_shard: records per output shard.
 
   Returns:
-    The train split's ``synthetic_writer.Manifest``.
+    The train split's ``split_manifest.Manifest``.
 
   Raises:
     ValueError: bad sizes, a class with too few records, or an output
@@ -104,8 +105,8 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
   if os.path.abspath(source_dir) == os.path.abspath(output_dir):
     raise ValueError("the subset's directory must differ from the source's")
   settings = _settings(source_dir, fraction, per_class)
-  if os.path.exists(synthetic_writer.manifest_path(output_dir, TRAIN_SPLIT)):
-    existing = synthetic_writer.read_manifest(output_dir, TRAIN_SPLIT)
+  if os.path.exists(split_manifest.file_path(output_dir, TRAIN_SPLIT)):
+    existing = split_manifest.read(output_dir, TRAIN_SPLIT)
     if dict(existing.settings) != settings:
       raise ValueError(f"{output_dir} holds a subset made with other "
                        f"settings ({dict(existing.settings)}); choose another "
@@ -123,7 +124,7 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
     raise ValueError(f"fraction {fraction} keeps no record of any class")
 
   os.makedirs(output_dir, exist_ok=True)
-  synthetic_writer.remove_stale_temporaries(output_dir)
+  shard_writer.remove_stale_temporaries(output_dir)
   num_shards = max(1, math.ceil(total / examples_per_shard))
   kept = np.zeros_like(limits)
   infos, writer, written = [], None, 0
@@ -136,8 +137,8 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
         if kept[label] >= limits[label]:
           continue
         if writer is None:
-          writer = synthetic_writer.ShardWriter(
-              os.path.join(output_dir, synthetic_writer.shard_file_name(
+          writer = shard_writer.ShardWriter(
+              os.path.join(output_dir, shard_writer.shard_file_name(
                   TRAIN_SPLIT, len(infos), num_shards)),
               num_classes, overwrite=True)
         writer.write(record, int(label))
@@ -155,11 +156,11 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
     _link_split(source_dir, output_dir, split)
   class_names.write_classes_file(output_dir, classes)
   image_format = _source_image_format(source_dir)
-  return synthetic_writer.write_manifest(output_dir, TRAIN_SPLIT, infos,
-                                         num_classes, image_format, settings)
+  return split_manifest.write(output_dir, TRAIN_SPLIT, infos, num_classes,
+                              image_format, settings)
 
 
 def _source_image_format(source_dir):
-  if os.path.exists(synthetic_writer.manifest_path(source_dir, TRAIN_SPLIT)):
-    return synthetic_writer.read_manifest(source_dir, TRAIN_SPLIT).image_format
+  if os.path.exists(split_manifest.file_path(source_dir, TRAIN_SPLIT)):
+    return split_manifest.read(source_dir, TRAIN_SPLIT).image_format
   return "jpeg"  # ImageNet's own shards have no manifest

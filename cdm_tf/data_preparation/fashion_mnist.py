@@ -16,9 +16,10 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from cdm_tf import configuration
+from cdm_tf import settings_record
 from cdm_tf.data import class_names
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 SPLIT_FILES = {
@@ -46,10 +47,6 @@ MAX_PAD_TO = 256
 # How to fix a damaged source file; ends the messages that name one.
 _REPLACE_FILE = ("replace it with an intact copy (download it again or "
                  "reinstall dataset-fashion-mnist)")
-
-
-class ConversionConflictError(configuration.ConflictError):
-  """The output directory holds a split converted with other settings."""
 
 
 def check_pad_to(pad_to):
@@ -211,65 +208,71 @@ def convert(output_dir, source_dir=None, pad_to=32, image_format="png",
     ValueError: a bad ``pad_to`` or ``image_format``, or a damaged source
       file.
     FileNotFoundError, NotADirectoryError: an unusable ``source_dir``.
-    ConversionConflictError: ``output_dir`` holds a complete split
-      converted with other settings.
+    settings_record.SettingsConflictError: ``output_dir`` holds a complete
+      split converted with other settings.
   """
   pad_to = check_pad_to(pad_to)
-  if image_format not in synthetic_writer.IMAGE_FORMATS:
+  if image_format not in shard_writer.IMAGE_FORMATS:
     raise ValueError(f"image_format {image_format!r} is not one of "
-                     f"{', '.join(synthetic_writer.IMAGE_FORMATS)} "
+                     f"{', '.join(shard_writer.IMAGE_FORMATS)} "
                      "(--image_format); choose one of them")
   settings = {"source": "fashion-mnist", "pad_to": pad_to,
               "shuffle_seed": seed}
   manifests, sources = {}, {}
   for split in NUM_SHARDS:
     existing = None
-    if tf.io.gfile.exists(synthetic_writer.manifest_path(output_dir, split)):
-      existing = synthetic_writer.read_manifest(output_dir, split)
+    if tf.io.gfile.exists(split_manifest.file_path(output_dir, split)):
+      existing = split_manifest.read(output_dir, split)
     if existing is not None and existing.complete:
-      _check_same_conversion(output_dir, existing, settings, image_format)
+      _check_same_conversion(output_dir, split, settings, image_format)
       logging.info("%s: %s already complete (%d images)", output_dir, split,
                    existing.num_examples)
       manifests[split] = existing
     else:
       sources[split] = load_split(split, source_dir)
-  synthetic_writer.remove_stale_temporaries(output_dir)
+  shard_writer.remove_stale_temporaries(output_dir)
   for split, (images, labels) in sources.items():
     num_shards = NUM_SHARDS[split]
     order = shuffled_order(len(labels), seed)
     infos = []
     for index, part in enumerate(np.array_split(order, num_shards)):
-      path = os.path.join(output_dir, synthetic_writer.shard_file_name(
+      path = os.path.join(output_dir, shard_writer.shard_file_name(
           split, index, num_shards))
       # Padded shard by shard: a whole split at a large pad_to would take
       # gigabytes.
       padded = to_rgb(images[part], pad_to)
-      with synthetic_writer.ShardWriter(path, NUM_CLASSES,
-                                        overwrite=True) as writer:
+      with shard_writer.ShardWriter(path, NUM_CLASSES,
+                                    overwrite=True) as writer:
         for i, image in zip(part, padded):
           label = int(labels[i])
-          writer.write(synthetic_writer.encode_example(
+          writer.write(shard_writer.encode_example(
               image, label, CLASSES, image_format=image_format,
               file_name=f"{split}_{i:05d}.{image_format}"), label)
       infos.append(writer.info)
       logging.info("wrote %s (%d images)", path, writer.info.num_examples)
-    manifests[split] = synthetic_writer.write_manifest(
+    manifests[split] = split_manifest.write(
         output_dir, split, infos, NUM_CLASSES, image_format,
         settings=settings)
   class_names.write_classes_file(output_dir, CLASSES)
   return {split: manifests[split] for split in NUM_SHARDS}
 
 
-def _check_same_conversion(output_dir, manifest, settings, image_format):
+def _check_same_conversion(output_dir, split, settings, image_format):
   """Refuses to keep a complete split that other settings made: the
-  directory would hold splits of two conversions."""
-  differing = sorted(k for k in settings
-                     if manifest.settings.get(k) != settings[k])
-  if manifest.image_format != image_format:
-    differing.append("image_format")
-  if differing:
-    path = synthetic_writer.manifest_path(output_dir, manifest.split)
-    raise ConversionConflictError(
-        f"the complete {manifest.split} split in {output_dir} was converted "
-        f"with other settings ({', '.join(differing)} differ, see {path}); "
-        "use a new --output_dir, or the same settings")
+  directory would hold splits of two conversions. The split's manifest is
+  the record: its settings and image format are compared."""
+  path = split_manifest.file_path(output_dir, split)
+
+  def compare(manifest, current):
+    recorded = {key: manifest.get("settings", {}).get(key)
+                for key in settings}
+    recorded["image_format"] = manifest.get("image_format")
+    return settings_record.differences(recorded, current)
+
+  settings_record.check(
+      path, {**settings, "image_format": image_format},
+      lambda found: (
+          f"the complete {split} split in {output_dir} was converted with "
+          f"other settings ({settings_record.summary(found)}; see {path}); "
+          "use a new --output_dir, or the same settings"),
+      compare=compare)

@@ -34,7 +34,8 @@ from cdm_tf.data import class_names
 from cdm_tf.data import image_decoding
 from cdm_tf.data import imagenet_reader
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 
 CAPTION_VERSION = 1
 # Pixels brighter than this belong to the object (the background is black).
@@ -141,24 +142,24 @@ def write_captioned_copy(source_dir, output_dir, names, caption_fn=None,
   classes = class_names.load_classes(source_dir)
   if len(names) != len(classes):
     raise ValueError(f"{len(names)} names for {len(classes)} classes")
-  splits = synthetic_writer.manifest_splits(source_dir)
+  splits = split_manifest.splits(source_dir)
   if not splits:
     raise FileNotFoundError(f"{source_dir} has no manifest-<split>.json")
   manifests = {}
   for split in splits:
-    source = synthetic_writer.read_manifest(source_dir, split)
+    source = split_manifest.read(source_dir, split)
     infos = []
     for path in imagenet_reader.list_files(source_dir, split):
       target = os.path.join(output_dir, os.path.basename(path))
-      with synthetic_writer.ShardWriter(target, len(classes),
-                                        overwrite=True) as writer:
+      with shard_writer.ShardWriter(target, len(classes),
+                                    overwrite=True) as writer:
         for index, (raw, image, label, file_name) in enumerate(
             _records(path)):
           key = file_name.decode() or f"{os.path.basename(path)}:{index}"
           writer.write(_with_caption(raw, caption_fn(image, names[label],
                                                      key)), int(label))
       infos.append(writer.info)
-    manifests[split] = synthetic_writer.write_manifest(
+    manifests[split] = split_manifest.write(
         output_dir, split, infos, len(classes), source.image_format,
         settings=dict(source.settings, captions=(
             "synthetic templates: class name + image statistics"),

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from cdm_tf.data import class_names
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer as sw
+from cdm_tf.synthetic_set import shard_writer
+from cdm_tf.synthetic_set import split_manifest
 
 SMALL_CLASSES = [class_names.ClassInfo(f"n{i:08d}", f"class {i}")
                  for i in range(4)]
@@ -34,7 +35,7 @@ def _photos(count, size=(48, 40)):
 
 
 def _provenance(example_id, class_index=3):
-  return sw.Provenance(
+  return shard_writer.Provenance(
       generator_config_id="cdm64-256-v1", example_id=example_id,
       class_index=class_index, seed=(11, 42), stage_resolutions=(64, 256),
       guidance=(1.0, 0.5), sampler=("ddpm-1000", "ddim-100"),
@@ -73,9 +74,9 @@ def _minimal_tpu_parse(record):
 def test_round_trip_through_an_independent_tpu_schema_parser(image_format):
   classes = class_names.imagenet_classes()
   for i, (pixels, label) in enumerate(_photos(4)):
-    record = sw.encode_example(pixels, label, classes,
-                               image_format=image_format,
-                               provenance=_provenance(f"ex{i}"))
+    record = shard_writer.encode_example(pixels, label, classes,
+                                         image_format=image_format,
+                                         provenance=_provenance(f"ex{i}"))
     parsed = _minimal_tpu_parse(record)
     assert parsed["label"] == label + 1  # The TPU tool's labels are 1-based.
     assert parsed["synset"] == classes[label].synset
@@ -99,7 +100,8 @@ def test_round_trip_through_an_independent_tpu_schema_parser(image_format):
 
 def test_tensorflow_decoders_of_other_readers_accept_the_jpeg_records():
   (pixels, label), = _photos(1)
-  record = sw.encode_example(pixels, label, class_names.imagenet_classes())
+  record = shard_writer.encode_example(pixels, label,
+                                       class_names.imagenet_classes())
   parsed = tf.io.parse_single_example(record, {
       "image/encoded": tf.io.FixedLenFeature([], tf.string),
       "image/class/label": tf.io.FixedLenFeature([], tf.int64)})
@@ -113,7 +115,7 @@ def test_tensorflow_decoders_of_other_readers_accept_the_jpeg_records():
 def test_provenance_fields_round_trip():
   (pixels, label), = _photos(1)
   provenance = _provenance("gen7-000123", class_index=17)
-  feature = _minimal_tpu_parse(sw.encode_example(
+  feature = _minimal_tpu_parse(shard_writer.encode_example(
       pixels, label, class_names.imagenet_classes(), image_format="png",
       provenance=provenance))["feature"]
   assert feature[schema.GENERATOR_CONFIG_ID].bytes_list.value == [
@@ -134,8 +136,8 @@ def test_provenance_fields_round_trip():
 
 def test_without_provenance_there_are_no_cdm_fields_and_a_content_file_name():
   image = np.full([8, 8, 3], 7, np.uint8)
-  parsed = _minimal_tpu_parse(sw.encode_example(image, 2, SMALL_CLASSES,
-                                                image_format="png"))
+  parsed = _minimal_tpu_parse(shard_writer.encode_example(
+      image, 2, SMALL_CLASSES, image_format="png"))
   assert not [k for k in parsed["feature"]
               if k.startswith(schema.PROVENANCE_PREFIX)]
   assert parsed["filename"].endswith(".png") and len(parsed["filename"]) > 4
@@ -153,39 +155,45 @@ def test_without_provenance_there_are_no_cdm_fields_and_a_content_file_name():
      "image_format"),
     (np.zeros([8, 8, 3], np.uint8), 0, {"jpeg_quality": 0}, "jpeg_quality"),
     (np.zeros([8, 8, 3], np.uint8), 0,
-     {"provenance": sw.Provenance("g", "e", 0, (1, 2), (64, 256), (1.0,))},
+     {"provenance": shard_writer.Provenance("g", "e", 0, (1, 2), (64, 256),
+                                            (1.0,))},
      "guidance"),
     (np.zeros([8, 8, 3], np.uint8), 0,
-     {"provenance": sw.Provenance("g", "e", 0, (1, 2), (64, 256),
-                                  noise_augmentation=(0.1, 0.2))},
+     {"provenance": shard_writer.Provenance("g", "e", 0, (1, 2), (64, 256),
+                                            noise_augmentation=(0.1, 0.2))},
      "noise_augmentation"),
     (np.zeros([8, 8, 3], np.uint8), 0,
-     {"provenance": sw.Provenance("g", "e", 0, (1,))}, "seed"),
+     {"provenance": shard_writer.Provenance("g", "e", 0, (1,))}, "seed"),
 ])
 def test_invalid_inputs_are_rejected(image, label, kwargs, message):
   with pytest.raises(ValueError, match=message):
-    sw.encode_example(image, label, SMALL_CLASSES, **kwargs)
+    shard_writer.encode_example(image, label, SMALL_CLASSES, **kwargs)
 
 
 def test_shard_file_names_follow_the_tpu_tool():
-  assert sw.shard_file_name("train", 7, 64) == "train-00007-of-00064"
-  assert sw.shard_file_name("validation", 0, 1) == "validation-00000-of-00001"
-  assert sw.parse_shard_file_name("/x/train-00007-of-00064") == (
+  assert (shard_writer.shard_file_name("train", 7, 64)
+          == "train-00007-of-00064")
+  assert (shard_writer.shard_file_name("validation", 0, 1)
+          == "validation-00000-of-00001")
+  assert shard_writer.parse_shard_file_name("/x/train-00007-of-00064") == (
       "train", 7, 64)
-  assert sw.parse_shard_file_name("train-00007-of-00064.tmp-abc") is None
+  assert shard_writer.parse_shard_file_name(
+      "train-00007-of-00064.tmp-abc") is None
   with pytest.raises(ValueError):
-    sw.shard_file_name("train", 64, 64)
+    shard_writer.shard_file_name("train", 64, 64)
 
 
 def _write_shard(directory, index, num_shards, labels, image_format="png"):
-  path = os.path.join(directory, sw.shard_file_name("train", index,
-                                                    num_shards))
-  with sw.ShardWriter(path, num_classes=len(SMALL_CLASSES)) as writer:
+  path = os.path.join(directory, shard_writer.shard_file_name(
+      "train", index, num_shards))
+  with shard_writer.ShardWriter(path,
+                                num_classes=len(SMALL_CLASSES)) as writer:
     for i, label in enumerate(labels):
       image = np.full([6, 5, 3], 10 * i, np.uint8)
-      writer.write(sw.encode_example(
+      writer.write(shard_writer.encode_example(
           image, label, SMALL_CLASSES, image_format=image_format,
-          provenance=sw.Provenance("g", f"{index}-{i}", i, (index, i))),
+          provenance=shard_writer.Provenance("g", f"{index}-{i}", i,
+                                             (index, i))),
                    label)
   return writer.info
 
@@ -199,17 +207,17 @@ def test_shard_writer_renames_only_when_complete(tmp_path):
   info = _write_shard(str(tmp_path), 0, 2, [0, 2, 2, 3])
   assert sorted(os.listdir(tmp_path)) == ["train-00000-of-00002"]
   assert _labels_in(str(tmp_path / "train-00000-of-00002")) == [0, 2, 2, 3]
-  assert info == sw.ShardInfo("train-00000-of-00002", 4, (1, 0, 2, 1))
+  assert info == shard_writer.ShardInfo("train-00000-of-00002", 4, (1, 0, 2, 1))
   with pytest.raises(FileExistsError):
-    sw.ShardWriter(str(tmp_path / "train-00000-of-00002"), 4)
+    shard_writer.ShardWriter(str(tmp_path / "train-00000-of-00002"), 4)
 
 
 def test_an_exception_leaves_neither_the_shard_nor_a_temporary(tmp_path):
   path = str(tmp_path / "train-00000-of-00001")
   with pytest.raises(RuntimeError, match="generator died"):
-    with sw.ShardWriter(path, num_classes=4) as writer:
-      writer.write(sw.encode_example(np.zeros([4, 4, 3], np.uint8), 1,
-                                     SMALL_CLASSES), 1)
+    with shard_writer.ShardWriter(path, num_classes=4) as writer:
+      writer.write(shard_writer.encode_example(
+          np.zeros([4, 4, 3], np.uint8), 1, SMALL_CLASSES), 1)
       assert os.path.exists(writer.temporary_path)
       raise RuntimeError("generator died")
   assert os.listdir(tmp_path) == []
@@ -218,11 +226,12 @@ def test_an_exception_leaves_neither_the_shard_nor_a_temporary(tmp_path):
 
 
 def test_readers_shard_patterns_never_see_partial_shards(tmp_path):
-  writer = sw.ShardWriter(str(tmp_path / "train-00000-of-00001"), 4)
-  writer.write(sw.encode_example(np.zeros([4, 4, 3], np.uint8), 0,
-                                 SMALL_CLASSES), 0)
-  sw.write_manifest(str(tmp_path), "train",
-                    [sw.ShardInfo("train-00000-of-00001", 1, (1, 0, 0, 0))],
+  writer = shard_writer.ShardWriter(str(tmp_path / "train-00000-of-00001"), 4)
+  writer.write(shard_writer.encode_example(
+      np.zeros([4, 4, 3], np.uint8), 0, SMALL_CLASSES), 0)
+  split_manifest.write(str(tmp_path), "train",
+                       [shard_writer.ShardInfo("train-00000-of-00001", 1,
+                                               (1, 0, 0, 0))],
                     4, "jpeg")
   # The TPU tool's readers glob "train-*"; ours "train-*-of-*".
   assert tf.io.gfile.glob(str(tmp_path / "train-*")) == []
@@ -234,17 +243,17 @@ def test_readers_shard_patterns_never_see_partial_shards(tmp_path):
 def test_a_killed_writers_temporary_is_found_and_removed(tmp_path):
   _write_shard(str(tmp_path), 0, 2, [1, 1])
   # A killed process never closes its writer: records sit in the temporary.
-  killed = sw.ShardWriter(str(tmp_path / "train-00001-of-00002"), 4)
-  killed.write(sw.encode_example(np.zeros([4, 4, 3], np.uint8), 0,
-                                 SMALL_CLASSES), 0)
+  killed = shard_writer.ShardWriter(str(tmp_path / "train-00001-of-00002"), 4)
+  killed.write(shard_writer.encode_example(
+      np.zeros([4, 4, 3], np.uint8), 0, SMALL_CLASSES), 0)
   killed._writer.flush()  # pylint: disable=protected-access
   assert os.path.exists(killed.temporary_path)
-  assert sw.complete_shards(str(tmp_path), "train") == [
+  assert shard_writer.complete_shards(str(tmp_path), "train") == [
       str(tmp_path / "train-00000-of-00002")]
   # A young temporary may belong to a live writer: kept with an age limit.
-  assert sw.remove_stale_temporaries(str(tmp_path),
-                                     older_than_seconds=3600) == []
-  assert sw.remove_stale_temporaries(str(tmp_path)) == [
+  assert shard_writer.remove_stale_temporaries(
+      str(tmp_path), older_than_seconds=3600) == []
+  assert shard_writer.remove_stale_temporaries(str(tmp_path)) == [
       killed.temporary_path]
   assert sorted(os.listdir(tmp_path)) == ["train-00000-of-00002"]
 
@@ -255,9 +264,10 @@ def test_manifest_counts_equal_the_records_and_round_trip(tmp_path):
   infos = [_write_shard(directory, i, 3, labels)
            for i, labels in enumerate(shard_labels)]
   settings = {"generator_config_id": "g", "guidance": [1.0, 0.5]}
-  written = sw.write_manifest(directory, "train", infos[::-1], num_classes=4,
-                              image_format="png", settings=settings)
-  with open(sw.manifest_path(directory, "train")) as f:
+  written = split_manifest.write(directory, "train", infos[::-1],
+                                 num_classes=4, image_format="png",
+                                 settings=settings)
+  with open(split_manifest.file_path(directory, "train")) as f:
     on_disk = json.load(f)
   # Counted independently from the records.
   all_labels = [label for name in sorted(os.listdir(directory))
@@ -269,18 +279,18 @@ def test_manifest_counts_equal_the_records_and_round_trip(tmp_path):
   assert on_disk["shards"][1]["class_counts"] == [0, 0, 0, 2]
   assert on_disk["image_format"] == "png" and on_disk["complete"]
   assert on_disk["settings"] == settings
-  read = sw.read_manifest(directory, "train")
+  read = split_manifest.read(directory, "train")
   assert read == written
   assert read.shard_paths(directory) == [
       os.path.join(directory, f"train-0000{i}-of-00003") for i in range(3)]
-  assert sw.manifest_splits(directory) == ["train"]
+  assert split_manifest.splits(directory) == ["train"]
 
 
 def test_rebuilding_the_manifest_after_a_restart(tmp_path):
   directory = str(tmp_path)
   first = [_write_shard(directory, 0, 3, [0, 0, 2], "jpeg")]
-  sw.write_manifest(directory, "train", first, 4, "jpeg",
-                    settings={"run": 1})
+  split_manifest.write(directory, "train", first, 4, "jpeg",
+                       settings={"run": 1})
   # The restarted job writes the remaining shards; a killed one left a
   # temporary, which the scan ignores.
   _write_shard(directory, 1, 3, [1], "jpeg")
@@ -289,8 +299,8 @@ def test_rebuilding_the_manifest_after_a_restart(tmp_path):
                "train-00002-of-00003.tmp-dead"):
     with open(str(tmp_path / name), "wb") as f:
       f.write(b"half a record")
-  rebuilt = sw.rebuild_manifest(directory, "train", num_classes=4)
-  assert rebuilt == sw.read_manifest(directory, "train")
+  rebuilt = split_manifest.rebuild(directory, "train", num_classes=4)
+  assert rebuilt == split_manifest.read(directory, "train")
   assert rebuilt.complete and rebuilt.num_shards == 3
   assert rebuilt.num_examples == 6
   assert rebuilt.class_counts == (2, 1, 1, 2)
@@ -299,14 +309,14 @@ def test_rebuilding_the_manifest_after_a_restart(tmp_path):
 
 
 def test_manifest_rejects_inconsistent_shards():
-  good = sw.ShardInfo("train-00000-of-00002", 2, (1, 1))
+  good = shard_writer.ShardInfo("train-00000-of-00002", 2, (1, 1))
   with pytest.raises(ValueError, match="sum to"):
-    sw.make_manifest("train", [sw.ShardInfo("train-00001-of-00002", 3,
-                                            (1, 1))], 2, "png")
+    split_manifest.make("train", [shard_writer.ShardInfo(
+        "train-00001-of-00002", 3, (1, 1))], 2, "png")
   with pytest.raises(ValueError, match="shard totals"):
-    sw.make_manifest("train", [good, sw.ShardInfo("train-00001-of-00003", 0,
-                                                  (0, 0))], 2, "png")
+    split_manifest.make("train", [good, shard_writer.ShardInfo(
+        "train-00001-of-00003", 0, (0, 0))], 2, "png")
   with pytest.raises(ValueError, match="not a shard name"):
-    sw.make_manifest("validation", [good], 2, "png")
-  manifest = sw.make_manifest("train", [good], 2, "png")
+    split_manifest.make("validation", [good], 2, "png")
+  manifest = split_manifest.make("train", [good], 2, "png")
   assert not manifest.complete

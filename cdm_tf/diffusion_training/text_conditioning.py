@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from cdm_tf.data import class_names
 from cdm_tf.data import schema
-from cdm_tf.models import diffusion_model
 from cdm_tf.text import class_prompts as class_prompts_lib
+from cdm_tf.text import conditioning
 from cdm_tf.text import embedding_cache
 
 
@@ -76,7 +76,7 @@ def has_captions(dataset):
 
 def encode_captions(dataset, encoder):
   """Replaces each batch's ``schema.CAPTION`` strings [B] by their text
-  embeddings (``diffusion_model.TEXT_KEYS``), encoded on the host.
+  embeddings (``conditioning.TEXT_KEYS``), encoded on the host.
 
   The batch size must be static (batch with ``drop_remainder=True``).
   """
@@ -97,9 +97,9 @@ def encode_captions(dataset, encoder):
     pooled.set_shape([batch_size, width])
     tokens.set_shape([batch_size, length, width])
     mask.set_shape([batch_size, length])
-    batch.update({diffusion_model.TEXT_POOLED: pooled,
-                  diffusion_model.TEXT_TOKENS: tokens,
-                  diffusion_model.TEXT_MASK: mask})
+    batch.update({conditioning.TEXT_POOLED: pooled,
+                  conditioning.TEXT_TOKENS: tokens,
+                  conditioning.TEXT_MASK: mask})
     return batch
 
   # Sequential: one encoder call at a time (it runs eagerly in Python).

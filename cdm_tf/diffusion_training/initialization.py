@@ -22,6 +22,7 @@ import os
 import tensorflow as tf
 
 from cdm_tf.models import export
+from cdm_tf.training import preemption
 
 
 def is_export(path):
@@ -32,7 +33,7 @@ def is_export(path):
 def checkpoint_path(path):
   """The checkpoint prefix a run directory, checkpoint directory or prefix
   names (the latest one of a directory), or None."""
-  for directory in (path, os.path.join(path, "checkpoints")):
+  for directory in (path, os.path.join(path, preemption.CHECKPOINTS_DIR)):
     if tf.io.gfile.isdir(directory):
       latest = tf.train.latest_checkpoint(directory)
       if latest:

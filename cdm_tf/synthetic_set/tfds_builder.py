@@ -2,7 +2,7 @@
 
 Importing this module registers the dataset name. The synthetic TFRecords
 directory (shards plus ``manifest-<split>.json`` files written by
-``synthetic_writer``, and optionally ``classes.json``) reaches the builder as
+``synthetic_set``, and optionally ``classes.json``) reaches the builder as
 TFDS's **manual_dir**, as for ``imagenet2012``: the data is never downloaded.
 The class table is the directory's ``classes.json``
 (``class_names.load_classes``), else the 1000 ImageNet classes; it becomes
@@ -22,7 +22,7 @@ Features: ``image`` (the record's JPEG/PNG bytes, stored unchanged),
 Example::
 
   import tensorflow_datasets as tfds
-  from cdm_tf.data import tfds_builder  # registers the name
+  from cdm_tf.synthetic_set import tfds_builder  # registers the name
 
   # Once: convert the synthetic TFRecords into a TFDS dataset.
   tfds_builder.prepare("/data/synthetic/cdm64_1x", data_dir="/data/tfds")
@@ -45,13 +45,13 @@ import tensorflow_datasets as tfds
 
 from cdm_tf.data import class_names
 from cdm_tf.data import schema
-from cdm_tf.data import synthetic_writer
+from cdm_tf.synthetic_set import split_manifest
 
 NAME = "cdm_synthetic_imagenet"
 
 
 class CdmSyntheticImagenet(tfds.core.GeneratorBasedBuilder):
-  """Synthetic ImageNet written by ``cdm_tf.data.synthetic_writer``."""
+  """Synthetic ImageNet written by ``cdm_tf.synthetic_set``."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First version."}
@@ -82,15 +82,16 @@ class CdmSyntheticImagenet(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     source_dir = os.fspath(dl_manager.manual_dir)
-    splits = synthetic_writer.manifest_splits(source_dir)
+    splits = split_manifest.splits(source_dir)
     if not splits:
       raise ValueError(f"{source_dir} has no split manifests "
-                       f"({synthetic_writer.manifest_path('', '<split>')})")
+                       f"({split_manifest.PREFIX}<split>"
+                       f"{split_manifest.EXTENSION})")
     classes = class_names.load_classes(source_dir)
     self.info.features["label"].names = label_names(classes)
     generators = {}
     for split in splits:
-      manifest = synthetic_writer.read_manifest(source_dir, split)
+      manifest = split_manifest.read(source_dir, split)
       if manifest.num_classes != len(classes):
         raise ValueError(f"split {split!r} has {manifest.num_classes} classes "
                          f"but the class table has {len(classes)}")

@@ -1,13 +1,14 @@
 """Training batches for diffusion models, from ImageNet-format TFRecords.
 
-Each example gets its own seed, ``[base_seed, pipeline_id * 2**40 + index]``,
-from which the model draws all of its training randomness: the result of a
-step does not depend on how the global batch is split across replicas.
+Each example gets its own seed, ``[base_seed, pipeline_id * 2**40 + index]``
+(``input_sharding.strided_example_seed``), from which the model draws all
+of its training randomness: the result of a step does not depend on how
+the global batch is split across replicas.
 
 With ``captions=True`` the records are captioned image-text pairs
 (``cdm_tf.data.caption_reader``) and batches carry the caption strings under
 ``schema.CAPTION``; the trainer encodes them with the frozen text encoder
-(``cdm_tf.training.text_conditioning``).
+(``cdm_tf.diffusion_training.text_conditioning``).
 """
 
 import tensorflow as tf
@@ -15,9 +16,8 @@ import tensorflow as tf
 from cdm_tf.data import caption_reader
 from cdm_tf.data import diffusion_preprocessing
 from cdm_tf.data import imagenet_reader
+from cdm_tf.data import input_sharding
 from cdm_tf.data import schema
-
-_PIPELINE_STRIDE = 2**40
 
 
 def diffusion_dataset(data_dir, split="train", resolution=64,
@@ -41,7 +41,7 @@ def diffusion_dataset(data_dir, split="train", resolution=64,
       (``caption_reader.NO_LABEL`` when absent).
     input_context: from ``distribute_datasets_from_function``.
   """
-  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  pipeline_id = input_sharding.pipeline_id(input_context)
   batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
                 if input_context else global_batch_size)
   if captions:
@@ -54,12 +54,10 @@ def diffusion_dataset(data_dir, split="train", resolution=64,
         data_dir, split=split, num_classes=num_classes,
         seed=seed + pipeline_id, shuffle_buffer=shuffle_buffer, repeat=True,
         input_context=input_context)
-  base = tf.constant([seed, 0], tf.int64)
 
   def prepare(index, example):
-    example_seed = base + tf.stack(
-        [tf.constant(0, tf.int64),
-         tf.cast(pipeline_id, tf.int64) * _PIPELINE_STRIDE + index])
+    example_seed = input_sharding.strided_example_seed(seed, pipeline_id,
+                                                       index)
     flip_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
     resolutions = [resolution] + ([low_res_resolution] if low_res_resolution
                                   else [])
