@@ -12,7 +12,7 @@ RUN_DIR ?= runs/pipeline
 # The claims job's output.
 CLAIMS_DIR ?= runs/claims
 
-.PHONY: setup system-data demo claims test benchmark
+.PHONY: setup system-data demo claims test lint format benchmark
 
 setup: $(STAMP) system-data
 
@@ -55,7 +55,18 @@ claims: setup
 	$(PY) tools/pipeline.py --gin_file=gin/pipelines/fashion_mnist_claims.gin \
 	  --output_dir=$(CLAIMS_DIR) --mixed_precision=bfloat16
 
-test: setup
+# Formatting (yapf, .style.yapf) and lint (ruff, ruff.toml) of the code;
+# `make format` rewrites what `make lint` shows.
+LINT_PATHS := cdm_tf tools tests benchmarks setup.py
+
+lint: $(STAMP)
+	$(PY) -m yapf --diff --recursive --parallel $(LINT_PATHS)
+	$(PY) -m ruff check --quiet $(LINT_PATHS)
+
+format: $(STAMP)
+	$(PY) -m yapf --in-place --recursive --parallel $(LINT_PATHS)
+
+test: setup lint
 	$(PY) -m pytest -n 2 tests
 
 benchmark: setup $(DATA_DIR)/classes.json

@@ -34,6 +34,9 @@ setuptools.setup(
             "pillow>=10",
             # Trains the tiny SentencePiece model of the T5 encoder tests.
             "sentencepiece>=0.2",
+            # `make lint` / `make format` (.style.yapf, ruff.toml).
+            "yapf==0.43.0",
+            "ruff==0.16.9",
         ],
     },
 )

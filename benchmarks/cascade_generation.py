@@ -27,13 +27,16 @@ from cdm_tf.training import strategies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_integer("batch_size", 50, "Images per cascade call.")
-flags.DEFINE_integer("rounds", 3, "Timed batches per setting, taken in "
-                     "turns with the other settings.")
-flags.DEFINE_multi_string("gin_bindings", [], "Bindings applied to "
-                          "the generation config, e.g. another sampler: "
-                          "'base/cascade.Stage.sampler = \"dpmpp_2m\"'.")
-flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many "
-                     "logical devices and sample under MirroredStrategy.")
+flags.DEFINE_integer(
+    "rounds", 3, "Timed batches per setting, taken in "
+    "turns with the other settings.")
+flags.DEFINE_multi_string(
+    "gin_bindings", [], "Bindings applied to "
+    "the generation config, e.g. another sampler: "
+    "'base/cascade.Stage.sampler = \"dpmpp_2m\"'.")
+flags.DEFINE_integer(
+    "cpu_replicas", 0, "Split the CPU into this many "
+    "logical devices and sample under MirroredStrategy.")
 FLAGS = flags.FLAGS
 
 
@@ -49,9 +52,10 @@ def _export_stage(config, directory):
 def _stages(base_dir, sr_dir):
   gin.clear_config()
   configuration.parse_gin(
-      [os.path.join(ROOT, "gin", "generation", "fashion_mnist_16_to_32.gin")],
-      [f"BASE_MODEL_DIR = '{base_dir}'", f"SR_MODEL_DIR = '{sr_dir}'",
-       *FLAGS.gin_bindings])
+      [os.path.join(ROOT, "gin", "generation", "fashion_mnist_16_to_32.gin")], [
+          f"BASE_MODEL_DIR = '{base_dir}'", f"SR_MODEL_DIR = '{sr_dir}'",
+          *FLAGS.gin_bindings
+      ])
   stages = cascade_lib.configured_stages()
   gin.clear_config()
   return stages
@@ -66,24 +70,24 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     stages = _stages(
         _export_stage("fashion_mnist_16_base.gin", os.path.join(tmp, "base")),
-        _export_stage("fashion_mnist_16_to_32_sr.gin", os.path.join(tmp,
-                                                                    "sr")))
-    seeds = per_example_noise.example_seeds(
-        np.arange(FLAGS.batch_size)).numpy()
+        _export_stage("fashion_mnist_16_to_32_sr.gin", os.path.join(tmp, "sr")))
+    seeds = per_example_noise.example_seeds(np.arange(FLAGS.batch_size)).numpy()
     labels = np.arange(FLAGS.batch_size) % 10
     print(f"tiny cascade 16 -> 32, batch {FLAGS.batch_size}, "
           f"{strategy.num_replicas_in_sync} replica(s); median of "
           f"{FLAGS.rounds} rounds, settings taking turns (load average "
           f"{os.getloadavg()[0]:.1f} at start)")
     configs = [(policy, jit, steps_per_call)
-               for policy in (None, "mixed_bfloat16") for jit in (False, True)
+               for policy in (None, "mixed_bfloat16")
+               for jit in (False, True)
                for steps_per_call in (1, None)]
     cascades = {}
     for config in configs:
       policy, jit, steps_per_call = config
-      cascades[config] = cascade_lib.Cascade(
-          stages, strategy=strategy, dtype_policy=policy, jit_compile=jit,
-          steps_per_call=steps_per_call)
+      cascades[config] = cascade_lib.Cascade(stages, strategy=strategy,
+                                             dtype_policy=policy,
+                                             jit_compile=jit,
+                                             steps_per_call=steps_per_call)
       cascades[config].sample(seeds, labels)  # trace and compile
     times = {config: [] for config in configs}
     for round_index in range(FLAGS.rounds):
@@ -97,10 +101,11 @@ def main(argv):
       evaluations = cascades[config].network_evaluations_per_example()
       images_per_second = FLAGS.batch_size / float(np.median(times[config]))
       calls = "per step" if steps_per_call == 1 else "whole chain"
-      print(f"{policy or 'float32':15s} xla={str(jit):5s} "
-            f"{calls:12s} {images_per_second:7.2f} images/s "
-            f"{images_per_second * evaluations:9.0f} U-Net evaluations/s "
-            f"(image-evaluations; {evaluations} per image)", flush=True)
+      print(
+          f"{policy or 'float32':15s} xla={str(jit):5s} "
+          f"{calls:12s} {images_per_second:7.2f} images/s "
+          f"{images_per_second * evaluations:9.0f} U-Net evaluations/s "
+          f"(image-evaluations; {evaluations} per image)", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -24,9 +24,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Table 3 "Params (M)" per model name.
 TABLE_3_MILLIONS = {
-    "resnet50": 36, "resnet101": 45, "resnet152": 64,
-    "resnet_rs50": 36, "resnet_rs101": 64, "resnet_rs152": 87,
-    "vit_s16": 22, "deit_s": 22, "deit_b": 87, "deit_l": 307,
+    "resnet50": 36,
+    "resnet101": 45,
+    "resnet152": 64,
+    "resnet_rs50": 36,
+    "resnet_rs101": 64,
+    "resnet_rs152": 87,
+    "vit_s16": 22,
+    "deit_s": 22,
+    "deit_b": 87,
+    "deit_l": 307,
 }
 
 
@@ -41,8 +48,8 @@ def _bound_value(binding):
 def main():
   print(f"{'config':18s} {'model':13s} {'input':>7s} {'parameters':>13s} "
         f"{'trainable':>13s} {'Table 3 (M)':>11s} {'build s':>8s}")
-  for path in sorted(glob.glob(os.path.join(ROOT, "gin", "classifiers",
-                                            "*.gin"))):
+  for path in sorted(
+      glob.glob(os.path.join(ROOT, "gin", "classifiers", "*.gin"))):
     gin.clear_config()
     gin.parse_config_files_and_bindings([path], [])
     start = time.perf_counter()
@@ -51,9 +58,10 @@ def main():
     size = _bound_value("models.create_classifier.image_size")
     config = os.path.splitext(os.path.basename(path))[0]
     trainable = sum(math.prod(v.shape) for v in model.trainable_variables)
-    print(f"{config:18s} {model.name:13s} {size:>3d}x{size:<3d} "
-          f"{model.count_params():13,d} {trainable:13,d} "
-          f"{TABLE_3_MILLIONS[model.name]:11d} {seconds:8.1f}", flush=True)
+    print(
+        f"{config:18s} {model.name:13s} {size:>3d}x{size:<3d} "
+        f"{model.count_params():13,d} {trainable:13,d} "
+        f"{TABLE_3_MILLIONS[model.name]:11d} {seconds:8.1f}", flush=True)
     del model
     gc.collect()
   gin.clear_config()

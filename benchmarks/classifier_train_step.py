@@ -27,9 +27,10 @@ from cdm_tf.classifiers import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-flags.DEFINE_string("config", "resnet50", "A gin/classifiers config, its "
-                    "path below gin/classifiers without .gin: its model and "
-                    "recipe.")
+flags.DEFINE_string(
+    "config", "resnet50", "A gin/classifiers config, its "
+    "path below gin/classifiers without .gin: its model and "
+    "recipe.")
 flags.DEFINE_integer("batch_size", 8, "Examples per step.")
 flags.DEFINE_integer("image_size", None, "Input side; default the config's.")
 flags.DEFINE_integer("steps", 5, "Timed steps per precision.")
@@ -48,13 +49,13 @@ def _time_policy(policy, recipe, batch_size, image_size, steps):
     optimizer = gin.get_configurable(recipes.create_optimizer)(
         recipe, steps_per_epoch=1000, global_batch_size=batch_size)
     optimizer.build(model.trainable_variables)
-    step = tf.function(trainer.make_replica_step(
-        model, optimizer, recipes.create_loss(recipe, reduction="none"),
-        batch_size,
-        model.num_classes))
+    step = tf.function(
+        trainer.make_replica_step(model, optimizer,
+                                  recipes.create_loss(recipe, reduction="none"),
+                                  batch_size, model.num_classes))
     images = tf.random.uniform([batch_size, size, size, 3])
-    labels = tf.one_hot(tf.range(batch_size) % model.num_classes,
-                        model.num_classes)
+    labels = tf.one_hot(
+        tf.range(batch_size) % model.num_classes, model.num_classes)
     for _ in range(WARMUP_STEPS):  # tracing, compilation, first allocations
       float(step(images, labels)["loss"])
     start = time.perf_counter()
@@ -74,10 +75,11 @@ def main(argv):
   for policy in ("float32", "mixed_bfloat16"):
     seconds, model, size = _time_policy(policy, recipe, FLAGS.batch_size,
                                         FLAGS.image_size, FLAGS.steps)
-    print(f"{FLAGS.config} ({model.count_params():,} parameters) "
-          f"{size}x{size} batch {FLAGS.batch_size} {policy:15s} "
-          f"{1 / seconds:6.2f} steps/s {FLAGS.batch_size / seconds:7.1f} "
-          "images/s", flush=True)
+    print(
+        f"{FLAGS.config} ({model.count_params():,} parameters) "
+        f"{size}x{size} batch {FLAGS.batch_size} {policy:15s} "
+        f"{1 / seconds:6.2f} steps/s {FLAGS.batch_size / seconds:7.1f} "
+        "images/s", flush=True)
 
 
 if __name__ == "__main__":

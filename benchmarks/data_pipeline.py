@@ -56,8 +56,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _bare(files):
-  features = {schema.TPU_IMAGE: tf.io.FixedLenFeature([], tf.string),
-              schema.TPU_LABEL: tf.io.FixedLenFeature([], tf.int64)}
+  features = {
+      schema.TPU_IMAGE: tf.io.FixedLenFeature([], tf.string),
+      schema.TPU_LABEL: tf.io.FixedLenFeature([], tf.int64)
+  }
 
   def decode(record):
     parsed = tf.io.parse_single_example(record, features)
@@ -70,10 +72,10 @@ def _bare(files):
 
 
 def _pipelines(files, num_classes, resolutions, crop_size):
+
   def reader():
-    return imagenet_reader.read_dataset(files, num_classes=num_classes,
-                                        seed=0, shuffle_buffer=1000,
-                                        repeat=True)
+    return imagenet_reader.read_dataset(files, num_classes=num_classes, seed=0,
+                                        shuffle_buffer=1000, repeat=True)
 
   seed = tf.constant([1, 2], tf.int64)
   return {
@@ -81,14 +83,12 @@ def _pipelines(files, num_classes, resolutions, crop_size):
       "reader": reader,
       "+diffusion": lambda: reader().enumerate().map(
           lambda i, ex: diffusion_preprocessing.cascade_example(
-              ex, resolutions, random_flip=True,
-              seed=tf.random.experimental.stateless_fold_in(seed, i)),
-          num_parallel_calls=AUTOTUNE),
+              ex, resolutions, random_flip=True, seed=tf.random.experimental.
+              stateless_fold_in(seed, i)), num_parallel_calls=AUTOTUNE),
       "+classifier": lambda: reader().enumerate().map(
           lambda i, ex: classifier_preprocessing.train_example(
-              ex, tf.random.experimental.stateless_fold_in(seed, i),
-              image_size=crop_size),
-          num_parallel_calls=AUTOTUNE),
+              ex, tf.random.experimental.stateless_fold_in(seed, i), image_size=
+              crop_size), num_parallel_calls=AUTOTUNE),
   }
 
 
@@ -120,15 +120,17 @@ def _photo_records(directory, count):
   spec = importlib.util.find_spec("foolbox")
   if spec is None:
     return None
-  paths = sorted(glob.glob(os.path.join(
-      spec.submodule_search_locations[0], "data", "imagenet_*.jpg")))
+  paths = sorted(
+      glob.glob(
+          os.path.join(spec.submodule_search_locations[0], "data",
+                       "imagenet_*.jpg")))
   classes = class_names.imagenet_classes()
   examples = []
   for path in paths:
     label = int(re.search(r"imagenet_\d+_(\d+)\.jpg", path).group(1))
     image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3).numpy()
-    examples.append((shard_writer.encode_example(
-        image, label, classes, image_format="jpeg"), label))
+    examples.append((shard_writer.encode_example(image, label, classes,
+                                                 image_format="jpeg"), label))
   shard_path = os.path.join(directory, "train-00000-of-00001")
   with shard_writer.ShardWriter(shard_path, len(classes)) as writer:
     for i in range(count):
@@ -138,8 +140,11 @@ def _photo_records(directory, count):
 
 def _report(name, pipelines, count):
   print(f"\n{name}")
-  pipelines = {label: make for label, make in pipelines.items()
-               if label == "bare" or label in FLAGS.pipelines}
+  pipelines = {
+      label: make
+      for label, make in pipelines.items()
+      if label == "bare" or label in FLAGS.pipelines
+  }
   rates = {label: [] for label in pipelines}
   for round_index in range(FLAGS.rounds):
     order = list(pipelines)
@@ -147,16 +152,18 @@ def _report(name, pipelines, count):
       order.reverse()
     for label in order:
       rates[label].append(_images_per_second(pipelines[label], count))
-    print(f"  round {round_index + 1}: load average "
-          f"{os.getloadavg()[0]:.1f}; " + ", ".join(
-              f"{label} {rates[label][-1]:.0f}" for label in pipelines),
-          flush=True)
+    print(
+        f"  round {round_index + 1}: load average "
+        f"{os.getloadavg()[0]:.1f}; " +
+        ", ".join(f"{label} {rates[label][-1]:.0f}" for label in pipelines),
+        flush=True)
   bare = rates["bare"]
   for label, runs in rates.items():
     ratios = [rate / b for rate, b in zip(runs, bare)]
-    print(f"  {label:12s} {statistics.median(runs):9.0f} images/s "
-          f"(median of {len(runs)}), {statistics.median(ratios):5.2f}x bare "
-          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+    print(
+        f"  {label:12s} {statistics.median(runs):9.0f} images/s "
+        f"(median of {len(runs)}), {statistics.median(ratios):5.2f}x bare "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
 
 
 def main(argv):
@@ -165,9 +172,9 @@ def main(argv):
         f"{FLAGS.rounds} rounds")
   if tf.io.gfile.exists(FLAGS.data_dir):
     files = imagenet_reader.list_files(FLAGS.data_dir, split="train")
-    _report(f"Fashion-MNIST 32x32 PNG ({FLAGS.data_dir}), cascade 16/32, "
-            "classifier crop 32",
-            _pipelines(files, 10, (16, 32), 32), FLAGS.images)
+    _report(
+        f"Fashion-MNIST 32x32 PNG ({FLAGS.data_dir}), cascade 16/32, "
+        "classifier crop 32", _pipelines(files, 10, (16, 32), 32), FLAGS.images)
   else:
     print(f"no {FLAGS.data_dir}: run tools/prepare_data.py first")
   with tempfile.TemporaryDirectory() as tmp:
@@ -175,9 +182,10 @@ def main(argv):
     if files is None:
       print("foolbox not installed: skipping the ImageNet photos")
       return
-    _report("ImageNet photos (foolbox JPEGs, 224-1024 px), cascade 64/256, "
-            "classifier crop 224",
-            _pipelines(files, 1000, (64, 256), 224), FLAGS.photo_images)
+    _report(
+        "ImageNet photos (foolbox JPEGs, 224-1024 px), cascade 64/256, "
+        "classifier crop 224", _pipelines(files, 1000, (64, 256), 224),
+        FLAGS.photo_images)
 
 
 if __name__ == "__main__":

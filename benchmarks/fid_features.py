@@ -39,19 +39,21 @@ def main(argv):
   del argv
   rng = np.random.default_rng(0)
   size = fid_inception.INPUT_SIZE
-  resized = tf.constant(rng.uniform(0, 255, (FLAGS.batch_size, size, size,
-                                             3)).astype(np.float32))
-  small = rng.integers(0, 256, (FLAGS.batch_size, FLAGS.resolution,
-                                FLAGS.resolution, 3), dtype=np.uint8)
+  resized = tf.constant(
+      rng.uniform(0, 255, (FLAGS.batch_size, size, size, 3)).astype(np.float32))
+  small = rng.integers(
+      0, 256, (FLAGS.batch_size, FLAGS.resolution, FLAGS.resolution, 3),
+      dtype=np.uint8)
   print(f"{'policy':16s} {'network img/s':>14s} "
         f"{f'{FLAGS.resolution}px->features img/s':>28s}")
   features = {}
   for policy in ("float32", "mixed_bfloat16"):
     inception = fid_inception.FidInception(dtype_policy=policy)
-    network = _images_per_second(lambda x: inception.compute(x)[0].numpy(),
-                                 resized, FLAGS.batch_size)
-    end_to_end = _images_per_second(lambda x: inception(x), small,
-                                     FLAGS.batch_size)
+    network = _images_per_second(
+        lambda x, inception=inception: inception.compute(x)[0].numpy(), resized,
+        FLAGS.batch_size)
+    end_to_end = _images_per_second(lambda x, inception=inception: inception(x),
+                                    small, FLAGS.batch_size)
     features[policy] = inception(small)[0]
     print(f"{policy:16s} {network:14.1f} {end_to_end:28.1f}", flush=True)
   difference = np.abs(features["mixed_bfloat16"] - features["float32"])

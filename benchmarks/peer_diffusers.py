@@ -1,15 +1,15 @@
 """cdm_tf against diffusers on the same U-Net, timed side by side.
 
-The reference U-Net (36,258,819 parameters, the size of DDPM's CIFAR-10 model) is built twice: in cdm_tf
-(`train_step.reference_unet`) and as diffusers' `UNet2DModel` (sample_size 32,
-3 channels in and out, block_out_channels 128,256,256,256, 2 layers per
-block, attention at 16x16 with 8 channels per head, 1000 classes plus
-the null label (1001 class embeddings),
-additive time embedding, conv down/up-sampling). Both are timed in float32
-and in bfloat16 (Keras mixed_bfloat16 / torch CPU autocast), for a train step
-(cdm_tf: DiffusionModel.train_step with clipping and EMA; diffusers: forward,
-MSE to the noise, backward, Adam) and for a forward pass, median of `--steps`
-calls at batch `--batch_size`.
+The reference U-Net (36,258,819 parameters, the size of DDPM's CIFAR-10
+model) is built twice: in cdm_tf (`train_step.reference_unet`) and as
+diffusers' `UNet2DModel` (sample_size 32, 3 channels in and out,
+block_out_channels 128,256,256,256, 2 layers per block, attention at 16x16
+with 8 channels per head, 1000 classes plus the null label (1001 class
+embeddings), additive time embedding, conv down/up-sampling). Both are
+timed in float32 and in bfloat16 (Keras mixed_bfloat16 / torch CPU
+autocast), for a train step (cdm_tf: DiffusionModel.train_step with
+clipping and EMA; diffusers: forward, MSE to the noise, backward, Adam) and
+for a forward pass, median of `--steps` calls at batch `--batch_size`.
 
 This machine is shared, so absolute times drift: the two frameworks run in
 two processes that take turns, measurement by measurement (the peer waits
@@ -45,7 +45,6 @@ PEER_TAG = "PEER "
 ROWS = (("float32", "train"), ("float32", "forward"),
         ("mixed_bfloat16", "train"), ("mixed_bfloat16", "forward"))
 
-
 # -------------------------------------------------------------- the peer side
 
 
@@ -53,17 +52,23 @@ def _diffusers_unet():
   """The reference U-Net as diffusers' UNet2DModel."""
   import diffusers  # pylint: disable=g-import-not-at-top
   return diffusers.UNet2DModel(
-      sample_size=32, in_channels=3, out_channels=3,
-      block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+      sample_size=32,
+      in_channels=3,
+      out_channels=3,
+      block_out_channels=(128, 256, 256, 256),
+      layers_per_block=2,
       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
                         "DownBlock2D"),
-      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D",
-                      "UpBlock2D"),
+      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
       # 1000 classes + the null label of classifier-free guidance, as the
       # cdm_tf label embedding has.
-      num_class_embeds=1001, attention_head_dim=8, norm_num_groups=32,
-      resnet_time_scale_shift="default", downsample_type="conv",
-      upsample_type="conv", dropout=0.0)
+      num_class_embeds=1001,
+      attention_head_dim=8,
+      norm_num_groups=32,
+      resnet_time_scale_shift="default",
+      downsample_type="conv",
+      upsample_type="conv",
+      dropout=0.0)
 
 
 def _median_seconds(fn, steps):
@@ -103,7 +108,8 @@ def peer_serve(batch_size, steps):
   def forward(bf16):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
                                          enabled=bf16):
-      return model(x_t, timesteps, class_labels=labels).sample[0, 0, 0, 0].item()
+      return model(x_t, timesteps, class_labels=labels).sample[0, 0, 0,
+                                                               0].item()
 
   def matmul(bf16):
     a = torch.randn(2048, 2048, dtype=torch.bfloat16 if bf16 else None)
@@ -112,9 +118,11 @@ def peer_serve(batch_size, steps):
   def say(message):
     print(PEER_TAG + json.dumps(message), flush=True)
 
-  say({"parameters": sum(p.numel() for p in model.parameters()),
-       "torch": torch.__version__, "diffusers": diffusers.__version__,
-       "threads": torch.get_num_threads()})
+  say({
+      "parameters": sum(p.numel() for p in model.parameters()),
+      "torch": torch.__version__, "diffusers": diffusers.__version__,
+      "threads": torch.get_num_threads()
+  })
   for line in sys.stdin:
     policy, what = line.split()
     bf16 = "bfloat16" in policy
@@ -122,7 +130,7 @@ def peer_serve(batch_size, steps):
       seconds = _median_seconds(matmul(bf16), steps)
     else:
       fn = train if what == "train" else forward
-      seconds = _median_seconds(lambda: fn(bf16), steps)
+      seconds = _median_seconds(lambda fn=fn, bf16=bf16: fn(bf16), steps)
     say({"seconds": seconds})
 
 
@@ -136,10 +144,11 @@ class Peer:
     env = dict(os.environ)
     if omp_wait_policy:
       env["OMP_WAIT_POLICY"] = omp_wait_policy
-    self.process = subprocess.Popen(
-        [python, os.path.abspath(__file__), "--peer_only",
-         f"--batch_size={batch_size}", f"--steps={steps}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    self.process = subprocess.Popen([
+        python,
+        os.path.abspath(__file__), "--peer_only", f"--batch_size={batch_size}",
+        f"--steps={steps}"
+    ], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     self.info = self._answer()
 
   def _answer(self):
@@ -166,8 +175,10 @@ def compare(args):
   peer = Peer(args.peer_python, args.batch_size, args.steps,
               args.peer_omp_wait_policy)
   try:
-    benches = {policy: train_step.CdmTfBench(policy, args.batch_size)
-               for policy in train_step.POLICIES}
+    benches = {
+        policy: train_step.CdmTfBench(policy, args.batch_size)
+        for policy in train_step.POLICIES
+    }
     unet = benches["float32"].unet
     params = unet.count_params()
     gflop = train_step.forward_gflop(unet, args.batch_size)
@@ -183,23 +194,29 @@ def compare(args):
       cdm_first = rnd % 2 == 0
       for policy in train_step.POLICIES:
         dtype = train_step.matmul_dtype(policy)
-        mine = lambda: train_step.matmul_gflops(dtype, args.steps)
-        theirs = lambda: (2 * train_step.MATMUL_SIDE ** 3 / 1e9
-                          / peer.seconds(policy, "matmul"))
+
+        def mine(dtype=dtype):
+          return train_step.matmul_gflops(dtype, args.steps)
+
+        def theirs(policy=policy):
+          return (2 * train_step.MATMUL_SIDE**3 / 1e9 /
+                  peer.seconds(policy, "matmul"))
+
         for side in ((0, 1) if cdm_first else (1, 0)):
           peaks[policy][side].append(mine() if side == 0 else theirs())
         for what in ("train", "forward"):
           bench = benches[policy]
-          measure = (bench.train_seconds if what == "train"
-                     else bench.forward_seconds)
+          measure = (bench.train_seconds
+                     if what == "train" else bench.forward_seconds)
           for side in ((0, 1) if cdm_first else (1, 0)):
             times[(policy, what)][side].append(
-                measure(args.steps) if side == 0
-                else peer.seconds(policy, what))
+                measure(args.steps) if side ==
+                0 else peer.seconds(policy, what))
           cdm, other = (v[-1] for v in times[(policy, what)])
-          print(f"round {rnd + 1}: {policy:15s} {what:8s} cdm_tf "
-                f"{cdm:6.3f} s  diffusers {other:6.3f} s  ratio "
-                f"{cdm / other:5.2f}", flush=True)
+          print(
+              f"round {rnd + 1}: {policy:15s} {what:8s} cdm_tf "
+              f"{cdm:6.3f} s  diffusers {other:6.3f} s  ratio "
+              f"{cdm / other:5.2f}", flush=True)
     print(f"\nmedian of {args.rounds} rounds (each a median of {args.steps} "
           f"calls), batch {args.batch_size}; GFLOP/s counts a train step as "
           f"3 forwards; peak = 2048x2048 matmul in the same dtype, same run "

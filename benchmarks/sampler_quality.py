@@ -41,21 +41,25 @@ flags.DEFINE_string("run_dir", "runs/pipeline", "The main job's output.")
 flags.DEFINE_string("real_data_dir", "data/fashion_mnist", "Real data.")
 flags.DEFINE_string("output_dir", "runs/sampler_quality", "Sweeps go here.")
 flags.DEFINE_list("stages", list(STAGES), "Stages to sweep.")
-flags.DEFINE_list("seeds", ["0"], "Generation seeds (base_seed); one sweep "
-                  "per seed and stage, in <output_dir>/seed_<seed>/<stage>.")
+flags.DEFINE_list(
+    "seeds", ["0"], "Generation seeds (base_seed); one sweep "
+    "per seed and stage, in <output_dir>/seed_<seed>/<stage>.")
 flags.DEFINE_integer("num_images", 200, "Images per point (class-balanced).")
 flags.DEFINE_bool("cas", True, "Also train the CAS classifier per point.")
-flags.DEFINE_float("tolerance", 0.05, "FID within this fraction of DDPM "
-                   "250's counts as equal quality.")
+flags.DEFINE_float(
+    "tolerance", 0.05, "FID within this fraction of DDPM "
+    "250's counts as equal quality.")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for the sweeps.")
-flags.DEFINE_bool("summarize_only", False, "Print the tables of the points "
-                  "finished so far; generate nothing.")
+flags.DEFINE_bool(
+    "summarize_only", False, "Print the tables of the points "
+    "finished so far; generate nothing.")
 FLAGS = flags.FLAGS
 
 
 def _sweep(stage, seed, output_dir):
   command = [
-      sys.executable, os.path.join(ROOT, "tools", "sweep.py"),
+      sys.executable,
+      os.path.join(ROOT, "tools", "sweep.py"),
       f"--gin_file={ROOT}/gin/sweeps/fashion_mnist_sampler_quality_{stage}.gin",
       "--gin_bindings=BASE_MODEL_DIR = "
       f"'{os.path.join(FLAGS.run_dir, 'base', trainer.EXPORT_DIR)}'",
@@ -67,13 +71,15 @@ def _sweep(stage, seed, output_dir):
       f"--gin_bindings=synthetic_dataset.GenerationSettings.base_seed = {seed}",
       *[f"--gin_bindings={b}" for b in FLAGS.gin_bindings],
       f"--real_data_dir={FLAGS.real_data_dir}", f"--output_dir={output_dir}",
-      "--feature_network=classifier",
-      "--classifier_model=" + os.path.join(
+      "--feature_network=classifier", "--classifier_model=" + os.path.join(
           FLAGS.run_dir, job.CLASSIFIER_REAL, classifier_trainer.MODEL_FILE),
-      "--feature_network_name=Fashion-MNIST tiny ResNet features"]
+      "--feature_network_name=Fashion-MNIST tiny ResNet features"
+  ]
   if FLAGS.cas:
-    command += ["--cas", f"--gin_file={ROOT}/gin/classifiers/fashion_mnist/"
-                "resnet_tiny_cas.gin"]
+    command += [
+        "--cas", f"--gin_file={ROOT}/gin/classifiers/fashion_mnist/"
+        "resnet_tiny_cas.gin"
+    ]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(command, env=env, check=False)
   if result.returncode:
@@ -82,8 +88,9 @@ def _sweep(stage, seed, output_dir):
 
 
 def _column(header, prefix):
-  matches = [h for h in header if h.startswith(prefix) and
-             not h.endswith(" std")]
+  matches = [
+      h for h in header if h.startswith(prefix) and not h.endswith(" std")
+  ]
   return matches[0] if matches else None
 
 
@@ -102,25 +109,32 @@ def summarize(csv_path, tolerance):
     raise SystemExit(f"error: {csv_path} has no finished points")
   header = list(rows[0])
   fid = _column(header, "FID@")
-  columns = {"precision": _column(header, "precision@"),
-             "recall": _column(header, "recall@"),
-             "cas": _column(header, "CAS top-1@")}
-  reference = [r for r in rows
-               if all(r[k] == v for k, v in REFERENCE_POINT.items())]
+  columns = {
+      "precision": _column(header,
+                           "precision@"), "recall": _column(header, "recall@"),
+      "cas": _column(header, "CAS top-1@")
+  }
+  reference = [
+      r for r in rows if all(r[k] == v for k, v in REFERENCE_POINT.items())
+  ]
   reference_fid = float(reference[0][fid]) if reference else None
   table = []
   for row in rows:
     value = float(row[fid])
+    scores = {
+        k: (float(row[c]) if c and row[c] else None) for k, c in columns.items()
+    }
     table.append({
         "setting": setting_name(row),
         "evaluations": int(row["network_evaluations_per_image"]),
         "images_per_second": float(row["generation_images_per_second"]),
         "fid": value,
-        "fid_ratio": value / reference_fid if reference_fid else None,
-        **{k: (float(row[c]) if c and row[c] else None)
-           for k, c in columns.items()}})
-  within = [t for t in table if t["fid_ratio"] is not None
-            and t["fid_ratio"] <= 1.0 + tolerance]
+        "fid_ratio": value / reference_fid if reference_fid else None, **scores
+    })
+  within = [
+      t for t in table
+      if t["fid_ratio"] is not None and t["fid_ratio"] <= 1.0 + tolerance
+  ]
   cheapest = min(within, key=lambda t: (t["evaluations"], t["fid"]),
                  default=None)
   return fid, table, cheapest
@@ -131,8 +145,10 @@ def _print(stage, fid_label, table, cheapest):
   print(f"{'setting':18s} {'evals/img':>9s} {'img/s':>6s} {'FID':>7s} "
         f"{'/ddpm250':>8s} {'prec':>5s} {'recall':>6s} {'CAS':>6s}")
   for t in sorted(table, key=lambda t: -t["evaluations"]):
+
     def show(value, fmt):
       return format(value, fmt) if value is not None else "-"
+
     print(f"{t['setting']:18s} {t['evaluations']:9d} "
           f"{t['images_per_second']:6.2f} {t['fid']:7.3f} "
           f"{show(t['fid_ratio'], '8.3f')} {show(t['precision'], '5.2f')} "
@@ -153,13 +169,16 @@ def over_seeds(tables, tolerance):
   for table in tables:
     for t in table:
       if t["fid_ratio"] is not None:
-        by_setting.setdefault((t["setting"], t["evaluations"]), []).append(
-            t["fid_ratio"])
+        by_setting.setdefault((t["setting"], t["evaluations"]),
+                              []).append(t["fid_ratio"])
   rows = sorted(((setting, evaluations, repeated_runs.summarize(ratios))
                  for (setting, evaluations), ratios in by_setting.items()
                  if len(ratios) == len(tables)), key=lambda r: (r[1], r[0]))
-  certified = [r for r in rows if r[0] != REFERENCE_SETTING and
-               r[2].has_interval and r[2].high <= 1.0 + tolerance]
+  certified = [
+      r for r in rows
+      if r[0] != REFERENCE_SETTING and r[2].has_interval and r[2].high <= 1.0 +
+      tolerance
+  ]
   return rows, (certified[0] if certified else None)
 
 
@@ -185,10 +204,13 @@ def main(argv):
                      f"{STAGES}")
   try:
     [int(seed) for seed in FLAGS.seeds]
-  except ValueError:
-    raise SystemExit(f"error: --seeds must be integers, got {FLAGS.seeds}")
+  except ValueError as e:
+    raise SystemExit(
+        f"error: --seeds must be integers, got {FLAGS.seeds}") from e
+
   def directory(seed, stage):
     return os.path.join(FLAGS.output_dir, f"seed_{seed}", stage)
+
   if not FLAGS.summarize_only:
     for seed in FLAGS.seeds:
       for stage in FLAGS.stages:

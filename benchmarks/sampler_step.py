@@ -49,8 +49,9 @@ def main():
 
       for name, fn in (("ddpm", ddpm), ("ddim", ddim)):
         seconds = _time(fn, x, eps, t)
-        print(f"{name:6s} {'x'.join(map(str, shape)):>12s} {batch:5d} "
-              f"{seconds * 1e3:9.3f} {batch / seconds:11.0f}", flush=True)
+        print(
+            f"{name:6s} {'x'.join(map(str, shape)):>12s} {batch:5d} "
+            f"{seconds * 1e3:9.3f} {batch / seconds:11.0f}", flush=True)
 
 
 if __name__ == "__main__":

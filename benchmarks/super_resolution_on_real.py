@@ -29,21 +29,24 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The flags, defined only when run as a program: the tests import this
   module next to other benchmarks that define flags of the same names."""
-  flags.DEFINE_string("base_model_dir", None, "The cascade's base export (the "
-                      "cascade runs from its second stage).", required=True)
+  flags.DEFINE_string(
+      "base_model_dir", None, "The cascade's base export (the "
+      "cascade runs from its second stage).", required=True)
   flags.DEFINE_list("stages", None, "name=export_dir of each super-resolution "
                     "stage.", required=True)
-  flags.DEFINE_list("aug_levels", ["0", "0.05", "0.1", "0.15"], "Levels s for "
-                    "stages trained with Gaussian augmentation (the others: "
-                    "s = 0); the default spans the 16->32 stage's training "
-                    "range.")
+  flags.DEFINE_list(
+      "aug_levels", ["0", "0.05", "0.1", "0.15"], "Levels s for "
+      "stages trained with Gaussian augmentation (the others: "
+      "s = 0); the default spans the 16->32 stage's training "
+      "range.")
   flags.DEFINE_string("real_data_dir", "data/fashion_mnist", "Real data.")
   flags.DEFINE_string("split", "validation", "Real split.")
   flags.DEFINE_integer("num_images", 200, "Real images.")
   flags.DEFINE_integer("num_classes", 10, "Label space of the records.")
-  flags.DEFINE_string("sampler", "dpmpp_2m_sde", "Super-resolution sampler "
-                      "(the main job's, gin/generation/"
-                      "fashion_mnist_16_to_32.gin).")
+  flags.DEFINE_string(
+      "sampler", "dpmpp_2m_sde", "Super-resolution sampler "
+      "(the main job's, gin/generation/"
+      "fashion_mnist_16_to_32.gin).")
   flags.DEFINE_integer("steps", 15, "Its steps.")
   flags.DEFINE_integer("batch_size", 50, "Images per sampling call.")
 
@@ -69,30 +72,34 @@ def stage_levels(model_dir, levels):
 def super_resolve(base_model_dir, model_dir, aug_level, low_res, labels,
                   sampler, steps, batch_size):
   """uint8 outputs of one stage from ``low_res``, with fixed seeds."""
-  stages = [cascade.Stage(model_dir=base_model_dir, sampler="ddim",
-                          timestep_respacing="2"),
-            cascade.Stage(model_dir=model_dir, sampler=sampler, steps=steps,
-                          aug_level=aug_level)]
+  stages = [
+      cascade.Stage(model_dir=base_model_dir, sampler="ddim",
+                    timestep_respacing="2"),
+      cascade.Stage(model_dir=model_dir, sampler=sampler, steps=steps,
+                    aug_level=aug_level)
+  ]
   runner = cascade.Cascade(stages)
-  seeds = np.stack([np.arange(len(labels)), np.zeros(len(labels))],
-                   axis=1).astype(np.int64)
+  seeds = np.stack(
+      [np.arange(len(labels)), np.zeros(len(labels))], axis=1).astype(np.int64)
   return np.concatenate([
       runner.sample(seeds[i:i + batch_size], labels[i:i + batch_size],
                     first_stage=1, low_res=low_res[i:i + batch_size])
-      for i in range(0, len(labels), batch_size)])
+      for i in range(0, len(labels), batch_size)
+  ])
 
 
 def rows(base_model_dir, stages, levels, high, low, labels, sampler, steps,
          batch_size):
   """``(stage, s, Summary of PSNR)`` per stage and level, bicubic first."""
-  table = [("bicubic", None, repeated_runs.summarize(
-      fidelity.psnr(fidelity.bicubic(low, high.shape[1]), high)))]
+  table = [("bicubic", None,
+            repeated_runs.summarize(
+                fidelity.psnr(fidelity.bicubic(low, high.shape[1]), high)))]
   for name, model_dir in stages:
     for level in stage_levels(model_dir, levels):
       outputs = super_resolve(base_model_dir, model_dir, level, low, labels,
                               sampler, steps, batch_size)
-      table.append((name, level, repeated_runs.summarize(
-          fidelity.psnr(outputs, high))))
+      table.append(
+          (name, level, repeated_runs.summarize(fidelity.psnr(outputs, high))))
   return table
 
 
@@ -102,9 +109,9 @@ def main(argv):
   levels = [float(level) for level in FLAGS.aug_levels]
   unet = export.load_model(stages[0][1]).unet
   resolution, low_resolution = unet.resolution, unet.low_res_resolution
-  high, low, labels = fidelity.real_pairs(
-      FLAGS.real_data_dir, resolution, low_resolution, FLAGS.num_images,
-      FLAGS.num_classes, split=FLAGS.split)
+  high, low, labels = fidelity.real_pairs(FLAGS.real_data_dir, resolution,
+                                          low_resolution, FLAGS.num_images,
+                                          FLAGS.num_classes, split=FLAGS.split)
   print(f"{len(labels)} real {FLAGS.split} images, {low_resolution} -> "
         f"{resolution}, {FLAGS.sampler} {FLAGS.steps} steps; PSNR (dB) to "
         "the real images, mean [95% interval] (images)")

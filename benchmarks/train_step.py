@@ -39,7 +39,10 @@ MATMUL_SIDE = 2048
 
 
 def reference_unet():
-  """The 36,258,819-parameter reference U-Net, laid out as diffusers' UNet2DModel."""
+  """The 36,258,819-parameter reference U-Net.
+
+  It is laid out as diffusers' UNet2DModel.
+  """
   return UNet(resolution=32, base_channels=128, channel_mult=(1, 2, 2, 2),
               num_res_blocks=2, attention_resolutions=(16,), head_dim=8,
               num_classes=NUM_CLASSES, resblock_updown=False,
@@ -62,12 +65,11 @@ def median_seconds(fn, steps):
 
 def matmul_gflops(dtype, steps):
   """GFLOP/s of a 2048x2048 matmul in `dtype`: this run's peak to compare."""
-  a = tf.cast(tf.random.stateless_normal([MATMUL_SIDE] * 2, seed=(1, 2)),
-              dtype)
-  matmul = tf.function(lambda: tf.reduce_sum(tf.cast(
-      tf.matmul(a, a)[:1, :1], tf.float32)))
+  a = tf.cast(tf.random.stateless_normal([MATMUL_SIDE] * 2, seed=(1, 2)), dtype)
+  matmul = tf.function(
+      lambda: tf.reduce_sum(tf.cast(tf.matmul(a, a)[:1, :1], tf.float32)))
   seconds = median_seconds(lambda: matmul().numpy(), steps)
-  return 2 * MATMUL_SIDE ** 3 / seconds / 1e9
+  return 2 * MATMUL_SIDE**3 / seconds / 1e9
 
 
 def forward_gflop(unet, batch_size):
@@ -77,11 +79,12 @@ def forward_gflop(unet, batch_size):
   from tensorflow.python.profiler import option_builder
   # pylint: enable=g-import-not-at-top
   inputs = unet.dummy_inputs(batch_size=batch_size)
-  concrete = tf.function(lambda x: unet(x, training=False)).get_concrete_function(
-      tf.nest.map_structure(tf.TensorSpec.from_tensor, inputs))
+  concrete = tf.function(
+      lambda x: unet(x, training=False)).get_concrete_function(
+          tf.nest.map_structure(tf.TensorSpec.from_tensor, inputs))
   options = option_builder.ProfileOptionBuilder(
       option_builder.ProfileOptionBuilder.float_operation()).with_empty_output(
-          ).build()
+      ).build()
   profile = model_analyzer.profile(concrete.graph, options=options)
   return profile.total_float_ops / 1e9
 
@@ -103,8 +106,8 @@ class CdmTfBench:
       keras.mixed_precision.set_global_policy("float32")
     self.unet = self.model.unet
     self.batch = {
-        "x_start": tf.random.stateless_uniform([batch_size, 32, 32, 3],
-                                               (3, 4), -1, 1),
+        "x_start": tf.random.stateless_uniform([batch_size, 32, 32, 3], (3, 4),
+                                               -1, 1),
         "label": tf.range(batch_size) % NUM_CLASSES,
         "seed": per_example_noise.example_seeds(tf.range(batch_size)),
     }
@@ -116,8 +119,8 @@ class CdmTfBench:
     self._forward = tf.function(lambda x: self.unet(x, training=False))
 
   def train_seconds(self, steps):
-    return median_seconds(
-        lambda: self._train(self.batch)["loss"].numpy(), steps)
+    return median_seconds(lambda: self._train(self.batch)["loss"].numpy(),
+                          steps)
 
   def forward_seconds(self, steps):
     return median_seconds(
@@ -145,13 +148,15 @@ def main(argv):
   for _ in range(FLAGS.rounds):
     for policy, bench in benches.items():
       peak = matmul_gflops(matmul_dtype(policy), FLAGS.steps)
-      for what, flop, seconds in (
-          ("train", 3 * gflop, bench.train_seconds(FLAGS.steps)),
-          ("forward", gflop, bench.forward_seconds(FLAGS.steps))):
+      for what, flop, seconds in (("train", 3 * gflop,
+                                   bench.train_seconds(FLAGS.steps)),
+                                  ("forward", gflop,
+                                   bench.forward_seconds(FLAGS.steps))):
         achieved = flop / seconds
-        print(f"{policy:15s} {what:8s} {seconds:7.3f} {batch / seconds:7.1f} "
-              f"{achieved:8.1f} {peak:15.1f} {100 * achieved / peak:7.1f}%",
-              flush=True)
+        print(
+            f"{policy:15s} {what:8s} {seconds:7.3f} {batch / seconds:7.1f} "
+            f"{achieved:8.1f} {peak:15.1f} {100 * achieved / peak:7.1f}%",
+            flush=True)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ import traceback
 
 
 def _import_tensorflow_quietly():
-  if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or (
-      "tensorflow" in sys.modules):
+  if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or ("tensorflow"
+                                                       in sys.modules):
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.stderr.flush()
@@ -53,12 +53,14 @@ def _import_tensorflow_quietly():
 
 _import_tensorflow_quietly()
 
+# These imports follow _import_tensorflow_quietly() on purpose: it silences
+# TensorFlow's start-up log, so they cannot move to the top (E402).
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app
-from absl import flags
-import tensorflow as tf
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from cdm_tf import configuration
+from cdm_tf import configuration  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 EXIT_BAD_INPUT = 2
@@ -94,8 +96,8 @@ def error_message(error):
     text = _op_error_text(error.message)
   else:
     text = str(error)
-    if isinstance(error, OSError) and error.filename and (
-        str(error.filename) not in text):
+    if isinstance(error, OSError) and error.filename and (str(error.filename)
+                                                          not in text):
       text = f"{text}: {error.filename}"
   if _is_out_of_room(error):
     text += ("; the disk is full or a file size limit was reached: make room, "
@@ -108,11 +110,11 @@ def error_message(error):
 def _is_out_of_room(error):
   if isinstance(error, OSError):
     return error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-  return isinstance(error, (tf.errors.ResourceExhaustedError,
-                            tf.errors.OutOfRangeError)) and any(
-                                s in error.message for s in (
-                                    "No space left", "File too large",
-                                    "quota exceeded"))
+  return isinstance(
+      error,
+      (tf.errors.ResourceExhaustedError, tf.errors.OutOfRangeError)) and any(
+          s in error.message
+          for s in ("No space left", "File too large", "quota exceeded"))
 
 
 def _op_error_text(message):
@@ -137,7 +139,7 @@ def _op_error_text(message):
     if not stripped or stripped == "Graph execution error:":
       continue
     lines.append(re.sub(r"\s*\[\[.*?\]\]|\s*\[Op:[^\]]*\]", "", stripped))
-  return " ".join(l for l in lines if l)
+  return " ".join(text for text in lines if text)
 
 
 def exit_with_error(message, status=EXIT_BAD_INPUT):
@@ -174,4 +176,3 @@ def run(main):
       exit_with_error(error_message(e), status)
 
   app.run(main_with_exit_statuses, flags_parser=parse_flags)
-

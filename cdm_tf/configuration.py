@@ -11,7 +11,6 @@ import typing
 import gin
 import tensorflow as tf
 
-
 # ``include "gin/..."`` lines resolve from the working directory or from
 # the source tree's root.
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,8 +68,8 @@ def _annotated_kind(annotation):
   if annotation is float:
     return "a number"
   for types, name in _KINDS:
-    if isinstance(annotation, type) and annotation in (
-        types if isinstance(types, tuple) else (types,)):
+    if isinstance(annotation, type) and annotation in (types if isinstance(
+        types, tuple) else (types,)):
       return name
   return None
 
@@ -85,8 +84,7 @@ def _expected_kinds(target):
   kinds = {}
   for p in parameters:
     has_default = p.default not in (inspect.Parameter.empty, None)
-    kind = (_kind(p.default) if has_default
-            else _annotated_kind(p.annotation))
+    kind = (_kind(p.default) if has_default else _annotated_kind(p.annotation))
     if kind:
       kinds[p.name] = (kind, p.default if has_default else None)
   return kinds

@@ -103,8 +103,8 @@ class Entry:
       except _UNREADABLE as e:
         logging.warning("ignoring unreadable %s %s: %s", self.what, path, e)
         continue
-      reason = ("it holds another key" if str(stored_key) != self.key
-                else check(payload) if check else None)
+      reason = ("it holds another key" if str(stored_key) != self.key else
+                check(payload) if check else None)
       if reason:
         logging.warning("ignoring %s %s: %s", self.what, path, reason)
         continue

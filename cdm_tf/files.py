@@ -9,7 +9,6 @@ import uuid
 
 import tensorflow as tf
 
-
 # What tf.io.gfile.glob (fnmatch) treats specially, the backslash being its
 # escape character.
 _GLOB_SPECIAL = "\\*?[]"
@@ -57,8 +56,8 @@ def temporaries_of(path):
   path = path.rstrip("/")
   base = os.path.basename(path)
   found = glob_in(os.path.dirname(path), glob_escape(base) + TMP_MARKER + "*")
-  return sorted(p for p in found
-                if _TMP_SUFFIX_RE.match(os.path.basename(p)[len(base):]))
+  return sorted(
+      p for p in found if _TMP_SUFFIX_RE.match(os.path.basename(p)[len(base):]))
 
 
 def remove_temporaries_of(path, older_than_seconds=0.0):
@@ -123,8 +122,8 @@ def check_writable_directory(directory):
 
 
 def atomic_write_json(path, obj):
-  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True)
-                            + "\n").encode("utf-8"))
+  atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) +
+                            "\n").encode("utf-8"))
 
 
 def atomic_write_figure(path, fig):

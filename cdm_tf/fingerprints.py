@@ -40,8 +40,8 @@ def of_file(path, sampled_above=None):
   """
   size = tf.io.gfile.stat(path).length
   sampled = sampled_above is not None and size > sampled_above
-  digest = hashlib.sha256(str(size).encode() if sampled_above is not None
-                          else b"")
+  digest = hashlib.sha256(
+      str(size).encode() if sampled_above is not None else b"")
   with tf.io.gfile.GFile(path, "rb") as f:
     if not sampled:
       while chunk := f.read(1 << 22):

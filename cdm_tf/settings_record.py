@@ -91,8 +91,8 @@ def check(path, settings, conflict, *, ignore=(), compare=None):
   recorded = read(path)
   if recorded is None:
     return False
-  found = (compare or (lambda a, b: differences(a, b, ignore)))(
-      recorded, plain(settings))
+  found = (compare or (lambda a, b: differences(a, b, ignore)))(recorded,
+                                                                plain(settings))
   if found:
     raise SettingsConflictError(conflict(found))
   return True

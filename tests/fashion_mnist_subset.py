@@ -10,8 +10,8 @@ from cdm_tf.data_preparation import fashion_mnist
 
 
 def write_idx(path, array, magic):
-  header = struct.pack(">I", magic) + struct.pack(
-      f">{array.ndim}I", *array.shape)
+  header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *
+                                                  array.shape)
   with gzip.open(path, "wb") as f:
     f.write(header + array.astype(np.uint8).tobytes())
 
@@ -20,11 +20,13 @@ def write_source(directory, per_class=(3, 2)):
   """IDX files holding the first per_class[0] train and per_class[1]
   validation images of each class; returns the directory."""
   os.makedirs(directory, exist_ok=True)
-  for (split, (images_file, labels_file)), n in zip(
-      fashion_mnist.SPLIT_FILES.items(), per_class):
+  for (split, (images_file,
+               labels_file)), n in zip(fashion_mnist.SPLIT_FILES.items(),
+                                       per_class):
     images, labels = fashion_mnist.load_split(split)
-    keep = np.concatenate([np.nonzero(labels == c)[0][:n]
-                           for c in range(fashion_mnist.NUM_CLASSES)])
+    keep = np.concatenate([
+        np.nonzero(labels == c)[0][:n] for c in range(fashion_mnist.NUM_CLASSES)
+    ])
     write_idx(os.path.join(directory, images_file), images[keep], 0x803)
     write_idx(os.path.join(directory, labels_file), labels[keep], 0x801)
   return directory

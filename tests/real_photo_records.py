@@ -99,11 +99,11 @@ def load_photos(max_side=None):
     elif number == PNG_PHOTO:
       encoded, kind = _encode(image, "PNG"), "png"
     elif number == GRAYSCALE_PHOTO:
-      encoded, kind = _encode(image.convert("L"), "JPEG", quality=90), (
-          "grayscale")
-    photos.append(Photo(name=f"photo_{number:02d}.JPEG", label=label,
-                        encoded=encoded, height=image.height,
-                        width=image.width, kind=kind))
+      encoded, kind = _encode(image.convert("L"), "JPEG",
+                              quality=90), ("grayscale")
+    photos.append(
+        Photo(name=f"photo_{number:02d}.JPEG", label=label, encoded=encoded,
+              height=image.height, width=image.width, kind=kind))
   return photos
 
 
@@ -149,13 +149,12 @@ def shard_name(record_format, split, shard, num_shards):
   return f"imagenet2012-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}"
 
 
-def write_shards(directory, record_format, examples, num_shards,
-                 split="train"):
+def write_shards(directory, record_format, examples, num_shards, split="train"):
   """Writes serialized ``examples`` in order into contiguous shards."""
   os.makedirs(directory, exist_ok=True)
   paths = []
-  for shard, chunk in enumerate(np.array_split(np.arange(len(examples)),
-                                               num_shards)):
+  for shard, chunk in enumerate(
+      np.array_split(np.arange(len(examples)), num_shards)):
     path = os.path.join(directory,
                         shard_name(record_format, split, shard, num_shards))
     with tf.io.TFRecordWriter(path) as writer:
@@ -175,8 +174,8 @@ def write_photo_shards(directory, record_format, photos, num_shards=4,
   """
   ordered = sorted(photos, key=lambda p: (p.label, p.name))
   make = tpu_example if record_format == schema.FORMAT_TPU else tfds_example
-  paths = write_shards(directory, record_format,
-                       [make(p) for p in ordered], num_shards, split)
+  paths = write_shards(directory, record_format, [make(p) for p in ordered],
+                       num_shards, split)
   return paths, {p.name: p for p in ordered}
 
 

@@ -53,13 +53,13 @@ class World:
         os.path.join(root, "fashion"), per_class=(4, 1))
     self._items["synthetic"] = os.path.join(root, "synthetic")
     synthetic_records.write(self["data"], self["synthetic"], per_class=2)
-    self._items["base"], self._items["sr"] = (
-        tiny_cascade.export_tiny_cascade(os.path.join(root, "cascade")))
+    self._items["base"], self._items["sr"] = (tiny_cascade.export_tiny_cascade(
+        os.path.join(root, "cascade")))
 
   def __getitem__(self, key):
     if key not in self._items:
-      self._items[key] = getattr(self, f"_make_{key}")(
-          os.path.join(self["root"], key))
+      self._items[key] = getattr(self, f"_make_{key}")(os.path.join(
+          self["root"], key))
     return self._items[key]
 
   def _make_diffusion_run(self, path):
@@ -76,8 +76,8 @@ class World:
     sr = os.path.join(self["root"], "half_set_sr")
     shutil.copytree(self["sr"], sr)
     self._items["half_set_sr"] = sr
-    _check_runs(_generate(self, path, "--num_workers=2", "--worker_index=0",
-                          sr=sr))
+    _check_runs(
+        _generate(self, path, "--num_workers=2", "--worker_index=0", sr=sr))
     return path
 
 
@@ -93,40 +93,48 @@ def world(tmp_path_factory):
 
 
 def _train(world, model_dir, *bindings, data=None):
-  return [*_tool("train"), f"--gin_file={BASE_GIN}",
-          f"--model_dir={model_dir}",
-          *[f"--gin_bindings={b}" for b in (
-              "input_pipeline.diffusion_dataset.data_dir = "
-              f"'{data or world['data']}'",
-              "trainer.train.num_steps = 2", "trainer.train.sample_every = 0",
-              "trainer.train.global_batch_size = 8",
-              "unet.UNet.channel_mult = (1,)",
-              "unet.UNet.attention_resolutions = ()", *bindings)]]
+  return [
+      *_tool("train"), f"--gin_file={BASE_GIN}", f"--model_dir={model_dir}", *[
+          f"--gin_bindings={b}"
+          for b in ("input_pipeline.diffusion_dataset.data_dir = "
+                    f"'{data or world['data']}'", "trainer.train.num_steps = 2",
+                    "trainer.train.sample_every = 0",
+                    "trainer.train.global_batch_size = 8",
+                    "unet.UNet.channel_mult = (1,)",
+                    "unet.UNet.attention_resolutions = ()", *bindings)
+      ]
+  ]
 
 
 def _train_classifier(world, model_dir, *flags, bindings=(), data=None):
-  return [*_tool("train_classifier"), f"--gin_file={CLASSIFIER_GIN}",
-          f"--model_dir={model_dir}",
-          f"--real_data_dir={data or world['data']}", *flags,
-          *[f"--gin_bindings={b}" for b in (
-              "trainer.train_classifier.num_steps = 2",
-              "trainer.train_classifier.eval_every_epochs = 0",
-              "recipes.ClassifierRecipe.batch_size = 8", *bindings)]]
+  return [
+      *_tool("train_classifier"), f"--gin_file={CLASSIFIER_GIN}",
+      f"--model_dir={model_dir}", f"--real_data_dir={data or world['data']}",
+      *flags, *[
+          f"--gin_bindings={b}"
+          for b in ("trainer.train_classifier.num_steps = 2",
+                    "trainer.train_classifier.eval_every_epochs = 0",
+                    "recipes.ClassifierRecipe.batch_size = 8", *bindings)
+      ]
+  ]
 
 
-def _generate(world, output_dir, *flags, bindings=(), data=None,
-              base=None, sr=None):
-  return [*_tool("generate"), f"--gin_file={GENERATION_GIN}",
-          f"--real_data_dir={data or world['data']}", "--total=20",
-          f"--output_dir={output_dir}", *flags,
-          *[f"--gin_bindings={b}" for b in (
+def _generate(world, output_dir, *flags, bindings=(), data=None, base=None,
+              sr=None):
+  return [
+      *_tool("generate"), f"--gin_file={GENERATION_GIN}",
+      f"--real_data_dir={data or world['data']}", "--total=20",
+      f"--output_dir={output_dir}", *flags, *[
+          f"--gin_bindings={b}" for b in (
               f"BASE_MODEL_DIR = '{base or world['base']}'",
               f"SR_MODEL_DIR = '{sr or world['sr']}'",
               "base/cascade.Stage.steps = 2", "sr/cascade.Stage.steps = 2",
               "synthetic_dataset.GenerationSettings.examples_per_shard = 10",
               "synthetic_dataset.GenerationSettings.batch_size = 10",
               "synthetic_dataset.GenerationSettings.sheet_per_class = 0",
-              *bindings)]]
+              *bindings)
+      ]
+  ]
 
 
 def _copy(source, tmp, name):
@@ -160,8 +168,9 @@ def _out_of_range_label(feature):
 
 
 def _not_an_image(feature):
-  feature[schema.TPU_IMAGE].bytes_list.value[:] = [b"\x89PNG\r\n\x1a\n" +
-                                                   b"\x00" * 40]
+  feature[schema.TPU_IMAGE].bytes_list.value[:] = [
+      b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+  ]
 
 
 def _write(path, data):
@@ -200,8 +209,10 @@ def _classify_on(world, tmp, data):
 
 def _inspect(world, tmp, data):
   del world
-  return [*_tool("inspect_data"), f"--data_dir={data}",
-          f"--output_dir={os.path.join(tmp, 'out')}"]
+  return [
+      *_tool("inspect_data"), f"--data_dir={data}",
+      f"--output_dir={os.path.join(tmp, 'out')}"
+  ]
 
 
 def _generate_with(world, tmp, data):
@@ -246,9 +257,9 @@ def _synthetic_row(name, damage, message):
   def setup(world, tmp):
     synthetic = _copy(world["synthetic"], tmp, "synthetic")
     damage(synthetic)
-    return _train_classifier(
-        world, os.path.join(tmp, "run"), "--data=synthetic",
-        f"--synthetic_dir={synthetic}"), [synthetic]
+    return _train_classifier(world, os.path.join(tmp,
+                                                 "run"), "--data=synthetic",
+                             f"--synthetic_dir={synthetic}"), [synthetic]
 
   return Row(name, setup, 2, message)
 
@@ -270,8 +281,9 @@ def _move_one_example_in_manifest(synthetic):
   path = _manifest_path(synthetic)
   with open(path) as f:
     manifest = json.load(f)
-  for counts in [manifest["class_counts"],
-                 manifest["shards"][0]["class_counts"]]:
+  for counts in [
+      manifest["class_counts"], manifest["shards"][0]["class_counts"]
+  ]:
     counts[0] += 1
     counts[1] -= 1
   _write(path, json.dumps(manifest).encode())
@@ -290,8 +302,10 @@ def _source_row(name, damage, flags, message):
                                                (2, 1))
     damage(source)
     output = os.path.join(tmp, "out")
-    return [*_tool("prepare_data"), f"--source_dir={source}",
-            f"--output_dir={output}", *flags], [source]
+    return [
+        *_tool("prepare_data"), f"--source_dir={source}",
+        f"--output_dir={output}", *flags
+    ], [source]
 
   return Row(name, setup, 2, message)
 
@@ -340,10 +354,13 @@ def _convert_again(world, tmp):
   source = fashion_mnist_subset.write_source(os.path.join(tmp, "source"),
                                              (2, 1))
   output = os.path.join(tmp, "out")
-  _check_runs([*_tool("prepare_data"), f"--source_dir={source}",
-               f"--output_dir={output}"])
-  return [*_tool("prepare_data"), f"--source_dir={source}",
-          f"--output_dir={output}", "--pad_to=36"], [output]
+  _check_runs([
+      *_tool("prepare_data"), f"--source_dir={source}", f"--output_dir={output}"
+  ])
+  return [
+      *_tool("prepare_data"), f"--source_dir={source}",
+      f"--output_dir={output}", "--pad_to=36"
+  ], [output]
 
 
 def _command_row(name, command, message, status=2):
@@ -354,151 +371,145 @@ def _command_row(name, command, message, status=2):
 
 ROWS = [
     # Flags: every binary refuses unknown ones with status 2.
-    *[_command_row(f"unknown_flag_{tool}",
-                   lambda world, tmp, tool=tool: [*_tool(tool),
-                                                  "--no_such_flag=1"],
-                   "Unknown command line flag 'no_such_flag'")
-      for tool in TOOLS],
-    _command_row("malformed_integer_flag",
-                 lambda world, tmp: [*_train(world, os.path.join(tmp, "r")),
-                                     "--cpu_replicas=two"],
-                 "--cpu_replicas"),
+    *[
+        _command_row(
+            f"unknown_flag_{tool}",
+            lambda world, tmp, tool=tool: [*_tool(tool), "--no_such_flag=1"],
+            "Unknown command line flag 'no_such_flag'") for tool in TOOLS
+    ],
+    _command_row(
+        "malformed_integer_flag", lambda world, tmp:
+        [*_train(world, os.path.join(tmp, "r")), "--cpu_replicas=two"],
+        "--cpu_replicas"),
     _command_row("missing_required_flag",
                  lambda world, tmp: [*_tool("train"), f"--gin_file={BASE_GIN}"],
                  "--model_dir"),
-    _command_row("unexpected_argument",
-                 lambda world, tmp: [*_train(world, os.path.join(tmp, "r")),
-                                     "extra"],
-                 "unexpected arguments ['extra']"),
+    _command_row(
+        "unexpected_argument",
+        lambda world, tmp: [*_train(world, os.path.join(tmp, "r")), "extra"],
+        "unexpected arguments ['extra']"),
     # Gin.
-    _command_row("missing_gin_file",
-                 lambda world, tmp: [*_tool("train"), "--gin_file=nope.gin",
-                                     f"--model_dir={tmp}/r"],
-                 "gin file not found: nope.gin"),
-    _command_row("unknown_gin_configurable",
-                 lambda world, tmp: _train(world, os.path.join(tmp, "r"),
-                                           "trainer.no_such.x = 1"),
-                 "no_such"),
-    _command_row("wrong_type_gin_binding",
-                 lambda world, tmp: _train(world, os.path.join(tmp, "r"),
-                                           "trainer.train.num_steps = 'ten'"),
-                 "num_steps = 'ten' is a string, but the parameter takes a "
-                 "number"),
-    _command_row("wrong_type_gin_binding_classifier",
-                 lambda world, tmp: _train_classifier(
-                     world, os.path.join(tmp, "r"),
-                     bindings=["recipes.ClassifierRecipe.batch_size = "
-                               "[8]"]),
-                 "batch_size = [8] is a sequence"),
+    _command_row(
+        "missing_gin_file", lambda world, tmp:
+        [*_tool("train"), "--gin_file=nope.gin", f"--model_dir={tmp}/r"],
+        "gin file not found: nope.gin"),
+    _command_row(
+        "unknown_gin_configurable", lambda world, tmp: _train(
+            world, os.path.join(tmp, "r"), "trainer.no_such.x = 1"), "no_such"),
+    _command_row(
+        "wrong_type_gin_binding", lambda world, tmp: _train(
+            world, os.path.join(tmp, "r"), "trainer.train.num_steps = 'ten'"),
+        "num_steps = 'ten' is a string, but the parameter takes a "
+        "number"),
+    _command_row(
+        "wrong_type_gin_binding_classifier",
+        lambda world, tmp: _train_classifier(
+            world, os.path.join(tmp, "r"), bindings=
+            ["recipes.ClassifierRecipe.batch_size = "
+             "[8]"]), "batch_size = [8] is a sequence"),
     # Steps and batches that cannot train (tools/train.py).
-    _command_row("negative_steps",
-                 lambda world, tmp: _train(world, os.path.join(tmp, "r"),
-                                           "trainer.train.num_steps = -5"),
-                 "num_steps must be positive"),
-    _command_row("zero_batch",
-                 lambda world, tmp: _train(
-                     world, os.path.join(tmp, "r"),
-                     "trainer.train.global_batch_size = 0"),
-                 "global_batch_size 0"),
-    _command_row("batch_not_divisible_by_replicas",
-                 lambda world, tmp: [*_train(
-                     world, os.path.join(tmp, "r"),
-                     "trainer.train.global_batch_size = 3"),
-                                     "--strategy=mirrored",
-                                     "--cpu_replicas=2"],
-                 "multiple of the 2 replica"),
+    _command_row(
+        "negative_steps", lambda world, tmp: _train(
+            world, os.path.join(tmp, "r"), "trainer.train.num_steps = -5"),
+        "num_steps must be positive"),
+    _command_row(
+        "zero_batch",
+        lambda world, tmp: _train(world, os.path.join(tmp, "r"),
+                                  "trainer.train.global_batch_size = 0"),
+        "global_batch_size 0"),
+    _command_row(
+        "batch_not_divisible_by_replicas", lambda world, tmp: [
+            *_train(world, os.path.join(tmp, "r"),
+                    "trainer.train.global_batch_size = 3"),
+            "--strategy=mirrored", "--cpu_replicas=2"
+        ], "multiple of the 2 replica"),
     # Damaged real data reaching each reader.
-    _data_row("cut_shard_train", _cut_shard, _train_on,
-              "bad ImageNet record"),
+    _data_row("cut_shard_train", _cut_shard, _train_on, "bad ImageNet record"),
     # The class-count scan before training finds it first.
     _data_row("cut_shard_train_classifier", _cut_shard, _classify_on,
               "reading stopped at record"),
     _data_row("cut_shard_inspect_data", _cut_shard, _inspect,
               "reading stopped"),
     _data_row("label_out_of_range",
-              lambda d: _rewrite_records(d, _out_of_range_label),
-              _train_on, "is outside 1..10"),
-    _data_row("corrupt_image",
-              lambda d: _rewrite_records(d, _not_an_image),
+              lambda d: _rewrite_records(d, _out_of_range_label), _train_on,
+              "is outside 1..10"),
+    _data_row("corrupt_image", lambda d: _rewrite_records(d, _not_an_image),
               _classify_on, "bad ImageNet record"),
-    _data_row("missing_shard", _remove_shard, _train_on,
-              "train-00001-of-"),
+    _data_row("missing_shard", _remove_shard, _train_on, "train-00001-of-"),
     _data_row("malformed_classes_json",
               lambda d: _write(os.path.join(d, "classes.json"), b"[{\"syn"),
               _generate_with, "classes.json is not valid JSON"),
-    _command_row("nonexistent_real_data_dir",
-                 lambda world, tmp: _train_classifier(
-                     world, os.path.join(tmp, "r"),
-                     data=os.path.join(tmp, "no_such_dir")),
-                 "no_such_dir: no such data directory"),
-    _command_row("nonexistent_real_data_dir_generate",
-                 lambda world, tmp: _generate(
-                     world, os.path.join(tmp, "set"),
-                     data=os.path.join(tmp, "no_such_dir")),
-                 "no_such_dir: no such data directory"),
-    _command_row("nonexistent_data_dir_inspect",
-                 lambda world, tmp: [*_tool("inspect_data"),
-                                     f"--data_dir={tmp}/no_such_dir",
-                                     f"--output_dir={tmp}/out"],
-                 "no_such_dir"),
+    _command_row(
+        "nonexistent_real_data_dir", lambda world, tmp: _train_classifier(
+            world, os.path.join(tmp, "r"), data=os.path.join(
+                tmp, "no_such_dir")), "no_such_dir: no such data directory"),
+    _command_row(
+        "nonexistent_real_data_dir_generate",
+        lambda world, tmp: _generate(world, os.path.join(tmp, "set"), data=os.
+                                     path.join(tmp, "no_such_dir")),
+        "no_such_dir: no such data directory"),
+    _command_row(
+        "nonexistent_data_dir_inspect", lambda world, tmp: [
+            *_tool("inspect_data"), f"--data_dir={tmp}/no_such_dir",
+            f"--output_dir={tmp}/out"
+        ], "no_such_dir"),
     # Synthetic sets and their manifests.
     _synthetic_row("malformed_manifest",
                    lambda s: _write(_manifest_path(s), b"{\"split\": "),
                    "is not valid JSON"),
-    _synthetic_row("manifest_shard_outside_the_set",
-                   lambda s: _edit_manifest(
-                       s, lambda t: t.replace(_first_shard_name(s),
-                                              "../" + _first_shard_name(s))),
-                   "is not a file of split 'train'"),
-    _synthetic_row("manifest_counts_do_not_add_up",
-                   lambda s: _edit_manifest(
-                       s, lambda t: t.replace('"num_examples": 10',
-                                              '"num_examples": 11', 1)),
-                   "class counts do not add up"),
+    _synthetic_row(
+        "manifest_shard_outside_the_set", lambda s: _edit_manifest(
+            s, lambda t: t.replace(_first_shard_name(s), "../" +
+                                   _first_shard_name(s))),
+        "is not a file of split 'train'"),
+    _synthetic_row(
+        "manifest_counts_do_not_add_up", lambda s: _edit_manifest(
+            s, lambda t: t.replace('"num_examples": 10', '"num_examples": 11', 1
+                                  )), "class counts do not add up"),
     _synthetic_row("manifest_counts_disagree_with_shards",
                    _move_one_example_in_manifest,
                    "disagrees with its shards: class 0 has 3 examples"),
-    _command_row("split_outside_the_output_dir",
-                 lambda world, tmp: _generate(world, os.path.join(tmp, "set"),
-                                              "--split=a/../../x"),
-                 "split"),
+    _command_row(
+        "split_outside_the_output_dir", lambda world, tmp: _generate(
+            world, os.path.join(tmp, "set"), "--split=a/../../x"), "split"),
     # Exported models.
     _export_row("truncated_unet_keras",
                 lambda sr: _truncate_file(os.path.join(sr, "unet.keras")),
                 "unet.keras cannot be loaded"),
-    _export_row("corrupt_unet_keras",
-                lambda sr: _write(os.path.join(sr, "unet.keras"),
-                                  b"not a zip file" * 100),
-                "unet.keras cannot be loaded"),
-    _export_row("malformed_diffusion_json",
-                lambda sr: _write(os.path.join(sr, "diffusion.json"),
-                                  b"{\"schedule\": "),
-                "diffusion.json is not valid JSON"),
-    _export_row("unknown_diffusion_json_setting",
-                lambda sr: _write(os.path.join(sr, "diffusion.json"),
-                                  b"{\"no_such_setting\": 1}"),
-                "diffusion.json holds settings"),
-    _command_row("missing_export",
-                 lambda world, tmp: _generate(world, os.path.join(tmp, "set"),
-                                              sr=os.path.join(tmp, "none")),
-                 "is not an exported model"),
+    _export_row(
+        "corrupt_unet_keras", lambda sr: _write(os.path.join(sr, "unet.keras"),
+                                                b"not a zip file" * 100),
+        "unet.keras cannot be loaded"),
+    _export_row(
+        "malformed_diffusion_json", lambda sr: _write(
+            os.path.join(sr, "diffusion.json"), b"{\"schedule\": "),
+        "diffusion.json is not valid JSON"),
+    _export_row(
+        "unknown_diffusion_json_setting", lambda sr: _write(
+            os.path.join(sr, "diffusion.json"), b"{\"no_such_setting\": 1}"),
+        "diffusion.json holds settings"),
+    _command_row(
+        "missing_export", lambda world, tmp: _generate(
+            world, os.path.join(tmp, "set"), sr=os.path.join(tmp, "none")),
+        "is not an exported model"),
     # Resuming a run with another model or optimizer: status 3.
-    _resume_row("resume_with_another_model", "diffusion_run",
-                lambda world, run: _train(world, run,
-                                          "trainer.train.num_steps = 4",
-                                          "unet.UNet.base_channels = 16"),
-                "base_channels: 32 -> 16"),
-    _resume_row("resume_with_another_optimizer", "diffusion_run",
-                lambda world, run: _train(
-                    world, run, "trainer.train.num_steps = 4",
-                    "optimizers.create_optimizer.name = 'sgd'"),
-                "optimizer: Adam -> SGD"),
-    _resume_row("resume_classifier_with_another_optimizer", "classifier_run",
-                lambda world, run: _train_classifier(
-                    world, run, bindings=[
-                        "trainer.train_classifier.num_steps = 4",
-                        "recipes.ClassifierRecipe.weight_decay = 0.5"]),
-                "another model or optimizer"),
+    _resume_row(
+        "resume_with_another_model", "diffusion_run",
+        lambda world, run: _train(world, run, "trainer.train.num_steps = 4",
+                                  "unet.UNet.base_channels = 16"),
+        "base_channels: 32 -> 16"),
+    _resume_row(
+        "resume_with_another_optimizer", "diffusion_run",
+        lambda world, run: _train(world, run, "trainer.train.num_steps = 4",
+                                  "optimizers.create_optimizer.name = 'sgd'"),
+        "optimizer: Adam -> SGD"),
+    _resume_row(
+        "resume_classifier_with_another_optimizer", "classifier_run",
+        lambda world, run: _train_classifier(
+            world, run, bindings=[
+                "trainer.train_classifier.num_steps = 4",
+                "recipes.ClassifierRecipe.weight_decay = 0.5"
+            ]), "another model or optimizer"),
     # Conflicts with earlier work or a live process: status 3.
     Row("stage_weights_replaced_after_generation_started",
         _replace_stage_weights, 3, "started with other weights"),
@@ -511,35 +522,31 @@ ROWS = [
                 "pad_to=20 is smaller than the 28x28"),
     _source_row("pad_to_above_256", lambda s: None, ["--pad_to=300"],
                 "pad_to=300 is larger than 256"),
-    _source_row("truncated_gz", _truncate_gz, [],
-                "train-images-idx3-ubyte.gz"),
+    _source_row("truncated_gz", _truncate_gz, [], "train-images-idx3-ubyte.gz"),
     _source_row("wrong_idx_magic", _wrong_idx_magic, [],
                 "train-labels-idx1-ubyte.gz"),
-    _command_row("missing_source_dir",
-                 lambda world, tmp: [*_tool("prepare_data"),
-                                     f"--source_dir={tmp}/no_such_dir",
-                                     f"--output_dir={tmp}/out"],
-                 "no_such_dir"),
-    _command_row("bad_resolutions",
-                 lambda world, tmp: [*_tool("inspect_data"),
-                                     f"--data_dir={world['data']}",
-                                     "--resolutions=16,abc",
-                                     f"--output_dir={tmp}/out"],
-                 "--resolutions"),
-    _command_row("zero_resolution",
-                 lambda world, tmp: [*_tool("inspect_data"),
-                                     f"--data_dir={world['data']}",
-                                     "--resolutions=0",
-                                     f"--output_dir={tmp}/out"],
-                 "--resolutions"),
+    _command_row(
+        "missing_source_dir", lambda world, tmp: [
+            *_tool("prepare_data"), f"--source_dir={tmp}/no_such_dir",
+            f"--output_dir={tmp}/out"
+        ], "no_such_dir"),
+    _command_row(
+        "bad_resolutions", lambda world, tmp: [
+            *_tool("inspect_data"), f"--data_dir={world['data']}",
+            "--resolutions=16,abc", f"--output_dir={tmp}/out"
+        ], "--resolutions"),
+    _command_row(
+        "zero_resolution", lambda world, tmp: [
+            *_tool("inspect_data"), f"--data_dir={world['data']}",
+            "--resolutions=0", f"--output_dir={tmp}/out"
+        ], "--resolutions"),
     # Outputs that cannot be written.
-    _command_row("output_dir_is_a_file",
-                 lambda world, tmp: [*_tool("evaluate"),
-                                     f"--generated_dir={world['synthetic']}",
-                                     f"--real_data_dir={world['data']}",
-                                     f"--output_dir={world['data']}/"
-                                     "classes.json"],
-                 "classes.json"),
+    _command_row(
+        "output_dir_is_a_file", lambda world, tmp: [
+            *_tool("evaluate"), f"--generated_dir={world['synthetic']}",
+            f"--real_data_dir={world['data']}", f"--output_dir={world['data']}/"
+            "classes.json"
+        ], "classes.json"),
 ]
 
 
@@ -555,10 +562,11 @@ def _snapshot(paths):
 
 
 def _check_one_error_line(result, status, message):
-  assert result.returncode == status, (result.returncode,
-                                       result.stderr[-3000:])
+  assert result.returncode == status, (result.returncode, result.stderr[-3000:])
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  errors = [
+      line for line in result.stderr.splitlines() if line.startswith("error:")
+  ]
   assert len(errors) == 1, result.stderr[-3000:]
   assert message in errors[0], errors[0]
   return errors[0]
@@ -578,17 +586,16 @@ def test_bad_input_gets_one_error_line(world, tmp_path, row):
 def test_disk_full_while_writing_leaves_no_partial_file(tmp_path):
   # A file-size limit stands in for a full disk: writes past it fail (the
   # process ignores SIGXFSZ, as Python does).
-  source = fashion_mnist_subset.write_source(str(tmp_path / "source"),
-                                             (40, 4))
+  source = fashion_mnist_subset.write_source(str(tmp_path / "source"), (40, 4))
   output = str(tmp_path / "out")
 
   def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-  result = subprocess.run(
-      [*_tool("prepare_data"), f"--source_dir={source}",
-       f"--output_dir={output}"], capture_output=True, text=True,
-      timeout=TIMEOUT, check=False, preexec_fn=limit_file_size)
+  result = subprocess.run([
+      *_tool("prepare_data"), f"--source_dir={source}", f"--output_dir={output}"
+  ], capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                          preexec_fn=limit_file_size)
   line = _check_one_error_line(result, 2, "")
   assert "File too large" in line or "No space" in line, line
   # Whatever was written is whole: no temporary or cut shard is left.
@@ -597,10 +604,10 @@ def test_disk_full_while_writing_leaves_no_partial_file(tmp_path):
 
 
 def test_verbosity_shows_the_traceback(world, tmp_path):
-  result = subprocess.run(
-      [*_train(world, str(tmp_path / "r"), "trainer.train.num_steps = -5"),
-       "--verbosity=1"], capture_output=True, text=True, timeout=TIMEOUT,
-      check=False)
+  result = subprocess.run([
+      *_train(world, str(tmp_path / "r"), "trainer.train.num_steps = -5"),
+      "--verbosity=1"
+  ], capture_output=True, text=True, timeout=TIMEOUT, check=False)
   assert result.returncode == 2
   assert "Traceback" in result.stderr
   assert result.stderr.count("\nerror: ") + result.stderr.startswith(
@@ -614,5 +621,5 @@ def test_tensorflow_start_up_lines_stay_out_of_the_terminal(tmp_path):
                           timeout=TIMEOUT, check=False)
   assert result.returncode == 2
   assert result.stderr.splitlines() == [
-      "error: Unknown command line flag 'no_such_flag' (see --helpfull)"], (
-          result.stderr)
+      "error: Unknown command line flag 'no_such_flag' (see --helpfull)"
+  ], (result.stderr)

@@ -39,7 +39,6 @@ from tests import tiny_cascade
 # Names with every glob metacharacter, the escape character included.
 AWKWARD_NAMES = ["data[1]", "a*b?", "x]y", "back\\slash", "[ab]"]
 
-
 # --------------------------------------------------- Fashion-MNIST sources
 
 
@@ -48,11 +47,10 @@ def _tiny_source(directory, sizes=(20, 10)):
   converter reads, without the real data."""
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng(0)
-  for (images_file, labels_file), n in zip(
-      fashion_mnist.SPLIT_FILES.values(), sizes):
-    fashion_mnist_subset.write_idx(
-        os.path.join(directory, images_file),
-        rng.integers(0, 256, (n, 28, 28)), 0x803)
+  for (images_file, labels_file), n in zip(fashion_mnist.SPLIT_FILES.values(),
+                                           sizes):
+    fashion_mnist_subset.write_idx(os.path.join(directory, images_file),
+                                   rng.integers(0, 256, (n, 28, 28)), 0x803)
     fashion_mnist_subset.write_idx(os.path.join(directory, labels_file),
                                    np.arange(n) % 10, 0x801)
   return directory
@@ -63,15 +61,18 @@ def source(tmp_path):
   return _tiny_source(str(tmp_path / "source"))
 
 
-@pytest.mark.parametrize("pad_to,problem", [
-    (27, "smaller than the 28x28"), (0, "smaller"), (-32, "smaller"),
-    (257, "larger than 256"), ("32", "not an integer"),
-    (32.0, "not an integer"), (True, "not an integer")])
+@pytest.mark.parametrize("pad_to,problem", [(27, "smaller than the 28x28"),
+                                            (0, "smaller"), (-32, "smaller"),
+                                            (257, "larger than 256"),
+                                            ("32", "not an integer"),
+                                            (32.0, "not an integer"),
+                                            (True, "not an integer")])
 def test_bad_pad_to_is_refused_before_writing(tmp_path, source, pad_to,
                                               problem):
   out = str(tmp_path / "out")
-  with pytest.raises(ValueError, match=(
-      f"pad_to={pad_to!r}.* {problem}.*--pad_to.*from 28 to 256")):
+  with pytest.raises(
+      ValueError,
+      match=(f"pad_to={pad_to!r}.* {problem}.*--pad_to.*from 28 to 256")):
     fashion_mnist.convert(out, source_dir=source, pad_to=pad_to)
   assert not os.path.exists(out)
 
@@ -86,18 +87,21 @@ def test_bad_image_format_is_refused_before_writing(tmp_path, source):
 def test_unusable_source_dir_is_named(tmp_path, source):
   out = str(tmp_path / "out")
   missing = str(tmp_path / "nowhere")
-  with pytest.raises(FileNotFoundError, match=(
-      f"{re.escape(missing)} does not exist .--source_dir.; give the "
-      "directory that holds t10k-images")):
+  with pytest.raises(
+      FileNotFoundError,
+      match=(f"{re.escape(missing)} does not exist .--source_dir.; give the "
+             "directory that holds t10k-images")):
     fashion_mnist.convert(out, source_dir=missing)
   a_file = os.path.join(source, "train-images-idx3-ubyte.gz")
-  with pytest.raises(NotADirectoryError, match=(
-      f"{re.escape(a_file)} is not a directory .--source_dir")):
+  with pytest.raises(
+      NotADirectoryError,
+      match=(f"{re.escape(a_file)} is not a directory .--source_dir")):
     fashion_mnist.convert(out, source_dir=a_file)
   os.remove(os.path.join(source, "t10k-labels-idx1-ubyte.gz"))
-  with pytest.raises(FileNotFoundError, match=(
-      f"t10k-labels-idx1-ubyte.gz missing from the Fashion-MNIST source "
-      f"directory {re.escape(source)} .--source_dir")):
+  with pytest.raises(
+      FileNotFoundError,
+      match=(f"t10k-labels-idx1-ubyte.gz missing from the Fashion-MNIST source "
+             f"directory {re.escape(source)} .--source_dir")):
     fashion_mnist.convert(out, source_dir=source)
   assert not os.path.exists(out)
 
@@ -140,22 +144,24 @@ def _damage_size(path):
     f.write(data[:-100])
 
 
-@pytest.mark.parametrize("damage,problem", [
-    (_damage_truncated, "corrupt or truncated gzip data"),
-    (_damage_not_gzip, "corrupt or truncated gzip data"),
-    (_damage_flipped_bytes, "corrupt or truncated gzip data"),
-    (_damage_magic, "not an unsigned-byte IDX file .magic number 0x00000d03"),
-    (_damage_size, "header promises .* bytes but the file holds 2252")])
-def test_damaged_source_file_is_named_before_writing(tmp_path, source,
-                                                     damage, problem):
+@pytest.mark.parametrize(
+    "damage,problem",
+    [(_damage_truncated, "corrupt or truncated gzip data"),
+     (_damage_not_gzip, "corrupt or truncated gzip data"),
+     (_damage_flipped_bytes, "corrupt or truncated gzip data"),
+     (_damage_magic, "not an unsigned-byte IDX file .magic number 0x00000d03"),
+     (_damage_size, "header promises .* bytes but the file holds 2252")])
+def test_damaged_source_file_is_named_before_writing(tmp_path, source, damage,
+                                                     problem):
   # The validation split is read after train: nothing of train may be
   # written before the damage is found.
   path = os.path.join(source, "t10k-images-idx3-ubyte.gz")
   damage(path)
   out = str(tmp_path / "out")
-  with pytest.raises(ValueError, match=(
-      f"{problem}.* in {re.escape(path)} .--source_dir.; replace it with "
-      "an intact copy")):
+  with pytest.raises(
+      ValueError, match=(
+          f"{problem}.* in {re.escape(path)} .--source_dir.; replace it with "
+          "an intact copy")):
     fashion_mnist.convert(out, source_dir=source)
   assert not os.path.exists(out)
 
@@ -163,12 +169,14 @@ def test_damaged_source_file_is_named_before_writing(tmp_path, source,
 def test_labels_that_do_not_fit_the_images_are_named(tmp_path, source):
   labels = os.path.join(source, "train-labels-idx1-ubyte.gz")
   fashion_mnist_subset.write_idx(labels, np.full(20, 10), 0x801)
-  with pytest.raises(ValueError, match=f"label 10 is outside 0..9, in "
-                     f"{re.escape(labels)} .--source_dir"):
+  with pytest.raises(
+      ValueError, match=f"label 10 is outside 0..9, in "
+      f"{re.escape(labels)} .--source_dir"):
     fashion_mnist.convert(str(tmp_path / "out"), source_dir=source)
   fashion_mnist_subset.write_idx(labels, np.zeros(7), 0x801)
-  with pytest.raises(ValueError, match=r"images \(20, 28, 28\) and labels "
-                     r"\(7,\) are not N 28x28 images with N labels"):
+  with pytest.raises(
+      ValueError, match=r"images \(20, 28, 28\) and labels "
+      r"\(7,\) are not N 28x28 images with N labels"):
     fashion_mnist.convert(str(tmp_path / "out"), source_dir=source)
   assert not os.path.exists(tmp_path / "out")
 
@@ -200,24 +208,24 @@ def test_failure_mid_conversion_leaves_no_partial_shard(tmp_path, source,
   assert manifests["validation"].num_examples == 10
 
 
-def test_other_settings_on_a_complete_conversion_are_a_conflict(tmp_path,
-                                                                 source):
+def test_other_settings_on_a_complete_conversion_are_a_conflict(
+    tmp_path, source):
   out = str(tmp_path / "out")
   fashion_mnist.convert(out, source_dir=source)
-  before = {n: os.path.getmtime(os.path.join(out, n))
-            for n in os.listdir(out)}
+  before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
   manifest = re.escape(split_manifest.file_path(out, "train"))
   for kwargs, differing in (({"pad_to": 36}, "pad_to: 32 -> 36"),
                             ({"seed": 1}, "shuffle_seed: 0 -> 1"),
                             ({"image_format": "jpeg"},
                              "image_format: 'png' -> 'jpeg'")):
-    with pytest.raises(settings_record.SettingsConflictError, match=(
-        f"^the complete train split in {re.escape(out)} was converted with "
-        f"other settings \\({differing}; see {manifest}\\); use a new "
-        "--output_dir, or the same settings$")):
+    with pytest.raises(
+        settings_record.SettingsConflictError, match=(
+            f"^the complete train split in {re.escape(out)} was converted with "
+            f"other settings \\({differing}; see {manifest}\\); use a new "
+            "--output_dir, or the same settings$")):
       fashion_mnist.convert(out, source_dir=source, **kwargs)
-  assert {n: os.path.getmtime(os.path.join(out, n))
-          for n in os.listdir(out)} == before
+  assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)
+         } == before
   fashion_mnist.convert(out, source_dir=source)  # same settings: kept
   assert issubclass(settings_record.SettingsConflictError,
                     configuration.ConflictError)
@@ -226,19 +234,20 @@ def test_other_settings_on_a_complete_conversion_are_a_conflict(tmp_path,
 # ------------------------------------------------------------ inspection
 
 
-@pytest.mark.parametrize("values,problem", [
-    (["abc"], "resolution 'abc' is not an integer"),
-    (["16", "3.5"], "resolution '3.5' is not an integer"),
-    (["0"], "resolution 0 is outside 1..1024"),
-    (["-16", "32"], "resolution -16 is outside 1..1024"),
-    (["16", "4096"], "resolution 4096 is outside 1..1024"),
-    (["16", " 16"], "resolution 16 is given twice"),
-    ([], "no resolutions given")])
+@pytest.mark.parametrize(
+    "values,problem", [(["abc"], "resolution 'abc' is not an integer"),
+                       (["16", "3.5"], "resolution '3.5' is not an integer"),
+                       (["0"], "resolution 0 is outside 1..1024"),
+                       (["-16", "32"], "resolution -16 is outside 1..1024"),
+                       (["16", "4096"], "resolution 4096 is outside 1..1024"),
+                       (["16", " 16"], "resolution 16 is given twice"),
+                       ([], "no resolutions given")])
 def test_bad_resolutions_are_named(values, problem):
   given = ",".join(values)
-  with pytest.raises(ValueError, match=(
-      f"^{problem} \\(--resolutions={given}\\); give distinct image sides "
-      "from 1 to 1024")):
+  with pytest.raises(
+      ValueError, match=(
+          f"^{problem} \\(--resolutions={given}\\); give distinct image sides "
+          "from 1 to 1024")):
     inspection.parse_resolutions(values)
 
 
@@ -248,8 +257,9 @@ def test_resolutions_parse_in_order():
 
 
 def test_inspect_split_checks_resolutions_before_reading(tmp_path):
-  with pytest.raises(ValueError, match=r"resolution 0 is outside .*"
-                     r"\(resolutions=16,0\)"):
+  with pytest.raises(
+      ValueError, match=r"resolution 0 is outside .*"
+      r"\(resolutions=16,0\)"):
     inspection.inspect_split(str(tmp_path / "absent"), "train", [16, 0])
 
 
@@ -257,17 +267,19 @@ def test_inspect_split_checks_resolutions_before_reading(tmp_path):
 
 
 def _write_shards(directory, split, num_shards, per_shard=2):
-  classes = [class_names.ClassInfo(synset=f"c{i}", name=f"c{i}")
-             for i in range(2)]
+  classes = [
+      class_names.ClassInfo(synset=f"c{i}", name=f"c{i}") for i in range(2)
+  ]
   infos = []
   for index in range(num_shards):
-    path = os.path.join(directory, shard_writer.shard_file_name(
-        split, index, num_shards))
+    path = os.path.join(directory,
+                        shard_writer.shard_file_name(split, index, num_shards))
     with shard_writer.ShardWriter(path, 2) as writer:
       for i in range(per_shard):
         image = np.full((4, 4, 3), 10 * index + i, np.uint8)
-        writer.write(shard_writer.encode_example(
-            image, i % 2, classes, image_format="png"), i % 2)
+        writer.write(
+            shard_writer.encode_example(image, i % 2, classes,
+                                        image_format="png"), i % 2)
     infos.append(writer.info)
   split_manifest.write(directory, split, infos, 2, "png")
   return sorted(os.path.join(directory, i.file_name) for i in infos)
@@ -283,8 +295,8 @@ def test_glob_escape_matches_awkward_directories_literally(tmp_path):
   (tmp_path / "data1" / "f.txt").write_text("decoy")
   for name in AWKWARD_NAMES:
     directory = str(tmp_path / name)
-    assert files.glob_in(directory, "*.txt") == [
-        os.path.join(directory, "f.txt")], name
+    assert files.glob_in(directory,
+                         "*.txt") == [os.path.join(directory, "f.txt")], name
     assert tf.io.gfile.glob(files.glob_escape(directory)) == [directory]
 
 
@@ -301,13 +313,14 @@ def test_data_directories_with_glob_characters_are_read(tmp_path, name):
   assert split_manifest.splits(directory) == ["train"]
   # A file, and a file pattern inside the directory.
   assert imagenet_reader.list_files(paths[0]) == paths[:1]
-  assert imagenet_reader.list_files(
-      os.path.join(directory, "train-*")) == paths
+  assert imagenet_reader.list_files(os.path.join(directory, "train-*")) == paths
   # Stale temporaries are found and removed, of every shard or of one.
-  stale = [os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{n}")
-           for n in ("train-00000-of-00002", "train-00001-of-00002")]
-  manifest_tmp = split_manifest.file_path(directory, "train") + (
-      f".tmp-{uuid.uuid4().hex}")
+  stale = [
+      os.path.join(directory, f".tmp-{uuid.uuid4().hex}-{n}")
+      for n in ("train-00000-of-00002", "train-00001-of-00002")
+  ]
+  manifest_tmp = split_manifest.file_path(
+      directory, "train") + (f".tmp-{uuid.uuid4().hex}")
   for path in stale + [manifest_tmp]:
     open(path, "wb").close()
   assert shard_writer.remove_stale_temporaries(
@@ -318,12 +331,12 @@ def test_data_directories_with_glob_characters_are_read(tmp_path, name):
 
 
 def test_glob_patterns_keep_working(tmp_path):
-  paths = (_write_shards(str(tmp_path / "data1"), "train", 1)
-           + _write_shards(str(tmp_path / "data2"), "train", 1))
-  assert imagenet_reader.list_files(
-      str(tmp_path / "data[12]" / "train-*")) == paths
-  assert imagenet_reader.list_files(str(tmp_path / "data?" / "train-*")) == (
-      paths)
+  paths = (_write_shards(str(tmp_path / "data1"), "train", 1) +
+           _write_shards(str(tmp_path / "data2"), "train", 1))
+  assert imagenet_reader.list_files(str(tmp_path / "data[12]" /
+                                        "train-*")) == paths
+  assert imagenet_reader.list_files(str(tmp_path / "data?" /
+                                        "train-*")) == (paths)
   with pytest.raises(FileNotFoundError, match="no files match"):
     imagenet_reader.list_files(str(tmp_path / "data[34]" / "train-*"))
 
@@ -370,8 +383,10 @@ def test_export_removes_temporaries_of_killed_exports(tmp_path):
   os.makedirs(stale)
   open(os.path.join(stale, export.UNET_FILE), "wb").close()
   # Not this export's: another path's, and a name export never writes.
-  others = [str(tmp_path / "model[1]" / f"export2.tmp-{uuid.uuid4().hex}"),
-            f"{directory}.tmp-notahexname"]
+  others = [
+      str(tmp_path / "model[1]" / f"export2.tmp-{uuid.uuid4().hex}"),
+      f"{directory}.tmp-notahexname"
+  ]
   for other in others:
     os.makedirs(other)
   unet = tiny_cascade._unet(8)  # pylint: disable=protected-access
@@ -388,6 +403,7 @@ def test_export_removes_temporaries_of_killed_exports(tmp_path):
   # A failing export leaves no temporary behind.
   def fail(*args, **kwargs):
     raise OSError("disk full")
+
   model.unet.save = fail
   with pytest.raises(OSError, match="disk full"):
     export.export_model(model, directory)
@@ -401,11 +417,12 @@ def test_a_worker_index_runs_once_per_directory(tmp_path):
   out = str(tmp_path / "synthetic[1]")
   os.makedirs(out)
   with synthetic_dataset.worker_lock(out, 3):
-    with pytest.raises(synthetic_dataset.WorkerRunningError, match=(
-        f"^worker 3 is already running on {re.escape(out)} .it holds "
-        f"{re.escape(synthetic_dataset.worker_lock_path(out, 3))}.; wait "
-        "for it to finish or stop it, or give this process another "
-        "--worker_index$")):
+    with pytest.raises(
+        synthetic_dataset.WorkerRunningError, match=(
+            f"^worker 3 is already running on {re.escape(out)} .it holds "
+            f"{re.escape(synthetic_dataset.worker_lock_path(out, 3))}.; wait "
+            "for it to finish or stop it, or give this process another "
+            "--worker_index$")):
       with synthetic_dataset.worker_lock(out, 3):
         pass
     with synthetic_dataset.worker_lock(out, 4):  # another worker: fine
@@ -419,15 +436,14 @@ def test_a_worker_index_runs_once_per_directory(tmp_path):
 def test_a_killed_worker_does_not_block_its_restart(tmp_path):
   out = str(tmp_path / "out")
   os.makedirs(out)
-  holder = subprocess.Popen(
-      [sys.executable, "-c",
-       "import fcntl, sys, time\n"
-       "f = open(sys.argv[1], 'a')\n"
-       "fcntl.flock(f, fcntl.LOCK_EX)\n"
-       "print('locked', flush=True)\n"
-       "time.sleep(600)\n",
-       synthetic_dataset.worker_lock_path(out, 0)],
-      stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen([
+      sys.executable, "-c", "import fcntl, sys, time\n"
+      "f = open(sys.argv[1], 'a')\n"
+      "fcntl.flock(f, fcntl.LOCK_EX)\n"
+      "print('locked', flush=True)\n"
+      "time.sleep(600)\n",
+      synthetic_dataset.worker_lock_path(out, 0)
+  ], stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(synthetic_dataset.WorkerRunningError,
@@ -444,21 +460,22 @@ def test_a_killed_worker_does_not_block_its_restart(tmp_path):
 def test_generate_refuses_a_second_copy_of_a_live_worker(tmp_path):
   out = str(tmp_path / "out")
   plan = plan_lib.GenerationPlan(np.full(10, 2), examples_per_shard=4)
-  classes = [class_names.ClassInfo(synset=f"c{i}", name=f"c{i}")
-             for i in range(10)]
+  classes = [
+      class_names.ClassInfo(synset=f"c{i}", name=f"c{i}") for i in range(10)
+  ]
   # generate stops before it touches the cascade.
   cascade = types.SimpleNamespace(num_classes=10, num_replicas=1)
   os.makedirs(out)
-  live_tmp = os.path.join(
-      out, f".tmp-{uuid.uuid4().hex}-{plan.shard(2).file_name}")
+  live_tmp = os.path.join(out,
+                          f".tmp-{uuid.uuid4().hex}-{plan.shard(2).file_name}")
   open(live_tmp, "wb").close()
   with synthetic_dataset.worker_lock(out, 0):
     with pytest.raises(synthetic_dataset.WorkerRunningError,
                        match="worker 0 is already running"):
       synthetic_dataset.generate(
           out, cascade, plan, classes,
-          synthetic_dataset.GenerationSettings(batch_size=2),
-          num_workers=2, worker_index=0, print_fn=lambda _: None)
+          synthetic_dataset.GenerationSettings(batch_size=2), num_workers=2,
+          worker_index=0, print_fn=lambda _: None)
   assert os.path.exists(live_tmp)
   assert sorted(os.listdir(out)) == sorted(
       [os.path.basename(live_tmp), ".worker-0.lock"])

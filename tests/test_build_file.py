@@ -12,8 +12,11 @@ def _value(node):
   """A literal, or Bazel's glob([...]) expanded against the tree."""
   if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "glob":
     patterns = ast.literal_eval(node.args[0])
-    matches = sorted({p.relative_to(ROOT).as_posix()
-                      for pattern in patterns for p in ROOT.glob(pattern)})
+    matches = sorted({
+        p.relative_to(ROOT).as_posix()
+        for pattern in patterns
+        for p in ROOT.glob(pattern)
+    })
     assert matches, f"BUILD glob {patterns} matches nothing"
     return matches
   return ast.literal_eval(node)
@@ -40,8 +43,7 @@ TARGETS = _targets()
 
 
 def _owners(path):
-  return [name for name, t in TARGETS.items()
-          if path in t.get("srcs", [])]
+  return [name for name, t in TARGETS.items() if path in t.get("srcs", [])]
 
 
 def _rel(path):
@@ -55,8 +57,9 @@ def test_every_package_folder_is_one_py_library_with_all_its_modules():
     assert TARGETS.get(name, {}).get("rule") == "py_library", (
         f"BUILD needs py_library {name!r} for {_rel(folder)}/")
     for module in sorted(folder.glob("*.py")):
-      assert _owners(_rel(module)) == [name], (
-          f"{_rel(module)} must be in the srcs of py_library {name!r}")
+      assert _owners(_rel(module)) == [
+          name
+      ], (f"{_rel(module)} must be in the srcs of py_library {name!r}")
 
 
 @pytest.mark.parametrize("folder", ["tools", "benchmarks"])
@@ -97,7 +100,8 @@ def _imported_packages(path):
       parts = module.split(".")
       if parts[0] != "cdm_tf":
         continue
-      if len(parts) > 1 and (ROOT / "cdm_tf" / parts[1] / "__init__.py").exists():
+      if len(parts) > 1 and (ROOT / "cdm_tf" / parts[1] /
+                             "__init__.py").exists():
         packages.add(parts[1])
       elif len(parts) == 1 or (ROOT / "cdm_tf" / f"{parts[1]}.py").exists():
         packages.add("cdm_tf")
@@ -115,13 +119,15 @@ def test_deps_cover_the_packages_each_target_imports():
 
 def test_package_libraries_form_no_cycle():
   """Bazel refuses a cycle of deps: the package folders must layer."""
-  deps = {name: {d[1:] for d in t.get("deps", [])}
-          for name, t in TARGETS.items() if t["rule"] == "py_library"}
+  deps = {
+      name: {d[1:] for d in t.get("deps", [])}
+      for name, t in TARGETS.items()
+      if t["rule"] == "py_library"
+  }
 
   def reaches(start, goal, seen):
     for dep in deps.get(start, ()):
-      if dep == goal or (dep not in seen and
-                         reaches(dep, goal, seen | {dep})):
+      if dep == goal or (dep not in seen and reaches(dep, goal, seen | {dep})):
         return True
     return False
 

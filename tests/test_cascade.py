@@ -20,40 +20,41 @@ def exports(tmp_path_factory):
   return tiny_cascade.export_tiny_cascade(str(tmp_path_factory.mktemp("tc")))
 
 
-def _seeds(n=len(LABELS), base_seed=5):
-  return per_example_noise.example_seeds(np.arange(n) + 100,
-                                         base_seed).numpy()
+def _seeds(n=None, base_seed=5):
+  if n is None:
+    n = len(LABELS)
+  return per_example_noise.example_seeds(np.arange(n) + 100, base_seed).numpy()
 
 
 def _stage_seeds(seeds, index):
-  return per_example_noise.derive_seeds(
-      seeds, per_example_noise.STREAM_CASCADE_STAGE, index)
+  return per_example_noise.derive_seeds(seeds,
+                                        per_example_noise.STREAM_CASCADE_STAGE,
+                                        index)
 
 
-def test_non_truncated_cascade_is_base_then_augmented_super_resolution(
-    exports):
+def test_non_truncated_cascade_is_base_then_augmented_super_resolution(exports):
   base_dir, sr_dir = exports
-  stages = [cascade_lib.Stage(base_dir, timestep_respacing="6",
-                              guidance_weight=1.5),
-            cascade_lib.Stage(sr_dir, timestep_respacing="4", logvar_coeff=0.1,
-                              aug_level=0.3)]
+  stages = [
+      cascade_lib.Stage(base_dir, timestep_respacing="6", guidance_weight=1.5),
+      cascade_lib.Stage(sr_dir, timestep_respacing="4", logvar_coeff=0.1,
+                        aug_level=0.3)
+  ]
   images = cascade_lib.Cascade(stages).sample(_seeds(), LABELS)
   assert images.shape == (6, 16, 16, 3) and images.dtype == np.uint8
 
   # The same by hand with the models' own sampling API.
   base, sr = export.load_model(base_dir), export.load_model(sr_dir)
   seeds = _seeds()
-  z0 = base.sample(_stage_seeds(seeds, 0), labels=LABELS,
-                   diffusion=create_diffusion("cosine", 1000, "6",
-                                              "learned_range"),
-                   guidance_weight=1.5)
+  z0 = base.sample(
+      _stage_seeds(seeds, 0), labels=LABELS,
+      diffusion=create_diffusion("cosine", 1000, "6",
+                                 "learned_range"), guidance_weight=1.5)
   z0 = diffusion_preprocessing.to_float(diffusion_preprocessing.to_uint8(z0))
   x0 = sr.sample(_stage_seeds(seeds, 1), labels=LABELS, low_res=z0,
                  diffusion=create_diffusion("cosine", 1000, "4"),
                  logvar_coeff=0.1, aug_level=0.3)
   expected = diffusion_preprocessing.to_uint8(x0).numpy()
-  np.testing.assert_allclose(images.astype(int), expected.astype(int),
-                             atol=1)
+  np.testing.assert_allclose(images.astype(int), expected.astype(int), atol=1)
   assert (images == expected).mean() > 0.99
 
 
@@ -61,9 +62,11 @@ def test_truncated_cascade_hands_over_z_s(exports):
   base_dir, sr_dir = exports
   kept = sorted(respace.space_timesteps(1000, "10"))
   level = (kept[3] + 1) / 1000  # alpha-bar_s is a step of the base sampler
-  stages = [cascade_lib.Stage(base_dir, timestep_respacing="10"),
-            cascade_lib.Stage(sr_dir, timestep_respacing="4", aug_level=level,
-                              truncated=True)]
+  stages = [
+      cascade_lib.Stage(base_dir, timestep_respacing="10"),
+      cascade_lib.Stage(sr_dir, timestep_respacing="4", aug_level=level,
+                        truncated=True)
+  ]
   cascade = cascade_lib.Cascade(stages)
   description = cascade.description()["stages"]
   assert description[0]["stops_at_index"] == 4
@@ -73,19 +76,20 @@ def test_truncated_cascade_hands_over_z_s(exports):
 
   base, sr = export.load_model(base_dir), export.load_model(sr_dir)
   seeds = _seeds()
-  z_s = base.sample(_stage_seeds(seeds, 0), labels=LABELS,
-                    diffusion=create_diffusion("cosine", 1000, "10",
-                                               "learned_range"), stop_at=4)
+  z_s = base.sample(
+      _stage_seeds(seeds, 0), labels=LABELS,
+      diffusion=create_diffusion("cosine", 1000, "10",
+                                 "learned_range"), stop_at=4)
   x0 = sr.sample(_stage_seeds(seeds, 1), labels=LABELS, low_res=z_s,
                  diffusion=create_diffusion("cosine", 1000, "4"),
                  aug_level=level, truncated=True)
   expected = diffusion_preprocessing.to_uint8(x0).numpy()
-  np.testing.assert_allclose(images.astype(int), expected.astype(int),
-                             atol=1)
+  np.testing.assert_allclose(images.astype(int), expected.astype(int), atol=1)
   # Truncated and non-truncated hand over different inputs.
-  non_truncated = cascade_lib.Cascade(
-      [stages[0], cascade_lib.Stage(sr_dir, timestep_respacing="4",
-                                    aug_level=level)]).sample(_seeds(), LABELS)
+  non_truncated = cascade_lib.Cascade([
+      stages[0],
+      cascade_lib.Stage(sr_dir, timestep_respacing="4", aug_level=level)
+  ]).sample(_seeds(), LABELS)
   assert np.abs(non_truncated.astype(int) - images.astype(int)).max() > 8
 
 
@@ -94,11 +98,14 @@ def test_pixels_do_not_depend_on_batch_size_or_position(exports):
   cascade = cascade_lib.Cascade([
       cascade_lib.Stage(base_dir, timestep_respacing="5", guidance_weight=2.0),
       cascade_lib.Stage(sr_dir, sampler="ddim", timestep_respacing="3",
-                        aug_level=0.2)])
+                        aug_level=0.2)
+  ])
   seeds = _seeds()
   whole = cascade.sample(seeds, LABELS)
-  halves = np.concatenate([cascade.sample(seeds[:3], LABELS[:3]),
-                           cascade.sample(seeds[3:], LABELS[3:])])
+  halves = np.concatenate([
+      cascade.sample(seeds[:3], LABELS[:3]),
+      cascade.sample(seeds[3:], LABELS[3:])
+  ])
   np.testing.assert_array_equal(whole, halves)
   order = np.array([5, 2, 4, 0, 1, 3])
   np.testing.assert_array_equal(cascade.sample(seeds[order], LABELS[order]),
@@ -113,8 +120,9 @@ def test_starting_at_a_later_stage_gives_the_full_cascades_pixels(exports):
   base_stage = cascade_lib.Stage(base_dir, timestep_respacing="5",
                                  guidance_weight=2.0)
   cascade = cascade_lib.Cascade([
-      base_stage, cascade_lib.Stage(sr_dir, timestep_respacing="3",
-                                    aug_level=0.2)])
+      base_stage,
+      cascade_lib.Stage(sr_dir, timestep_respacing="3", aug_level=0.2)
+  ])
   seeds = _seeds()
   whole = cascade.sample(seeds, LABELS)
   low_res = cascade_lib.Cascade([base_stage]).sample(seeds, LABELS)
@@ -129,8 +137,10 @@ def test_starting_at_a_later_stage_gives_the_full_cascades_pixels(exports):
 
 
 def test_bfloat16_cascade_samples_close_to_float32(exports):
-  stages = [cascade_lib.Stage(exports[0], timestep_respacing="4"),
-            cascade_lib.Stage(exports[1], timestep_respacing="3")]
+  stages = [
+      cascade_lib.Stage(exports[0], timestep_respacing="4"),
+      cascade_lib.Stage(exports[1], timestep_respacing="3")
+  ]
   full = cascade_lib.Cascade(stages).sample(_seeds(), LABELS)
   half = cascade_lib.Cascade(stages, dtype_policy="mixed_bfloat16")
   assert half._samplers[0].model.unet.compute_dtype == "bfloat16"  # pylint: disable=protected-access
@@ -152,19 +162,21 @@ def test_stage_settings_are_checked(exports):
   with pytest.raises(ValueError, match="starts with a base model"):
     cascade_lib.Cascade([cascade_lib.Stage(sr_dir)])
   with pytest.raises(ValueError, match="is not a super-resolution model"):
-    cascade_lib.Cascade([cascade_lib.Stage(base_dir),
-                         cascade_lib.Stage(base_dir)])
+    cascade_lib.Cascade(
+        [cascade_lib.Stage(base_dir),
+         cascade_lib.Stage(base_dir)])
   with pytest.raises(ValueError, match="learned its variances"):
     cascade_lib.Cascade([cascade_lib.Stage(base_dir, logvar_coeff=0.0)])
   with pytest.raises(ValueError, match="continuous-noise model"):
-    cascade_lib.Cascade([cascade_lib.Stage(base_dir, schedule="linear",
-                                           num_timesteps=100)])
+    cascade_lib.Cascade(
+        [cascade_lib.Stage(base_dir, schedule="linear", num_timesteps=100)])
   with pytest.raises(ValueError, match="not a step of the low-resolution"):
     cascade_lib.Cascade([
         cascade_lib.Stage(base_dir, timestep_respacing="10"),
-        cascade_lib.Stage(sr_dir, aug_level=0.1, truncated=True)])
-  cascade = cascade_lib.Cascade([cascade_lib.Stage(base_dir,
-                                                   timestep_respacing="2")])
+        cascade_lib.Stage(sr_dir, aug_level=0.1, truncated=True)
+    ])
+  cascade = cascade_lib.Cascade(
+      [cascade_lib.Stage(base_dir, timestep_respacing="2")])
   with pytest.raises(ValueError, match="labels must be in"):
     cascade.sample(_seeds(2), [0, 10])
   with pytest.raises(FileNotFoundError, match="not an exported model"):
@@ -177,11 +189,13 @@ def test_solver_stages_are_the_models_own_solver_sampling(exports):
   # level s, which need not be a training step.
   base_dir, sr_dir = exports
   level = 0.2537
-  stages = [cascade_lib.Stage(base_dir, sampler="dpmpp_2m", steps=5,
-                              guidance_weight=2.0),
-            cascade_lib.Stage(sr_dir, sampler="dpmpp_2m_sde", steps=3,
-                              timestep_spacing="karras", aug_level=level,
-                              truncated=True)]
+  stages = [
+      cascade_lib.Stage(base_dir, sampler="dpmpp_2m", steps=5,
+                        guidance_weight=2.0),
+      cascade_lib.Stage(sr_dir, sampler="dpmpp_2m_sde", steps=3,
+                        timestep_spacing="karras", aug_level=level,
+                        truncated=True)
+  ]
   cascade = cascade_lib.Cascade(stages, steps_per_call=2)
   assert cascade.sampler_names() == ["dpmpp_2m-5", "dpmpp_2m_sde-3"]
   assert cascade.network_evaluations_per_example() == 5 * 2 + 3
@@ -195,15 +209,13 @@ def test_solver_stages_are_the_models_own_solver_sampling(exports):
 
   base = export.load_model(base_dir)
   seeds = _seeds()
-  z_s = base.sample(_stage_seeds(seeds, 0), labels=LABELS,
-                    sampler="dpmpp_2m", steps=5, guidance_weight=2.0,
-                    stop_alpha_bar=s_alpha_bar)
+  z_s = base.sample(_stage_seeds(seeds, 0), labels=LABELS, sampler="dpmpp_2m",
+                    steps=5, guidance_weight=2.0, stop_alpha_bar=s_alpha_bar)
   x0 = sr.sample(_stage_seeds(seeds, 1), labels=LABELS, low_res=z_s,
                  sampler="dpmpp_2m_sde", steps=3, timestep_spacing="karras",
                  aug_level=level, truncated=True)
   expected = diffusion_preprocessing.to_uint8(x0).numpy()
-  np.testing.assert_allclose(images.astype(int), expected.astype(int),
-                             atol=1)
+  np.testing.assert_allclose(images.astype(int), expected.astype(int), atol=1)
   assert (images == expected).mean() > 0.99
   # Steps per compiled call change nothing.
   for other in (cascade_lib.Cascade(stages, steps_per_call=None),
@@ -212,8 +224,10 @@ def test_solver_stages_are_the_models_own_solver_sampling(exports):
 
 
 def test_xla_compiled_chains_sample_close_to_the_graph_ones(exports):
-  stages = [cascade_lib.Stage(exports[0], sampler="dpmpp_2m", steps=4),
-            cascade_lib.Stage(exports[1], timestep_respacing="3")]
+  stages = [
+      cascade_lib.Stage(exports[0], sampler="dpmpp_2m", steps=4),
+      cascade_lib.Stage(exports[1], timestep_respacing="3")
+  ]
   graph = cascade_lib.Cascade(stages).sample(_seeds(), LABELS)
   xla = cascade_lib.Cascade(stages, jit_compile=True,
                             steps_per_call=None).sample(_seeds(), LABELS)
@@ -240,8 +254,7 @@ def test_solver_stage_settings_are_checked(exports):
     cascade_lib.Stage(base_dir, sampler="dpmpp_2m", steps=10,
                       timestep_respacing="10")
   with pytest.raises(ValueError, match="logvar_coeff is a ddpm"):
-    cascade_lib.Stage(base_dir, sampler="dpmpp_3m", steps=10,
-                      logvar_coeff=0.1)
+    cascade_lib.Stage(base_dir, sampler="dpmpp_3m", steps=10, logvar_coeff=0.1)
   with pytest.raises(ValueError, match="unknown timestep_spacing"):
     cascade_lib.Stage(base_dir, sampler="dpmpp_2m", steps=10,
                       timestep_spacing="cubic")

@@ -22,25 +22,25 @@ CAS = "CAS top-1@20 vs validation (cas net)"
 
 def _config(**overrides):
   settings = dict(
-      real_data_dir="data/fm",
-      base_stage=job.DiffusionStage("base", ("base.gin",)),
-      sr_stage=job.DiffusionStage("sr", ("sr.gin",), ("sr_binding = 1",)),
-      augmentation_variants=(
-          claims.AugmentationVariant("gaussian", "Gaussian augmentation"),
-          claims.AugmentationVariant(
-              "none", "no augmentation", ("aug = None",),
-              {"aug_level": [0.0]})),
+      real_data_dir="data/fm", base_stage=job.DiffusionStage(
+          "base",
+          ("base.gin",)), sr_stage=job.DiffusionStage("sr", ("sr.gin",),
+                                                      ("sr_binding = 1",)),
+      augmentation_variants=(claims.AugmentationVariant(
+          "gaussian", "Gaussian augmentation"),
+                             claims.AugmentationVariant("none",
+                                                        "no augmentation",
+                                                        ("aug = None",),
+                                                        {"aug_level": [0.0]})),
       generation_gin_files=("generation.gin",),
       generation_gin_bindings=('BASE = "{output_dir}/base/export"',),
-      classifier_gin_files=("classifier.gin",),
-      cas_gin_files=("cas.gin",),
+      classifier_gin_files=("classifier.gin",), cas_gin_files=("cas.gin",),
       guidance_sweep_gin_files=("guidance.gin",),
       augmentation_sweep_gin_files=("augmentation.gin",),
       data_mixes=(claims.DataMix("full", 1.0, (0, 0.2)),
                   claims.DataMix("10pct", 0.1, (0, 1, 2),
                                  ("recipes.ClassifierRecipe.epochs = 30",))),
-      classifier_seeds=(0, 1, 2),
-      generation_seeds=(0, 1, 2))
+      classifier_seeds=(0, 1, 2), generation_seeds=(0, 1, 2))
   settings.update(overrides)
   config = claims.ClaimsConfig(**settings)
   config.validate()
@@ -97,17 +97,20 @@ def test_steps_layout_and_order(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"data_mixes": (claims.DataMix("low", 0.1, (0, 1)),)},
-     "all real images alone"),
+    ({"data_mixes": (claims.DataMix("low", 0.1,
+                                    (0, 1)),)}, "all real images alone"),
     ({"augmentation_baseline": "blur"}, "augmentation_baseline"),
-    ({"data_mixes": (claims.DataMix("full", 1.0, (0, 1)),
-                     claims.DataMix("full", 0.5, (0,)))}, "repeat"),
+    ({
+        "data_mixes":
+            (claims.DataMix("full", 1.0,
+                            (0, 1)), claims.DataMix("full", 0.5, (0,)))
+    }, "repeat"),
     ({"data_mixes": (claims.DataMix("full", 1.5, (0,)),)}, "real_fraction"),
     ({"data_mixes": (claims.DataMix("full", 1.0, (0, -1)),)}, "multipliers"),
     ({"classifier_seeds": (0, 0)}, "classifier_seeds"),
     ({"generation_seeds": ()}, "generation_seeds"),
-    ({"augmentation_variants": (
-        claims.AugmentationVariant("none/x", "bad"),)}, "letters"),
+    ({"augmentation_variants":
+        (claims.AugmentationVariant("none/x", "bad"),)}, "letters"),
 ])
 def test_bad_configurations_are_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -130,8 +133,10 @@ def _sweep(directory, field, rows):
   """rows: [(value, fid, is, cas)]."""
   os.makedirs(directory)
   lines = [f"point,{field},{FID},{IS},{IS} std,{CAS}"]
-  lines += [f"{field}_{v},{v},{fid},{inception},0.1,{cas}"
-            for v, fid, inception, cas in rows]
+  lines += [
+      f"{field}_{v},{v},{fid},{inception},0.1,{cas}"
+      for v, fid, inception, cas in rows
+  ]
   with open(os.path.join(directory, records.CSV_FILE), "w") as f:
     f.write("\n".join(lines) + "\n")
 
@@ -207,30 +212,31 @@ def test_report_before_anything_ran(tmp_path):
 def test_one_stage_compares_its_best_level_with_s_0(tmp_path):
   """The main job's headline: one stage, each metric's best s against s = 0
   of the same stage; hand-computed intervals (sd 1 -> half-width 2.484)."""
-  directories = [os.path.join(str(tmp_path), f"seed_{seed}")
-                 for seed in range(3)]
+  directories = [
+      os.path.join(str(tmp_path), f"seed_{seed}") for seed in range(3)
+  ]
   for seed, directory in enumerate(directories):
-    _sweep(directory, "aug_level",
-           [(0.0, 10 + seed, 2.0, 0.70 + seed / 100),
-            (0.1, 5 + seed, 2.0, 0.69 + seed / 100),
-            (0.3, 8 + seed, 2.0, 0.60 + seed / 100)])
+    _sweep(directory, "aug_level", [(0.0, 10 + seed, 2.0, 0.70 + seed / 100),
+                                    (0.1, 5 + seed, 2.0, 0.69 + seed / 100),
+                                    (0.3, 8 + seed, 2.0, 0.60 + seed / 100)])
   text = claim_sweeps.augmentation_section(
-      str(tmp_path), [claim_sweeps.SweptStage("the sr stage",
-                                              tuple(directories))])
+      str(tmp_path),
+      [claim_sweeps.SweptStage("the sr stage", tuple(directories))])
   assert "| the sr stage | 0.1 | 6.00 [3.52, 8.48] (3 runs) |" in text
   assert ("FID: the sr stage at s = 0.1 vs s = 0: **effect: better** "
           "(intervals separate).") in text
   assert "CAS top-1 %: the sr stage: best at s = 0." in text
-  assert os.path.getsize(os.path.join(str(tmp_path),
-                                      claim_sweeps.AUGMENTATION_PNG)) > 0
+  assert os.path.getsize(
+      os.path.join(str(tmp_path), claim_sweeps.AUGMENTATION_PNG)) > 0
   # Without an s = 0 point there is nothing to compare with.
-  no_zero = [os.path.join(str(tmp_path), "no_zero", f"seed_{seed}")
-             for seed in range(3)]
+  no_zero = [
+      os.path.join(str(tmp_path), "no_zero", f"seed_{seed}")
+      for seed in range(3)
+  ]
   for seed, directory in enumerate(no_zero):
     _sweep(directory, "aug_level", [(0.1, 5 + seed, 2.0, 0.69),
                                     (0.3, 8 + seed, 2.0, 0.60)])
   text = claim_sweeps.augmentation_section(
-      str(tmp_path), [claim_sweeps.SweptStage("the sr stage",
-                                              tuple(no_zero))])
+      str(tmp_path), [claim_sweeps.SweptStage("the sr stage", tuple(no_zero))])
   assert "| the sr stage | 0.3 |" in text
   assert "s = 0" not in text

@@ -20,6 +20,8 @@ GUIDANCE = os.path.join(ROOT, "gin", "sweeps",
 AUGMENTATION = os.path.join(ROOT, "gin", "sweeps",
                             "fashion_mnist_claims_augmentation.gin")
 
+_BASE_BINDINGS = pipeline_runs.tiny_diffusion_bindings(3, 16)
+_SR_BINDINGS = pipeline_runs.tiny_diffusion_bindings(3, 32)
 TINY_CLAIMS = f"""
 include "{SHIPPED}"
 
@@ -33,8 +35,8 @@ claims.ClaimsConfig.guidance_sweep_gin_files = ["@ROOT@/guidance.gin"]
 claims.ClaimsConfig.augmentation_sweep_gin_files = ["@ROOT@/augmentation.gin"]
 claims.ClaimsConfig.classifier_seeds = [0, 1]
 claims.ClaimsConfig.generation_seeds = [0, 1]
-base/job.DiffusionStage.gin_bindings = {pipeline_runs.tiny_diffusion_bindings(3, 16)!r}
-sr/job.DiffusionStage.gin_bindings = {pipeline_runs.tiny_diffusion_bindings(3, 32)!r}
+base/job.DiffusionStage.gin_bindings = {_BASE_BINDINGS!r}
+sr/job.DiffusionStage.gin_bindings = {_SR_BINDINGS!r}
 claims.ClaimsConfig.generation_gin_bindings = [
     'BASE_MODEL_DIR = "{{output_dir}}/base/export"',
     'base/cascade.Stage.steps = 3',
@@ -86,8 +88,8 @@ def finished_claims(tmp_path_factory):
       f'include "{AUGMENTATION}"\n'
       'sweep.SweepSettings.grid = {"aug_level": [0.0, 0.2]}\n')
   gin_file = root / "tiny_claims.gin"
-  gin_file.write_text(TINY_CLAIMS.replace("@DATA@", data).replace(
-      "@ROOT@", str(root)))
+  gin_file.write_text(
+      TINY_CLAIMS.replace("@DATA@", data).replace("@ROOT@", str(root)))
   out = str(root / "run")
   result = _run(f"--gin_file={gin_file}", f"--output_dir={out}")
   assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
@@ -99,25 +101,29 @@ def test_claims_job_runs_every_step_and_reports_each_claim(finished_claims):
   del gin_file
   names = ["train_base", "train_sr_gaussian", "train_sr_none", "generate"]
   names += [f"guidance_seed{s}" for s in (0, 1)]
-  names += [f"augmentation_{v}_seed{s}" for v in ("gaussian", "none")
-            for s in (0, 1)]
-  names += [f"classifier_{run}_seed{s}" for run in
-            ("full_k0", "full_k0.5") for s in (0, 1)]
+  names += [
+      f"augmentation_{v}_seed{s}" for v in ("gaussian", "none") for s in (0, 1)
+  ]
+  names += [
+      f"classifier_{run}_seed{s}" for run in ("full_k0", "full_k0.5")
+      for s in (0, 1)
+  ]
   for name in names:
     assert os.path.exists(runner.marker_path(out, name)), name
   assert len(os.listdir(os.path.join(out, runner.STEPS_DIR))) == len(names)
 
   # Each sweep scored FID, IS and CAS on the real classifier's features;
   # the variant without augmentation only at s = 0.
-  rows = records.read_csv(os.path.join(out, "augmentation", "none", "seed_1",
-                                       records.CSV_FILE))
+  rows = records.read_csv(
+      os.path.join(out, "augmentation", "none", "seed_1", records.CSV_FILE))
   assert [float(r["aug_level"]) for r in rows] == [0.0]
   header = list(rows[0])
   assert any(h.startswith("CAS top-1") for h in header), header
-  assert any(h.startswith("FID@20 vs train (Fashion-MNIST ResNet features")
-             for h in header), header
-  rows = records.read_csv(os.path.join(out, "guidance", "seed_0",
-                                       records.CSV_FILE))
+  assert any(
+      h.startswith("FID@20 vs train (Fashion-MNIST ResNet features")
+      for h in header), header
+  rows = records.read_csv(
+      os.path.join(out, "guidance", "seed_0", records.CSV_FILE))
   assert [float(r["guidance_weight"]) for r in rows] == [1.0, 3.0]
 
   report = open(os.path.join(out, job.REPORT_DIR, "report.md")).read()

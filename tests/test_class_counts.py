@@ -29,8 +29,7 @@ def _caches(directory):
 
 @pytest.mark.parametrize("record_format",
                          [schema.FORMAT_TPU, schema.FORMAT_TFDS])
-def test_counts_match_the_labels_of_the_photos(photos, tmp_path,
-                                               record_format):
+def test_counts_match_the_labels_of_the_photos(photos, tmp_path, record_format):
   records.write_photo_shards(str(tmp_path), record_format, photos)
   counts = class_counts.count_per_class(str(tmp_path), split="train")
   assert counts.shape == (NUM_CLASSES,)
@@ -60,8 +59,7 @@ def test_cache_is_reused_and_invalidated_by_a_changed_file_list(
   # apply any more.
   for path in glob.glob(os.path.join(directory, "train-*")):
     os.remove(path)
-  records.write_photo_shards(directory, schema.FORMAT_TPU, photos,
-                             num_shards=4)
+  records.write_photo_shards(directory, schema.FORMAT_TPU, photos, num_shards=4)
   second = class_counts.count_per_class(directory, split="train")
   np.testing.assert_array_equal(second, _expected(photos))
   assert len(_caches(directory)) == 2
@@ -73,8 +71,7 @@ def test_cache_is_reused_and_invalidated_by_a_changed_file_list(
   np.testing.assert_array_equal(third, _expected(photos[:16]))
 
 
-def test_read_only_data_falls_back_to_cache_dir(photos, tmp_path,
-                                                monkeypatch):
+def test_read_only_data_falls_back_to_cache_dir(photos, tmp_path, monkeypatch):
   data_dir = str(tmp_path / "data")
   cache_dir = str(tmp_path / "cache")
   records.write_photo_shards(data_dir, schema.FORMAT_TFDS, photos)
@@ -128,9 +125,8 @@ def test_unparsable_record_is_named(photos, tmp_path):
 
 @pytest.mark.parametrize("damage", ["bad_checksum", "truncated"])
 def test_damaged_file_is_named(photos, tmp_path, damage):
-  paths = records.write_shards(
-      str(tmp_path), schema.FORMAT_TPU,
-      [records.tpu_example(p) for p in photos[:6]], 2)
+  paths = records.write_shards(str(tmp_path), schema.FORMAT_TPU,
+                               [records.tpu_example(p) for p in photos[:6]], 2)
   if damage == "bad_checksum":
     records.corrupt_record(paths[1], 1)
   else:

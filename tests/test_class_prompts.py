@@ -13,8 +13,7 @@ def test_imagenet_has_1000_distinct_short_names_in_label_order():
   names = class_prompts.imagenet_prompt_names()
   assert len(names) == 1000
   assert len({n.lower() for n in names}) == 1000
-  assert names[:4] == ["tench", "goldfish", "great white shark",
-                       "tiger shark"]
+  assert names[:4] == ["tench", "goldfish", "great white shark", "tiger shark"]
   assert names[207] == "golden retriever"
   assert names[999] == "toilet tissue"
   for name in names:
@@ -50,8 +49,8 @@ def test_clean_class_name_rejects_a_name_without_words():
 
 
 def test_templates():
-  assert class_prompts.class_prompts(["tench", "goldfish"]) == [
-      "tench", "goldfish"]
+  assert class_prompts.class_prompts(["tench",
+                                      "goldfish"]) == ["tench", "goldfish"]
   assert class_prompts.class_prompts(
       ["tench"], template="a photo of a {}") == ["a photo of a tench"]
   for bad in ("a photo", "{} and {}", "a {0}", "{name}"):
@@ -63,7 +62,8 @@ def test_fashion_mnist_names_from_its_classes_file(tmp_path):
   class_names.write_classes_file(str(tmp_path), fashion_mnist.CLASSES)
   assert class_prompts.dataset_prompt_names(str(tmp_path)) == [
       "T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
-      "sneaker", "bag", "ankle boot"]
+      "sneaker", "bag", "ankle boot"
+  ]
 
 
 def test_without_a_classes_file_the_names_are_imagenet(tmp_path):
@@ -72,8 +72,10 @@ def test_without_a_classes_file_the_names_are_imagenet(tmp_path):
 
 
 def test_names_that_collide_are_an_error():
-  classes = [class_names.ClassInfo("a", "dog"),
-             class_names.ClassInfo("b", "Dog, domestic dog")]
+  classes = [
+      class_names.ClassInfo("a", "dog"),
+      class_names.ClassInfo("b", "Dog, domestic dog")
+  ]
   with pytest.raises(ValueError, match="share a prompt name"):
     class_prompts.prompt_names(classes)
 
@@ -81,11 +83,11 @@ def test_names_that_collide_are_an_error():
 def test_curated_names_files(tmp_path):
   lines = tmp_path / "names.txt"
   lines.write_text("tench\n\ngreat white shark\n")
-  assert class_prompts.load_names_file(str(lines)) == [
-      "tench", "great white shark"]
+  assert class_prompts.load_names_file(
+      str(lines)) == ["tench", "great white shark"]
   listed = tmp_path / "names.json"
   listed.write_text(json.dumps(["tench", "goldfish"]))
-  assert class_prompts.load_names_file(str(listed), num_classes=2) == [
-      "tench", "goldfish"]
+  assert class_prompts.load_names_file(str(listed),
+                                       num_classes=2) == ["tench", "goldfish"]
   with pytest.raises(ValueError, match="2 names for 3 classes"):
     class_prompts.load_names_file(str(listed), num_classes=3)

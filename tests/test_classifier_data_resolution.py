@@ -41,20 +41,23 @@ IMAGE_SIZE = 224  # resnet50_64x64.gin's model input
 def _write_generated(directory, images_and_labels, classes):
   """A one-shard synthetic set (PNG, so pixels survive) with its manifest."""
   writer = shard_writer.ShardWriter(
-      os.path.join(directory, shard_writer.shard_file_name(
-          input_pipeline.TRAIN_SPLIT, 0, 1)), num_classes=len(classes))
+      os.path.join(
+          directory,
+          shard_writer.shard_file_name(input_pipeline.TRAIN_SPLIT, 0, 1)),
+      num_classes=len(classes))
   per_class = collections.Counter()
   for image, label in images_and_labels:
     label, index = int(label), per_class[int(label)]
     per_class[label] += 1
-    writer.write(shard_writer.encode_example(
-        np.asarray(image), label, classes, image_format="png",
-        provenance=shard_writer.Provenance(
-            "test-downsampled-real", f"{label}-{index}", index,
-            (label, index))), label)
+    writer.write(
+        shard_writer.encode_example(
+            np.asarray(image), label, classes, image_format="png",
+            provenance=shard_writer.Provenance("test-downsampled-real",
+                                               f"{label}-{index}", index,
+                                               (label, index))), label)
   writer.close()
-  split_manifest.write(directory, input_pipeline.TRAIN_SPLIT,
-                       [writer.info], len(classes), "png")
+  split_manifest.write(directory, input_pipeline.TRAIN_SPLIT, [writer.info],
+                       len(classes), "png")
   return directory
 
 
@@ -90,8 +93,9 @@ def fashion(tmp_path_factory):
 
 
 def _resolve(real, synthetic=None, data=input_pipeline.DATA_REAL):
-  return input_pipeline.resolve_training_set(input_pipeline.TrainingData(
-      data=data, real_data_dir=real, synthetic_dir=synthetic))
+  return input_pipeline.resolve_training_set(
+      input_pipeline.TrainingData(data=data, real_data_dir=real,
+                                  synthetic_dir=synthetic))
 
 
 def _generator_images(real_dir, split):
@@ -100,17 +104,18 @@ def _generator_images(real_dir, split):
   by_label = collections.defaultdict(list)
   for example in imagenet_reader.read_dataset(real_dir, split=split,
                                               shuffle=False):
-    image = diffusion_preprocessing.cascade_example(example, (RESOLUTION,))[
-        diffusion_preprocessing.image_key(RESOLUTION)]
+    image = diffusion_preprocessing.cascade_example(
+        example, (RESOLUTION,))[diffusion_preprocessing.image_key(RESOLUTION)]
     by_label[int(example[schema.LABEL])].append(
         diffusion_preprocessing.to_uint8(image).numpy())
   return by_label
 
 
 def _no_augmentation(num_classes):
-  recipe = recipes.ClassifierRecipe(
-      epochs=1, batch_size=4, optimizer="momentum", learning_rate=0.1,
-      decay="cosine", weight_decay=None, warmup_epochs=0)
+  recipe = recipes.ClassifierRecipe(epochs=1, batch_size=4,
+                                    optimizer="momentum", learning_rate=0.1,
+                                    decay="cosine", weight_decay=None,
+                                    warmup_epochs=0)
   return recipes.create_training_augmentation(recipe, num_classes)
 
 
@@ -141,12 +146,11 @@ def test_real_training_images_are_the_generator_data_exactly(photos):
   input_pipeline.check_data_resolution(training_set, RESOLUTION)
   expected_real = _generator_images(real, input_pipeline.TRAIN_SPLIT)
   stored_synthetic = collections.defaultdict(list)
-  for e in reader.read(
-      list(training_set.synthetic_paths)).as_numpy_iterator():
+  for e in reader.read(list(training_set.synthetic_paths)).as_numpy_iterator():
     stored_synthetic[int(e[schema.LABEL])].append(e[schema.IMAGE])
-  stream = input_pipeline.training_examples(
-      training_set, seed=0, sampling=mixing.SAMPLING_EXACT,
-      data_resolution=RESOLUTION)
+  stream = input_pipeline.training_examples(training_set, seed=0,
+                                            sampling=mixing.SAMPLING_EXACT,
+                                            data_resolution=RESOLUTION)
   seen = collections.Counter()
   for element in stream.dataset.take(stream.epoch_length).as_numpy_iterator():
     image, label = element[schema.IMAGE], int(element[schema.LABEL])
@@ -164,21 +168,23 @@ def test_real_training_images_are_the_generator_data_exactly(photos):
 
 def test_validation_batches_are_eval_crops_of_the_generator_data(photos):
   real, _ = photos
-  dataset = input_pipeline.validation_dataset(
-      real, IMAGE_SIZE, 1000, 8, data_resolution=RESOLUTION)
+  dataset = input_pipeline.validation_dataset(real, IMAGE_SIZE, 1000, 8,
+                                              data_resolution=RESOLUTION)
   batches = list(dataset.as_numpy_iterator())
   images = np.concatenate([b[0] for b in batches])
   labels = np.concatenate([b[1] for b in batches])
   assert images.shape == (20, IMAGE_SIZE, IMAGE_SIZE, 3)
   expected = _generator_images(real, input_pipeline.VALIDATION_SPLIT)
-  full_resolution = np.concatenate([b[0] for b in input_pipeline
-                                    .validation_dataset(
-                                        real, IMAGE_SIZE, 1000, 8)
-                                    .as_numpy_iterator()])
+  full_resolution = np.concatenate([
+      b[0] for b in input_pipeline.validation_dataset(real, IMAGE_SIZE, 1000,
+                                                      8).as_numpy_iterator()
+  ])
   for image, label, full in zip(images, labels, full_resolution):
     # The 64 x 64 image resized to 256 x 256, centre 224 x 224.
-    references = [classifier_preprocessing.preprocess_for_eval(
-        e, IMAGE_SIZE).numpy() for e in expected[int(label)]]
+    references = [
+        classifier_preprocessing.preprocess_for_eval(e, IMAGE_SIZE).numpy()
+        for e in expected[int(label)]
+    ]
     assert min(np.abs(image - r).max() for r in references) < 1e-6
     # and not the photo's own crop: detail is lost at 64 x 64.
     assert np.abs(image - full).mean() > 1.0 / 255
@@ -190,20 +196,27 @@ def test_training_batches_have_the_model_input_size(photos):
   expected = _generator_images(real, input_pipeline.TRAIN_SPLIT)
   # A crop of the whole (square) image, no flip: the 64 x 64 image resized
   # to 224 x 224, bilinear and anti-aliased.
-  images, labels = next(iter(input_pipeline.training_dataset(
-      training_set, IMAGE_SIZE, _no_augmentation(1000), 4, seed=0,
-      data_resolution=RESOLUTION, crop_area_range=(1.0, 1.0),
-      random_flip=False)))
+  images, labels = next(
+      iter(
+          input_pipeline.training_dataset(training_set, IMAGE_SIZE,
+                                          _no_augmentation(1000), 4, seed=0,
+                                          data_resolution=RESOLUTION,
+                                          crop_area_range=(1.0, 1.0),
+                                          random_flip=False)))
   assert images.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
   for image, label in zip(images.numpy(), np.argmax(labels, axis=-1)):
-    references = [tf.image.resize(e.astype(np.float32), [224, 224],
-                                  antialias=True).numpy() / 255.0
-                  for e in expected[int(label)]]
+    references = [
+        tf.image.resize(e.astype(np.float32), [224, 224],
+                        antialias=True).numpy() / 255.0
+        for e in expected[int(label)]
+    ]
     assert min(np.abs(image - r).max() for r in references) < 1e-5
   # The usual random-resized crops and flips: still the model input size.
-  images, _ = next(iter(input_pipeline.training_dataset(
-      training_set, IMAGE_SIZE, _no_augmentation(1000), 4, seed=1,
-      data_resolution=RESOLUTION)))
+  images, _ = next(
+      iter(
+          input_pipeline.training_dataset(training_set, IMAGE_SIZE,
+                                          _no_augmentation(1000), 4, seed=1,
+                                          data_resolution=RESOLUTION)))
   assert images.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
   assert 0.0 <= float(tf.reduce_min(images)) <= float(
       tf.reduce_max(images)) <= 1.0
@@ -215,13 +228,14 @@ def test_training_batches_have_the_model_input_size(photos):
 @pytest.mark.parametrize("value", [0, -64, 64.0, "64", True])
 def test_resolution_must_be_a_positive_integer(fashion, value):
   real, _ = fashion
-  with pytest.raises(configuration.ConfigError,
-                     match="data_resolution: the resolution must be a "
-                     "positive integer"):
+  with pytest.raises(
+      configuration.ConfigError,
+      match="data_resolution: the resolution must be a "
+      "positive integer"):
     input_pipeline.check_data_resolution(_resolve(real), value)
   with pytest.raises(ValueError, match="positive integer"):
-    classifier_preprocessing.as_generator_data(
-        np.zeros([8, 8, 3], np.uint8), value)
+    classifier_preprocessing.as_generator_data(np.zeros([8, 8, 3], np.uint8),
+                                               value)
 
 
 def test_resolution_larger_than_the_stored_images_is_refused(fashion):
@@ -229,10 +243,11 @@ def test_resolution_larger_than_the_stored_images_is_refused(fashion):
   training_set = _resolve(real)
   for ok in (None, 16, 32):
     input_pipeline.check_data_resolution(training_set, ok)
-  with pytest.raises(configuration.ConfigError,
-                     match=r"data_resolution 64 is larger than the stored "
-                     r"real images: the first image of the real "
-                     r"'validation' split of .* is 32x32"):
+  with pytest.raises(
+      configuration.ConfigError,
+      match=r"data_resolution 64 is larger than the stored "
+      r"real images: the first image of the real "
+      r"'validation' split of .* is 32x32"):
     input_pipeline.check_data_resolution(training_set, 64)
 
 
@@ -240,9 +255,10 @@ def test_synthetic_images_of_another_resolution_are_refused(fashion, photos):
   real, synthetic = fashion  # 32 x 32 synthetic images
   training_set = _resolve(real, synthetic, input_pipeline.DATA_SYNTHETIC)
   input_pipeline.check_data_resolution(training_set, 32)
-  with pytest.raises(configuration.ConfigError,
-                     match=r"the synthetic images of .* are 32x32, not "
-                     r"data_resolution 16x16"):
+  with pytest.raises(
+      configuration.ConfigError,
+      match=r"the synthetic images of .* are 32x32, not "
+      r"data_resolution 16x16"):
     input_pipeline.check_data_resolution(training_set, 16)
   real, synthetic = photos  # 64 x 64 synthetic images
   training_set = _resolve(real, synthetic,
@@ -268,12 +284,10 @@ def test_gin_files_bind_the_recipe_and_64x64_data(name, base, cited):
   for config in (base, name):
     gin.clear_config()
     try:
-      configuration.parse_gin([os.path.join(CONFIG_DIR, f"{config}.gin")],
-                              [])
-      bound[config] = (
-          gin.get_configurable(recipes.ClassifierRecipe)(),
-          _bound("models.create_classifier.image_size"),
-          _bound("trainer.train_classifier.data_resolution"))
+      configuration.parse_gin([os.path.join(CONFIG_DIR, f"{config}.gin")], [])
+      bound[config] = (gin.get_configurable(recipes.ClassifierRecipe)(),
+                       _bound("models.create_classifier.image_size"),
+                       _bound("trainer.train_classifier.data_resolution"))
     finally:
       gin.clear_config()
   recipe, image_size, data_resolution = bound[name]
@@ -296,16 +310,17 @@ def _bound(binding):
 # ------------------------------------------------------- a short training
 
 
-def test_training_records_and_evaluates_at_the_data_resolution(tmp_path,
-                                                               fashion):
+def test_training_records_and_evaluates_at_the_data_resolution(
+    tmp_path, fashion):
   """Two steps of the tiny ResNet at input 32 on Fashion-MNIST made 16 x 16;
   the final evaluation equals the saved model's accuracy on validation
   images made 16 x 16 then centre cropped, computed here."""
   real, _ = fashion
   training_set = _resolve(real)
-  recipe = recipes.ClassifierRecipe(
-      epochs=1, batch_size=8, optimizer="momentum", learning_rate=0.1,
-      decay="cosine", weight_decay=None, warmup_epochs=0)
+  recipe = recipes.ClassifierRecipe(epochs=1, batch_size=8,
+                                    optimizer="momentum", learning_rate=0.1,
+                                    decay="cosine", weight_decay=None,
+                                    warmup_epochs=0)
   lines = []
   outcome = trainer.train_classifier(
       str(tmp_path), tf.distribute.get_strategy(), training_set, recipe,
@@ -319,8 +334,8 @@ def test_training_records_and_evaluates_at_the_data_resolution(tmp_path,
   for example in imagenet_reader.read_dataset(
       real, split=input_pipeline.VALIDATION_SPLIT, num_classes=10,
       shuffle=False):
-    small = classifier_preprocessing.as_generator_data(
-        example[schema.IMAGE], 16)
+    small = classifier_preprocessing.as_generator_data(example[schema.IMAGE],
+                                                       16)
     assert small.shape == (16, 16, 3)
     image = classifier_preprocessing.preprocess_for_eval(small, 32)
     logits = model(image[None], training=False)
@@ -330,7 +345,7 @@ def test_training_records_and_evaluates_at_the_data_resolution(tmp_path,
   assert outcome["eval"].top1 == pytest.approx(hits / total)
   # A mismatched synthetic set or too large an r stops before training.
   with pytest.raises(configuration.ConfigError, match="larger than"):
-    trainer.train_classifier(
-        str(tmp_path / "refused"), tf.distribute.get_strategy(),
-        training_set, recipe, lambda: None, data_resolution=64)
+    trainer.train_classifier(str(tmp_path / "refused"),
+                             tf.distribute.get_strategy(), training_set, recipe,
+                             lambda: None, data_resolution=64)
   assert not (tmp_path / "refused").exists()

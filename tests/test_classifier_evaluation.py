@@ -28,8 +28,8 @@ def test_hand_made_top1_and_top5():
   # (label, rank of the label): top-1 hit, top-5 only (rank 3 and 5), a
   # miss (rank 6), and a padding example (weight 0) that would be a hit.
   cases = [(2, 1), (2, 3), (4, 6), (4, 5), (0, 1)]
-  logits = np.stack([_logits_ranking(l, r) for l, r in cases])
-  labels = np.array([l for l, _ in cases])
+  logits = np.stack([_logits_ranking(label, r) for label, r in cases])
+  labels = np.array([label for label, _ in cases])
   weights = np.array([1, 1, 1, 1, 0], np.float32)
   counts = evaluation.accuracy_counts(logits, labels, NUM_CLASSES, weights)
   result = evaluation.result_from_counts(counts)
@@ -76,16 +76,19 @@ def test_evaluator_sums_an_exact_pass_with_a_short_last_batch():
 
 
 def test_reports_write_csv_png_and_comparison(tmp_path):
-  result = evaluation.EvalResult(
-      examples=np.array([4, 4, 4, 4, 4, 4, 4.0]),
-      top1_correct=np.array([4, 3, 2, 1, 0, 2, 4.0]),
-      top5_correct=np.array([4, 4, 4, 4, 2, 3, 4.0]), step=12)
-  classes = [class_names.ClassInfo(f"s{c}", f"class {c}")
-             for c in range(NUM_CLASSES)]
+  result = evaluation.EvalResult(examples=np.array([4, 4, 4, 4, 4, 4, 4.0]),
+                                 top1_correct=np.array([4, 3, 2, 1, 0, 2, 4.0]),
+                                 top5_correct=np.array([4, 4, 4, 4, 2, 3,
+                                                        4.0]), step=12)
+  classes = [
+      class_names.ClassInfo(f"s{c}", f"class {c}") for c in range(NUM_CLASSES)
+  ]
   reference = tmp_path / "real" / "per_class_accuracy.csv"
-  evaluation.write_per_class_csv(str(reference), evaluation.EvalResult(
-      examples=result.examples, top1_correct=np.full(NUM_CLASSES, 2.0),
-      top5_correct=result.examples), classes)
+  evaluation.write_per_class_csv(
+      str(reference),
+      evaluation.EvalResult(examples=result.examples,
+                            top1_correct=np.full(NUM_CLASSES, 2.0),
+                            top5_correct=result.examples), classes)
   summary = evaluation.write_reports(str(tmp_path / "eval"), result, classes,
                                      compare_with=str(reference))
   with open(tmp_path / "eval" / "per_class_accuracy.csv") as f:
@@ -94,8 +97,8 @@ def test_reports_write_csv_png_and_comparison(tmp_path):
   assert rows[1]["name"] == "class 1" and rows[1]["top1_correct"] == "3"
   assert float(rows[1]["top1_accuracy"]) == 0.75
   assert float(rows[4]["top5_accuracy"]) == 0.5
-  png = tf.io.decode_png(tf.io.read_file(
-      str(tmp_path / "eval" / "per_class_accuracy.png")))
+  png = tf.io.decode_png(
+      tf.io.read_file(str(tmp_path / "eval" / "per_class_accuracy.png")))
   assert png.shape[0] > 100 and png.shape[1] > 100
   with open(tmp_path / "eval" / "eval.json") as f:
     saved = json.load(f)
@@ -105,8 +108,8 @@ def test_reports_write_csv_png_and_comparison(tmp_path):
   assert saved["reference_mean_per_class_top1"] == pytest.approx(0.5)
   assert saved["classes_at_or_above_reference"] == 5  # all but classes 3, 4
   np.testing.assert_allclose(
-      evaluation.read_per_class_csv(str(tmp_path / "eval" /
-                                        "per_class_accuracy.csv")),
+      evaluation.read_per_class_csv(
+          str(tmp_path / "eval" / "per_class_accuracy.csv")),
       result.per_class_top1)
   with pytest.raises(ValueError, match="7 classes, this model 10"):
     evaluation.read_per_class_csv(str(reference), num_classes=10)

@@ -27,8 +27,8 @@ def _batch(count=8):
   rng = np.random.default_rng(0)
   images = rng.uniform(0, 1, (count, IMAGE_SIZE, IMAGE_SIZE, 3))
   labels = np.arange(count) % NUM_CLASSES
-  return (images.astype("float32"),
-          np.eye(NUM_CLASSES, dtype="float32")[labels])
+  return (images.astype("float32"), np.eye(NUM_CLASSES,
+                                           dtype="float32")[labels])
 
 
 @pytest.mark.parametrize("name", models.CLASSIFIER_NAMES)
@@ -79,11 +79,10 @@ def test_recipe_pieces_train_a_tiny_model():
 
 
 def test_weight_decay_reaches_kernels_and_nothing_else():
-  recipe = recipes.ClassifierRecipe(
-      epochs=10, batch_size=8, optimizer="adamw", learning_rate=0.1,
-      decay="cosine", weight_decay=0.5, warmup_epochs=0)
-  model = models.create_classifier("deit_s", NUM_CLASSES, IMAGE_SIZE,
-                                   tiny=True)
+  recipe = recipes.ClassifierRecipe(epochs=10, batch_size=8, optimizer="adamw",
+                                    learning_rate=0.1, decay="cosine",
+                                    weight_decay=0.5, warmup_epochs=0)
+  model = models.create_classifier("deit_s", NUM_CLASSES, IMAGE_SIZE, tiny=True)
   variables = model.trainable_variables
   before = [v.numpy().copy() for v in variables]
   optimizer = recipes.create_optimizer(recipe, steps_per_epoch=10)
@@ -101,8 +100,7 @@ def test_weight_decay_reaches_kernels_and_nothing_else():
 def test_logits_are_float32_under_mixed_bfloat16(name):
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
-    model = models.create_classifier(name, NUM_CLASSES, IMAGE_SIZE,
-                                     tiny=True)
+    model = models.create_classifier(name, NUM_CLASSES, IMAGE_SIZE, tiny=True)
     logits = model(_batch(2)[0], training=True)
   finally:
     keras.mixed_precision.set_global_policy("float32")
@@ -119,7 +117,8 @@ def test_resnet_rs_stem_and_resnet_d_shortcuts():
   assert len(backbone.blocks) == 16
   first_blocks = [b for b in backbone.blocks if b.project_shortcut]
   assert [b.name for b in first_blocks] == [
-      "stage1_block1", "stage2_block1", "stage3_block1", "stage4_block1"]
+      "stage1_block1", "stage2_block1", "stage3_block1", "stage4_block1"
+  ]
   for block in backbone.blocks:
     if block.project_shortcut:
       # ResNet-D: average pool, then a stride-1 1x1 projection.
@@ -130,15 +129,15 @@ def test_resnet_rs_stem_and_resnet_d_shortcuts():
       assert block.shortcut_conv.strides == (1, 1)
       # The stride sits on the 3x3 convolution.
       assert block.conv1.strides == (1, 1)
-      assert block.conv2.strides == (2, 2) and block.conv2.kernel_size == (
-          3, 3)
+      assert block.conv2.strides == (2, 2) and block.conv2.kernel_size == (3, 3)
     else:
       assert block.shortcut_conv is None and block.strides == 1
   # Total stride 32 without a max pool.
-  assert backbone.compute_output_shape((None, 160, 160, 3)) == (
-      None, 5, 5, 2048)
-  assert not any(isinstance(layer, keras.layers.MaxPooling2D)
-                 for layer in backbone._flatten_layers())
+  assert backbone.compute_output_shape(
+      (None, 160, 160, 3)) == (None, 5, 5, 2048)
+  assert not any(
+      isinstance(layer, keras.layers.MaxPooling2D)
+      for layer in backbone._flatten_layers())
 
 
 @pytest.mark.parametrize("depth,blocks", [(50, (3, 4, 6, 3)),
@@ -147,8 +146,11 @@ def test_resnet_rs_stem_and_resnet_d_shortcuts():
 def test_resnet_rs_depths_and_squeeze_excitation(depth, blocks):
   backbone = resnet_rs.ResNetRS(depth=depth)
   assert backbone.blocks_per_stage == blocks
-  counts = [sum(b.name.startswith(f"stage{s}_") for b in backbone.blocks)
-            for s in range(1, 5)]
+  counts = [
+      sum(b.name.startswith(f"stage{s}_")
+          for b in backbone.blocks)
+      for s in range(1, 5)
+  ]
   assert tuple(counts) == blocks
   for block in backbone.blocks:
     se = block.squeeze_excitation
@@ -209,16 +211,18 @@ def test_resnet_sizes_change_widths_and_stage_strides():
   # Stem stride 4, then stages 1, 2, 2, 2: a 1 x 1 map of 4 x 16 channels.
   assert default.backbone.output_shape == (None, 1, 1, 64)
   sized = models.create_classifier(
-      "resnet50", NUM_CLASSES, 32, tiny=True,
-      resnet_sizes={"input_conv_filters": [32],
-                    "stackwise_num_filters": [64, 32, 64, 128],
-                    "stackwise_num_strides": [1, 1, 2, 2]})
+      "resnet50", NUM_CLASSES, 32, tiny=True, resnet_sizes={
+          "input_conv_filters": [32],
+          "stackwise_num_filters": [64, 32, 64,
+                                    128], "stackwise_num_strides": [1, 1, 2, 2]
+      })
   # 32 / 4 / 2 / 2 = 2; the last stage's bottleneck widens 128 x 4.
   assert sized.backbone.output_shape == (None, 2, 2, 512)
   stem = sized.backbone.get_layer("conv1_conv")
   assert stem.filters == 32 and stem.kernel_size == (7, 7)
   assert sized.get_config()["backbone"]["config"]["stackwise_num_strides"] == [
-      1, 1, 2, 2]
+      1, 1, 2, 2
+  ]
   # Reports name what was built, not the full-size architecture.
   assert default.name == "resnet50_tiny"
   assert sized.name == "resnet50_tiny_resized"

@@ -1,7 +1,6 @@
 """Tests of the CAS evaluation crop and the training crops (random-resized,
 random shift)."""
 
-
 import numpy as np
 from PIL import Image
 import pytest
@@ -14,8 +13,9 @@ from tests import real_photo_records as photos
 
 def _pil_resize(array, width, height):
   """PIL's (antialiased) bilinear resize: an independent reference."""
-  return np.asarray(Image.fromarray(np.asarray(array)).resize(
-      (width, height), Image.BILINEAR), np.float32)
+  return np.asarray(
+      Image.fromarray(np.asarray(array)).resize((width, height),
+                                                Image.BILINEAR), np.float32)
 
 
 def _seed(a, b=0):
@@ -108,8 +108,8 @@ def test_tiny_images_are_resized_up():
                                 antialias=True)
   small_photo = tf.cast(tf.round(small_photo), tf.uint8)
   for seed in range(4):
-    assert cp.random_resized_crop(small_photo, 160, _seed(seed)).shape == (
-        160, 160, 3)
+    assert cp.random_resized_crop(small_photo, 160,
+                                  _seed(seed)).shape == (160, 160, 3)
 
 
 def test_random_crop_boxes_respect_the_ranges():
@@ -149,8 +149,9 @@ def test_random_resized_crop_is_seeded():
   assert 0.0 <= values.min() and values.max() <= 1.0
   np.testing.assert_array_equal(
       cp.random_resized_crop(photo, 224, _seed(1)).numpy(), values)
-  crops = [cp.random_resized_crop(photo, 224, _seed(s)).numpy()
-           for s in range(2, 6)]
+  crops = [
+      cp.random_resized_crop(photo, 224, _seed(s)).numpy() for s in range(2, 6)
+  ]
   for crop in crops:
     assert np.abs(crop - values).mean() > 0.01
 
@@ -182,12 +183,14 @@ def test_random_shift_is_the_eval_crop_moved():
   shifts = set()
   for seed in range(200):
     out = cp.random_shifted_crop(image, 32, _seed(seed), 2).numpy()
-    matches = [(top, left) for top in range(5) for left in range(5)
+    matches = [(top, left)
+               for top in range(5)
+               for left in range(5)
                if np.array_equal(out, padded[top + 2:top + 34,
                                              left + 2:left + 34])]
     assert len(matches) == 1, seed
     shifts.add(matches[0])
-  assert shifts == {(t, l) for t in range(5) for l in range(5)}
+  assert shifts == {(t, left) for t in range(5) for left in range(5)}
   with pytest.raises(ValueError, match="max_shift"):
     cp.random_shifted_crop(image, 32, _seed(0), -1)
 
@@ -213,10 +216,10 @@ def test_examples_inside_dataset_map():
   names = [photos.LANDSCAPE, photos.SQUARE]
   dataset = None
   for label, name in zip((541, 243), names):
-    element = tf.data.Dataset.from_tensors(
-        {schema.IMAGE: photos.decode_photo(name),
-         schema.LABEL: tf.constant(label),
-         schema.SOURCE: tf.constant(name)})
+    element = tf.data.Dataset.from_tensors({
+        schema.IMAGE: photos.decode_photo(name),
+        schema.LABEL: tf.constant(label), schema.SOURCE: tf.constant(name)
+    })
     dataset = element if dataset is None else dataset.concatenate(element)
   base_seed = _seed(11, 12)
 
@@ -234,9 +237,10 @@ def test_examples_inside_dataset_map():
     eager = cp.preprocess_for_train(photos.decode_photo(name), seed, 160)
     np.testing.assert_allclose(images[index], eager, atol=1e-5)
 
-  images, labels = next(iter(dataset.map(
-      lambda example: cp.eval_example(example, 384)).batch(2)))
+  images, labels = next(
+      iter(dataset.map(lambda example: cp.eval_example(example, 384)).batch(2)))
   assert images.shape == (2, 384, 384, 3)
   assert labels.dtype == tf.int32
-  np.testing.assert_allclose(images[1], cp.preprocess_for_eval(
-      photos.decode_photo(photos.SQUARE), 384), atol=1e-5)
+  np.testing.assert_allclose(
+      images[1], cp.preprocess_for_eval(photos.decode_photo(photos.SQUARE),
+                                        384), atol=1e-5)

@@ -26,30 +26,30 @@ FIELDS = ("epochs", "batch_size", "optimizer", "learning_rate", "decay",
 # Azizi et al. (2023), transcribed independently of the gin files, in FIELDS
 # order; "-" and rows a table does not have are None.
 TABLE_A1 = {
-    "ResNet-50 (CAS)": (90, 1024, "momentum", 0.4, "stepwise", 1e-4, 5,
-                        None, None, None, None, None),
-    "ResNet-50": (130, 4096, "momentum", 1.6, "cosine", 1e-4, 5, 0.1, 0.25,
-                  10, None, None),
-    "ResNet-101": (200, 4096, "momentum", 1.6, "cosine", 1e-4, 5, 0.1, 0.25,
-                   15, None, None),
-    "ResNet-152": (200, 4096, "momentum", 1.6, "cosine", 1e-4, 5, 0.1, 0.25,
-                   15, None, None),
-    "ResNet-RS-50": (350, 4096, "momentum", 1.6, "cosine", 4e-5, 5, 0.1,
-                     0.25, 10, None, None),
-    "ResNet-RS-101": (350, 4096, "momentum", 1.6, "cosine", 4e-5, 5, 0.1,
-                      0.25, 15, None, None),
-    "ResNet-RS-152": (350, 4096, "momentum", 1.6, "cosine", 4e-5, 5, 0.1,
-                      0.25, 15, None, None),
+    "ResNet-50 (CAS)": (90, 1024, "momentum", 0.4, "stepwise", 1e-4, 5, None,
+                        None, None, None, None),
+    "ResNet-50": (130, 4096, "momentum", 1.6, "cosine", 1e-4, 5, 0.1, 0.25, 10,
+                  None, None),
+    "ResNet-101": (200, 4096, "momentum", 1.6, "cosine", 1e-4, 5, 0.1, 0.25, 15,
+                   None, None),
+    "ResNet-152": (200, 4096, "momentum", 1.6, "cosine", 1e-4, 5, 0.1, 0.25, 15,
+                   None, None),
+    "ResNet-RS-50": (350, 4096, "momentum", 1.6, "cosine", 4e-5, 5, 0.1, 0.25,
+                     10, None, None),
+    "ResNet-RS-101": (350, 4096, "momentum", 1.6, "cosine", 4e-5, 5, 0.1, 0.25,
+                      15, None, None),
+    "ResNet-RS-152": (350, 4096, "momentum", 1.6, "cosine", 4e-5, 5, 0.1, 0.25,
+                      15, None, None),
 }
 TABLE_A2 = {
-    "ViT-S/16": (300, 1024, "adamw", 0.001, "cosine", 0.0001, 10, None,
-                 None, 10, 0.2, None),
-    "DeiT-S": (300, 4096, "adamw", 0.004, "cosine", None, 5, 0.1, None, 9,
-               0.8, 1.0),
-    "DeiT-B": (300, 4096, "adamw", 0.004, "cosine", None, 5, 0.1, None, 9,
-               0.8, 1.0),
-    "DeiT-L": (300, 4096, "adamw", 0.004, "cosine", None, 5, 0.1, None, 9,
-               0.8, 1.0),
+    "ViT-S/16": (300, 1024, "adamw", 0.001, "cosine", 0.0001, 10, None, None,
+                 10, 0.2, None),
+    "DeiT-S":
+        (300, 4096, "adamw", 0.004, "cosine", None, 5, 0.1, None, 9, 0.8, 1.0),
+    "DeiT-B":
+        (300, 4096, "adamw", 0.004, "cosine", None, 5, 0.1, None, 9, 0.8, 1.0),
+    "DeiT-L":
+        (300, 4096, "adamw", 0.004, "cosine", None, 5, 0.1, None, 9, 0.8, 1.0),
 }
 TABLES = {**TABLE_A1, **TABLE_A2}
 
@@ -58,18 +58,26 @@ TABLES = {**TABLE_A1, **TABLE_A2}
 # code's defaults): weight decay 0.05 where the table has "-", random
 # erasing 0.25, 3 repeated augmentations; stochastic depth 0.1, and 0.45 for
 # DeiT-L (DeiT III's ViT-L, Touvron et al. 2022: DeiT has no L).
-DEIT_TABLE_9 = {"weight_decay": 0.05, "random_erasing": 0.25,
-                "repeated_augmentations": 3}
+DEIT_TABLE_9 = {
+    "weight_decay": 0.05, "random_erasing": 0.25, "repeated_augmentations": 3
+}
 DEIT_STOCHASTIC_DEPTH = {"DeiT-S": 0.1, "DeiT-B": 0.1, "DeiT-L": 0.45}
 
 # The RandAugment each column's source runs: the TPU code's (ResNets and
 # ResNet-RS: tensorflow/tpu; ViT-S/16: big_vision's fork of it) or timm's
 # (DeiT); the CAS ResNet-50 has none.
 RANDAUGMENT_VARIANTS = {
-    "ResNet-50 (CAS)": None, "ResNet-50": "tpu", "ResNet-101": "tpu",
-    "ResNet-152": "tpu", "ResNet-RS-50": "tpu", "ResNet-RS-101": "tpu",
-    "ResNet-RS-152": "tpu", "ViT-S/16": "tpu", "DeiT-S": "timm",
-    "DeiT-B": "timm", "DeiT-L": "timm",
+    "ResNet-50 (CAS)": None,
+    "ResNet-50": "tpu",
+    "ResNet-101": "tpu",
+    "ResNet-152": "tpu",
+    "ResNet-RS-50": "tpu",
+    "ResNet-RS-101": "tpu",
+    "ResNet-RS-152": "tpu",
+    "ViT-S/16": "tpu",
+    "DeiT-S": "timm",
+    "DeiT-B": "timm",
+    "DeiT-L": "timm",
 }
 
 # Config file -> (table column, model, Table 3 input size, weight-decay
@@ -117,15 +125,17 @@ def _recipe(name):
 
 
 def test_one_config_per_table_column_and_input_size():
-  found = {os.path.splitext(os.path.basename(p))[0]
-           for p in glob.glob(os.path.join(CONFIG_DIR, "*.gin"))}
+  found = {
+      os.path.splitext(os.path.basename(p))[0]
+      for p in glob.glob(os.path.join(CONFIG_DIR, "*.gin"))
+  }
   assert found == set(CONFIGS)
   assert {column for column, *_ in CONFIGS.values()} == set(TABLES)
   # Table 3's (model, input size) rows, plus the CAS classifier, plus both
   # at 64 x 64 data (Table A.3).
   assert sorted((model, size) for _, model, size, _ in CONFIGS.values()) == (
-      sorted([("resnet50", 224)] * 4 + [("resnet101", 224),
-              ("resnet152", 224), ("resnet_rs50", 160),
+      sorted([("resnet50", 224)] * 4 +
+             [("resnet101", 224), ("resnet152", 224), ("resnet_rs50", 160),
               ("resnet_rs101", 160), ("resnet_rs101", 190),
               ("resnet_rs152", 224), ("vit_s16", 224), ("deit_s", 224),
               ("deit_b", 224), ("deit_b", 384), ("deit_l", 224)]))
@@ -153,8 +163,8 @@ def test_config_has_the_table_values(name):
     assert _bound("models.create_classifier.name") == model
     assert _bound("models.create_classifier.image_size") == image_size
     assert _bound("models.create_classifier.num_classes") == 1000
-    assert (_bound("models.create_classifier.dropout_rate")
-            == recipe.dropout_rate)
+    assert (
+        _bound("models.create_classifier.dropout_rate") == recipe.dropout_rate)
     if model.startswith("resnet_rs"):
       assert _bound("models.create_classifier.stochastic_depth_rate") == 0.0
     assert _bound("recipes.create_optimizer.weight_decay_convention") == (
@@ -180,8 +190,8 @@ def test_cas_schedule_warms_up_from_zero_then_divides_by_ten():
   assert float(schedule(3000)) == pytest.approx(0.04, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnet_rs50", "vit_s16",
-                                  "deit_b_224"])
+@pytest.mark.parametrize("name",
+                         ["resnet50", "resnet_rs50", "vit_s16", "deit_b_224"])
 def test_cosine_schedule_warmup_midpoint_and_end(name):
   recipe = _recipe(name)
   schedule = recipes.learning_rate_schedule(recipe, steps_per_epoch=10)
@@ -189,10 +199,11 @@ def test_cosine_schedule_warmup_midpoint_and_end(name):
                           recipe.epochs)
   middle = (warmup + epochs) / 2
   quarter = warmup + (epochs - warmup) / 4
-  got = _learning_rates(schedule, [0, warmup / 2, warmup, quarter, middle,
-                                   epochs])
-  expected = [0.0, peak / 2, peak, peak * (1 + math.cos(math.pi / 4)) / 2,
-              peak / 2, 0.0]
+  got = _learning_rates(schedule,
+                        [0, warmup / 2, warmup, quarter, middle, epochs])
+  expected = [
+      0.0, peak / 2, peak, peak * (1 + math.cos(math.pi / 4)) / 2, peak / 2, 0.0
+  ]
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
   # Monotone: up during warmup, down after.
   rates = _learning_rates(schedule, np.linspace(0, epochs, 200))
@@ -219,8 +230,8 @@ def test_learning_rate_scales_linearly_with_the_global_batch():
   assert recipes.scaled_learning_rate(vit, 256) == pytest.approx(0.00025)
   schedule = recipes.learning_rate_schedule(resnet, steps_per_epoch=5,
                                             global_batch_size=512)
-  assert float(schedule.learning_rate_at_epoch(resnet.warmup_epochs)) == (
-      pytest.approx(0.2))
+  assert float(schedule.learning_rate_at_epoch(
+      resnet.warmup_epochs)) == (pytest.approx(0.2))
   with pytest.raises(ValueError):
     recipes.scaled_learning_rate(resnet, 0)
 
@@ -249,10 +260,12 @@ def test_momentum_recipe_adds_l2_to_kernel_gradients_only():
   np.testing.assert_array_equal(bias.numpy(), 1.0)
 
 
-@pytest.mark.parametrize("name,keras_weight_decay", [
-    ("vit_s16", 0.0001 / 0.001),  # big_vision: not scaled by the peak rate
-    ("deit_s", 0.05),  # Table A.2: "-"; DeiT's Table 9: 0.05, decoupled
-])
+@pytest.mark.parametrize(
+    "name,keras_weight_decay",
+    [
+        ("vit_s16", 0.0001 / 0.001),  # big_vision: not scaled by the peak rate
+        ("deit_s", 0.05),  # Table A.2: "-"; DeiT's Table 9: 0.05, decoupled
+    ])
 def test_adamw_recipe_decays_kernels_only(name, keras_weight_decay):
   recipe = _recipe(name)
   gin.clear_config()
@@ -270,9 +283,9 @@ def test_adamw_recipe_decays_kernels_only(name, keras_weight_decay):
   zeros = [tf.zeros_like(kernel), tf.zeros_like(bias)]
   optimizer.apply(zeros, [kernel, bias])
   # Per-step decay of a kernel is the table's weight decay at the peak.
-  np.testing.assert_allclose(
-      kernel.numpy(), 1 - recipe.learning_rate * keras_weight_decay,
-      rtol=1e-6)
+  np.testing.assert_allclose(kernel.numpy(),
+                             1 - recipe.learning_rate * keras_weight_decay,
+                             rtol=1e-6)
   np.testing.assert_array_equal(bias.numpy(), 1.0)
 
 
@@ -291,12 +304,13 @@ def test_label_smoothing_is_in_the_loss():
   loss = recipes.create_loss(_recipe("deit_s"))
   logits = tf.constant([[0.0, 0.0, 0.0, 0.0]])
   # Uniform logits: the loss is log(4) for any (smoothed) target.
-  assert float(loss(tf.constant([[1.0, 0, 0, 0]]), logits)) == pytest.approx(
-      math.log(4), rel=1e-5)
+  assert float(loss(tf.constant([[1.0, 0, 0, 0]]),
+                    logits)) == pytest.approx(math.log(4), rel=1e-5)
   confident = tf.constant([[10.0, 0.0, 0.0, 0.0]])
   smoothed = float(loss(tf.constant([[1.0, 0, 0, 0]]), confident))
-  plain = float(keras.losses.CategoricalCrossentropy(from_logits=True)(
-      tf.constant([[1.0, 0, 0, 0]]), confident))
+  plain = float(
+      keras.losses.CategoricalCrossentropy(from_logits=True)(tf.constant(
+          [[1.0, 0, 0, 0]]), confident))
   assert smoothed > plain
 
 
@@ -338,11 +352,14 @@ def test_config_runs_the_randaugment_of_its_source(name):
 
 
 def test_randaugment_is_reproducible_with_a_seed():
+
   def images(seed, pipeline_id=0):
-    augmentation = recipes.create_training_augmentation(_recipe("resnet50"),
-                                                        4, seed=seed)
-    return np.concatenate([x.numpy() for x, _ in augmentation.apply(
-        _examples(), batch_size=4, pipeline_id=pipeline_id)])
+    augmentation = recipes.create_training_augmentation(_recipe("resnet50"), 4,
+                                                        seed=seed)
+    return np.concatenate([
+        x.numpy() for x, _ in augmentation.apply(_examples(), batch_size=4,
+                                                 pipeline_id=pipeline_id)
+    ])
 
   first = images(7)
   np.testing.assert_array_equal(first, images(7))
@@ -352,11 +369,11 @@ def test_randaugment_is_reproducible_with_a_seed():
   # The images are augmented (magnitude 10 of the TPU code always applies
   # two ops; about 2% of the pairs, e.g. Invert twice, change nothing),
   # each with its own seed.
-  augmentation = recipes.create_training_augmentation(_recipe("resnet50"),
-                                                      4, seed=7)
+  augmentation = recipes.create_training_augmentation(_recipe("resnet50"), 4,
+                                                      seed=7)
   examples = _examples(count=64)
-  augmented = np.concatenate([x.numpy() for x, _ in augmentation.apply(
-      examples, batch_size=8)])
+  augmented = np.concatenate(
+      [x.numpy() for x, _ in augmentation.apply(examples, batch_size=8)])
   original = np.stack([x.numpy() for x, _ in examples])
   changed = np.abs(augmented - original).reshape(64, -1).max(axis=1) > 0.01
   assert changed.mean() >= 0.9, changed
@@ -368,8 +385,7 @@ def test_augmented_batches_have_mixed_one_hot_labels():
   for images, labels in augmentation.apply(_examples(), batch_size=4):
     assert images.shape == (4, 16, 16, 3) and images.dtype == tf.float32
     assert labels.shape == (4, 4) and labels.dtype == tf.float32
-    np.testing.assert_allclose(tf.reduce_sum(labels, axis=1), 1.0,
-                               rtol=1e-5)
+    np.testing.assert_allclose(tf.reduce_sum(labels, axis=1), 1.0, rtol=1e-5)
     assert np.all(np.isfinite(images.numpy()))
 
 
@@ -425,5 +441,5 @@ def test_deit_configs_add_deits_regularisation_and_no_other_does(name):
 
 
 def test_model_names_cover_the_configs():
-  assert {model for _, model, _, _ in CONFIGS.values()} == set(
-      models.CLASSIFIER_NAMES)
+  assert {model for _, model, _, _ in CONFIGS.values()
+         } == set(models.CLASSIFIER_NAMES)

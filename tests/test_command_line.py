@@ -15,21 +15,23 @@ from cdm_tf.training import loop
 from cdm_tf.training import run_settings
 
 
-@pytest.mark.parametrize("error,status", [
-    (configuration.ConfigError("x"), 2),
-    (ValueError("x"), 2),
-    (FileNotFoundError("x"), 2),
-    (OSError(errno.ENOSPC, "No space left on device"), 2),
-    (tf.errors.DataLossError(None, None, "x"), 2),
-    (tf.errors.InvalidArgumentError(None, None, "x"), 2),
-    (configuration.ConflictError("x"), 3),
-    (loop.NonFiniteLossError("x"), 3),
-    (runner.StepFailedError("x", 7), 7),
-    # Bugs keep their traceback.
-    (TypeError("x"), None),
-    (KeyError("x"), None),
-    (RuntimeError("x"), None),
-])
+@pytest.mark.parametrize(
+    "error,status",
+    [
+        (configuration.ConfigError("x"), 2),
+        (ValueError("x"), 2),
+        (FileNotFoundError("x"), 2),
+        (OSError(errno.ENOSPC, "No space left on device"), 2),
+        (tf.errors.DataLossError(None, None, "x"), 2),
+        (tf.errors.InvalidArgumentError(None, None, "x"), 2),
+        (configuration.ConflictError("x"), 3),
+        (loop.NonFiniteLossError("x"), 3),
+        (runner.StepFailedError("x", 7), 7),
+        # Bugs keep their traceback.
+        (TypeError("x"), None),
+        (KeyError("x"), None),
+        (RuntimeError("x"), None),
+    ])
 def test_exit_status(error, status):
   assert command_line.exit_status(error) == status
 
@@ -99,12 +101,12 @@ def test_run_settings_resume_with_the_same_settings(tmp_path):
 
 def test_run_settings_say_what_differs(tmp_path):
   run_settings.check_or_record(
-      str(tmp_path), run_settings.describe(
-          {"width": 32}, _Optimizer(learning_rate=1e-3),
-          [_Variable(3, 32), _Variable(32)]), resuming=False)
-  changed = run_settings.describe({"width": 16},
-                                  _Optimizer(learning_rate=3e-4),
-                                  [_Variable(3, 16), _Variable(16)])
+      str(tmp_path),
+      run_settings.describe({"width": 32}, _Optimizer(learning_rate=1e-3),
+                            [_Variable(3, 32), _Variable(32)]), resuming=False)
+  changed = run_settings.describe(
+      {"width": 16}, _Optimizer(learning_rate=3e-4),
+      [_Variable(3, 16), _Variable(16)])
   with pytest.raises(settings_record.SettingsConflictError) as raised:
     run_settings.check_or_record(str(tmp_path), changed, resuming=True)
   message = str(raised.value)
@@ -117,8 +119,8 @@ def test_run_settings_say_what_differs(tmp_path):
 
 
 def test_nested_differences():
-  assert settings_record.differences(
-      {"a": {"b": [1, 2], "c": 1}, "d": 1},
-      {"a": {"b": [1, 3]}, "e": 2}) == [
-          "a.b[1]: 2 -> 3", "a.c: 1 -> not set", "d: 1 -> not set",
-          "e: not set -> 2"]
+  assert settings_record.differences({"a": {"b": [1, 2], "c": 1}, "d": 1},
+                                     {"a": {"b": [1, 3]}, "e": 2}) == [
+                                         "a.b[1]: 2 -> 3", "a.c: 1 -> not set",
+                                         "d: 1 -> not set", "e: not set -> 2"
+                                     ]

@@ -20,10 +20,10 @@ def test_levels_are_fractions_of_the_process():
   levels = tf.constant([0.0, 0.25, 0.5, 0.625, 1.0])
   alpha_bar, one_minus = aug.alpha_bar(levels)
   # Level k / T is alpha-bar_k; between steps alpha-bar is linear.
-  np.testing.assert_allclose(alpha_bar.numpy(),
-                             [1.0, 0.9, 0.72, 0.612, 0.3024], rtol=1e-6)
-  np.testing.assert_allclose(one_minus.numpy(),
-                             [0.0, 0.1, 0.28, 0.388, 0.6976], rtol=1e-6)
+  np.testing.assert_allclose(alpha_bar.numpy(), [1.0, 0.9, 0.72, 0.612, 0.3024],
+                             rtol=1e-6)
+  np.testing.assert_allclose(one_minus.numpy(), [0.0, 0.1, 0.28, 0.388, 0.6976],
+                             rtol=1e-6)
 
 
 def test_augment_is_the_forward_process_at_level_s():
@@ -32,19 +32,19 @@ def test_augment_is_the_forward_process_at_level_s():
   noise = tf.constant([[1.0, 2.0], [1.0, 2.0]])
   got = aug.augment(z0, [0.0, 0.75], noise).numpy()
   np.testing.assert_allclose(got[0], [0.5, -1.0], rtol=1e-6)  # s = 0: none
-  np.testing.assert_allclose(
-      got[1], [math.sqrt(0.504) * 0.5 + math.sqrt(0.496),
-               -math.sqrt(0.504) + 2 * math.sqrt(0.496)], rtol=1e-6)
+  np.testing.assert_allclose(got[1], [
+      math.sqrt(0.504) * 0.5 + math.sqrt(0.496),
+      -math.sqrt(0.504) + 2 * math.sqrt(0.496)
+  ], rtol=1e-6)
 
 
 def test_cdm_truncation_time_on_the_4000_step_process():
   d = create_diffusion("cosine", 4000)
   aug = ca.GaussianConditioningAugmentation(d)
   alpha_bar, _ = aug.alpha_bar(tf.constant([1001 / 4000]))
-  assert alpha_bar.numpy()[0] == pytest.approx(d.alphas_cumprod[1000],
-                                               rel=1e-5)
-  assert aug.model_input(tf.constant([1001 / 4000])).numpy()[0] == (
-      pytest.approx(250.25))
+  assert alpha_bar.numpy()[0] == pytest.approx(d.alphas_cumprod[1000], rel=1e-5)
+  assert aug.model_input(tf.constant([1001 / 4000
+                                     ])).numpy()[0] == (pytest.approx(250.25))
   assert aug.truncation_stop_index(d, 1001 / 4000) == 1001
   assert aug.truncation_stop_index(d, 0.0) == 0
   # A respaced base process must keep the truncation step.
@@ -58,8 +58,8 @@ def test_training_levels_cover_the_configured_range():
   d = GaussianDiffusion(BETAS4)
   u = tf.constant([0.0, 0.5, 0.999])
   amortized = ca.GaussianConditioningAugmentation(d)
-  np.testing.assert_allclose(amortized.training_levels(u).numpy(),
-                             [0.0, 0.5, 0.999], rtol=1e-6)
+  np.testing.assert_allclose(
+      amortized.training_levels(u).numpy(), [0.0, 0.5, 0.999], rtol=1e-6)
   fixed = ca.GaussianConditioningAugmentation(d, training_range=(0.25, 0.25))
   np.testing.assert_allclose(fixed.training_levels(u).numpy(), [0.25] * 3)
   with pytest.raises(ValueError, match="training_range"):
@@ -105,8 +105,8 @@ def test_gaussian_blur_matches_scipy(sigma):
   # A 3x3 kernel is scipy's Gaussian truncated at radius 1.
   expected = np.stack([
       ndimage.gaussian_filter(img, sigma=(sigma, sigma, 0), mode="reflect",
-                              truncate=1.0 / sigma + 1e-9)
-      for img in images])
+                              truncate=1.0 / sigma + 1e-9) for img in images
+  ])
   np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -131,9 +131,11 @@ def test_blur_augmentation_applies_to_the_chosen_examples():
   apply_u = tf.constant([0.1, 0.7, 0.49])  # probability 0.5: blur 0 and 2
   got = blur.augment(images, sigma_u, apply_u).numpy()
   np.testing.assert_allclose(got[1], images.numpy()[1])
-  np.testing.assert_allclose(
-      got[0], ca.gaussian_blur(images[:1], [0.4]).numpy()[0], rtol=1e-6)
-  np.testing.assert_allclose(
-      got[2], ca.gaussian_blur(images[2:], [0.6]).numpy()[0], rtol=1e-6)
+  np.testing.assert_allclose(got[0],
+                             ca.gaussian_blur(images[:1], [0.4]).numpy()[0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(got[2],
+                             ca.gaussian_blur(images[2:], [0.6]).numpy()[0],
+                             rtol=1e-6)
   with pytest.raises(ValueError, match="probability"):
     ca.BlurConditioningAugmentation(probability=1.5)

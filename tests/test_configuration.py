@@ -48,13 +48,12 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
   assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files that import the configurables the bindings below name.
-KIND_GIN_FILES = [os.path.join(ROOT, "gin", "models",
-                               "fashion_mnist_16_base.gin"),
-                  os.path.join(ROOT, "gin", "classifiers", "fashion_mnist",
-                               "resnet_tiny.gin")]
+KIND_GIN_FILES = [
+    os.path.join(ROOT, "gin", "models", "fashion_mnist_16_base.gin"),
+    os.path.join(ROOT, "gin", "classifiers", "fashion_mnist", "resnet_tiny.gin")
+]
 
 
 @pytest.fixture()
@@ -64,20 +63,23 @@ def clean_gin():
   gin.clear_config()
 
 
-@pytest.mark.parametrize("binding,message", [
-    ("trainer.train.num_steps = 'ten'",
-     "num_steps = 'ten' is a string, but the parameter takes a number "
-     "\\(default 1000\\)"),
-    ("unet.UNet.channel_mult = 3", "channel_mult = 3 is a number, but the "
-     "parameter takes a sequence"),
-    # No default: the dataclass field's annotation (int) says what it takes.
-    ("recipes.ClassifierRecipe.batch_size = [8]",
-     "batch_size = \\[8\\] is a sequence, but the parameter takes a "
-     "number$"),
-    # Optional[float]: a number or None.
-    ("recipes.ClassifierRecipe.weight_decay = 'x'", "weight_decay = 'x' is a "
-     "string"),
-])
+@pytest.mark.parametrize(
+    "binding,message",
+    [
+        ("trainer.train.num_steps = 'ten'",
+         "num_steps = 'ten' is a string, but the parameter takes a number "
+         "\\(default 1000\\)"),
+        ("unet.UNet.channel_mult = 3", "channel_mult = 3 is a number, but the "
+         "parameter takes a sequence"),
+        # No default: the dataclass field's annotation (int) says what it takes.
+        ("recipes.ClassifierRecipe.batch_size = [8]",
+         "batch_size = \\[8\\] is a sequence, but the parameter takes a "
+         "number$"),
+        # Optional[float]: a number or None.
+        ("recipes.ClassifierRecipe.weight_decay = 'x'",
+         "weight_decay = 'x' is a "
+         "string"),
+    ])
 def test_binding_of_the_wrong_kind_is_refused_while_parsing(
     clean_gin, binding, message):
   del clean_gin
@@ -85,13 +87,15 @@ def test_binding_of_the_wrong_kind_is_refused_while_parsing(
     configuration.parse_gin(KIND_GIN_FILES, [binding])
 
 
-@pytest.mark.parametrize("binding", [
-    "trainer.train.num_steps = 2.0",  # int and float are both numbers
-    "unet.UNet.dropout = None",  # None switches a setting off
-    "unet.UNet.channel_mult = [1, 2]",  # a list for a tuple
-    "recipes.ClassifierRecipe.weight_decay = None",
-    "recipes.ClassifierRecipe.learning_rate = 1",
-])
+@pytest.mark.parametrize(
+    "binding",
+    [
+        "trainer.train.num_steps = 2.0",  # int and float are both numbers
+        "unet.UNet.dropout = None",  # None switches a setting off
+        "unet.UNet.channel_mult = [1, 2]",  # a list for a tuple
+        "recipes.ClassifierRecipe.weight_decay = None",
+        "recipes.ClassifierRecipe.learning_rate = 1",
+    ])
 def test_bindings_of_the_right_kind_are_accepted(clean_gin, binding):
   del clean_gin
   configuration.parse_gin(KIND_GIN_FILES, [binding])

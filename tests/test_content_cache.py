@@ -29,18 +29,19 @@ def test_name_and_key_follow_the_description(tmp_path):
 
 def test_directories_are_the_data_directory_then_cache_dir(tmp_path):
   data = [str(tmp_path / "d" / "a"), str(tmp_path / "d" / "b")]
-  assert content_cache.directories(data, tmp_path / "c") == [
-      str(tmp_path / "d"), str(tmp_path / "c")]
   assert content_cache.directories(
-      [str(tmp_path / "x" / "a"), str(tmp_path / "y" / "b")]) == []
+      data, tmp_path / "c") == [str(tmp_path / "d"),
+                                str(tmp_path / "c")]
+  assert content_cache.directories(
+      [str(tmp_path / "x" / "a"),
+       str(tmp_path / "y" / "b")]) == []
 
 
-@pytest.mark.parametrize("extension", [content_cache.JSON,
-                                       content_cache.NPZ])
+@pytest.mark.parametrize("extension", [content_cache.JSON, content_cache.NPZ])
 def test_written_payload_reads_back(tmp_path, extension):
   entry = _entry([str(tmp_path)], extension)
-  payload = ({"counts": [1, 2]} if extension == content_cache.JSON
-             else {"mean": np.arange(3.0)})
+  payload = ({"counts": [1, 2]}
+             if extension == content_cache.JSON else {"mean": np.arange(3.0)})
   path = entry.write(payload)
   assert path == os.path.join(str(tmp_path), entry.name)
   read, read_path = entry.read()
@@ -76,6 +77,7 @@ def test_unwritable_directories_are_skipped(tmp_path, monkeypatch):
     if path.startswith(blocked):
       raise PermissionError(f"read-only: {path}")
     real_write(path, obj)
+
   monkeypatch.setattr(files_lib, "atomic_write_json", refuse_blocked)
   assert _entry([blocked]).write({"counts": [1]}) is None
   path = _entry([blocked, str(tmp_path / "cache")]).write({"counts": [1]})

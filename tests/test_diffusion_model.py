@@ -39,8 +39,8 @@ def _super_resolution(augmentation="gaussian"):
 def _batch(size, resolution=8, low_res=None, start=0):
   rng = np.random.default_rng(0)
   batch = {
-      "x_start": tf.constant(rng.uniform(-1, 1, (size, resolution,
-                                                  resolution, 3)), tf.float32),
+      "x_start": tf.constant(
+          rng.uniform(-1, 1, (size, resolution, resolution, 3)), tf.float32),
       "label": tf.range(size) % 3,
       "seed": per_example_noise.example_seeds(tf.range(start, start + size)),
   }
@@ -98,11 +98,10 @@ def test_super_resolution_trains_and_samples(augmentation):
   metrics = tf.function(model.train_step)(batch)
   assert np.isfinite(float(metrics["loss"]))
   with model.ema_weights():
-    samples = model.sample(batch["seed"], labels=batch["label"],
-                           low_res=batch["low_res"],
-                           diffusion=create_diffusion("cosine", 100, "5"),
-                           aug_level=0.25 if augmentation == "gaussian"
-                           else 0.0)
+    samples = model.sample(
+        batch["seed"], labels=batch["label"], low_res=batch["low_res"],
+        diffusion=create_diffusion("cosine", 100, "5"),
+        aug_level=0.25 if augmentation == "gaussian" else 0.0)
   assert samples.shape == (4, 8, 8, 3)
   assert np.abs(samples.numpy()).max() <= 1.0 + 1e-6
 
@@ -134,12 +133,11 @@ def test_export_round_trip_samples_identically(tmp_path):
   assert loaded.conditioning_augmentation == "gaussian"
   batch = _batch(2, low_res=4)
   kwargs = dict(labels=batch["label"], low_res=batch["low_res"],
-                diffusion=create_diffusion("cosine", 100, "4"),
-                aug_level=0.1)
+                diffusion=create_diffusion("cosine", 100, "4"), aug_level=0.1)
   with model.ema_weights():
     expected = model.sample(batch["seed"], **kwargs).numpy()
-  np.testing.assert_allclose(loaded.sample(batch["seed"], **kwargs).numpy(),
-                             expected, atol=1e-5)
+  np.testing.assert_allclose(
+      loaded.sample(batch["seed"], **kwargs).numpy(), expected, atol=1e-5)
   assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
@@ -170,12 +168,12 @@ def test_loss_scaling_gives_the_same_step_as_plain_training():
     model = DiffusionModel(_unet(learn_sigma=True), num_timesteps=100,
                            model_var_type="learned_range", loss_type="hybrid",
                            clip_grad_norm=0.5)
-    model.build_all(optimizers.create_optimizer(
-        "adam", 1e-3, loss_scaling=loss_scaling))
+    model.build_all(
+        optimizers.create_optimizer("adam", 1e-3, loss_scaling=loss_scaling))
     metrics = tf.function(model.train_step)(_batch(4))
-    weights[loss_scaling] = ([v.numpy() for v in
-                              model.unet.trainable_variables],
-                             float(metrics["grad_norm"]))
+    weights[loss_scaling] = ([
+        v.numpy() for v in model.unet.trainable_variables
+    ], float(metrics["grad_norm"]))
   (plain, plain_norm), (scaled, scaled_norm) = weights[False], weights[True]
   assert scaled_norm == pytest.approx(plain_norm, rel=1e-4)
   for a, b in zip(plain, scaled):
@@ -187,9 +185,9 @@ def test_export_fingerprint_follows_the_weights(tmp_path):
   model.build_all()
   first = export.export_model(model, str(tmp_path / "a"))
   again = export.export_model(model, str(tmp_path / "b"))
-  assert (export.weights_fingerprint(first) ==
-          export.weights_fingerprint(again))
+  assert (
+      export.weights_fingerprint(first) == export.weights_fingerprint(again))
   model.ema_variables[0].assign(model.ema_variables[0] + 1.0)
   changed = export.export_model(model, str(tmp_path / "c"))
-  assert (export.weights_fingerprint(changed) !=
-          export.weights_fingerprint(first))
+  assert (export.weights_fingerprint(changed)
+          != export.weights_fingerprint(first))

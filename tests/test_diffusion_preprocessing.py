@@ -13,9 +13,10 @@ from tests import real_photo_records as photos
 
 
 def _example(name, label=7):
-  return {schema.IMAGE: photos.decode_photo(name),
-          schema.LABEL: tf.constant(label),
-          schema.SOURCE: tf.constant(name)}
+  return {
+      schema.IMAGE: photos.decode_photo(name), schema.LABEL: tf.constant(label),
+      schema.SOURCE: tf.constant(name)
+  }
 
 
 def _checkerboard(side):
@@ -33,14 +34,14 @@ def test_photos_have_the_expected_sizes():
 def test_center_crop_is_the_middle_square_of_the_short_side():
   photo = photos.decode_photo(photos.LANDSCAPE).numpy()
   # (1024 - 683) = 341 extra columns: 170 on the left, 171 on the right.
-  np.testing.assert_array_equal(dp.center_crop_square(photo).numpy(),
-                                photo[:, 170:853])
+  np.testing.assert_array_equal(
+      dp.center_crop_square(photo).numpy(), photo[:, 170:853])
   portrait = np.transpose(photo, (1, 0, 2))
-  np.testing.assert_array_equal(dp.center_crop_square(portrait).numpy(),
-                                portrait[170:853])
+  np.testing.assert_array_equal(
+      dp.center_crop_square(portrait).numpy(), portrait[170:853])
   square = photos.decode_photo(photos.SQUARE)
-  np.testing.assert_array_equal(dp.center_crop_square(square).numpy(),
-                                square.numpy())
+  np.testing.assert_array_equal(
+      dp.center_crop_square(square).numpy(), square.numpy())
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 256, 1024])
@@ -110,9 +111,9 @@ def test_each_resolution_comes_from_the_crop_not_a_chain():
   images = dp.cascade_images(photo, (32, 64, 256))
   assert sorted(images) == ["image_256", "image_32", "image_64"]
   for resolution in (32, 64, 256):
-    np.testing.assert_array_equal(images[dp.image_key(resolution)].numpy(),
-                                  dp.preprocess_image(photo,
-                                                      resolution).numpy())
+    np.testing.assert_array_equal(
+        images[dp.image_key(resolution)].numpy(),
+        dp.preprocess_image(photo, resolution).numpy())
   chained = dp.preprocess_image(
       tf.cast(dp.to_uint8(images["image_64"]), tf.uint8), 32)
   assert not np.array_equal(chained.numpy(), images["image_32"].numpy())
@@ -136,8 +137,7 @@ def test_flip_is_identical_at_every_resolution_and_seeded():
   decisions = []
   for seed in range(12):
     seed = tf.constant([seed, 3], tf.int64)
-    out = dp.cascade_example(example, resolutions, random_flip=True,
-                             seed=seed)
+    out = dp.cascade_example(example, resolutions, random_flip=True, seed=seed)
     flipped = []
     for resolution in resolutions:
       key = dp.image_key(resolution)
@@ -168,8 +168,9 @@ def test_super_resolution_pair():
     dp.super_resolution_pair(example, 256, 64)
   # Flipped pairs flip together.
   for seed in range(6):
-    low_f, high_f, _ = dp.super_resolution_pair(
-        example, 64, 256, random_flip=True, seed=tf.constant([seed, 0]))
+    low_f, high_f, _ = dp.super_resolution_pair(example, 64, 256,
+                                                random_flip=True,
+                                                seed=tf.constant([seed, 0]))
     low_flipped = not np.array_equal(low_f, low)
     high_flipped = not np.array_equal(high_f, high)
     assert low_flipped == high_flipped
@@ -178,8 +179,8 @@ def test_super_resolution_pair():
 def test_to_uint8_rounds_clips_and_inverts_to_float():
   values = tf.constant([-1.5, -1.0, -0.999, 0.0, 0.5, 1.0, 1.2])
   # (v + 1) * 127.5 = -63.75, 0, 0.13, 127.5, 191.25, 255, 280.5.
-  np.testing.assert_array_equal(dp.to_uint8(values).numpy(),
-                                [0, 0, 0, 128, 191, 255, 255])
+  np.testing.assert_array_equal(
+      dp.to_uint8(values).numpy(), [0, 0, 0, 128, 191, 255, 255])
   assert dp.to_uint8(values).dtype == tf.uint8
   every_level = tf.range(256, dtype=tf.int32)
   np.testing.assert_array_equal(
@@ -207,7 +208,8 @@ def test_works_inside_dataset_map_with_per_example_seeds():
     # enumerate() yields int64; fold_in depends on the dtype.
     seed = tf.random.experimental.stateless_fold_in(
         base_seed, tf.constant(index, tf.int64))
-    eager_low, eager_high, _ = dp.super_resolution_pair(
-        example, 32, 64, random_flip=True, seed=seed)
+    eager_low, eager_high, _ = dp.super_resolution_pair(example, 32, 64,
+                                                        random_flip=True,
+                                                        seed=seed)
     np.testing.assert_allclose(low[index], eager_low, atol=1e-6)
     np.testing.assert_allclose(high[index], eager_high, atol=1e-6)

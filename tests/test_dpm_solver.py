@@ -31,8 +31,8 @@ def test_logsnr_uniform_levels_on_a_continuous_model():
   d = _continuous()
   chain = dpm_solver.DPMSolver(d, 6, end_alpha_bar=0.9)
   lam = chain.half_log_snrs
-  lam_start = 0.5 * np.log(d.alphas_cumprod[-1]
-                           / d.one_minus_alphas_cumprod[-1])
+  lam_start = 0.5 * np.log(
+      d.alphas_cumprod[-1] / d.one_minus_alphas_cumprod[-1])
   assert len(lam) == 7  # 6 evaluated levels + the hand-over level
   assert lam[0] == pytest.approx(lam_start, rel=1e-12)
   assert lam[-1] == pytest.approx(0.5 * np.log(0.9 / 0.1), rel=1e-12)
@@ -52,8 +52,8 @@ def test_karras_levels_by_hand():
   # sigma / alpha from s_max = sqrt((1 - ab_T) / ab_T) to s_min = 1 with
   # rho = 7: s_i = (s_max^(1/7) + i/3 (1 - s_max^(1/7)))^7.
   s_max = np.sqrt(d.one_minus_alphas_cumprod[-1] / d.alphas_cumprod[-1])
-  hand = [(s_max ** (1 / 7) + i / 3 * (1.0 - s_max ** (1 / 7))) ** 7
-          for i in range(4)]
+  hand = [(s_max**(1 / 7) + i / 3 * (1.0 - s_max**(1 / 7)))**7 for i in range(4)
+         ]
   got = np.sqrt(chain.one_minus_alphas_cumprod / chain.alphas_cumprod)
   np.testing.assert_allclose(got, hand, rtol=1e-9)
 
@@ -68,8 +68,8 @@ def test_timestep_model_levels_lie_on_the_training_schedule():
     assert len(p) == 10 and np.all(np.diff(p) < 0)
     # log alpha-bar linear in the step between training steps.
     np.testing.assert_allclose(np.log(chain.alphas_cumprod[:10]),
-                               np.interp(p, np.arange(1000), log_ab),
-                               rtol=1e-9, atol=1e-12)
+                               np.interp(p, np.arange(1000), log_ab), rtol=1e-9,
+                               atol=1e-12)
     assert chain.alphas_cumprod[10] == 1.0
     # The network is told the fractional step (index * 1000 / T).
     np.testing.assert_allclose(chain.time_inputs, p, rtol=1e-6, atol=1e-4)
@@ -81,8 +81,7 @@ def test_timestep_model_levels_lie_on_the_training_schedule():
   # A respaced process: its positions map to the original steps.
   spaced = respace.SpacedDiffusion(range(0, 1000, 10), betas=d.betas)
   chain = dpm_solver.DPMSolver(spaced, 4, timestep_spacing="time_uniform")
-  np.testing.assert_allclose(chain.time_inputs, [990, 660, 330, 0],
-                             atol=1e-3)
+  np.testing.assert_allclose(chain.time_inputs, [990, 660, 330, 0], atol=1e-3)
 
 
 # -- the update equations ---------------------------------------------------
@@ -98,10 +97,9 @@ def test_one_first_order_step_by_hand():
   chain.alphas_cumprod[:] = (0.5, 0.5, 0.8)
   chain.one_minus_alphas_cumprod[:] = (0.5, 0.5, 0.2)
   chain._step_coefficients()  # pylint: disable=protected-access
-  state = {"x": tf.ones([1, 1]), "m1": tf.zeros([1, 1]),
-           "m2": tf.zeros([1, 1])}
-  state = chain.step(lambda x, t: 0.2 * tf.ones_like(x), state,
-                     tf.constant(1), _seeds(1))
+  state = {"x": tf.ones([1, 1]), "m1": tf.zeros([1, 1]), "m2": tf.zeros([1, 1])}
+  state = chain.step(lambda x, t: 0.2 * tf.ones_like(x), state, tf.constant(1),
+                     _seeds(1))
   assert float(state["m1"][0, 0]) == pytest.approx(1.2142136, abs=1e-6)
   assert float(state["x"][0, 0]) == pytest.approx(1.1754690, abs=1e-6)
 
@@ -109,8 +107,7 @@ def test_one_first_order_step_by_hand():
 def test_first_order_is_ddim_on_the_same_steps():
   d = create_diffusion("cosine", 1000)
   # Time-uniform positions 999, 888, ..., 0 are training steps.
-  chain = dpm_solver.DPMSolver(d, 10, order=1,
-                               timestep_spacing="time_uniform")
+  chain = dpm_solver.DPMSolver(d, 10, order=1, timestep_spacing="time_uniform")
   kept = np.round(chain.positions).astype(int)
   spaced = respace.SpacedDiffusion(kept.tolist(), betas=d.betas)
   np.testing.assert_allclose(chain.positions, kept, atol=1e-6)
@@ -156,12 +153,11 @@ def test_2m_matches_the_papers_algorithm_written_out():
   ab, one_minus = chain.alphas_cumprod, chain.one_minus_alphas_cumprod
 
   def data_prediction(x, i):  # the optimal model's x_0, in float64
-    eps = (np.sqrt(one_minus[i]) * (x - np.sqrt(ab[i]) * DATA.mean)
-           / (ab[i] * DATA.std**2 + one_minus[i]))
+    eps = (np.sqrt(one_minus[i]) * (x - np.sqrt(ab[i]) * DATA.mean) /
+           (ab[i] * DATA.std**2 + one_minus[i]))
     return (x - np.sqrt(one_minus[i]) * eps) / np.sqrt(ab[i])
 
-  want = _paper_algorithm_2(ab, x_T.numpy().astype(np.float64),
-                            data_prediction)
+  want = _paper_algorithm_2(ab, x_T.numpy().astype(np.float64), data_prediction)
   np.testing.assert_allclose(got, want, atol=2e-5)
 
 
@@ -176,34 +172,37 @@ def test_3m_step_is_exact_for_a_quadratic_data_prediction():
   lam = chain.half_log_snrs
   ab, one_minus = chain.alphas_cumprod, chain.one_minus_alphas_cumprod
 
-  def q(l):
-    return 0.4 - 0.3 * l + 0.05 * l * l
+  def q(lam_t):
+    return 0.4 - 0.3 * lam_t + 0.05 * lam_t * lam_t
 
   k = 3
   assert chain.orders[k] == 3
   x = np.array([[0.7, -1.2]])
   m0 = q(lam[k])
   eps = (x - np.sqrt(ab[k]) * m0) / np.sqrt(one_minus[k])
-  state = {"x": tf.constant(x, tf.float32),
-           "m1": tf.fill([1, 2], float(q(lam[k - 1]))),
-           "m2": tf.fill([1, 2], float(q(lam[k - 2])))}
+  state = {
+      "x": tf.constant(x, tf.float32), "m1": tf.fill([1, 2],
+                                                     float(q(lam[k - 1]))),
+      "m2": tf.fill([1, 2], float(q(lam[k - 2])))
+  }
   out = chain.step(lambda *_: tf.constant(eps, tf.float32), state,
                    tf.constant(k), _seeds(1))
   h = lam[k + 1] - lam[k]
   u = np.linspace(0.0, h, 20001)
   integral = np.trapezoid(np.exp(-(h - u)) * q(lam[k] + u), u)
-  exact = (np.sqrt(one_minus[k + 1] / one_minus[k]) * x
-           + np.sqrt(ab[k + 1]) * integral)
+  exact = (np.sqrt(one_minus[k + 1] / one_minus[k]) * x +
+           np.sqrt(ab[k + 1]) * integral)
   np.testing.assert_allclose(out["x"].numpy(), exact, rtol=2e-5)
 
 
 def test_errors_shrink_at_each_solvers_order():
   steps = (10, 20, 40, 80)
   d = _continuous()
-  first, second, third = (
-      analytic.ode_errors(d, DATA, sampler, steps, order=order)
-      for sampler, order in (("dpmpp_2m", 1), ("dpmpp_2m", None),
-                             ("dpmpp_3m", None)))
+  first, second, third = (analytic.ode_errors(d, DATA, sampler, steps,
+                                              order=order)
+                          for sampler, order in (("dpmpp_2m", 1), ("dpmpp_2m",
+                                                                   None),
+                                                 ("dpmpp_3m", None)))
   for errors, order in ((first, 1), (second, 2), (third, 3)):
     observed = analytic.observed_orders(steps, errors)
     assert observed[-1] == pytest.approx(order, abs=0.3), (order, observed)
@@ -215,20 +214,18 @@ def test_errors_shrink_at_each_solvers_order():
 
 
 @pytest.mark.parametrize("diffusion_kwargs,solver_kwargs", [
-    (dict(schedule="cosine", num_timesteps=1000),
-     dict(sampler="dpmpp_2m", steps=20)),
+    (dict(schedule="cosine",
+          num_timesteps=1000), dict(sampler="dpmpp_2m", steps=20)),
     (dict(schedule="cosine", num_timesteps=1000,
-          model_var_type="learned_range"),
-     dict(sampler="dpmpp_3m", steps=25)),
+          model_var_type="learned_range"), dict(sampler="dpmpp_3m", steps=25)),
     (dict(schedule="linear", num_timesteps=1000),
      dict(sampler="dpmpp_2m", steps=25, timestep_spacing="karras")),
     (dict(schedule="cosine", num_timesteps=1000),
      dict(sampler="dpmpp_2m", steps=50, timestep_spacing="time_uniform")),
-    (dict(schedule="cosine", num_timesteps=1000),
-     dict(sampler="dpmpp_2m_sde", steps=50)),
+    (dict(schedule="cosine",
+          num_timesteps=1000), dict(sampler="dpmpp_2m_sde", steps=50)),
     (dict(schedule="linear", num_timesteps=2000,
-          noise_conditioning="continuous"),
-     dict(sampler="dpmpp_2m", steps=15)),
+          noise_conditioning="continuous"), dict(sampler="dpmpp_2m", steps=15)),
 ])
 def test_few_steps_recover_the_data_distribution(diffusion_kwargs,
                                                  solver_kwargs):
@@ -244,14 +241,16 @@ def test_stochastic_solver_samples_do_not_depend_on_their_batch():
   fn = DATA.model_fn(d)
   ids = tf.constant([5, 17, 42, 99])
   kwargs = dict(sampler="dpmpp_2m_sde", steps=8)
-  batch = samplers.sample(d, fn, (3, 2), per_example_noise.example_seeds(
-      ids, 1), **kwargs).numpy()
-  alone = samplers.sample(d, fn, (3, 2), per_example_noise.example_seeds(
-      ids[2:3], 1), **kwargs).numpy()
+  batch = samplers.sample(d, fn, (3, 2),
+                          per_example_noise.example_seeds(ids,
+                                                          1), **kwargs).numpy()
+  alone = samplers.sample(d, fn, (3, 2),
+                          per_example_noise.example_seeds(ids[2:3], 1),
+                          **kwargs).numpy()
   np.testing.assert_allclose(alone[0], batch[2], atol=1e-6)
   # Its noise matters: the ODE solver from the same x_T lands elsewhere.
-  ode = samplers.sample(d, fn, (3, 2), per_example_noise.example_seeds(
-      ids, 1), sampler="dpmpp_2m", steps=8).numpy()
+  ode = samplers.sample(d, fn, (3, 2), per_example_noise.example_seeds(ids, 1),
+                        sampler="dpmpp_2m", steps=8).numpy()
   assert np.abs(ode - batch).max() > 0.05
 
 

@@ -41,8 +41,8 @@ class CountingEncoder(encoder_lib.TextEncoder):
   def _token_embeddings(self, token_ids, mask):
     self.encoded += len(token_ids)
     positions = np.arange(self.max_length, dtype=np.float32)
-    return (token_ids[..., None] * positions[None, :, None]
-            + np.arange(3, dtype=np.float32)).astype(np.float32)
+    return (token_ids[..., None] * positions[None, :, None] +
+            np.arange(3, dtype=np.float32)).astype(np.float32)
 
 
 def _npz_files(directory):
@@ -84,19 +84,18 @@ def test_any_change_of_the_key_re_encodes(tmp_path):
       (CountingEncoder(name="renamed"), prompts),
   ]
   for encoder, changed_prompts in changes:
-    embeddings = embedding_cache.encode(str(tmp_path), encoder,
-                                        changed_prompts)
+    embeddings = embedding_cache.encode(str(tmp_path), encoder, changed_prompts)
     assert encoder.encoded == len(changed_prompts)
-    assert embeddings.tokens.shape == (len(changed_prompts),
-                                       encoder.max_length, 3)
+    assert embeddings.tokens.shape == (len(changed_prompts), encoder.max_length,
+                                       3)
   assert len(_npz_files(tmp_path)) == 1 + len(changes)
 
 
 def test_a_damaged_or_foreign_file_is_re_encoded_and_replaced(tmp_path):
   prompts = ["tench"]
   encoder = CountingEncoder()
-  path = embedding_cache.cache_path(
-      str(tmp_path), embedding_cache.cache_key(encoder, prompts))
+  path = embedding_cache.cache_path(str(tmp_path),
+                                    embedding_cache.cache_key(encoder, prompts))
   os.makedirs(tmp_path, exist_ok=True)
   with open(path, "wb") as f:
     f.write(b"not an npz")
@@ -124,5 +123,5 @@ def test_encoder_pads_zeroes_and_pools_over_valid_tokens():
   assert not embeddings.tokens[0, 3].any()
   np.testing.assert_allclose(embeddings.pooled[0],
                              embeddings.tokens[0, :3].mean(0))
-  np.testing.assert_allclose(embeddings.gather([1, 0]).pooled,
-                             embeddings.pooled[::-1])
+  np.testing.assert_allclose(
+      embeddings.gather([1, 0]).pooled, embeddings.pooled[::-1])

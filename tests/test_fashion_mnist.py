@@ -61,8 +61,8 @@ def test_convert_writes_complete_splits_and_keeps_them_on_restart(tmp_path):
   manifests = fashion_mnist.convert(out, source_dir=source)
   assert manifests["train"].num_examples == 30
   assert list(manifests["validation"].class_counts) == [2] * 10
-  assert [c.name for c in class_names.load_classes(out)][:2] == [
-      "T-shirt/top", "trouser"]
+  assert [c.name for c in class_names.load_classes(out)
+         ][:2] == ["T-shirt/top", "trouser"]
   train_shards = shard_writer.complete_shards(out, "train")
   assert len(train_shards) == fashion_mnist.NUM_SHARDS["train"]
   mtimes = {p: os.path.getmtime(p) for p in train_shards}

@@ -103,8 +103,9 @@ def test_eigh_and_sqrtm_routes_agree(count, dimension):
   rng = np.random.default_rng(count + dimension)
   mixing = rng.normal(size=(dimension, dimension))
   a = fid.statistics(rng.normal(size=(count, dimension)) @ mixing, NETWORK)
-  b = fid.statistics(rng.normal(size=(count, dimension))
-                     * rng.uniform(0.5, 2.0, dimension) + 0.3, NETWORK)
+  b = fid.statistics(
+      rng.normal(size=(count, dimension)) * rng.uniform(0.5, 2.0, dimension) +
+      0.3, NETWORK)
   eigh = fid.fid(a, b, method="eigh")
   sqrtm = fid.fid(a, b, method="sqrtm")
   assert (eigh.method, sqrtm.method) == ("eigh", "sqrtm")
@@ -117,9 +118,9 @@ def test_eigh_and_sqrtm_routes_agree(count, dimension):
 
 @pytest.mark.parametrize("method", fid.METHODS)
 def test_both_routes_give_the_diagonal_closed_form(method):
-  result = fid.frechet_distance([0.0, 1.0, -2.0], np.diag([1.0, 4.0, 9.0]),
-                                [1.0, 1.0, 0.0], np.diag([4.0, 1.0, 9.0]),
-                                method=method)
+  result = fid.frechet_distance([0.0, 1.0, -2.0],
+                                np.diag([1.0, 4.0, 9.0]), [1.0, 1.0, 0.0],
+                                np.diag([4.0, 1.0, 9.0]), method=method)
   assert result.value == pytest.approx(1.0 + 4.0 + 2.0, rel=1e-12)
   assert result.method == method and not result.singular
 
@@ -163,9 +164,9 @@ def test_disjoint_halves_of_real_images_are_close():
   images, labels = fashion_mnist.load_split("validation")
   images = fashion_mnist.to_rgb(images[:1200], pad_to=32)
   labels = labels[:1200]
-  extractor = features_lib.ClassifierFeatures(
-      _pixel_statistics_network(), "Fashion-MNIST pooled pixels",
-      feature_layer="flat")
+  extractor = features_lib.ClassifierFeatures(_pixel_statistics_network(),
+                                              "Fashion-MNIST pooled pixels",
+                                              feature_layer="flat")
   feats, _ = extractor(images)
   half1 = fid.statistics(feats[:600], extractor.name)
   half2 = fid.statistics(feats[600:], extractor.name)
@@ -186,7 +187,8 @@ def test_fid_at_uses_the_first_n_and_labels_each_value():
   values = fid.fid_at(generated, references, sample_counts=(20, 40))
   assert [v.label for v in values] == [
       f"FID@20 vs train ({NETWORK})", f"FID@20 vs validation ({NETWORK})",
-      f"FID@40 vs train ({NETWORK})", f"FID@40 vs validation ({NETWORK})"]
+      f"FID@40 vs train ({NETWORK})", f"FID@40 vs validation ({NETWORK})"
+  ]
   expected = fid.fid(fid.statistics(generated.features[:20], NETWORK),
                      references["validation"]).value
   assert values[1].value == pytest.approx(expected)
@@ -296,8 +298,7 @@ def test_a_corrupt_cache_is_recomputed(photos, tmp_path):
   np.testing.assert_allclose(again.statistics.mean, first.statistics.mean)
 
 
-def test_unwritable_data_dir_caches_in_cache_dir(photos, tmp_path,
-                                                monkeypatch):
+def test_unwritable_data_dir_caches_in_cache_dir(photos, tmp_path, monkeypatch):
   data_dir = str(tmp_path / "data")
   cache_dir = str(tmp_path / "cache")
   records.write_photo_shards(data_dir, schema.FORMAT_TPU, photos[:6],
@@ -308,6 +309,7 @@ def test_unwritable_data_dir_caches_in_cache_dir(photos, tmp_path,
     if os.path.dirname(path) == data_dir:
       raise PermissionError(f"{path}: read-only")
     write(path, data)
+
   monkeypatch.setattr(files_lib, "atomic_write_bytes", read_only_data_dir)
   extractor = _CountingExtractor()
   result = fid.reference_statistics(data_dir, extractor, split="train",

@@ -48,12 +48,12 @@ def _int(value):
 
 def _tensor(storage_type, key, numel, offset, size, stride):
   """Pickle opcodes of _rebuild_tensor_v2(storage, offset, size, stride)."""
-  storage = (b"((" + _text("storage") + b"ctorch\n" + storage_type.encode()
-             + b"\n" + _text(key) + _text("cpu") + _int(numel) + b"tQ")
-  return (b"ctorch._utils\n_rebuild_tensor_v2\n" + storage + _int(offset)
-          + b"(" + b"".join(_int(s) for s in size) + b"t"
-          + b"(" + b"".join(_int(s) for s in stride) + b"t"
-          + b"\x89" + b"ccollections\nOrderedDict\n)R" + b"tR")
+  storage = (b"((" + _text("storage") + b"ctorch\n" + storage_type.encode() +
+             b"\n" + _text(key) + _text("cpu") + _int(numel) + b"tQ")
+  return (b"ctorch._utils\n_rebuild_tensor_v2\n" + storage + _int(offset) +
+          b"(" + b"".join(_int(s) for s in size) + b"t" + b"(" +
+          b"".join(_int(s) for s in stride) + b"t" + b"\x89" +
+          b"ccollections\nOrderedDict\n)R" + b"tR")
 
 
 def _archive(path, body, storages):
@@ -71,13 +71,11 @@ def test_reader_rebuilds_strided_tensors_and_modules(tmp_path):
   # bfloat16 of 1.0, -2.0, 0.5 is the top half of their float32 bits.
   bf16 = (np.array([1.0, -2.0, 0.5], "<f4").view("<u4") >> 16).astype("<u2")
   body = (_text("transposed") + _tensor("FloatStorage", "0", 6, 0, (3, 2),
-                                        (1, 3))
-          + _text("offset") + _tensor("FloatStorage", "0", 6, 4, (2,), (1,))
-          + _text("halves") + _tensor("BFloat16Storage", "1", 3, 0, (3,),
-                                      (1,))
-          + _text("stride") + _int(2)
-          + _text("padding") + b"ctorch.jit._pickle\nbuild_intlist\n("
-          + _int(0) + _int(1) + b"l" + b"\x85R")
+                                        (1, 3)) + _text("offset") +
+          _tensor("FloatStorage", "0", 6, 4, (2,), (1,)) + _text("halves") +
+          _tensor("BFloat16Storage", "1", 3, 0, (3,), (1,)) + _text("stride") +
+          _int(2) + _text("padding") + b"ctorch.jit._pickle\nbuild_intlist\n(" +
+          _int(0) + _int(1) + b"l" + b"\x85R")
   _archive(path, body, {"0": floats.tobytes(), "1": bf16.tobytes()})
   root = torchscript_archive.load(path)
   assert root.type_name == "__torch__.demo.Block"
@@ -92,11 +90,11 @@ def test_reader_rebuilds_strided_tensors_and_modules(tmp_path):
 
 def test_reader_refuses_code_and_tensors_past_their_storage(tmp_path):
   path = str(tmp_path / "evil.pt")
-  _archive(path, _text("x") + b"cos\nsystem\n" + _text("true") + b"\x85R",
-           {})
+  _archive(path, _text("x") + b"cos\nsystem\n" + _text("true") + b"\x85R", {})
   with pytest.raises(ValueError, match="unsupported global os.system"):
     torchscript_archive.load(path)
-  _archive(path, _text("x") + _tensor("FloatStorage", "0", 2, 1, (2,), (1,)),
+  _archive(path,
+           _text("x") + _tensor("FloatStorage", "0", 2, 1, (2,), (1,)),
            {"0": np.zeros(2, "<f4").tobytes()})
   with pytest.raises(ValueError, match="runs past its storage"):
     torchscript_archive.load(path)
@@ -109,8 +107,8 @@ def test_reader_refuses_code_and_tensors_past_their_storage(tmp_path):
 def test_weights_file_holds_the_94_units_of_inception_v3():
   units = fid_inception.read_convolutions(_weights_path())
   assert len(units) == fid_inception.NUM_CONVOLUTIONS
-  assert sum(u["kernel"].size + 3 * u["beta"].size
-             for u in units) == NUM_PARAMETERS
+  assert sum(
+      u["kernel"].size + 3 * u["beta"].size for u in units) == NUM_PARAMETERS
   first, last = units[0], units[-1]
   assert first["kernel"].shape == (32, 3, 3, 3) and first["stride"] == 2
   assert last["name"] == "net.layers.mixed_10.tower_2_conv"
@@ -152,8 +150,8 @@ def inception():
 def photo_features(inception):
   """Features of 8 real photos (each resized from its own size)."""
   names = [os.path.basename(p) for p, _ in records.foolbox_photo_paths()[:8]]
-  features = np.concatenate([
-      inception(records.decode_photo(name)[tf.newaxis])[0] for name in names])
+  features = np.concatenate(
+      [inception(records.decode_photo(name)[tf.newaxis])[0] for name in names])
   return dict(zip(names, features))
 
 
@@ -166,13 +164,11 @@ def test_features_match_the_original_network(photo_features):
     head = np.asarray(photo["head"])
     np.testing.assert_allclose(features[:len(head)], head, atol=1e-4)
     assert features.mean() == pytest.approx(photo["mean"], abs=1e-5)
-    assert np.linalg.norm(features) == pytest.approx(photo["l2_norm"],
-                                                     rel=1e-5)
+    assert np.linalg.norm(features) == pytest.approx(photo["l2_norm"], rel=1e-5)
     assert list(np.argsort(-features)[:5]) == photo["top_indices"][:5]
 
 
-def test_features_are_2048_d_non_negative_and_finite(inception,
-                                                     photo_features):
+def test_features_are_2048_d_non_negative_and_finite(inception, photo_features):
   features = np.stack(list(photo_features.values()))
   assert features.shape == (8, fid_inception.FEATURE_DIM)
   assert features.dtype == np.float32
@@ -189,9 +185,12 @@ def test_fid_of_photos_is_zero_to_itself_and_smaller_than_to_noise(
   features = np.stack(list(photo_features.values()))
   rng = np.random.default_rng(1)
   noise, _ = inception(rng.integers(0, 256, (4, 96, 96, 3), dtype=np.uint8))
+
   # The first 128 of 2048 dimensions: scipy's sqrtm of a 2048x2048 matrix
   # takes ~40 s on 2 idle cores (far longer on busy ones), of 128x128 ms.
-  stats = lambda f: fid.statistics(f[:, :128], inception.name)
+  def stats(f):
+    return fid.statistics(f[:, :128], inception.name)
+
   halves = fid.fid(stats(features[:4]), stats(features[4:])).value
   to_noise = fid.fid(stats(features[:4]), stats(noise)).value
   to_itself = fid.fid(stats(features[:4]), stats(features[:4])).value

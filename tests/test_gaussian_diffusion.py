@@ -61,30 +61,28 @@ def test_posterior_matches_bayes_rule_for_the_gaussian_forward_process():
   x0 = rng.normal(size=(50, 3)).astype(np.float32)
   xt = rng.normal(size=(50, 3)).astype(np.float32)
   t = np.arange(1, 50)
-  mean, var, _ = d.q_posterior_mean_variance(_f32(x0[1:]), _f32(xt[1:]),
-                                             _t(t))
+  mean, var, _ = d.q_posterior_mean_variance(_f32(x0[1:]), _f32(xt[1:]), _t(t))
   # Prior q(x_{t-1} | x_0) times likelihood q(x_t | x_{t-1}), completed square.
   ab_prev = d.alphas_cumprod_prev[t][:, None]
   alpha, beta = d.alphas[t][:, None], d.betas[t][:, None]
   precision = 1 / (1 - ab_prev) + alpha / beta
-  expected_mean = (np.sqrt(ab_prev) * x0[1:] / (1 - ab_prev)
-                   + np.sqrt(alpha) * xt[1:] / beta) / precision
-  np.testing.assert_allclose(var.numpy()[:, 0], 1 / precision[:, 0],
-                             rtol=1e-5)
-  np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-4,
-                             atol=1e-5)
+  expected_mean = (np.sqrt(ab_prev) * x0[1:] /
+                   (1 - ab_prev) + np.sqrt(alpha) * xt[1:] / beta) / precision
+  np.testing.assert_allclose(var.numpy()[:, 0], 1 / precision[:, 0], rtol=1e-5)
+  np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-4, atol=1e-5)
 
 
 def test_q_sample_and_q_mean_variance():
   d = GaussianDiffusion(BETAS4)
   x0, noise = _f32([[0.5, -1.0]]), _f32([[1.0, 2.0]])
   xt = d.q_sample(x0, _t([2]), noise).numpy()
-  np.testing.assert_allclose(
-      xt, [[math.sqrt(0.504) * 0.5 + math.sqrt(0.496),
-            -math.sqrt(0.504) + 2 * math.sqrt(0.496)]], rtol=1e-6)
+  np.testing.assert_allclose(xt, [[
+      math.sqrt(0.504) * 0.5 + math.sqrt(0.496),
+      -math.sqrt(0.504) + 2 * math.sqrt(0.496)
+  ]], rtol=1e-6)
   mean, var, log_var = d.q_mean_variance(x0, _t([2]))
-  np.testing.assert_allclose(mean.numpy(), math.sqrt(0.504) * x0.numpy(),
-                             rtol=1e-6)
+  np.testing.assert_allclose(mean.numpy(),
+                             math.sqrt(0.504) * x0.numpy(), rtol=1e-6)
   assert var.numpy().item() == pytest.approx(0.496, rel=1e-6)
   assert log_var.numpy().item() == pytest.approx(math.log(0.496), rel=1e-6)
 
@@ -94,12 +92,12 @@ def test_p_mean_is_cdm_mu_theta_without_clipping():
   xt, eps = _f32([[0.3, -2.0, 1.5]]), _f32([[0.1, -0.4, 0.8]])
   out = d.p_mean_variance(eps, xt, _t([2]), clip_denoised=False)
   # mu = (x_t - beta_t / sqrt(1 - alpha-bar_t) eps) / sqrt(alpha_t).
-  expected = (xt.numpy() - 0.3 / math.sqrt(0.496) * eps.numpy()) / math.sqrt(0.7)
+  expected = (xt.numpy() -
+              0.3 / math.sqrt(0.496) * eps.numpy()) / math.sqrt(0.7)
   np.testing.assert_allclose(out["mean"].numpy(), expected, rtol=1e-5)
-  np.testing.assert_allclose(
-      out["pred_xstart"].numpy(),
-      (xt.numpy() - math.sqrt(0.496) * eps.numpy()) / math.sqrt(0.504),
-      rtol=1e-5)
+  np.testing.assert_allclose(out["pred_xstart"].numpy(),
+                             (xt.numpy() - math.sqrt(0.496) * eps.numpy()) /
+                             math.sqrt(0.504), rtol=1e-5)
 
 
 def test_static_clipping_bounds_pred_xstart_and_moves_the_mean():
@@ -145,8 +143,7 @@ def test_fixed_variances_without_mixing():
   ll = large.p_mean_variance(zeros, zeros, t)["log_variance"].numpy()[:, 0]
   beta_tilde_2 = 0.2 * 0.1 / 0.28
   np.testing.assert_allclose(
-      ls, np.log([beta_tilde_2, beta_tilde_2, 0.4 * 0.496 / 0.6976]),
-      rtol=1e-6)
+      ls, np.log([beta_tilde_2, beta_tilde_2, 0.4 * 0.496 / 0.6976]), rtol=1e-6)
   # fixed_large is beta_t, except beta-tilde_2 at the first step.
   np.testing.assert_allclose(ll, np.log([beta_tilde_2, 0.2, 0.4]), rtol=1e-6)
 
@@ -193,8 +190,8 @@ def test_ddim_step_by_hand():
   # eta = 0.5: sigma = eta sqrt((1 - ab') / (1 - ab)) sqrt(1 - ab / ab').
   noise = _f32([[1.0, -1.0]])
   sigma = 0.5 * math.sqrt(0.28 / 0.6976) * math.sqrt(1 - 0.3024 / 0.72)
-  expected = (math.sqrt(0.72) * x0 + math.sqrt(0.28 - sigma**2) * eps.numpy()
-              + sigma * noise.numpy())
+  expected = (math.sqrt(0.72) * x0 + math.sqrt(0.28 - sigma**2) * eps.numpy() +
+              sigma * noise.numpy())
   got = d.ddim_step(eps, xt, _t([3]), _t([1]), eta=0.5, noise=noise,
                     clip_denoised=False)
   np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
@@ -222,7 +219,8 @@ def test_ddim_with_eta_needs_noise():
 
 def test_p_sample_adds_no_noise_at_the_last_step():
   d = GaussianDiffusion(BETAS4)
-  xt, eps, noise = _f32([[0.2], [0.2]]), _f32([[0.1], [0.1]]), _f32([[3.], [3.]])
+  xt, eps, noise = _f32([[0.2], [0.2]]), _f32([[0.1], [0.1]]), _f32([[3.],
+                                                                     [3.]])
   sample, _ = d.p_sample(eps, xt, _t([0, 1]), noise, clip_denoised=False)
   out = d.p_mean_variance(eps, xt, _t([0, 1]), clip_denoised=False)
   assert sample.numpy()[0, 0] == pytest.approx(out["mean"].numpy()[0, 0])
@@ -235,8 +233,10 @@ def _numpy_hybrid_reference(x0, xt, t, noise, eps, v):
   """Hybrid loss by hand for BETAS4, in numpy."""
   ab, ab_prev = ALPHA_BAR4[t], np.append(1.0, ALPHA_BAR4)[t]
   beta, alpha = BETAS4[t], 1 - BETAS4[t]
-  post_var = np.array([0.2 * 0.1 / 0.28, 0.2 * 0.1 / 0.28, 0.3 * 0.28 / 0.496,
-                       0.4 * 0.496 / 0.6976])[t]
+  post_var = np.array([
+      0.2 * 0.1 / 0.28, 0.2 * 0.1 / 0.28, 0.3 * 0.28 / 0.496,
+      0.4 * 0.496 / 0.6976
+  ])[t]
   c1 = beta * np.sqrt(ab_prev) / (1 - ab)
   c2 = (1 - ab_prev) * np.sqrt(alpha) / (1 - ab)
   pred_x0 = (xt - np.sqrt(1 - ab) * eps) / np.sqrt(ab)
@@ -246,9 +246,9 @@ def _numpy_hybrid_reference(x0, xt, t, noise, eps, v):
   if t > 0:
     true_mean = c1 * x0 + c2 * xt
     true_logvar = np.log(post_var)
-    kl = 0.5 * (-1 + model_logvar - true_logvar
-                + np.exp(true_logvar - model_logvar)
-                + (true_mean - model_mean) ** 2 * np.exp(-model_logvar))
+    kl = 0.5 * (-1 + model_logvar - true_logvar +
+                np.exp(true_logvar - model_logvar) +
+                (true_mean - model_mean)**2 * np.exp(-model_logvar))
     vb = kl.mean() / np.log(2)
   else:
     sd = np.exp(0.5 * model_logvar)
@@ -257,7 +257,7 @@ def _numpy_hybrid_reference(x0, xt, t, noise, eps, v):
     prob = np.where(x0 < -0.999, upper,
                     np.where(x0 > 0.999, 1 - lower, upper - lower))
     vb = -np.log(prob).mean() / np.log(2)
-  mse = ((noise - eps) ** 2).mean()
+  mse = ((noise - eps)**2).mean()
   return mse, vb, mse + 0.001 * 4 * vb
 
 
@@ -314,8 +314,8 @@ def test_simple_loss_is_epsilon_mse():
 def test_learned_range_needs_the_hybrid_loss_to_train():
   d = GaussianDiffusion(BETAS4, model_var_type="learned_range")
   with pytest.raises(ValueError, match="hybrid"):
-    d.training_losses(_f32([[0.0, 0.0]]), _f32([[0.0]]), _f32([[0.0]]),
-                      _t([1]), _f32([[0.0]]))
+    d.training_losses(_f32([[0.0, 0.0]]), _f32([[0.0]]), _f32([[0.0]]), _t([1]),
+                      _f32([[0.0]]))
 
 
 def test_tanh_normal_cdf_is_close_to_the_exact_cdf():
@@ -335,8 +335,9 @@ def test_prior_bpd_is_the_kl_to_the_standard_normal():
 
 def test_timestep_models_see_the_rescaled_step_index():
   d = GaussianDiffusion(schedules.get_named_beta_schedule("cosine", 4000))
-  np.testing.assert_allclose(d.model_time_input(_t([0, 1000, 3999])).numpy(),
-                             [0.0, 250.0, 999.75], rtol=1e-6)
+  np.testing.assert_allclose(
+      d.model_time_input(_t([0, 1000, 3999])).numpy(), [0.0, 250.0, 999.75],
+      rtol=1e-6)
 
 
 def test_continuous_models_see_the_noise_level():
@@ -358,15 +359,15 @@ def test_continuous_training_draws_alpha_bar_inside_the_step():
   x0 = tf.ones([4, 1])
   xt, time_input = d.training_inputs(x0, t, tf.zeros([4, 1]), u)
   # With zero noise, x_t = sqrt(alpha-bar) x_0.
-  ab = xt.numpy()[:, 0] ** 2
+  ab = xt.numpy()[:, 0]**2
   ab_prev = np.append(1.0, d.alphas_cumprod)
   assert ab[0] == pytest.approx(1.0, abs=1e-6)
   assert ab[1] == pytest.approx(ab_prev[10], rel=1e-6)
   assert ab[2] == pytest.approx(0.5 * (ab_prev[10] + ab_prev[11]), rel=1e-6)
   assert d.alphas_cumprod[1999] <= ab[3] <= ab_prev[1999]
   expected = noise_conditioning.noise_level_input(
-      tf.constant(ab[1:], tf.float32),
-      tf.constant(1 - ab[1:], tf.float32)).numpy()
+      tf.constant(ab[1:], tf.float32), tf.constant(1 - ab[1:],
+                                                   tf.float32)).numpy()
   np.testing.assert_allclose(time_input.numpy()[1:], expected, rtol=2e-3)
   with pytest.raises(ValueError, match="u"):
     d.training_inputs(x0, t, tf.zeros([4, 1]))
@@ -376,8 +377,7 @@ def test_bfloat16_network_outputs_are_computed_in_float32():
   d = GaussianDiffusion(BETAS4, model_var_type="learned_range",
                         loss_type="hybrid")
   output = tf.constant([[0.25, 0.5]], tf.bfloat16)
-  out = d.p_mean_variance(output, _f32([[0.3]]), _t([2]),
-                          clip_denoised=False)
+  out = d.p_mean_variance(output, _f32([[0.3]]), _t([2]), clip_denoised=False)
   reference = d.p_mean_variance(_f32([[0.25, 0.5]]), _f32([[0.3]]), _t([2]),
                                 clip_denoised=False)
   assert out["mean"].dtype == tf.float32

@@ -41,7 +41,8 @@ def setup(tmp_path_factory):
   data_dir = fashion_mnist_subset.prepared(str(root / "fashion"),
                                            per_class=(REAL_PER_CLASS, 1))
   bindings = [
-      f"BASE_MODEL_DIR = '{base_dir}'", f"SR_MODEL_DIR = '{sr_dir}'",
+      f"BASE_MODEL_DIR = '{base_dir}'",
+      f"SR_MODEL_DIR = '{sr_dir}'",
       "base/cascade.Stage.steps = 4",
       "sr/cascade.Stage.steps = 3",
       f"synthetic_dataset.GenerationSettings.examples_per_shard = "
@@ -56,8 +57,8 @@ def setup(tmp_path_factory):
   cascade = cascade_lib.Cascade()
   gin.clear_config()
   classes = class_names.load_classes(data_dir)
-  plan = plan_lib.GenerationPlan(
-      np.full(10, int(REAL_PER_CLASS * MULTIPLIER)), EXAMPLES_PER_SHARD)
+  plan = plan_lib.GenerationPlan(np.full(10, int(REAL_PER_CLASS * MULTIPLIER)),
+                                 EXAMPLES_PER_SHARD)
   reference = str(root / "reference")
   synthetic_dataset.generate(reference, cascade, plan, classes, settings,
                              print_fn=lambda _: None)
@@ -67,15 +68,19 @@ def setup(tmp_path_factory):
 
 
 def _command(setup, output_dir, *flags):
-  return [sys.executable, TOOL, f"--gin_file={GIN}",
-          *[f"--gin_bindings={b}" for b in setup["bindings"]],
-          f"--real_data_dir={setup['data_dir']}", f"--multiplier={MULTIPLIER}",
-          f"--output_dir={output_dir}", *flags]
+  return [
+      sys.executable, TOOL, f"--gin_file={GIN}",
+      *[f"--gin_bindings={b}" for b in setup["bindings"]],
+      f"--real_data_dir={setup['data_dir']}", f"--multiplier={MULTIPLIER}",
+      f"--output_dir={output_dir}", *flags
+  ]
 
 
 def _shard_bytes(directory):
-  return {os.path.basename(p): open(p, "rb").read()
-          for p in shard_writer.complete_shards(directory, "train")}
+  return {
+      os.path.basename(p): open(p, "rb").read()
+      for p in shard_writer.complete_shards(directory, "train")
+  }
 
 
 def _records(directory):
@@ -91,7 +96,8 @@ def _records(directory):
           "id": features[schema.EXAMPLE_ID].bytes_list.value[0].decode(),
           "class_index": features[schema.CLASS_INDEX].int64_list.value[0],
           "seed": list(features[schema.SEED].int64_list.value),
-          "shape": image.shape, "pixels": image.astype(np.int32)})
+          "shape": image.shape, "pixels": image.astype(np.int32)
+      })
   return records
 
 
@@ -104,8 +110,9 @@ def _check_complete_set(directory, plan):
   for r in records:
     assert r["shape"] == (16, 16, 3)
     assert r["id"] == plan_lib.example_id_string(r["label"], r["class_index"])
-    assert r["seed"] == [0, int(plan_lib.example_id(r["label"],
-                                                    r["class_index"]))]
+    assert r["seed"] == [
+        0, int(plan_lib.example_id(r["label"], r["class_index"]))
+    ]
   manifest = split_manifest.read(directory, "train")
   assert manifest.complete and manifest.num_examples == plan.num_examples
   assert list(manifest.class_counts) == plan.class_counts.tolist()
@@ -114,14 +121,17 @@ def _check_complete_set(directory, plan):
 
 def test_reference_set_is_the_plan(setup):
   _check_complete_set(setup["reference"], setup["plan"])
-  summary = json.load(open(os.path.join(
-      setup["reference"], "summary.worker-00000-of-00001.json")))
+  summary = json.load(
+      open(
+          os.path.join(setup["reference"],
+                       "summary.worker-00000-of-00001.json")))
   assert summary["images_written_now"] == 30 and summary["split_complete"]
   # Base: 4 steps x 2 (guidance 1.25); super-resolution: 3 steps.
   assert summary["network_evaluations_per_image"] == 11
-  sheet = tf.io.decode_png(open(os.path.join(
-      setup["reference"], "contact_sheet.worker-00000-of-00001.png"),
-                                "rb").read())
+  sheet = tf.io.decode_png(
+      open(
+          os.path.join(setup["reference"],
+                       "contact_sheet.worker-00000-of-00001.png"), "rb").read())
   assert sheet.shape[0] > 10 * 32  # one row per class
 
 
@@ -130,8 +140,7 @@ def test_two_workers_write_the_single_worker_set(setup, tmp_path):
   kwargs = dict(settings=setup["settings"], num_workers=2,
                 print_fn=lambda _: None)
   first = synthetic_dataset.generate(out, setup["cascade"], setup["plan"],
-                                     setup["classes"], worker_index=1,
-                                     **kwargs)
+                                     setup["classes"], worker_index=1, **kwargs)
   assert first["shards"] == ["train-00001-of-00004", "train-00003-of-00004"]
   assert not first["split_complete"]
   assert not tf.io.gfile.exists(split_manifest.file_path(out, "train"))
@@ -147,9 +156,11 @@ def test_resized_jpeg_output_and_a_worker_without_shards(setup, tmp_path):
   out = str(tmp_path / "jpeg")
   plan = plan_lib.GenerationPlan(plan_lib.explicit_counts([4], 3, 10),
                                  examples_per_shard=3)
-  settings = synthetic_dataset.GenerationSettings(
-      batch_size=2, examples_per_shard=3, image_format="jpeg",
-      output_resolution=24, sheet_per_class=1)
+  settings = synthetic_dataset.GenerationSettings(batch_size=2,
+                                                  examples_per_shard=3,
+                                                  image_format="jpeg",
+                                                  output_resolution=24,
+                                                  sheet_per_class=1)
   idle = synthetic_dataset.generate(out, setup["cascade"], plan,
                                     setup["classes"], settings, num_workers=2,
                                     worker_index=1, print_fn=lambda _: None)
@@ -173,12 +184,12 @@ def test_resized_jpeg_output_and_a_worker_without_shards(setup, tmp_path):
 def test_other_settings_in_the_same_directory_are_refused(setup):
   settings = synthetic_dataset.GenerationSettings(
       **{**vars(setup["settings"]), "base_seed": 1})
-  record = re.escape(synthetic_dataset.record_path(setup["reference"],
-                                                   "train"))
-  with pytest.raises(settings_record.SettingsConflictError, match=(
-      "already holds a 'train' set generated with other settings "
-      f"\\(settings.base_seed: 0 -> 1; see {record}\\); use a new output "
-      "directory or the same settings$")):
+  record = re.escape(synthetic_dataset.record_path(setup["reference"], "train"))
+  with pytest.raises(
+      settings_record.SettingsConflictError, match=(
+          "already holds a 'train' set generated with other settings "
+          f"\\(settings.base_seed: 0 -> 1; see {record}\\); use a new output "
+          "directory or the same settings$")):
     synthetic_dataset.generate(setup["reference"], setup["cascade"],
                                setup["plan"], setup["classes"], settings,
                                print_fn=lambda _: None)
@@ -202,8 +213,8 @@ def test_sigkill_mid_shard_then_restart_completes_the_plan(setup, tmp_path):
   assert [n for n in names if n.startswith(".tmp-")]  # the cut shard
   assert "manifest-train.json" not in names
 
-  result = subprocess.run(_command(setup, out), capture_output=True,
-                          text=True, env=ENV, timeout=600, check=False)
+  result = subprocess.run(_command(setup, out), capture_output=True, text=True,
+                          env=ENV, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "removed the incomplete shard train-00001-of-00004" in result.stdout
   assert "1 already complete, 3 to write" in result.stdout
@@ -221,21 +232,21 @@ def test_two_cpu_replicas_write_the_same_pixels(setup, tmp_path):
   # Each replica runs the U-Net on half the batch, and oneDNN's kernels for
   # another batch size round differently in the last bits (about 1e-6 here),
   # so a pixel at a rounding boundary may move by one level; nothing more.
-  mirrored, reference = [{r["id"]: r["pixels"] for r in _records(d)}
+  mirrored, reference = [{r["id"]: r["pixels"]
+                          for r in _records(d)}
                          for d in (out, setup["reference"])]
   assert sorted(mirrored) == sorted(reference)
-  differences = np.stack([np.abs(mirrored[k] - reference[k])
-                          for k in sorted(reference)])
+  differences = np.stack(
+      [np.abs(mirrored[k] - reference[k]) for k in sorted(reference)])
   assert differences.max() <= 1
   assert np.count_nonzero(differences) <= 1e-3 * differences.size
 
 
-def test_first_stage_alone_makes_what_the_next_stage_upsamples(setup,
-                                                               tmp_path):
+def test_first_stage_alone_makes_what_the_next_stage_upsamples(setup, tmp_path):
   out = str(tmp_path / "base_only")
-  result = subprocess.run(_command(setup, out, "--num_stages=1"),
-                          capture_output=True, text=True, env=ENV, timeout=300,
-                          check=False)
+  result = subprocess.run(_command(setup, out,
+                                   "--num_stages=1"), capture_output=True,
+                          text=True, env=ENV, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   base = {r["id"]: r for r in _records(out)}
   reference = {r["id"]: r for r in _records(setup["reference"])}
@@ -248,27 +259,27 @@ def test_first_stage_alone_makes_what_the_next_stage_upsamples(setup,
       np.array([base[i]["label"] for i in ids]), first_stage=1,
       low_res=np.stack([base[i]["pixels"] for i in ids]).astype(np.uint8))
   # Batches of another size may round differently in the last bit.
-  difference = np.abs(upsampled.astype(np.int32)
-                      - np.stack([reference[i]["pixels"] for i in ids]))
+  difference = np.abs(
+      upsampled.astype(np.int32) -
+      np.stack([reference[i]["pixels"] for i in ids]))
   assert difference.max() <= 1 and difference.mean() < 0.01
 
 
 def test_dry_run_and_bad_flags(setup, tmp_path):
   out = str(tmp_path / "dry")
-  result = subprocess.run(_command(setup, out, "--dry_run", "--num_workers=3",
-                                   "--worker_index=2"),
-                          capture_output=True, text=True, env=ENV, timeout=300,
-                          check=False)
+  result = subprocess.run(
+      _command(setup, out, "--dry_run", "--num_workers=3", "--worker_index=2"),
+      capture_output=True, text=True, env=ENV, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "30 images of 10 classes in 4 shards of up to 8" in result.stdout
   assert "worker 2 of 3: 1 shards, 8 images (shards 2)" in result.stdout
   assert "11 per image, 88 for this worker, 330 in total" in result.stdout
   assert not os.path.exists(out)
-  for flags, message in (
-      (["--total=10"], "exactly one of"),
-      (["--worker_index=3", "--num_workers=3"], "worker_index must be in"),
-      (["--gin_bindings=cascade.Cascade.nope = 1"], "bad gin configuration"),
-      (["--num_stages=3"], "num_stages must be in 1..2")):
+  for flags, message in ((["--total=10"], "exactly one of"), ([
+      "--worker_index=3", "--num_workers=3"
+  ], "worker_index must be in"), (["--gin_bindings=cascade.Cascade.nope = 1"],
+                                  "bad gin configuration"),
+                         (["--num_stages=3"], "num_stages must be in 1..2")):
     result = subprocess.run(_command(setup, out, *flags), capture_output=True,
                             text=True, env=ENV, timeout=300, check=False)
     assert result.returncode == 2, (flags, result.stderr[-2000:])

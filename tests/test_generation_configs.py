@@ -31,12 +31,13 @@ def _summary(stages):
 
 
 def test_every_generation_file_parses():
-  names = sorted(os.path.basename(p)
-                 for p in glob.glob(os.path.join(GIN_DIR, "*.gin")))
-  assert names == ["azizi_imagenet_1024.gin", "azizi_imagenet_1024_fast.gin",
-                   "azizi_imagenet_1024_high_guidance.gin",
-                   "cdm_imagenet_256.gin", "cdm_imagenet_256_fast.gin",
-                   "fashion_mnist_16_to_32.gin"]
+  names = sorted(
+      os.path.basename(p) for p in glob.glob(os.path.join(GIN_DIR, "*.gin")))
+  assert names == [
+      "azizi_imagenet_1024.gin", "azizi_imagenet_1024_fast.gin",
+      "azizi_imagenet_1024_high_guidance.gin", "cdm_imagenet_256.gin",
+      "cdm_imagenet_256_fast.gin", "fashion_mnist_16_to_32.gin"
+  ]
   for name in names:
     stages, settings = _stages(name)
     assert len(stages) >= 2 and settings.batch_size > 0
@@ -47,10 +48,9 @@ def test_azizi_chosen_sampler():
   # guidance 1.0, logvar 0.1, 1000 steps; 1024: DDIM 32 steps; no noise
   # conditioning augmentation at sampling.
   stages, settings = _stages("azizi_imagenet_1024.gin")
-  assert _summary(stages) == [
-      ("ddpm", "1000", 1.25, 0.0, 0.0, False),
-      ("ddpm", "1000", 1.0, 0.1, 0.0, False),
-      ("ddim", "ddim32", 1.0, None, 0.0, False)]
+  assert _summary(stages) == [("ddpm", "1000", 1.25, 0.0, 0.0, False),
+                              ("ddpm", "1000", 1.0, 0.1, 0.0, False),
+                              ("ddim", "ddim32", 1.0, None, 0.0, False)]
   assert all(s.clip_denoised and s.dynamic_threshold_percentile is None
              for s in stages)
   assert settings.image_format == "jpeg"
@@ -88,14 +88,15 @@ def test_fashion_mnist_sampler():
   assert cascade.estimated_evaluations_per_image(stages) == 35
 
 
-@pytest.mark.parametrize("paper,fast,steps", [
-    ("azizi_imagenet_1024.gin", "azizi_imagenet_1024_fast.gin", [25, 20, 15]),
-    ("cdm_imagenet_256.gin", "cdm_imagenet_256_fast.gin", [25, 20, 15])])
+@pytest.mark.parametrize(
+    "paper,fast,steps",
+    [("azizi_imagenet_1024.gin", "azizi_imagenet_1024_fast.gin", [25, 20, 15]),
+     ("cdm_imagenet_256.gin", "cdm_imagenet_256_fast.gin", [25, 20, 15])])
 def test_fast_variants_swap_only_the_sampler(paper, fast, steps):
   paper_stages, paper_settings = _stages(paper)
   fast_stages, fast_settings = _stages(fast)
-  assert [(s.sampler, s.steps) for s in fast_stages] == [
-      ("dpmpp_2m", n) for n in steps]
+  assert [(s.sampler, s.steps) for s in fast_stages
+         ] == [("dpmpp_2m", n) for n in steps]
   for before, after in zip(paper_stages, fast_stages):
     assert (after.model_dir, after.guidance_weight, after.aug_level,
             after.truncated, after.clip_denoised,

@@ -16,8 +16,7 @@ def _all_examples(plan):
 
 def test_counts_from_real_keep_the_real_balance():
   real = np.array([1300, 732, 1300, 1])
-  np.testing.assert_array_equal(plan_lib.counts_from_real(real, 1),
-                                real)
+  np.testing.assert_array_equal(plan_lib.counts_from_real(real, 1), real)
   np.testing.assert_array_equal(plan_lib.counts_from_real(real, 2.5),
                                 [3250, 1830, 3250, 2])
   # 1.1 x 10 is 11 despite 1.1 * 10 = 11.000000000000002 in floats.
@@ -25,8 +24,7 @@ def test_counts_from_real_keep_the_real_balance():
 
 
 def test_uniform_and_explicit_counts():
-  np.testing.assert_array_equal(plan_lib.uniform_counts(23, 5),
-                                [5, 5, 5, 4, 4])
+  np.testing.assert_array_equal(plan_lib.uniform_counts(23, 5), [5, 5, 5, 4, 4])
   np.testing.assert_array_equal(plan_lib.explicit_counts([1, 3], 7, 5),
                                 [0, 7, 0, 7, 0])
   with pytest.raises(ValueError, match="outside"):
@@ -57,10 +55,13 @@ def test_every_planned_example_is_in_exactly_one_shard():
 def test_example_ids_and_seeds_do_not_depend_on_the_plan():
   small = plan_lib.GenerationPlan([3, 3], examples_per_shard=2)
   large = plan_lib.GenerationPlan([30, 3], examples_per_shard=7)
+
   def ids(plan):
     _, labels, indices = _all_examples(plan)
-    return dict(zip(zip(labels.tolist(), indices.tolist()),
-                    plan_lib.example_id(labels, indices).tolist()))
+    return dict(
+        zip(zip(labels.tolist(), indices.tolist()),
+            plan_lib.example_id(labels, indices).tolist()))
+
   small_ids, large_ids = ids(small), ids(large)
   for key, value in small_ids.items():
     assert large_ids[key] == value
@@ -96,8 +97,9 @@ def test_same_arguments_give_the_same_plan():
   b = plan_lib.GenerationPlan([5, 8, 3], examples_per_shard=4)
   for s in range(a.num_shards):
     np.testing.assert_array_equal(a.shard(s).labels, b.shard(s).labels)
-    np.testing.assert_array_equal(a.shard(s).class_indices,
-                                  b.shard(s).class_indices)
+    np.testing.assert_array_equal(
+        a.shard(s).class_indices,
+        b.shard(s).class_indices)
 
 
 def test_bad_plans_are_refused():

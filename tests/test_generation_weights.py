@@ -22,19 +22,20 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def _run(bindings, data_dir, output_dir, *flags):
-  return subprocess.run(
-      [sys.executable, TOOL, f"--gin_file={GIN}",
-       *[f"--gin_bindings={b}" for b in bindings],
-       f"--real_data_dir={data_dir}", "--total=20",
-       f"--output_dir={output_dir}", *flags],
-      capture_output=True, text=True, env=ENV, timeout=300, check=False)
+  return subprocess.run([
+      sys.executable, TOOL, f"--gin_file={GIN}",
+      *[f"--gin_bindings={b}" for b in bindings], f"--real_data_dir={data_dir}",
+      "--total=20", f"--output_dir={output_dir}", *flags
+  ], capture_output=True, text=True, env=ENV, timeout=300, check=False)
 
 
 def _directory_bytes(directory):
   # Worker locks (.worker-<i>.lock, empty) are not part of the set.
-  return {name: open(os.path.join(directory, name), "rb").read()
-          for name in sorted(os.listdir(directory))
-          if not name.startswith(".worker-")}
+  return {
+      name: open(os.path.join(directory, name), "rb").read()
+      for name in sorted(os.listdir(directory))
+      if not name.startswith(".worker-")
+  }
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,10 @@ def setup(tmp_path_factory):
   data_dir = fashion_mnist_subset.prepared(str(root / "fashion"),
                                            per_class=(2, 1))
   bindings = [
-      f"BASE_MODEL_DIR = '{base_dir}'", f"SR_MODEL_DIR = '{sr_dir}'",
-      "base/cascade.Stage.steps = 2", "sr/cascade.Stage.steps = 2",
+      f"BASE_MODEL_DIR = '{base_dir}'",
+      f"SR_MODEL_DIR = '{sr_dir}'",
+      "base/cascade.Stage.steps = 2",
+      "sr/cascade.Stage.steps = 2",
       "synthetic_dataset.GenerationSettings.examples_per_shard = 10",
       "synthetic_dataset.GenerationSettings.batch_size = 10",
       "synthetic_dataset.GenerationSettings.sheet_per_class = 0",
@@ -58,8 +61,8 @@ def setup(tmp_path_factory):
 def test_loaded_weights_match_the_export_fingerprint(setup, dtype_policy):
   for directory in (setup["base_dir"], setup["sr_dir"]):
     model = export.load_model(directory, dtype_policy)
-    assert (fingerprints.of_arrays(model.unet.get_weights()) ==
-            export.weights_fingerprint(directory))
+    assert (fingerprints.of_arrays(
+        model.unet.get_weights()) == export.weights_fingerprint(directory))
 
 
 def test_replaced_stage_weights_are_refused_for_every_worker(setup):
@@ -77,8 +80,7 @@ def test_replaced_stage_weights_are_refused_for_every_worker(setup):
 
   # Another unet.keras in the super-resolution export: an export of other
   # weights, its weights.sha256 left as it was.
-  other = tiny_cascade.export_tiny_cascade(str(setup["root"] / "other"),
-                                           seed=1)
+  other = tiny_cascade.export_tiny_cascade(str(setup["root"] / "other"), seed=1)
   shutil.copyfile(os.path.join(other[1], "unet.keras"),
                   os.path.join(setup["sr_dir"], "unet.keras"))
   before = _directory_bytes(output_dir)
@@ -89,7 +91,9 @@ def test_replaced_stage_weights_are_refused_for_every_worker(setup):
     assert result.returncode == 3, result.stderr
     # TensorFlow's native start-up lines go to stderr too: one error line,
     # no traceback.
-    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    errors = [
+        line for line in result.stderr.splitlines() if line.startswith("error:")
+    ]
     assert len(errors) == 1 and "Traceback" not in result.stderr, (
         result.stderr)
     assert f"stage exported at {setup['sr_dir']} " in errors[0]

@@ -28,8 +28,8 @@ def test_learned_variance_comes_from_the_conditional_branch():
 
 def _label_model(x, time_input, labels):
   """A stand-in network: output = x + label + time / 1000."""
-  return (x + tf.cast(labels, tf.float32)[:, None]
-          + time_input[:, None] / 1000.0)
+  return (x + tf.cast(labels, tf.float32)[:, None] +
+          time_input[:, None] / 1000.0)
 
 
 def test_guided_model_fn_runs_both_branches_in_one_call():
@@ -39,8 +39,8 @@ def test_guided_model_fn_runs_both_branches_in_one_call():
     calls.append(int(x.shape[0]))
     return _label_model(x, time_input, labels)
 
-  fn = guidance.guided_model_fn(model, tf.constant([3, 5]),
-                                tf.constant([0, 0]), 1.5, False)
+  fn = guidance.guided_model_fn(model, tf.constant([3, 5]), tf.constant([0, 0]),
+                                1.5, False)
   x, time_input = tf.constant([[1.0], [2.0]]), tf.constant([100.0, 200.0])
   got = fn(x, time_input).numpy()
   cond = _label_model(x, time_input, tf.constant([3, 5])).numpy()
@@ -56,8 +56,8 @@ def test_weight_one_skips_the_unconditional_branch():
     calls.append(int(x.shape[0]))
     return _label_model(x, time_input, labels)
 
-  fn = guidance.guided_model_fn(model, tf.constant([3]), tf.constant([0]),
-                                1.0, False)
+  fn = guidance.guided_model_fn(model, tf.constant([3]), tf.constant([0]), 1.0,
+                                False)
   got = fn(tf.constant([[1.0]]), tf.constant([0.0])).numpy()
   assert got.item() == pytest.approx(4.0)
   assert calls == [1]

@@ -54,9 +54,11 @@ def small_shard_sets(small_photos, tmp_path_factory):
 def read_in_order(shard_sets):
   """{format: every element, read unshuffled one file at a time}."""
   return {
-      record_format: list(imagenet_reader.read_dataset(
-          paths, shuffle=False, cycle_length=1).as_numpy_iterator())
-      for record_format, (_, paths, _) in shard_sets.items()}
+      record_format: list(
+          imagenet_reader.read_dataset(paths, shuffle=False,
+                                       cycle_length=1).as_numpy_iterator()
+      ) for record_format, (_, paths, _) in shard_sets.items()
+  }
 
 
 def _pil_rgb(encoded):
@@ -71,8 +73,8 @@ def _read_all(dataset):
 
 
 @pytest.mark.parametrize("record_format", FORMATS)
-def test_list_files_finds_a_splits_shards_of_either_naming(shard_sets,
-                                                           record_format):
+def test_list_files_finds_a_splits_shards_of_either_naming(
+    shard_sets, record_format):
   directory, paths, _ = shard_sets[record_format]
   assert imagenet_reader.list_files(directory, split="train") == paths
   assert imagenet_reader.list_files(os.path.join(directory, "*")) == paths
@@ -100,9 +102,11 @@ def test_detect_format(shard_sets, record_format):
 
 
 def test_detect_format_errors_name_file_and_keys(tmp_path):
-  other = tf.train.Example(features=tf.train.Features(feature={
-      "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"])),
-  }))
+  other = tf.train.Example(features=tf.train.Features(
+      feature={
+          "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(
+              value=[b"x"])),
+      }))
   unknown = str(tmp_path / "unknown.tfrecord")
   with tf.io.TFRecordWriter(unknown) as writer:
     writer.write(other.SerializeToString())
@@ -151,8 +155,9 @@ def test_odd_encodings_decode_like_pillow(shard_sets, read_in_order):
   pillow = _pil_rgb(photo.encoded).astype(float)
   # An un-inverted or channel-swapped CMYK conversion is off by ~100.
   assert np.abs(image - pillow).mean() < 3.0
-  original = _pil_rgb(open(records.foolbox_photo_paths()[
-      records.CMYK_PHOTO][0], "rb").read()).astype(float)
+  original = _pil_rgb(
+      open(records.foolbox_photo_paths()[records.CMYK_PHOTO][0],
+           "rb").read()).astype(float)
   assert np.abs(image - original).mean() < 4.0
 
   photo, image = by_kind["png"]
@@ -175,15 +180,17 @@ def _order(dataset):
 def test_shuffle_is_deterministic_with_a_seed_and_mixes_shards(
     small_shard_sets):
   _, paths, ordered = small_shard_sets[schema.FORMAT_TPU]
+
   def read(seed):
-    return _order(imagenet_reader.read_dataset(
-        paths, seed=seed, shuffle_buffer=8, cycle_length=4))
+    return _order(
+        imagenet_reader.read_dataset(paths, seed=seed, shuffle_buffer=8,
+                                     cycle_length=4))
+
   first, again = read(7), read(7)
   assert first == again
-  assert sorted(label for _, label in first) == sorted(
-      p.label for p in ordered)
-  unshuffled = _order(imagenet_reader.read_dataset(
-      paths, shuffle=False, cycle_length=1))
+  assert sorted(label for _, label in first) == sorted(p.label for p in ordered)
+  unshuffled = _order(
+      imagenet_reader.read_dataset(paths, shuffle=False, cycle_length=1))
   assert first != unshuffled
   # Unshuffled shards are sorted by label; shuffled output is not, and its
   # first few examples already come from several shards.
@@ -196,8 +203,9 @@ def test_repeat_yields_every_photo_each_pass(small_shard_sets):
   # Passes blur at their boundary (the shuffle buffer and the file
   # interleave span it), so look at three passes' worth: the first two
   # passes are complete inside it.
-  got = _order(imagenet_reader.read_dataset(
-      paths, seed=1, shuffle_buffer=4, repeat=True).take(3 * len(ordered)))
+  got = _order(
+      imagenet_reader.read_dataset(paths, seed=1, shuffle_buffer=4,
+                                   repeat=True).take(3 * len(ordered)))
   counts = collections.Counter(label for _, label in got)
   for label, n in collections.Counter(p.label for p in ordered).items():
     assert 2 * n <= counts[label] <= 4 * n, (label, n, counts[label])
@@ -207,10 +215,11 @@ def test_input_context_gives_disjoint_covering_shares(small_shard_sets):
   _, paths, ordered = small_shard_sets[schema.FORMAT_TPU]
   shares = []
   for pipeline in range(2):
-    context = tf.distribute.InputContext(
-        num_input_pipelines=2, input_pipeline_id=pipeline)
-    shares.append(_order(imagenet_reader.read_dataset(
-        paths, seed=0, input_context=context)))
+    context = tf.distribute.InputContext(num_input_pipelines=2,
+                                         input_pipeline_id=pipeline)
+    shares.append(
+        _order(
+            imagenet_reader.read_dataset(paths, seed=0, input_context=context)))
   sources = [{source for source, _ in share} for share in shares]
   assert sources[0] and sources[1] and not sources[0] & sources[1]
   assert {s.decode() for s in sources[0] | sources[1]} == set(paths)
@@ -232,24 +241,24 @@ def _truncated_jpeg(photo):
 
 # name -> (format, how to make the bad record from a good photo).
 BAD_RECORDS = {
-    "label_too_large_tpu": (
-        schema.FORMAT_TPU, lambda p: records.tpu_example(p, label=1000)),
-    "label_zero_in_tpu_is_minus_one": (
-        schema.FORMAT_TPU, lambda p: records.tpu_example(p, label=-1)),
-    "label_too_large_tfds": (
-        schema.FORMAT_TFDS, lambda p: records.tfds_example(p, label=1000)),
-    "missing_image": (
-        schema.FORMAT_TPU, lambda p: _without(records.tpu_example(p),
-                                              schema.TPU_IMAGE)),
-    "missing_label": (
-        schema.FORMAT_TFDS, lambda p: _without(records.tfds_example(p),
-                                               schema.TFDS_LABEL)),
-    "not_an_image": (
-        schema.FORMAT_TPU,
-        lambda p: records.tpu_example(p, image=b"<html>not found</html>")),
-    "decoder_rejects": (
-        schema.FORMAT_TFDS,
-        lambda p: records.tfds_example(p, image=_truncated_jpeg(p))),
+    "label_too_large_tpu":
+        (schema.FORMAT_TPU, lambda p: records.tpu_example(p, label=1000)),
+    "label_zero_in_tpu_is_minus_one":
+        (schema.FORMAT_TPU, lambda p: records.tpu_example(p, label=-1)),
+    "label_too_large_tfds":
+        (schema.FORMAT_TFDS, lambda p: records.tfds_example(p, label=1000)),
+    "missing_image":
+        (schema.FORMAT_TPU,
+         lambda p: _without(records.tpu_example(p), schema.TPU_IMAGE)),
+    "missing_label":
+        (schema.FORMAT_TFDS,
+         lambda p: _without(records.tfds_example(p), schema.TFDS_LABEL)),
+    "not_an_image":
+        (schema.FORMAT_TPU,
+         lambda p: records.tpu_example(p, image=b"<html>not found</html>")),
+    "decoder_rejects":
+        (schema.FORMAT_TFDS,
+         lambda p: records.tfds_example(p, image=_truncated_jpeg(p))),
     "not_an_example": (schema.FORMAT_TPU, lambda p: _RawRecord(b"\x07junk")),
 }
 EXPECTED_MESSAGE = {
@@ -281,10 +290,10 @@ def _without(example, key):
 
 def _write_with_bad_record(directory, record_format, photos, bad):
   """Two shards of 3 photos; record 1 of the second shard is ``bad``."""
-  make = (records.tpu_example if record_format == schema.FORMAT_TPU
-          else records.tfds_example)
-  examples = [make(p) for p in photos[3:6]] + [
-      make(photos[6]), bad, make(photos[7])]
+  make = (records.tpu_example
+          if record_format == schema.FORMAT_TPU else records.tfds_example)
+  examples = [make(p) for p in photos[3:6]
+             ] + [make(photos[6]), bad, make(photos[7])]
   paths = records.write_shards(directory, record_format, examples, 2)
   return paths, paths[1]
 
@@ -292,8 +301,9 @@ def _write_with_bad_record(directory, record_format, photos, bad):
 @pytest.mark.parametrize("case", sorted(BAD_RECORDS))
 def test_bad_record_error_names_file_and_index(small_photos, tmp_path, case):
   record_format, make_bad = BAD_RECORDS[case]
-  paths, bad_file = _write_with_bad_record(
-      str(tmp_path), record_format, small_photos, make_bad(small_photos[8]))
+  paths, bad_file = _write_with_bad_record(str(tmp_path), record_format,
+                                           small_photos,
+                                           make_bad(small_photos[8]))
   dataset = imagenet_reader.read_dataset(paths, seed=0, shuffle_buffer=4)
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     _read_all(dataset)
@@ -307,8 +317,8 @@ def test_skip_corrupt_skips_and_counts_every_kind(small_photos, tmp_path,
                                                   record_format):
   # Each bad record of this format sits between two good ones; one more
   # file is damaged at its record 1 (of 3), losing records 1 and 2.
-  make = (records.tpu_example if record_format == schema.FORMAT_TPU
-          else records.tfds_example)
+  make = (records.tpu_example
+          if record_format == schema.FORMAT_TPU else records.tfds_example)
   good = iter(small_photos)
   examples = [make(next(good))]
   num_bad = 0
@@ -317,20 +327,18 @@ def test_skip_corrupt_skips_and_counts_every_kind(small_photos, tmp_path,
     if case_format == record_format:
       examples += [make_bad(small_photos[0]), make(next(good))]
       num_bad += 1
-  paths = records.write_shards(str(tmp_path / "bad"), record_format,
-                               examples, 2)
-  damaged = records.write_shards(
-      str(tmp_path / "damaged"), record_format,
-      [make(next(good)) for _ in range(3)], 1)
+  paths = records.write_shards(str(tmp_path / "bad"), record_format, examples,
+                               2)
+  damaged = records.write_shards(str(tmp_path / "damaged"), record_format,
+                                 [make(next(good)) for _ in range(3)], 1)
   records.corrupt_record(damaged[0], 1)
 
   stats = imagenet_reader.ReadStats()
-  got = _read_all(imagenet_reader.read_dataset(
-      paths + damaged, seed=0, shuffle_buffer=4, skip_corrupt=True,
-      stats=stats))
+  got = _read_all(
+      imagenet_reader.read_dataset(paths + damaged, seed=0, shuffle_buffer=4,
+                                   skip_corrupt=True, stats=stats))
   assert len(got) == num_bad + 1 + 1
-  assert stats.as_dict() == {"skipped_records": num_bad + 1,
-                             "damaged_files": 1}
+  assert stats.as_dict() == {"skipped_records": num_bad + 1, "damaged_files": 1}
 
 
 def test_explain_record_gives_tensorflows_reason(small_photos, tmp_path):
@@ -346,10 +354,10 @@ def test_explain_record_gives_tensorflows_reason(small_photos, tmp_path):
 
 @pytest.mark.parametrize("damage", ["bad_checksum", "truncated"])
 def test_damaged_file_error_names_file_and_record(small_photos, tmp_path,
-                                                   damage):
-  paths, bad_file = _write_with_bad_record(
-      str(tmp_path), schema.FORMAT_TPU, small_photos,
-      records.tpu_example(small_photos[8]))
+                                                  damage):
+  paths, bad_file = _write_with_bad_record(str(tmp_path), schema.FORMAT_TPU,
+                                           small_photos,
+                                           records.tpu_example(small_photos[8]))
   if damage == "bad_checksum":
     records.corrupt_record(bad_file, 1)
   else:
@@ -361,8 +369,9 @@ def test_damaged_file_error_names_file_and_record(small_photos, tmp_path,
   assert "corrupt" in message
 
   stats = imagenet_reader.ReadStats()
-  got = _read_all(imagenet_reader.read_dataset(
-      paths, seed=0, skip_corrupt=True, stats=stats))
+  got = _read_all(
+      imagenet_reader.read_dataset(paths, seed=0, skip_corrupt=True,
+                                   stats=stats))
   # Record 0 of the damaged file survives; records 1 and 2 are lost.
   assert len(got) == 4
   assert stats.as_dict() == {"skipped_records": 1, "damaged_files": 1}
@@ -371,36 +380,37 @@ def test_damaged_file_error_names_file_and_record(small_photos, tmp_path,
 def test_a_file_of_the_other_format_is_named(shard_sets):
   tpu_paths = shard_sets[schema.FORMAT_TPU][1]
   tfds_paths = shard_sets[schema.FORMAT_TFDS][1]
-  dataset = imagenet_reader.read_dataset(
-      tpu_paths[:1] + tfds_paths[-1:], record_format=schema.FORMAT_TPU,
-      shuffle=False, cycle_length=1)
+  dataset = imagenet_reader.read_dataset(tpu_paths[:1] + tfds_paths[-1:],
+                                         record_format=schema.FORMAT_TPU,
+                                         shuffle=False, cycle_length=1)
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     _read_all(dataset)
   assert (f"{tfds_paths[-1]}, record 0: no image: feature image/encoded"
           in raised.value.message.replace("\\'", "'"))
 
 
-def test_consecutive_undecodable_records_are_each_counted(small_photos,
-                                                          tmp_path):
+def test_consecutive_undecodable_records_are_each_counted(
+    small_photos, tmp_path):
   # Several records the decoder rejects, next to each other and at the end
   # of the file: each must be found, not only the first of a run.
   photo = small_photos[8]
   bad = records.tfds_example(photo, image=_truncated_jpeg(photo))
   good = [records.tfds_example(p) for p in small_photos[:3]]
-  examples = [good[0], bad, bad, good[1], _RawRecord(b"\x07junk"), good[2],
-              bad, bad]
-  paths = records.write_shards(str(tmp_path), schema.FORMAT_TFDS, examples,
-                               1)
+  examples = [
+      good[0], bad, bad, good[1],
+      _RawRecord(b"\x07junk"), good[2], bad, bad
+  ]
+  paths = records.write_shards(str(tmp_path), schema.FORMAT_TFDS, examples, 1)
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     _read_all(imagenet_reader.read_dataset(paths, shuffle=False))
   assert f"{paths[0]}, record 1: " in raised.value.message
   assert "decoder rejected" in raised.value.message
 
   stats = imagenet_reader.ReadStats()
-  got = _read_all(imagenet_reader.read_dataset(
-      paths, shuffle=False, skip_corrupt=True, stats=stats))
-  assert [e[schema.LABEL] for e in got] == [p.label
-                                            for p in small_photos[:3]]
+  got = _read_all(
+      imagenet_reader.read_dataset(paths, shuffle=False, skip_corrupt=True,
+                                   stats=stats))
+  assert [e[schema.LABEL] for e in got] == [p.label for p in small_photos[:3]]
   assert stats.as_dict() == {"skipped_records": 5, "damaged_files": 0}
 
 
@@ -410,8 +420,9 @@ def test_many_records_keep_their_order_unshuffled(small_photos, tmp_path):
   examples[25] = records.tpu_example(small_photos[0], label=5000)
   paths = records.write_shards(str(tmp_path), schema.FORMAT_TPU, examples, 1)
   stats = imagenet_reader.ReadStats()
-  got = _read_all(imagenet_reader.read_dataset(
-      paths, shuffle=False, skip_corrupt=True, stats=stats))
+  got = _read_all(
+      imagenet_reader.read_dataset(paths, shuffle=False, skip_corrupt=True,
+                                   stats=stats))
   expected = [p.label for p in small_photos] * 3
   del expected[25]
   assert [int(e[schema.LABEL]) for e in got] == expected
@@ -427,13 +438,14 @@ def _uniform_photos(small_photos, image_format, side=24):
   for photo in small_photos:
     image = Image.open(io.BytesIO(photo.encoded))
     # Grayscale stays grayscale; CMYK stays CMYK in JPEG.
-    if photo.kind != "grayscale" and (photo.kind != "cmyk"
-                                      or image_format == "PNG"):
+    if photo.kind != "grayscale" and (photo.kind != "cmyk" or
+                                      image_format == "PNG"):
       image = image.convert("RGB")
     buffer = io.BytesIO()
     image.resize((side, side)).save(buffer, image_format)
-    photos.append(dataclasses.replace(
-        photo, encoded=buffer.getvalue(), height=side, width=side))
+    photos.append(
+        dataclasses.replace(photo, encoded=buffer.getvalue(), height=side,
+                            width=side))
   return photos
 
 
@@ -445,15 +457,18 @@ def _group_decoder(record_format, num_classes=1000):
 
 def _group(examples, index=0):
   size = len(examples)
-  return {"file": tf.zeros([size], tf.int32),
-          "index": tf.range(index, index + size, dtype=tf.int64),
-          "raw": tf.constant([e.SerializeToString() for e in examples]),
-          "bytes_read": -tf.ones([size], tf.int64)}
+  return {
+      "file": tf.zeros([size],
+                       tf.int32), "index": tf.range(index, index + size,
+                                                    dtype=tf.int64),
+      "raw": tf.constant([e.SerializeToString() for e in examples]),
+      "bytes_read": -tf.ones([size], tf.int64)
+  }
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
-def test_uniform_group_decoder_takes_only_full_good_groups(small_photos,
-                                                           image_format):
+def test_uniform_group_decoder_takes_only_full_good_groups(
+    small_photos, image_format):
   size = imagenet_reader._GROUP_SIZE  # pylint: disable=protected-access
   photos = _uniform_photos(small_photos, image_format)
   photos = (photos * 3)[:size]
@@ -464,12 +479,13 @@ def test_uniform_group_decoder_takes_only_full_good_groups(small_photos,
   for image, photo in zip(got[schema.IMAGE].numpy(), photos):
     # The same decoder as record by record.
     np.testing.assert_array_equal(
-        image, image_decoding.decode_rgb(photo.encoded).numpy())
+        image,
+        image_decoding.decode_rgb(photo.encoded).numpy())
 
   # Anything else fails, before decoding, and goes record by record.
   other_size = _uniform_photos(small_photos[:1], image_format, side=25)[0]
-  other_format = _uniform_photos(
-      small_photos[:1], "JPEG" if image_format == "PNG" else "PNG")[0]
+  other_format = _uniform_photos(small_photos[:1],
+                                 "JPEG" if image_format == "PNG" else "PNG")[0]
   large = (_uniform_photos(small_photos, image_format, side=130) * 2)[:size]
   bad_groups = {
       "short": photos[:-1],
@@ -481,9 +497,11 @@ def test_uniform_group_decoder_takes_only_full_good_groups(small_photos,
     with pytest.raises(tf.errors.InvalidArgumentError):
       decode(_group([records.tpu_example(p) for p in group]))
       pytest.fail(name)
-  bad_records = [records.tpu_example(photos[0], label=1000),
-                 records.tpu_example(photos[0], image=b"<html>"),
-                 _RawRecord(b"\x07junk")]
+  bad_records = [
+      records.tpu_example(photos[0], label=1000),
+      records.tpu_example(photos[0], image=b"<html>"),
+      _RawRecord(b"\x07junk")
+  ]
   for bad in bad_records:
     with pytest.raises(tf.errors.InvalidArgumentError):
       decode(_group([records.tpu_example(p) for p in photos[:-1]] + [bad]))
@@ -492,13 +510,13 @@ def test_uniform_group_decoder_takes_only_full_good_groups(small_photos,
 @pytest.mark.parametrize("record_format,image_format",
                          [(schema.FORMAT_TPU, "PNG"),
                           (schema.FORMAT_TFDS, "JPEG")])
-def test_uniform_shards_read_like_pillow(small_photos, tmp_path,
-                                         record_format, image_format):
+def test_uniform_shards_read_like_pillow(small_photos, tmp_path, record_format,
+                                         image_format):
   # 80 records of one size: two full groups take the fast path, the rest
   # (a short group) goes record by record.
   photos = _uniform_photos(small_photos, image_format) * 4
-  make = (records.tpu_example if record_format == schema.FORMAT_TPU
-          else records.tfds_example)
+  make = (records.tpu_example
+          if record_format == schema.FORMAT_TPU else records.tfds_example)
   paths = records.write_shards(str(tmp_path), record_format,
                                [make(p) for p in photos], 1)
   got = _read_all(imagenet_reader.read_dataset(paths, shuffle=False))
@@ -506,8 +524,8 @@ def test_uniform_shards_read_like_pillow(small_photos, tmp_path,
   for element, photo in zip(got, photos):
     assert element[schema.SOURCE].decode() == paths[0]
     assert element[schema.IMAGE].shape == (24, 24, 3)
-    difference = np.abs(element[schema.IMAGE].astype(float)
-                        - _pil_rgb(photo.encoded))
+    difference = np.abs(element[schema.IMAGE].astype(float) -
+                        _pil_rgb(photo.encoded))
     assert difference.mean() < (2.0 if photo.kind != "cmyk" else 4.0)
 
   shuffled = _order(imagenet_reader.read_dataset(paths, seed=3))
@@ -536,8 +554,9 @@ def test_a_bad_record_in_a_uniform_group_is_named(small_photos, tmp_path,
   assert expected in raised.value.message
 
   stats = imagenet_reader.ReadStats()
-  got = _read_all(imagenet_reader.read_dataset(
-      paths, seed=0, skip_corrupt=True, stats=stats))
+  got = _read_all(
+      imagenet_reader.read_dataset(paths, seed=0, skip_corrupt=True,
+                                   stats=stats))
   assert len(got) == len(photos) - 1
   assert stats.as_dict() == {"skipped_records": 1, "damaged_files": 0}
 
@@ -547,29 +566,34 @@ def test_a_bad_record_in_a_uniform_group_is_named(small_photos, tmp_path,
 
 def _starts_like_an_image(data):
   """The header check spelled out byte by byte."""
-  return (data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8",
-                           b"BM"))
-          or (data.startswith(b"RIFF") and data[8:12] == b"WEBP"))
+  return (data.startswith(
+      (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")) or
+          (data.startswith(b"RIFF") and data[8:12] == b"WEBP"))
 
 
 def test_is_supported_image_matches_the_signatures_byte_by_byte():
   rng = np.random.default_rng(0)
-  signatures = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM",
-                b"RIFF", b"RIFF1234WEBP", b""]
+  signatures = [
+      b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"RIFF",
+      b"RIFF1234WEBP", b""
+  ]
   cases = [b"", b"<html>", image_decoding.PLACEHOLDER_IMAGE]
   for signature in signatures:
     for _ in range(150):
       data = bytearray(signature + rng.bytes(int(rng.integers(0, 14))))
       if data and rng.random() < 0.5:  # One flipped bit.
         data[rng.integers(len(data))] ^= 1 << int(rng.integers(8))
-      cases.append(bytes(data[:int(rng.integers(0, len(data) + 1))]
-                         if rng.random() < 0.3 else data))
+      cases.append(
+          bytes(data[:int(rng.integers(0,
+                                       len(data) +
+                                       1))] if rng.random() < 0.3 else data))
   got = image_decoding.is_supported_image(tf.constant(cases)).numpy()
   assert got.tolist() == [_starts_like_an_image(c) for c in cases]
   assert 100 < got.sum() < len(cases) - 100
 
 
 def test_header_sizes_of_pngs_and_jpegs():
+
   def encoded(image_format, height, width, mode="RGB"):
     buffer = io.BytesIO()
     Image.new(mode, (width, height)).save(buffer, image_format)

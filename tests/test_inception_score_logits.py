@@ -33,9 +33,11 @@ from cdm_tf.pipeline import job
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 FC_SHAPE = (inception_logits.NUM_LOGITS, fid_inception.FEATURE_DIM)
-STORAGE_TYPES = {np.dtype(np.float32): "FloatStorage",
-                 np.dtype(np.float64): "DoubleStorage",
-                 np.dtype(np.int64): "LongStorage"}
+STORAGE_TYPES = {
+    np.dtype(np.float32): "FloatStorage",
+    np.dtype(np.float64): "DoubleStorage",
+    np.dtype(np.int64): "LongStorage"
+}
 
 # ------------------------------------------- torch.save files, by hand
 
@@ -58,24 +60,24 @@ _ORDERED_DICT = b"ccollections\nOrderedDict\n)R"  # OrderedDict()
 
 def _storage(storage_type, key, numel, legacy, view=None):
   """Pickle opcodes of a storage's persistent id."""
-  fields = (_text("storage") + b"ctorch\n" + storage_type.encode() + b"\n"
-            + _text(key) + _text("cpu") + _int(numel))
+  fields = (_text("storage") + b"ctorch\n" + storage_type.encode() + b"\n" +
+            _text(key) + _text("cpu") + _int(numel))
   if legacy:
-    fields += b"N" if view is None else (
-        b"(" + _text(view[0]) + _int(view[1]) + _int(view[2]) + b"t")
+    fields += b"N" if view is None else (b"(" + _text(view[0]) + _int(view[1]) +
+                                         _int(view[2]) + b"t")
   return b"(" + fields + b"tQ"
 
 
 def _tensor(storage, offset, size, stride):
   """_rebuild_tensor_v2(storage, offset, size, stride, False, {})."""
-  return (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + _int(offset)
-          + _ints(size) + _ints(stride) + b"\x89" + _ORDERED_DICT + b"tR")
+  return (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + _int(offset) +
+          _ints(size) + _ints(stride) + b"\x89" + _ORDERED_DICT + b"tR")
 
 
 def _state_dict_pickle(entries):
   """An OrderedDict of (key, value opcodes)."""
-  return (b"\x80\x02" + _ORDERED_DICT + b"("
-          + b"".join(_text(key) + value for key, value in entries) + b"u.")
+  return (b"\x80\x02" + _ORDERED_DICT + b"(" +
+          b"".join(_text(key) + value for key, value in entries) + b"u.")
 
 
 def _write_legacy(path, object_pickle, storages):
@@ -84,7 +86,8 @@ def _write_legacy(path, object_pickle, storages):
   with open(path, "wb") as f:
     for header in (LEGACY_MAGIC, 1001, {
         "protocol_version": 1001, "little_endian": True,
-        "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        "type_sizes": {"short": 2, "int": 4, "long": 4}
+    }):
       f.write(pickle.dumps(header, protocol=2))
     f.write(object_pickle)
     f.write(pickle.dumps([key for key, _ in storages], protocol=2))
@@ -113,30 +116,34 @@ def _write_state_dict(path, arrays, legacy=True):
                        legacy)
     entries.append((key, _tensor(storage, 0, array.shape, strides)))
     storages.append((str(index), array.reshape(-1)))
-  (_write_legacy if legacy else _write_zip)(
-      path, _state_dict_pickle(entries), storages)
+  (_write_legacy if legacy else _write_zip)(path, _state_dict_pickle(entries),
+                                            storages)
 
 
 def _strided_state_dict(legacy):
   """Tensors on shared storages at offsets and strides, and their values."""
   floats = np.arange(10, dtype=np.float32)
   entries = [
-      ("fc.weight", _tensor(_storage("FloatStorage", "0", 10, legacy), 2,
-                            (3, 2), (2, 1))),
-      ("transposed", _tensor(_storage("FloatStorage", "0", 10, legacy), 0,
-                             (2, 3), (1, 2))),
-      ("bn.num_batches_tracked", _tensor(
-          _storage("LongStorage", "1", 1, legacy), 0, (), ())),
-      ("double", _tensor(_storage("DoubleStorage", "2", 2, legacy), 0, (2,),
-                         (1,))),
+      ("fc.weight",
+       _tensor(_storage("FloatStorage", "0", 10, legacy), 2, (3, 2), (2, 1))),
+      ("transposed",
+       _tensor(_storage("FloatStorage", "0", 10, legacy), 0, (2, 3), (1, 2))),
+      ("bn.num_batches_tracked",
+       _tensor(_storage("LongStorage", "1", 1, legacy), 0, (), ())),
+      ("double",
+       _tensor(_storage("DoubleStorage", "2", 2, legacy), 0, (2,), (1,))),
   ]
-  expected = {"fc.weight": [[2, 3], [4, 5], [6, 7]],
-              "transposed": [[0, 2, 4], [1, 3, 5]],
-              "bn.num_batches_tracked": 7, "double": [0.5, -1.25]}
+  expected = {
+      "fc.weight": [[2, 3], [4, 5], [6, 7]], "transposed": [[0, 2, 4],
+                                                            [1, 3, 5]],
+      "bn.num_batches_tracked": 7, "double": [0.5, -1.25]
+  }
   if legacy:
     # A tensor on a view of storage "0": elements 4..7, from the second.
-    entries.append(("view", _tensor(_storage(
-        "FloatStorage", "0", 10, legacy, view=("v", 4, 4)), 1, (2,), (1,))))
+    entries.append(
+        ("view",
+         _tensor(_storage("FloatStorage", "0", 10, legacy, view=("v", 4, 4)), 1,
+                 (2,), (1,))))
     expected["view"] = [5, 6]
   storages = [("0", floats), ("1", np.array([7], np.int64)),
               ("2", np.array([0.5, -1.25], np.float64))]
@@ -166,19 +173,22 @@ def _legacy_bytes(tmp_path):
     return f.read()
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda data: data[:-3], "truncated"),
-    (lambda data: data[:40], "cannot read it as a legacy torch.save file"),
-    (lambda data: b"\x80\x02" + data[2:12] + b"\x00" * 20,
-     "cannot read it as a legacy torch.save file"),
-    (lambda data: pickle.dumps(12345, protocol=2) + data[30:],
-     "magic number 12345"),
-    (lambda data: b"GIF89a" + data, "not a TorchScript archive or torch.save"),
-    (lambda data: b"PK\x03\x04" + data, "damaged zip"),
-], ids=["cut_in_a_storage", "cut_in_the_pickle", "garbage_pickle",
-        "wrong_magic", "not_torch", "bad_zip"])
-def test_damaged_files_give_an_error_naming_the_file(tmp_path, damage,
-                                                     message):
+@pytest.mark.parametrize(
+    "damage,message", [
+        (lambda data: data[:-3], "truncated"),
+        (lambda data: data[:40], "cannot read it as a legacy torch.save file"),
+        (lambda data: b"\x80\x02" + data[2:12] + b"\x00" * 20,
+         "cannot read it as a legacy torch.save file"),
+        (lambda data: pickle.dumps(12345, protocol=2) + data[30:],
+         "magic number 12345"),
+        (lambda data: b"GIF89a" + data,
+         "not a TorchScript archive or torch.save"),
+        (lambda data: b"PK\x03\x04" + data, "damaged zip"),
+    ], ids=[
+        "cut_in_a_storage", "cut_in_the_pickle", "garbage_pickle",
+        "wrong_magic", "not_torch", "bad_zip"
+    ])
+def test_damaged_files_give_an_error_naming_the_file(tmp_path, damage, message):
   path = str(tmp_path / "damaged.pth")
   with open(path, "wb") as f:
     f.write(damage(_legacy_bytes(tmp_path)))
@@ -189,8 +199,7 @@ def test_damaged_files_give_an_error_naming_the_file(tmp_path, damage,
 
 def test_reader_refuses_code_in_a_legacy_pickle(tmp_path):
   path = str(tmp_path / "evil.pth")
-  _write_legacy(path, b"\x80\x02cos\nsystem\n" + _text("true") + b"\x85R.",
-                [])
+  _write_legacy(path, b"\x80\x02cos\nsystem\n" + _text("true") + b"\x85R.", [])
   with pytest.raises(ValueError, match="unsupported global os.system"):
     torchscript_archive.load(path)
 
@@ -206,15 +215,16 @@ def _fc_weight():
 def _kernels():
   """Two kernels of one shape (matched by value, not order) and another."""
   rng = np.random.default_rng(1)
-  return {"Conv2d_1a_3x3.conv.weight": rng.normal(size=(4, 3, 3, 3)),
-          "Mixed_5b.branch1x1.conv.weight": rng.normal(size=(2, 4, 1, 1)),
-          "Mixed_5b.branch_pool.conv.weight": rng.normal(size=(2, 4, 1, 1))}
+  return {
+      "Conv2d_1a_3x3.conv.weight": rng.normal(size=(4, 3, 3, 3)),
+      "Mixed_5b.branch1x1.conv.weight": rng.normal(size=(2, 4, 1, 1)),
+      "Mixed_5b.branch_pool.conv.weight": rng.normal(size=(2, 4, 1, 1))
+  }
 
 
 def _pytorch_fid_like(path, legacy=True, **changes):
   """A state dict laid out like pytorch-fid's, tiny but for fc."""
-  arrays = {key: value.astype(np.float32) for key, value in
-            _kernels().items()}
+  arrays = {key: value.astype(np.float32) for key, value in _kernels().items()}
   arrays["Conv2d_1a_3x3.bn.running_var"] = np.ones(4, np.float32)
   arrays["fc.weight"] = _fc_weight()
   arrays["fc.bias"] = np.zeros(FC_SHAPE[0], np.float32)
@@ -245,21 +255,28 @@ def test_fc_weight_is_read_exactly_after_the_checks(tmp_path, legacy):
   np.testing.assert_array_equal(weight, _fc_weight())
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"fc__weight": None}, "no 'fc.weight' \\(the 1008-way logits layer\\)"),
-    ({"fc__weight": np.zeros((1000, 2048), np.float32)},
-     "fc.weight has shape \\(1000, 2048\\), expected \\[1008, 2048\\]"),
-    ({"fc__weight": np.zeros((2048, 1008), np.float32)},
-     "has shape \\(2048, 1008\\)"),
-    ({"fc__weight": np.where(np.arange(1008 * 2048).reshape(FC_SHAPE) == 5,
-                             np.nan, 0).astype(np.float32)},
-     "holds 1 non-finite values"),
-    ({"fc__weight": np.zeros(FC_SHAPE, np.int64)}, "is int64, not float"),
-    ({"Mixed_5b__branch_pool__conv__weight": np.zeros((2, 4, 1, 1),
-                                                      np.float32)},
-     "equals the FID Inception's net.layers.mixed.tower_2.conv"),
-], ids=["missing", "1000_classes", "transposed", "nan", "integer",
-        "other_network"])
+@pytest.mark.parametrize(
+    "changes,message", [
+        ({"fc__weight": None
+         }, "no 'fc.weight' \\(the 1008-way logits layer\\)"),
+        ({"fc__weight": np.zeros((1000, 2048), np.float32)
+         }, "fc.weight has shape \\(1000, 2048\\), expected \\[1008, 2048\\]"),
+        ({"fc__weight": np.zeros(
+            (2048, 1008), np.float32)}, "has shape \\(2048, 1008\\)"),
+        ({
+            "fc__weight": np.where(
+                np.arange(1008 * 2048).reshape(FC_SHAPE) == 5, np.nan,
+                0).astype(np.float32)
+        }, "holds 1 non-finite values"),
+        ({"fc__weight": np.zeros(FC_SHAPE, np.int64)}, "is int64, not float"),
+        ({
+            "Mixed_5b__branch_pool__conv__weight": np.zeros(
+                (2, 4, 1, 1), np.float32)
+        }, "equals the FID Inception's net.layers.mixed.tower_2.conv"),
+    ], ids=[
+        "missing", "1000_classes", "transposed", "nan", "integer",
+        "other_network"
+    ])
 def test_bad_weights_files_give_errors_naming_file_and_problem(
     tmp_path, changes, message):
   path = _pytorch_fid_like(str(tmp_path / "fid.pth"), **changes)
@@ -270,9 +287,10 @@ def test_bad_weights_files_give_errors_naming_file_and_problem(
 
 def test_a_file_without_a_state_dict_or_at_all_is_refused(tmp_path):
   path = str(tmp_path / "tensor.pth")
-  _write_legacy(path, b"\x80\x02" + _tensor(
-      _storage("FloatStorage", "0", 2, True), 0, (2,), (1,)) + b".",
-                [("0", np.zeros(2, np.float32))])
+  _write_legacy(
+      path, b"\x80\x02" + _tensor(_storage("FloatStorage", "0", 2, True), 0,
+                                  (2,), (1,)) + b".",
+      [("0", np.zeros(2, np.float32))])
   with pytest.raises(ValueError, match="holds a ndarray, not a state dict"):
     inception_logits.read_fc_weight(path, [])
   with pytest.raises(FileNotFoundError):
@@ -310,8 +328,8 @@ class _Pool3(features_lib.FeatureExtractor):
 
 
 def test_logits_are_pool3_times_the_weight_without_bias():
-  head = inception_logits.InceptionLogits(
-      _Pool3(), [[1.0, 0.0], [0.5, -1.0], [2.0, 3.0]])
+  head = inception_logits.InceptionLogits(_Pool3(),
+                                          [[1.0, 0.0], [0.5, -1.0], [2.0, 3.0]])
   features = np.array([[1.0, 2.0], [0.0, -1.0]], np.float32)
   # By hand: [1*1+2*0, 1*0.5-2*1, 1*2+2*3], [0, 1, -3].
   expected = [[1.0, -1.5, 8.0], [0.0, 1.0, -3.0]]
@@ -387,8 +405,7 @@ def test_networks_choose_the_is_network(caplog):
   with pytest.raises(ValueError, match="not both"):
     networks.inception_score_classifier(pool3, "model.keras", "fid.pth")
   with pytest.raises(ValueError, match="is for --feature_network=inception"):
-    networks.inception_score_classifier(_Pool3(logits=True), None,
-                                        "fid.pth")
+    networks.inception_score_classifier(_Pool3(logits=True), None, "fid.pth")
 
 
 def test_from_file_checks_the_94_convolutions_of_default_1(tmp_path):
@@ -415,16 +432,18 @@ def _job(**fields):
   return job.JobConfig(
       diffusion_stages=(job.DiffusionStage("base", ("base.gin",)),),
       generation_gin_files=("generation.gin",),
-      classifier_gin_files=("classifier.gin",),
-      cas_gin_files=("cas.gin",), **fields)
+      classifier_gin_files=("classifier.gin",), cas_gin_files=("cas.gin",),
+      **fields)
 
 
 def test_pipeline_passes_the_weights_file_to_every_imagenet_scoring_step():
   config = _job(feature_network="inception", is_inception_weights="fid.pth",
                 guidance_sweep_gin_files=("sweep.gin",))
   config.validate()
-  scoring = [step for step in job.steps(config, "out")
-             if step.tool in ("evaluate.py", "sweep.py")]
+  scoring = [
+      step for step in job.steps(config, "out")
+      if step.tool in ("evaluate.py", "sweep.py")
+  ]
   assert {step.tool for step in scoring} == {"evaluate.py", "sweep.py"}
   for step in scoring:
     assert "--is_inception_weights=fid.pth" in step.args, step.name

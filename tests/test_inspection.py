@@ -60,12 +60,12 @@ def test_inspect_split_counts_classes_and_shows_every_resolution(tmp_path):
 def test_inspect_tool_writes_sheet_and_summary(tmp_path):
   directory, _ = _photo_set(tmp_path)
   out = tmp_path / "out"
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "tools", "inspect_data.py"),
-       f"--data_dir={directory}", "--resolutions=8,32", "--per_class=1",
-       f"--output_dir={out}"],
-      capture_output=True, text=True, timeout=300, check=False,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  result = subprocess.run([
+      sys.executable,
+      os.path.join(ROOT, "tools", "inspect_data.py"), f"--data_dir={directory}",
+      "--resolutions=8,32", "--per_class=1", f"--output_dir={out}"
+  ], capture_output=True, text=True, timeout=300, check=False,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-2000:]
   assert "num_images: 20" in result.stdout
   sheet = np.asarray(Image.open(out / "train_contact_sheet.png"))

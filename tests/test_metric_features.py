@@ -42,8 +42,8 @@ def test_named_layer_features_and_logits_of_a_functional_model():
   images = _images(4)
   features, logits = extractor(images)
   inputs = images.astype(np.float32) / 255.0
-  expected = keras.Model(model.input, model.get_layer("features").output)(
-      inputs)
+  expected = keras.Model(model.input,
+                         model.get_layer("features").output)(inputs)
   np.testing.assert_allclose(features, expected, atol=1e-6)
   np.testing.assert_allclose(logits, model(inputs), atol=1e-5)
   assert features.shape == (4, 8) and logits.shape == (4, 10)
@@ -55,8 +55,9 @@ def test_default_features_are_what_the_dense_head_reads():
   extractor = features_lib.ClassifierFeatures(model, "small: penultimate")
   features, _ = extractor(_images(3))
   hidden = keras.Model(model.input, model.get_layer("hidden").output)
-  np.testing.assert_allclose(
-      features, hidden(_images(3).astype(np.float32) / 255.0), atol=1e-6)
+  np.testing.assert_allclose(features,
+                             hidden(_images(3).astype(np.float32) / 255.0),
+                             atol=1e-6)
 
 
 def test_images_of_another_size_are_resized_to_the_model_input():
@@ -70,8 +71,8 @@ def test_images_of_another_size_are_resized_to_the_model_input():
 
 
 def test_image_classifier_features_reproduce_its_logits():
-  model = models.create_classifier("resnet50", num_classes=10,
-                                   image_size=32, tiny=True)
+  model = models.create_classifier("resnet50", num_classes=10, image_size=32,
+                                   tiny=True)
   extractor = features_lib.ClassifierFeatures(
       model, "Fashion-MNIST classifier features: tiny resnet50")
   images = _images(3)
@@ -83,6 +84,7 @@ def test_image_classifier_features_reproduce_its_logits():
 
 
 def test_a_model_without_findable_features_is_refused():
+
   class Opaque(keras.Model):
 
     def call(self, x):
@@ -142,13 +144,15 @@ def test_metrics_of_a_generated_set_carry_the_feature_network(
   network = "Fashion-MNIST classifier features: small (test)"
   extractor = features_lib.ClassifierFeatures(_small_network(), network,
                                               feature_layer="features")
-  references = {"validation": fid.reference_statistics(
-      real_dir, extractor, split="validation", num_classes=10,
-      keep_features=30)}
+  references = {
+      "validation": fid.reference_statistics(real_dir, extractor,
+                                             split="validation", num_classes=10,
+                                             keep_features=30)
+  }
   generated = reader.read(synthetic_paths)
-  result = sample_quality.evaluate(
-      generated, extractor, references, sample_counts=(20, 30),
-      kid_subsets=5, kid_subset_size=10)
+  result = sample_quality.evaluate(generated, extractor, references,
+                                   sample_counts=(20, 30), kid_subsets=5,
+                                   kid_subset_size=10)
   labels = [v.label for v in result.values]
   assert labels == [
       f"FID@20 vs validation ({network})",
@@ -179,11 +183,13 @@ def test_inception_score_from_a_separate_classifier(fashion_mnist_sets):
       return tf.reduce_mean(prepared, axis=[1, 2]), None
 
   extractor = NoLogits()
-  references = {"train": fid.reference_statistics(
-      real_dir, extractor, split="train", num_classes=10)}
+  references = {
+      "train": fid.reference_statistics(real_dir, extractor, split="train",
+                                        num_classes=10)
+  }
   classifier = features_lib.ClassifierFeatures(_small_network(), "scorer")
-  result = sample_quality.evaluate(
-      reader.read(synthetic_paths), extractor, references,
-      sample_counts=(30,), classifier=classifier)
-  assert [v.label for v in result.values] == [
-      "FID@30 vs train (mean colour)", "IS@30 (scorer)"]
+  result = sample_quality.evaluate(reader.read(synthetic_paths), extractor,
+                                   references, sample_counts=(30,),
+                                   classifier=classifier)
+  assert [v.label for v in result.values
+         ] == ["FID@30 vs train (mean colour)", "IS@30 (scorer)"]

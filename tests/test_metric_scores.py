@@ -31,8 +31,8 @@ def test_inception_score_of_confident_distinct_classes_is_their_number():
 
 def test_inception_score_of_one_repeated_confident_class_is_one():
   logits = np.tile(1000.0 * np.eye(4)[2], (50, 1))
-  assert inception_score.inception_score(logits, NETWORK).value == (
-      pytest.approx(1.0))
+  assert inception_score.inception_score(logits,
+                                         NETWORK).value == (pytest.approx(1.0))
 
 
 def test_inception_score_splits_are_equal_consecutive_parts():
@@ -56,10 +56,11 @@ def test_kid_is_about_zero_for_one_distribution_and_positive_for_a_shift():
   rng = np.random.default_rng(1)
   real = rng.normal(size=(400, 16))
   same = kid.kid(real, real, "f", num_subsets=50, subset_size=100)
-  other_sample = kid.kid(real, rng.normal(size=(400, 16)), "f",
-                         num_subsets=50, subset_size=100)
-  shifted = kid.kid(real, rng.normal(size=(400, 16)) + 0.5, "f",
-                    num_subsets=50, subset_size=100)
+  other_sample = kid.kid(real, rng.normal(size=(400, 16)), "f", num_subsets=50,
+                         subset_size=100)
+  shifted = kid.kid(real,
+                    rng.normal(size=(400, 16)) + 0.5, "f", num_subsets=50,
+                    subset_size=100)
   assert shifted.value > 0
   # Subsets of one set share images, which biases KID slightly negative.
   assert -0.05 * shifted.value < same.value <= 0
@@ -71,14 +72,17 @@ def test_kid_is_about_zero_for_one_distribution_and_positive_for_a_shift():
 def test_unbiased_mmd_matches_its_definition():
   rng = np.random.default_rng(2)
   x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 1
-  k = lambda a, b: (a @ b / 3 + 1) ** 3
-  within_x = np.mean([k(x[i], x[j]) for i in range(6) for j in range(6)
-                      if i != j])
-  within_y = np.mean([k(y[i], y[j]) for i in range(6) for j in range(6)
-                      if i != j])
+
+  def k(a, b):
+    return (a @ b / 3 + 1)**3
+
+  within_x = np.mean(
+      [k(x[i], x[j]) for i in range(6) for j in range(6) if i != j])
+  within_y = np.mean(
+      [k(y[i], y[j]) for i in range(6) for j in range(6) if i != j])
   cross = np.mean([k(x[i], y[j]) for i in range(6) for j in range(6)])
-  assert kid.mmd2_unbiased(x, y) == pytest.approx(
-      within_x + within_y - 2 * cross)
+  assert kid.mmd2_unbiased(x,
+                           y) == pytest.approx(within_x + within_y - 2 * cross)
 
 
 def test_kid_subset_size_shrinks_to_the_smaller_set():
@@ -91,8 +95,8 @@ def test_kid_subset_size_shrinks_to_the_smaller_set():
 def test_precision_and_recall_of_a_set_with_itself_are_one():
   rng = np.random.default_rng(4)
   features = rng.normal(size=(200, 8))
-  precision, recall = precision_recall.precision_recall(features, features,
-                                                        "f", "train")
+  precision, recall = precision_recall.precision_recall(features, features, "f",
+                                                        "train")
   assert precision.value == 1.0 and recall.value == 1.0
   assert precision.label == "precision@200 vs train (f)"
 
@@ -122,13 +126,15 @@ def test_knn_radius_is_the_distance_to_the_kth_other_point():
 
 def test_report_labels_values_and_writes_json(tmp_path):
   values = report.MetricsReport()
-  values.add(report.MetricValue("FID", 12.5, "Inception-v3 pool3", 50_000,
-                                "train"))
-  values.add(report.MetricValue("IS", 3.25, "Fashion-MNIST classifier: x",
-                                10_000, std=0.5))
+  values.add(
+      report.MetricValue("FID", 12.5, "Inception-v3 pool3", 50_000, "train"))
+  values.add(
+      report.MetricValue("IS", 3.25, "Fashion-MNIST classifier: x", 10_000,
+                         std=0.5))
   assert [v.label for v in values.values] == [
       "FID@50K vs train (Inception-v3 pool3)",
-      "IS@10K (Fashion-MNIST classifier: x)"]
+      "IS@10K (Fashion-MNIST classifier: x)"
+  ]
   assert values.get("IS@10K (Fashion-MNIST classifier: x)").std == 0.5
   table = values.format_table()
   assert "FID@50K vs train (Inception-v3 pool3)  12.5000" in table

@@ -23,19 +23,18 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "gin", "models", "*.gin")))
 # (base channels, multipliers, blocks, attention, heads, head dim,
 #  timesteps, schedule, learned variances, loss, lr, batch, steps, dropout)
 APPENDIX_B = {
-    "imagenet32_base": (256, (1, 2, 3, 4), 6, (8, 16), 4, None, 4000,
-                        "cosine", True, "hybrid", 1e-4, 2048, 700000, 0.1),
+    "imagenet32_base": (256, (1, 2, 3, 4), 6, (8, 16), 4, None, 4000, "cosine",
+                        True, "hybrid", 1e-4, 2048, 700000, 0.1),
     "imagenet32_to_64_sr": (256, (1, 2, 3, 4), 5, (8, 16), 4, None, 4000,
-                            "cosine", True, "hybrid", 1e-4, 2048, 400000,
-                            0.1),
-    "imagenet64_to_128_sr": (128, (1, 2, 4, 8, 8), 3, (16,), 1, None, 2000,
-                             "linear", False, "simple", 1e-4, 1024, 500000,
-                             0.0),
-    "imagenet64_to_256_sr": (128, (1, 2, 4, 4, 8, 8), 3, (16,), 1, None, 2000,
-                             "linear", False, "simple", 1e-4, 1024, 500000,
-                             0.0),
-    "lsun64_base": (128, (1, 2, 3, 4), 3, (8, 16, 32), None, 64, None,
-                    "cosine", False, "simple", 3e-4, 2048, 100000, 0.1),
+                            "cosine", True, "hybrid", 1e-4, 2048, 400000, 0.1),
+    "imagenet64_to_128_sr":
+        (128, (1, 2, 4, 8, 8), 3, (16,), 1, None, 2000, "linear", False,
+         "simple", 1e-4, 1024, 500000, 0.0),
+    "imagenet64_to_256_sr":
+        (128, (1, 2, 4, 4, 8, 8), 3, (16,), 1, None, 2000, "linear", False,
+         "simple", 1e-4, 1024, 500000, 0.0),
+    "lsun64_base": (128, (1, 2, 3, 4), 3, (8, 16, 32), None, 64, None, "cosine",
+                    False, "simple", 3e-4, 2048, 100000, 0.1),
     "lsun64_to_128_sr": (64, (1, 2, 4, 6, 8), 3, (8, 16, 32), None, 64, None,
                          "cosine", False, "simple", 2e-4, 1024, 220000, 0.1),
 }
@@ -116,15 +115,15 @@ def test_scaled_down_config_trains_one_step(path):
   unet = model.unet
   rng = np.random.default_rng(0)
   batch = {
-      "x_start": tf.constant(rng.uniform(-1, 1, (2, unet.resolution,
-                                                  unet.resolution, 3)),
-                             tf.float32),
+      "x_start": tf.constant(
+          rng.uniform(-1, 1, (2, unet.resolution, unet.resolution, 3)),
+          tf.float32),
       "label": tf.constant([0, 1]),
       "seed": per_example_noise.example_seeds(tf.range(2)),
   }
   if unet.low_res_resolution:
-    batch["low_res"] = tf.image.resize(
-        batch["x_start"], (unet.low_res_resolution,) * 2)
+    batch["low_res"] = tf.image.resize(batch["x_start"],
+                                       (unet.low_res_resolution,) * 2)
   if unet.text_embed_dim:
     # Stand-ins for the frozen encoder's output (tests/test_text_finetune.py
     # trains with the real one).

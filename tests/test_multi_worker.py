@@ -32,13 +32,17 @@ GIN = os.path.join(ROOT, "gin", "models", "fashion_mnist_16_base.gin")
 CLASSIFIER_GIN = os.path.join(ROOT, "gin", "classifiers", "fashion_mnist",
                               "resnet_tiny.gin")
 # One thread each: two workers (and a reference run) share two cores.
-ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-       "TF_CPP_MIN_LOG_LEVEL": "3", "TF_NUM_INTRAOP_THREADS": "1",
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    **{
+        k: v for k, v in os.environ.items() if k != "TF_CONFIG"
+    }, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_NUM_INTRAOP_THREADS": "1",
+    "OMP_NUM_THREADS": "1"
+}
 TIMEOUT = 240  # seconds, for any one launch of the workers
 # gRPC could not bind a port picked free (another process took it since).
-_PORT_TAKEN = re.compile(r"address already in use|failed to add port|"
-                         r"could not start grpc server", re.IGNORECASE)
+_PORT_TAKEN = re.compile(
+    r"address already in use|failed to add port|"
+    r"could not start grpc server", re.IGNORECASE)
 _DIGEST = re.compile(r"^worker (\d) weights sha256 (\w+)$", re.MULTILINE)
 
 if "pytest_timeout" in sys.modules:  # only when pytest-timeout is installed
@@ -48,14 +52,15 @@ if "pytest_timeout" in sys.modules:  # only when pytest-timeout is installed
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   # 8 training shards: each worker reads its own 4.
-  return fashion_mnist_subset.prepared(
-      str(tmp_path_factory.mktemp("fashion")), per_class=(4, 1))
+  return fashion_mnist_subset.prepared(str(tmp_path_factory.mktemp("fashion")),
+                                       per_class=(4, 1))
 
 
 def _free_ports(count):
   """Ports free on 127.0.0.1 now (all held open at once, so distinct)."""
-  sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-             for _ in range(count)]
+  sockets = [
+      socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)
+  ]
   try:
     for s in sockets:
       s.bind(("127.0.0.1", 0))
@@ -72,8 +77,7 @@ class _Process:
     os.makedirs(directory, exist_ok=True)
     self.stdout_path = os.path.join(directory, f"{name}.stdout")
     self.stderr_path = os.path.join(directory, f"{name}.stderr")
-    with open(self.stdout_path, "w") as out, open(self.stderr_path,
-                                                  "w") as err:
+    with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
       self.popen = subprocess.Popen(command, stdout=out, stderr=err, env=env,
                                     cwd=directory)
 
@@ -132,8 +136,9 @@ def _start_workers(command, work_dir, attempt):
     directory = os.path.join(work_dir, f"attempt{attempt}", f"worker{index}")
     scratch = os.path.join(directory, "tmp")
     os.makedirs(scratch)
-    env = dict(ENV, TMPDIR=scratch, TF_CONFIG=json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    env = dict(
+        ENV, TMPDIR=scratch, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
     workers.append(_Process(command, env, directory, "log"))
   return workers
 
@@ -145,8 +150,8 @@ def _run_workers(command, work_dir, others=()):
   for attempt in range(3):
     workers = _start_workers(command, work_dir, attempt)
     _wait(workers + list(others))
-    if not any(p.popen.returncode and _PORT_TAKEN.search(p.stderr)
-               for p in workers):
+    if not any(
+        p.popen.returncode and _PORT_TAKEN.search(p.stderr) for p in workers):
       return workers
   pytest.fail("no free ports:\n" + workers[0].report())
 
@@ -165,11 +170,14 @@ def _checkpoint_arrays(path, prefix):
   """``<prefix>/0``, ``<prefix>/1``... of a checkpoint, in order."""
   reader = tf.train.load_checkpoint(path)
   names = reader.get_variable_to_shape_map()
-  count = sum(re.fullmatch(rf"{prefix}/\d+/\.ATTRIBUTES/VARIABLE_VALUE", n)
-              is not None for n in names)
+  count = sum(
+      re.fullmatch(rf"{prefix}/\d+/\.ATTRIBUTES/VARIABLE_VALUE", n) is not None
+      for n in names)
   assert count > 10, sorted(names)[:20]
-  return [reader.get_tensor(f"{prefix}/{i}/.ATTRIBUTES/VARIABLE_VALUE")
-          for i in range(count)]
+  return [
+      reader.get_tensor(f"{prefix}/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+      for i in range(count)
+  ]
 
 
 def _max_diff(a, b):
@@ -195,12 +203,11 @@ def _check_only_the_chief_wrote(workers, model_dir, reference_dir):
   assert _files(model_dir) == _files(reference_dir)
   events = os.listdir(os.path.join(model_dir, "tensorboard"))
   # Event file names end with the writer's host, pid and a counter.
-  assert [int(name.split(".")[-3]) for name in events] == [
-      workers[0].popen.pid], events
+  assert [int(name.split(".")[-3]) for name in events
+         ] == [workers[0].popen.pid], events
   for worker in workers:
     directory = os.path.dirname(worker.stdout_path)
-    assert sorted(os.listdir(directory)) == ["log.stderr", "log.stdout",
-                                             "tmp"]
+    assert sorted(os.listdir(directory)) == ["log.stderr", "log.stdout", "tmp"]
     assert not os.listdir(os.path.join(directory, "tmp"))
 
 
@@ -313,13 +320,13 @@ def test_diffusion_training_on_two_workers(tmp_path, data_dir):
   model_dir = str(tmp_path / "run")
   bindings = _diffusion_bindings(data_dir)
   reference_dir = str(tmp_path / "reference_run")
-  reference = _reference(DIFFUSION_REFERENCE,
-                         [reference_dir, GIN, *bindings], str(tmp_path))
-  workers = _run_workers(
-      [sys.executable, TRAIN, f"--gin_file={GIN}", f"--model_dir={model_dir}",
-       "--strategy=multi_worker_mirrored",
-       *[f"--gin_bindings={b}" for b in bindings]],
-      str(tmp_path), others=[reference])
+  reference = _reference(DIFFUSION_REFERENCE, [reference_dir, GIN, *bindings],
+                         str(tmp_path))
+  workers = _run_workers([
+      sys.executable, TRAIN, f"--gin_file={GIN}", f"--model_dir={model_dir}",
+      "--strategy=multi_worker_mirrored",
+      *[f"--gin_bindings={b}" for b in bindings]
+  ], str(tmp_path), others=[reference])
   for process in workers + [reference]:
     assert process.popen.returncode == 0, process.report()
   assert "with 2 replica(s)" in workers[1].stdout
@@ -340,21 +347,23 @@ def test_diffusion_training_on_two_workers(tmp_path, data_dir):
   assert _max_diff(ema, _checkpoint_arrays(reference_ckpt,
                                            "ema_weights")) < 1e-6
   # One step moves the weights far more than that tolerance.
-  before = _checkpoint_arrays(os.path.join(model_dir, "checkpoints",
-                                           "ckpt-2"), "unet_weights")
+  before = _checkpoint_arrays(os.path.join(model_dir, "checkpoints", "ckpt-2"),
+                              "unet_weights")
   assert _max_diff(unet, before) > 1e-4
-  assert _losses(workers[0].stdout) == _losses(workers[1].stdout) == (
-      _losses(reference.stdout)), (workers[0].stdout, reference.stdout)
+  assert _losses(workers[0].stdout) == _losses(workers[1].stdout) == (_losses(
+      reference.stdout)), (workers[0].stdout, reference.stdout)
   assert len(_losses(reference.stdout)) == 3
 
   _check_only_the_chief_wrote(workers, model_dir, reference_dir)
 
 
 def _classifier_command(model_dir, data_dir, bindings):
-  return [sys.executable, TRAIN_CLASSIFIER, f"--gin_file={CLASSIFIER_GIN}",
-          f"--model_dir={model_dir}", f"--real_data_dir={data_dir}",
-          "--strategy=multi_worker_mirrored", "--global_batch_size=8",
-          *[f"--gin_bindings={b}" for b in bindings]]
+  return [
+      sys.executable, TRAIN_CLASSIFIER, f"--gin_file={CLASSIFIER_GIN}",
+      f"--model_dir={model_dir}", f"--real_data_dir={data_dir}",
+      "--strategy=multi_worker_mirrored", "--global_batch_size=8",
+      *[f"--gin_bindings={b}" for b in bindings]
+  ]
 
 
 def test_classifier_training_on_two_workers(tmp_path, data_dir):
@@ -363,8 +372,7 @@ def test_classifier_training_on_two_workers(tmp_path, data_dir):
   reference_dir = str(tmp_path / "reference_run")
   reference = _reference(
       CLASSIFIER_REFERENCE,
-      [reference_dir, CLASSIFIER_GIN, data_dir, "8", *bindings],
-      str(tmp_path))
+      [reference_dir, CLASSIFIER_GIN, data_dir, "8", *bindings], str(tmp_path))
   workers = _run_workers(_classifier_command(model_dir, data_dir, bindings),
                          str(tmp_path), others=[reference])
   for process in workers + [reference]:
@@ -372,21 +380,21 @@ def test_classifier_training_on_two_workers(tmp_path, data_dir):
   assert "with 2 replica(s)" in workers[1].stdout
   assert "wrote" not in workers[1].stdout
 
-  weights = _checkpoint_arrays(
-      os.path.join(model_dir, "checkpoints", "ckpt-3"), "model_weights")
+  weights = _checkpoint_arrays(os.path.join(model_dir, "checkpoints", "ckpt-3"),
+                               "model_weights")
   digests = _digests(workers)
   assert digests[0] == digests[1] == fingerprints.of_arrays(weights)
   reference_weights = _checkpoint_arrays(
       os.path.join(reference_dir, "checkpoints", "ckpt-3"), "model_weights")
   assert _max_diff(weights, reference_weights) < 1e-5
-  before = _checkpoint_arrays(
-      os.path.join(model_dir, "checkpoints", "ckpt-2"), "model_weights")
+  before = _checkpoint_arrays(os.path.join(model_dir, "checkpoints", "ckpt-2"),
+                              "model_weights")
   assert _max_diff(weights, before) > 1e-4
-  assert _losses(workers[0].stdout) == _losses(workers[1].stdout) == (
-      _losses(reference.stdout))
+  assert _losses(workers[0].stdout) == _losses(workers[1].stdout) == (_losses(
+      reference.stdout))
   # Both evaluated on the same 10 validation images, together.
-  evaluated = json.loads(open(os.path.join(model_dir, "eval",
-                                           "eval.json")).read())
+  evaluated = json.loads(
+      open(os.path.join(model_dir, "eval", "eval.json")).read())
   assert evaluated["examples"] == 10 and evaluated["step"] == 3
   assert f"top1 {evaluated['top1']:.4f}" in workers[1].stdout
 
@@ -394,16 +402,16 @@ def test_classifier_training_on_two_workers(tmp_path, data_dir):
 
 
 def _latest_step(model_dir):
-  state = tf.train.get_checkpoint_state(os.path.join(model_dir,
-                                                     "checkpoints"))
+  state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
   return int(state.model_checkpoint_path.rsplit("-", 1)[1])
 
 
 def test_sigkill_of_a_worker_then_both_resume_from_the_chiefs_checkpoint(
     tmp_path, data_dir):
   model_dir = str(tmp_path / "run")
-  command = _classifier_command(model_dir, data_dir, _classifier_bindings(
-      **{"trainer.train_classifier.num_steps": 10_000}))
+  command = _classifier_command(
+      model_dir, data_dir,
+      _classifier_bindings(**{"trainer.train_classifier.num_steps": 10_000}))
   index = os.path.join(model_dir, "checkpoints", "ckpt-4.index")
   for attempt in range(3):
     workers = _start_workers(command, str(tmp_path / "first"), attempt)
@@ -432,8 +440,10 @@ def test_sigkill_of_a_worker_then_both_resume_from_the_chiefs_checkpoint(
   assert saved >= 4
 
   restarted = _run_workers(
-      _classifier_command(model_dir, data_dir, _classifier_bindings(
-          **{"trainer.train_classifier.num_steps": saved + 3})),
+      _classifier_command(
+          model_dir, data_dir,
+          _classifier_bindings(
+              **{"trainer.train_classifier.num_steps": saved + 3})),
       str(tmp_path / "second"))
   for worker in restarted:
     assert worker.popen.returncode == 0, worker.report()
@@ -442,12 +452,13 @@ def test_sigkill_of_a_worker_then_both_resume_from_the_chiefs_checkpoint(
   assert _latest_step(model_dir) == saved + 3
   digests = _digests(restarted)
   assert digests[0] == digests[1] == fingerprints.of_arrays(
-      _checkpoint_arrays(os.path.join(model_dir, "checkpoints",
-                                      f"ckpt-{saved + 3}"), "model_weights"))
+      _checkpoint_arrays(
+          os.path.join(model_dir, "checkpoints", f"ckpt-{saved + 3}"),
+          "model_weights"))
   # The chief's checkpoints only: no other worker's anywhere in model_dir.
-  assert all(re.fullmatch(r"checkpoint|ckpt-\d+\.(index|data-\d+-of-\d+)",
-                          name)
-             for name in os.listdir(os.path.join(model_dir, "checkpoints")))
+  assert all(
+      re.fullmatch(r"checkpoint|ckpt-\d+\.(index|data-\d+-of-\d+)", name)
+      for name in os.listdir(os.path.join(model_dir, "checkpoints")))
   for worker in restarted:
-    assert not os.listdir(os.path.join(os.path.dirname(worker.stdout_path),
-                                       "tmp"))
+    assert not os.listdir(
+        os.path.join(os.path.dirname(worker.stdout_path), "tmp"))

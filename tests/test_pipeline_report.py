@@ -52,9 +52,12 @@ def _write_events(log_dir, series):
 
 
 def _diffusion_run(model_dir):
-  _write_events(os.path.join(model_dir, "tensorboard"),
-                {"train/loss": DIFFUSION_LOSS,
-                 "train/grad_norm": [(10, 5.0), (20, 4.0), (30, 3.0)]})
+  _write_events(
+      os.path.join(model_dir, "tensorboard"), {
+          "train/loss": DIFFUSION_LOSS, "train/grad_norm": [(10, 5.0),
+                                                            (20, 4.0),
+                                                            (30, 3.0)]
+      })
   for step, value in ((10, 0), (30, 200)):
     contact_sheet.write_png(
         os.path.join(model_dir, "samples", f"step_{step:08d}.png"),
@@ -66,17 +69,21 @@ def _diffusion_run(model_dir):
 def _classifier_run(model_dir, data, top1_correct, real, synthetic,
                     is_cas=False, num_steps=40):
   """A finished run: run.json, events, and eval/ by ``write_reports``."""
-  _write_events(os.path.join(model_dir, "tensorboard"),
-                {"train/loss": [(20, 2.5), (40, 1.75)],
-                 "eval/top1": [(40, float(np.sum(top1_correct)) / 20)]})
+  _write_events(
+      os.path.join(model_dir, "tensorboard"), {
+          "train/loss": [(20, 2.5), (40, 1.75)],
+          "eval/top1": [(40, float(np.sum(top1_correct)) / 20)]
+      })
   tf.io.gfile.makedirs(model_dir)
   with open(os.path.join(model_dir, "run.json"), "w") as f:
-    json.dump({"model": "resnet_tiny", "parameters": 1234,
-               "num_steps": num_steps,
-               "training_data": {"data": data,
-                                 "real_examples_per_epoch": real,
-                                 "synthetic_examples_per_epoch": synthetic}},
-              f)
+    json.dump(
+        {
+            "model": "resnet_tiny", "parameters": 1234, "num_steps": num_steps,
+            "training_data": {
+                "data": data, "real_examples_per_epoch": real,
+                "synthetic_examples_per_epoch": synthetic
+            }
+        }, f)
   examples = np.full(NUM_CLASSES, VALIDATION_PER_CLASS, np.float64)
   top1 = np.asarray(top1_correct, np.float64)
   result = evaluation.EvalResult(examples, top1, np.minimum(top1 + 1, 2),
@@ -91,8 +98,9 @@ def _classifier_run(model_dir, data, top1_correct, real, synthetic,
 
 def _metrics_file(path):
   metrics = metrics_report.MetricsReport()
-  metrics.add(metrics_report.MetricValue("FID", 123.456, NETWORK, 30,
-                                         reference="validation"))
+  metrics.add(
+      metrics_report.MetricValue("FID", 123.456, NETWORK, 30,
+                                 reference="validation"))
   metrics.add(metrics_report.MetricValue("IS", 2.5, NETWORK, 30, std=0.125))
   metrics.notes.append("KID not reported: too few images.")
   metrics.write_json(path)
@@ -115,8 +123,10 @@ def _links(markdown):
 def test_full_report(data):
   root, real, synthetic = data
   runs = root / "runs"
-  diffusion = {"base": _diffusion_run(str(runs / "base")),
-               "super-resolution": _diffusion_run(str(runs / "sr"))}
+  diffusion = {
+      "base": _diffusion_run(str(runs / "base")),
+      "super-resolution": _diffusion_run(str(runs / "sr"))
+  }
   real_result = _classifier_run(str(runs / "real"), "real",
                                 [2, 2, 1, 2, 0, 2, 2, 1, 2, 2], 30, 0)
   cas_result = _classifier_run(str(runs / "cas"), "synthetic",
@@ -133,12 +143,11 @@ def test_full_report(data):
 
   path = report.write_report(
       report_dir, title="Fashion-MNIST end to end", real_data_dir=real,
-      synthetic_dir=synthetic, diffusion_runs=diffusion,
-      classifier_runs={"real": str(runs / "real"),
-                       "synthetic only (CAS)": str(runs / "cas"),
-                       "CAS reference": str(runs / "reference"),
-                       "real + synthetic": str(runs / "mixed")},
-      metrics_file=str(root / "metrics.json"),
+      synthetic_dir=synthetic, diffusion_runs=diffusion, classifier_runs={
+          "real": str(runs / "real"), "synthetic only (CAS)": str(runs / "cas"),
+          "CAS reference": str(runs / "reference"),
+          "real + synthetic": str(runs / "mixed")
+      }, metrics_file=str(root / "metrics.json"),
       settings={"real data": real, "diffusion": {"steps": 30, "lr": 1e-4}},
       step_seconds={"prepare data": 3.2, "train base": 125.0},
       samples_per_class=PER_CLASS, notes=["a tiny run on CPU"])
@@ -150,12 +159,14 @@ def test_full_report(data):
   assert "- a tiny run on CPU" in text
   # Accuracy rows: label, model, real + synthetic images, steps, top-1 %,
   # top-5 %, and the CAS marked.
-  for label, result, images, note in (
-      ("real", real_result, "| 30 | 0 | 40 |", ""),
-      ("synthetic only (CAS)", cas_result, "| 0 | 30 | 40 |", "CAS"),
-      ("CAS reference", reference_result, "| 30 | 0 | 40 |",
-       "CAS protocol, real images"),
-      ("real + synthetic", mixed_result, "| 30 | 30 | 60 |", "")):
+  for label, result, images, note in (("real", real_result, "| 30 | 0 | 40 |",
+                                       ""), ("synthetic only (CAS)", cas_result,
+                                             "| 0 | 30 | 40 |", "CAS"),
+                                      ("CAS reference", reference_result,
+                                       "| 30 | 0 | 40 |",
+                                       "CAS protocol, real images"),
+                                      ("real + synthetic", mixed_result,
+                                       "| 30 | 30 | 60 |", "")):
     row = (f"| {label} | resnet_tiny {images} {100 * result.top1:.2f} | "
            f"{100 * result.top5:.2f} | {note} |")
     assert row in text
@@ -177,12 +188,11 @@ def test_full_report(data):
 
   # Every image is linked relatively and exists in the folder.
   links = _links(text)
-  assert set(links) >= {"samples_per_class.png", "accuracy.png",
-                        "loss_curves.png", "samples_base.png",
-                        "samples_super_resolution.png",
-                        "per_class_real.png",
-                        "per_class_synthetic_only_cas.png",
-                        "per_class_real_synthetic.png"}
+  assert set(links) >= {
+      "samples_per_class.png", "accuracy.png", "loss_curves.png",
+      "samples_base.png", "samples_super_resolution.png", "per_class_real.png",
+      "per_class_synthetic_only_cas.png", "per_class_real_synthetic.png"
+  }
   for link in links:
     assert not os.path.isabs(link) and "/" not in link
     assert _png(os.path.join(report_dir, link)).size > 0
@@ -194,8 +204,7 @@ def test_full_report(data):
     assert copied == f.read()
   with open(os.path.join(report_dir, "per_class_real.png"), "rb") as f:
     copied = f.read()
-  with open(str(runs / "real" / "eval" / "per_class_accuracy.png"),
-            "rb") as f:
+  with open(str(runs / "real" / "eval" / "per_class_accuracy.png"), "rb") as f:
     assert copied == f.read()
 
   # One row per class: generated | real, each cell the image upscaled x2.
@@ -204,27 +213,26 @@ def test_full_report(data):
   assert cell == 64
   step = cell + report_figures.GAP
   block = PER_CLASS * step + report_figures.GAP
-  assert grid.shape == (report_figures.HEADER_HEIGHT
-                        + NUM_CLASSES * step + report_figures.GAP,
-                        report_figures.LABEL_WIDTH + 2 * block
-                        + report_figures.SEPARATOR_WIDTH, 3)
+  assert grid.shape == (report_figures.HEADER_HEIGHT + NUM_CLASSES * step +
+                        report_figures.GAP, report_figures.LABEL_WIDTH +
+                        2 * block + report_figures.SEPARATOR_WIDTH, 3)
   generated = {}
-  for element in reader.read(split_manifest.read(
-      synthetic, "train").shard_paths(synthetic)).as_numpy_iterator():
+  for element in reader.read(
+      split_manifest.read(synthetic,
+                          "train").shard_paths(synthetic)).as_numpy_iterator():
     generated.setdefault(int(element["label"]), []).append(element["image"])
   validation = synthetic_records.real_images_by_class(real, "validation")
-  real_left = (report_figures.LABEL_WIDTH + block
-               + report_figures.SEPARATOR_WIDTH + report_figures.GAP)
+  real_left = (report_figures.LABEL_WIDTH + block +
+               report_figures.SEPARATOR_WIDTH + report_figures.GAP)
   for c in range(NUM_CLASSES):
     top = report_figures.HEADER_HEIGHT + report_figures.GAP + c * step
     for k in range(PER_CLASS):
       # The first images of the class in shard (record) order.
       left = report_figures.LABEL_WIDTH + report_figures.GAP + k * step
-      np.testing.assert_array_equal(
-          grid[top:top + cell, left:left + cell],
-          _upscaled(generated[c][k], 2))
-      cells = grid[top:top + cell, real_left + k * step:
-                   real_left + k * step + cell]
+      np.testing.assert_array_equal(grid[top:top + cell, left:left + cell],
+                                    _upscaled(generated[c][k], 2))
+      cells = grid[top:top + cell,
+                   real_left + k * step:real_left + k * step + cell]
       if k < VALIDATION_PER_CLASS:
         np.testing.assert_array_equal(cells, _upscaled(validation[c][k], 2))
       else:
@@ -233,26 +241,27 @@ def test_full_report(data):
 
 def test_scalars_read_back_as_written(tmp_path):
   log_dir = str(tmp_path / "tensorboard")
-  _write_events(log_dir, {"train/loss": DIFFUSION_LOSS,
-                          "eval/top1": [(30, 0.5)]})
+  _write_events(log_dir,
+                {"train/loss": DIFFUSION_LOSS, "eval/top1": [(30, 0.5)]})
   scalars = run_outputs.read_scalars(log_dir, "train/loss")
   np.testing.assert_array_equal(scalars.steps, [s for s, _ in DIFFUSION_LOSS])
-  np.testing.assert_array_equal(
-      scalars.values, np.float32([v for _, v in DIFFUSION_LOSS]))
+  np.testing.assert_array_equal(scalars.values,
+                                np.float32([v for _, v in DIFFUSION_LOSS]))
   assert not len(run_outputs.read_scalars(log_dir, "train/absent"))
-  assert not len(run_outputs.read_scalars(str(tmp_path / "none"),
-                                          "train/loss"))
+  assert not len(run_outputs.read_scalars(str(tmp_path / "none"), "train/loss"))
 
 
 def test_missing_steps_say_not_run(data, tmp_path):
   _, real, _ = data
-  finished = _classifier_run(str(tmp_path / "real"), "real",
-                             [2] * NUM_CLASSES, 30, 0)
+  finished = _classifier_run(str(tmp_path / "real"), "real", [2] * NUM_CLASSES,
+                             30, 0)
   # Stopped before the end: only a periodic evaluation in its events.
   stopped = str(tmp_path / "mixed")
-  _write_events(os.path.join(stopped, "tensorboard"),
-                {"train/loss": [(10, 2.0)], "eval/top1": [(10, 0.25)],
-                 "eval/top5": [(10, 0.75)]})
+  _write_events(
+      os.path.join(stopped, "tensorboard"), {
+          "train/loss": [(10, 2.0)], "eval/top1": [(10, 0.25)],
+          "eval/top5": [(10, 0.75)]
+      })
   # A file cut short: that run is reported unreadable, the rest as usual.
   broken = str(tmp_path / "broken")
   tf.io.gfile.makedirs(os.path.join(broken, "eval"))
@@ -263,11 +272,11 @@ def test_missing_steps_say_not_run(data, tmp_path):
   path = report.write_report(
       report_dir, title="partial", real_data_dir=real,
       synthetic_dir=str(tmp_path / "no_synthetic"),
-      diffusion_runs={"base": str(tmp_path / "no_base")},
-      classifier_runs={"real": str(tmp_path / "real"),
-                       "synthetic only (CAS)": str(tmp_path / "no_cas"),
-                       "real + synthetic": stopped, "broken": broken},
-      metrics_file=str(tmp_path / "no_metrics.json"))
+      diffusion_runs={"base": str(tmp_path / "no_base")}, classifier_runs={
+          "real": str(tmp_path / "real"),
+          "synthetic only (CAS)": str(tmp_path / "no_cas"),
+          "real + synthetic": stopped, "broken": broken
+      }, metrics_file=str(tmp_path / "no_metrics.json"))
 
   with open(path) as f:
     text = f.read()

@@ -93,10 +93,12 @@ def test_a_step_whose_product_was_deleted_runs_again(tool, tmp_path):
 
 def test_other_settings_are_refused_before_anything_runs(tool, tmp_path):
   out = str(tmp_path / "job")
-  runner.run(out, [_step(tool, tmp_path, "a"), _step(tool, tmp_path, "b")],
-             print_fn=lambda _: None)
-  changed = [_step(tool, tmp_path, "a"),
-             _step(tool, tmp_path, "b", mode="other")]
+  runner.run(out, [_step(tool, tmp_path, "a"),
+                   _step(tool, tmp_path, "b")], print_fn=lambda _: None)
+  changed = [
+      _step(tool, tmp_path, "a"),
+      _step(tool, tmp_path, "b", mode="other")
+  ]
   with pytest.raises(runner.StepConflictError, match=r"step 'b'.*other"):
     runner.run(out, changed, print_fn=lambda _: None)
   assert _calls(tmp_path) == ["a.out", "b.out"]
@@ -104,8 +106,11 @@ def test_other_settings_are_refused_before_anything_runs(tool, tmp_path):
 
 def test_failed_step_stops_the_job_and_a_rerun_resumes_there(tool, tmp_path):
   out = str(tmp_path / "job")
-  failing = [_step(tool, tmp_path, "a"), _step(tool, tmp_path, "b", "fail"),
-             _step(tool, tmp_path, "c")]
+  failing = [
+      _step(tool, tmp_path, "a"),
+      _step(tool, tmp_path, "b", "fail"),
+      _step(tool, tmp_path, "c")
+  ]
   with pytest.raises(runner.StepFailedError, match="exit status 7") as e:
     runner.run(out, failing, print_fn=lambda _: None)
   assert e.value.exit_status == 7
@@ -124,17 +129,17 @@ def test_exit_zero_without_product_is_not_finished(tool, tmp_path):
   assert not os.path.exists(runner.marker_path(out, "a"))
 
 
-def test_sigterm_reaches_the_running_step_and_leaves_no_marker(tool,
-                                                               tmp_path):
+def test_sigterm_reaches_the_running_step_and_leaves_no_marker(tool, tmp_path):
   out = str(tmp_path / "job")
   step = _step(tool, tmp_path, "a", "wait")
 
   def stop_when_started():
     deadline = time.time() + 60
-    while (not os.path.exists(step.product + ".started")
-           and time.time() < deadline):
+    while (not os.path.exists(step.product + ".started") and
+           time.time() < deadline):
       time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGTERM)
+
   threading.Thread(target=stop_when_started, daemon=True).start()
   handler = signal.getsignal(signal.SIGTERM)
   lines = []
@@ -162,10 +167,12 @@ def test_a_killed_runner_takes_its_step_down_with_it(tool, tmp_path):
   script.write_text(RUNNER)
   product = str(tmp_path / "a.out")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  job = subprocess.Popen(
-      [sys.executable, str(script), tool, str(tmp_path / "calls.log"),
-       product, str(tmp_path / "job")],
-      env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"))
+  job = subprocess.Popen([
+      sys.executable,
+      str(script), tool,
+      str(tmp_path / "calls.log"), product,
+      str(tmp_path / "job")
+  ], env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"))
   deadline = time.time() + 120
   while not os.path.exists(product + ".started") and time.time() < deadline:
     time.sleep(0.05)
@@ -180,6 +187,5 @@ def test_a_killed_runner_takes_its_step_down_with_it(tool, tmp_path):
 
 def test_tool_paths_resolve_in_the_tools_directory():
   step = runner.Step("x", "train.py", ("--a=1",), product="p")
-  assert step.command() == [os.path.join(runner.TOOLS_DIR, "train.py"),
-                            "--a=1"]
+  assert step.command() == [os.path.join(runner.TOOLS_DIR, "train.py"), "--a=1"]
   assert os.path.exists(os.path.join(runner.TOOLS_DIR, "train.py"))

@@ -20,13 +20,15 @@ SHIPPED = os.path.join(ROOT, "gin", "pipelines", "fashion_mnist.gin")
 AZIZI = os.path.join(ROOT, "gin", "pipelines", "azizi_imagenet.gin")
 TRAIN_PER_CLASS = 8
 
+_BASE_BINDINGS = pipeline_runs.tiny_diffusion_bindings(4, 16)
+_SR_BINDINGS = pipeline_runs.tiny_diffusion_bindings(4, 32)
 TINY_JOB = f"""
 include "{SHIPPED}"
 
 DATA_DIR = "@DATA@"
 job.JobConfig.prepare_embedded_data = False
-base/job.DiffusionStage.gin_bindings = {pipeline_runs.tiny_diffusion_bindings(4, 16)!r}
-sr/job.DiffusionStage.gin_bindings = {pipeline_runs.tiny_diffusion_bindings(4, 32)!r}
+base/job.DiffusionStage.gin_bindings = {_BASE_BINDINGS!r}
+sr/job.DiffusionStage.gin_bindings = {_SR_BINDINGS!r}
 job.JobConfig.generation_gin_bindings = [
     'BASE_MODEL_DIR = "{{output_dir}}/base/export"',
     'SR_MODEL_DIR = "{{output_dir}}/sr/export"',
@@ -67,9 +69,10 @@ job.JobConfig.sweep_gin_bindings = [
     'synthetic_dataset.GenerationSettings.sheet_per_class = 0',
 ]
 """
-SWEEP_STEPS = ["sweep_guidance_seed0", "sweep_guidance_seed1",
-               "sweep_augmentation_seed0", "sweep_augmentation_seed1"]
-
+SWEEP_STEPS = [
+    "sweep_guidance_seed0", "sweep_guidance_seed1", "sweep_augmentation_seed0",
+    "sweep_augmentation_seed1"
+]
 
 _run = pipeline_runs.run_pipeline
 
@@ -90,17 +93,17 @@ def finished_job(tmp_path_factory):
 def test_job_runs_every_step_and_writes_the_report(finished_job):
   gin_file, out, data, result = finished_job
   del gin_file, data
-  names = ["train_base", "train_sr", "generate", job.CLASSIFIER_REAL,
-           "metrics", "generate_16x16", "metrics_16x16",
-           job.CLASSIFIER_SYNTHETIC, job.REAL_SUBSET_DIR,
-           job.CLASSIFIER_CAS_REFERENCE, job.CLASSIFIER_REAL_SYNTHETIC,
-           *SWEEP_STEPS]
+  names = [
+      "train_base", "train_sr", "generate", job.CLASSIFIER_REAL, "metrics",
+      "generate_16x16", "metrics_16x16", job.CLASSIFIER_SYNTHETIC,
+      job.REAL_SUBSET_DIR, job.CLASSIFIER_CAS_REFERENCE,
+      job.CLASSIFIER_REAL_SYNTHETIC, *SWEEP_STEPS
+  ]
   for name in names:
     assert os.path.exists(runner.marker_path(out, name)), name
   # The steps' own output is echoed under their names.
   assert re.search(r"^\[train_base\] step 4/4 loss", result.stdout, re.M)
-  manifest = split_manifest.read(
-      os.path.join(out, job.SYNTHETIC_DIR), "train")
+  manifest = split_manifest.read(os.path.join(out, job.SYNTHETIC_DIR), "train")
   assert manifest.num_examples == 20
   assert list(manifest.class_counts) == [2] * 10
 
@@ -112,39 +115,38 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
   assert fid["value"] > 0
 
   # The base stage's own samples, scored at their resolution.
-  earlier = split_manifest.read(
-      os.path.join(out, f"{job.SYNTHETIC_DIR}_16x16"), "train")
+  earlier = split_manifest.read(os.path.join(out, f"{job.SYNTHETIC_DIR}_16x16"),
+                                "train")
   assert earlier.num_examples == 20
-  earlier_metrics = json.load(open(os.path.join(
-      out, f"{job.METRICS_DIR}_16x16",
-      sample_scores.METRICS_FILE)))["metrics"]
-  assert any(m["label"].startswith("FID@20 vs train")
-             for m in earlier_metrics)
+  earlier_metrics = json.load(
+      open(
+          os.path.join(out, f"{job.METRICS_DIR}_16x16",
+                       sample_scores.METRICS_FILE)))["metrics"]
+  assert any(m["label"].startswith("FID@20 vs train") for m in earlier_metrics)
 
   # Real validation images of the same count score better than 4-step
   # samples.
   baseline = json.load(open(job.baseline_metrics_path(out)))["metrics"]
   real_fid = next(m for m in baseline if m["label"].startswith("FID@20 vs "
                                                                "train"))
-  generated_fid = next(m for m in metrics
-                       if m["label"].startswith("FID@20 vs train"))
+  generated_fid = next(
+      m for m in metrics if m["label"].startswith("FID@20 vs train"))
   assert 0 <= real_fid["value"] < generated_fid["value"]
 
-  cas = json.load(open(os.path.join(out, job.CLASSIFIER_SYNTHETIC,
-                                    "cas_report.json")))
+  cas = json.load(
+      open(os.path.join(out, job.CLASSIFIER_SYNTHETIC, "cas_report.json")))
   assert cas["validation_examples"] == 30
 
   # The CAS reference: the same protocol on as many real images per class.
-  reference = json.load(open(os.path.join(out, job.CLASSIFIER_CAS_REFERENCE,
-                                          "cas_report.json")))
+  reference = json.load(
+      open(os.path.join(out, job.CLASSIFIER_CAS_REFERENCE, "cas_report.json")))
   assert reference["training_data"] == "real"
   assert reference["real_examples_per_epoch"] == 20
   assert cas["synthetic_examples_per_epoch"] == 20
   assert reference["step"] == cas["step"]
 
   report = open(os.path.join(out, job.REPORT_DIR, "report.md")).read()
-  labels = job.classifier_run_dirs(job.JobConfig(cas_real_reference=True),
-                                   out)
+  labels = job.classifier_run_dirs(job.JobConfig(cas_real_reference=True), out)
   assert len(labels) == 4
   for label in labels:
     assert label in report
@@ -167,8 +169,8 @@ def test_job_runs_every_step_and_writes_the_report(finished_job):
                         job.DiffusionStage("sr", ("s.gin",))),
       guidance_sweep_gin_files=("g.gin",),
       augmentation_sweep_gin_files=("a.gin",), sweep_seeds=(0, 1))
-  for directory in (job.guidance_sweep_dirs(config, out)
-                    + job.augmentation_sweep_dirs(config, out)):
+  for directory in (job.guidance_sweep_dirs(config, out) +
+                    job.augmentation_sweep_dirs(config, out)):
     assert os.path.exists(os.path.join(directory, records.CSV_FILE)), directory
   assert "## Conditioning augmentation at reduced size" in report
   assert "## Guidance against classification at reduced size" in report
@@ -213,16 +215,16 @@ def test_dry_run_lists_the_steps_and_bad_configuration_exits_2(tmp_path):
   assert unknown.returncode == 2 and "nope" in unknown.stderr
   seeds = _run("--dry_run", "--gin_bindings=job.JobConfig.sweep_seeds = [1, 1]")
   assert seeds.returncode == 2 and "sweep_seeds" in seeds.stderr
-  stages = _run("--dry_run", "--gin_bindings=job.JobConfig."
-                "earlier_resolutions = [@job.EarlierResolution()]",
-                "--gin_bindings=job.EarlierResolution.name = '16'",
-                "--gin_bindings=job.EarlierResolution.num_stages = 0")
+  stages = _run(
+      "--dry_run", "--gin_bindings=job.JobConfig."
+      "earlier_resolutions = [@job.EarlierResolution()]",
+      "--gin_bindings=job.EarlierResolution.name = '16'",
+      "--gin_bindings=job.EarlierResolution.num_stages = 0")
   assert stages.returncode == 2 and "num_stages" in stages.stderr
 
 
 def test_azizi_job_scores_the_resolutions_of_table_1(tmp_path):
-  dry = _run(f"--gin_file={AZIZI}", f"--output_dir={tmp_path}",
-             "--dry_run")
+  dry = _run(f"--gin_file={AZIZI}", f"--output_dir={tmp_path}", "--dry_run")
   assert dry.returncode == 0, dry.stderr[-2000:]
   for name, num_stages in (("64x64", 1), ("256x256", 2)):
     generate = re.search(rf"generate_{name}: .*\n(.*)", dry.stdout).group(1)

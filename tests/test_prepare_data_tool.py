@@ -18,11 +18,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("fashion_mnist"))
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "tools", "prepare_data.py"),
-       f"--output_dir={out}"],
-      capture_output=True, text=True, timeout=600, check=False,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  result = subprocess.run([
+      sys.executable,
+      os.path.join(ROOT, "tools", "prepare_data.py"), f"--output_dir={out}"
+  ], capture_output=True, text=True, timeout=600, check=False,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-2000:]
   return out, result.stdout
 

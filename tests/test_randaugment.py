@@ -15,9 +15,8 @@ MAGNITUDES = (0, 9, 10, 15)
 # translate_const=100, cutout_const=40; levels are not clipped. Positive
 # side of the signed ops.
 TPU_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize",
-           "Solarize", "Color", "Contrast", "Brightness", "Sharpness",
-           "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout",
-           "SolarizeAdd")
+           "Solarize", "Color", "Contrast", "Brightness", "Sharpness", "ShearX",
+           "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
 TPU_ARGUMENTS = {
     "Rotate": (0, 27, 30, 45),  # level / 10 * 30 degrees
     "ShearX": (0, 0.27, 0.3, 0.45),  # level / 10 * 0.3
@@ -89,18 +88,20 @@ def test_op_lists_are_the_references():
                                            ("timm", TIMM_ARGUMENTS)])
 def test_level_to_argument_matches_the_reference_tables(variant, table):
   for op, expected in table.items():
-    got = [float(randaugment.level_to_argument(op, m, variant))
-           for m in MAGNITUDES]
+    got = [
+        float(randaugment.level_to_argument(op, m, variant)) for m in MAGNITUDES
+    ]
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6,
                                err_msg=f"{variant} {op}")
-    negated = [float(randaugment.level_to_argument(op, m, variant,
-                                                   negate=True))
-               for m in MAGNITUDES]
+    negated = [
+        float(randaugment.level_to_argument(op, m, variant, negate=True))
+        for m in MAGNITUDES
+    ]
     if op in SIGNED:
-      np.testing.assert_allclose(negated, [-v for v in expected],
-                                 rtol=1e-6, atol=1e-6)
-    elif op.endswith("Increasing") and not op.startswith(("Posterize",
-                                                          "Solarize")):
+      np.testing.assert_allclose(negated, [-v for v in expected], rtol=1e-6,
+                                 atol=1e-6)
+    elif op.endswith("Increasing") and not op.startswith(
+        ("Posterize", "Solarize")):
       np.testing.assert_allclose(negated, TIMM_NEGATIVE_ENHANCE, rtol=1e-6)
     else:
       assert negated == got, f"{op} has no sign in the reference"
@@ -118,20 +119,28 @@ def test_level_to_argument_rejects_unknown_ops_and_variants():
 
 
 def test_signs_are_random_and_tpu_levels_fixed():
-  tpu = {float(randaugment.sample_argument("Rotate", 9, "tpu", _seed(i)))
-         for i in range(40)}
+  tpu = {
+      float(randaugment.sample_argument("Rotate", 9, "tpu", _seed(i)))
+      for i in range(40)
+  }
   assert tpu == {27.0, -27.0}
-  shears = {round(float(randaugment.sample_argument(
-      "ShearX", 15, "tpu", _seed(i))), 6) for i in range(40)}
+  shears = {
+      round(float(randaugment.sample_argument("ShearX", 15, "tpu", _seed(i))),
+            6) for i in range(40)
+  }
   assert shears == {0.45, -0.45}
   # The TPU enhance factors have no sign.
-  assert {round(float(randaugment.sample_argument(
-      "Color", 9, "tpu", _seed(i))), 6) for i in range(10)} == {1.72}
+  assert {
+      round(float(randaugment.sample_argument("Color", 9, "tpu", _seed(i))), 6)
+      for i in range(10)
+  } == {1.72}
 
 
 def test_timm_levels_are_noisy_clipped_and_signed():
-  rotations = np.array([float(randaugment.sample_argument(
-      "Rotate", 9, "timm", _seed(i))) for i in range(400)])
+  rotations = np.array([
+      float(randaugment.sample_argument("Rotate", 9, "timm", _seed(i)))
+      for i in range(400)
+  ])
   assert (rotations > 0).any() and (rotations < 0).any()
   levels = np.abs(rotations) / 3.0  # 30 degrees at level 10
   assert levels.max() <= 10.0 + 1e-6
@@ -139,13 +148,17 @@ def test_timm_levels_are_noisy_clipped_and_signed():
   # standard deviation ~0.5.
   assert levels.mean() == pytest.approx(9.0, abs=0.1)
   assert levels.std() == pytest.approx(0.5, abs=0.08)
-  factors = np.array([float(randaugment.sample_argument(
-      "ColorIncreasing", 9, "timm", _seed(i))) for i in range(100)])
+  factors = np.array([
+      float(randaugment.sample_argument("ColorIncreasing", 9, "timm", _seed(i)))
+      for i in range(100)
+  ])
   assert ((factors > 1.5) | (factors < 0.5)).all()
   assert (factors > 1).any() and (factors < 1).any()
   # Magnitude 15 acts as 10: the level never exceeds 10.
-  big = [abs(float(randaugment.sample_argument("Rotate", 15, "timm",
-                                               _seed(i)))) for i in range(20)]
+  big = [
+      abs(float(randaugment.sample_argument("Rotate", 15, "timm", _seed(i))))
+      for i in range(20)
+  ]
   assert big == [pytest.approx(30.0)] * 20
 
 
@@ -163,20 +176,19 @@ def test_posterize_keeps_the_top_bits():
 def test_solarize_inverts_at_or_above_the_threshold():
   row = np.array([0, 100, 127, 128, 200, 255], np.uint8)
   image = np.stack([row] * 3, axis=-1)[None]
-  np.testing.assert_array_equal(_op(image, "Solarize", 128)[0, :, 0],
-                                [0, 100, 127, 127, 55, 0])
-  np.testing.assert_array_equal(_op(image, "Solarize", 0)[0, :, 0],
-                                255 - row)
+  np.testing.assert_array_equal(
+      _op(image, "Solarize", 128)[0, :, 0], [0, 100, 127, 127, 55, 0])
+  np.testing.assert_array_equal(_op(image, "Solarize", 0)[0, :, 0], 255 - row)
   np.testing.assert_array_equal(
       _op(image, "SolarizeIncreasing", 256, "timm")[0, :, 0], row)
   # TPU magnitude 10 (threshold 256 -> 0) inverts everything.
   threshold = randaugment.level_to_argument("Solarize", 10, "tpu")
-  np.testing.assert_array_equal(_op(image, "Solarize", threshold)[0, :, 0],
-                                255 - row)
-  np.testing.assert_array_equal(_op(image, "SolarizeAdd", 110)[0, :, 0],
-                                [110, 210, 237, 128, 200, 255])
-  np.testing.assert_array_equal(_op(image, "SolarizeAdd", 165)[0, :, 0],
-                                [165, 255, 255, 128, 200, 255])
+  np.testing.assert_array_equal(
+      _op(image, "Solarize", threshold)[0, :, 0], 255 - row)
+  np.testing.assert_array_equal(
+      _op(image, "SolarizeAdd", 110)[0, :, 0], [110, 210, 237, 128, 200, 255])
+  np.testing.assert_array_equal(
+      _op(image, "SolarizeAdd", 165)[0, :, 0], [165, 255, 255, 128, 200, 255])
 
 
 def test_invert_brightness_and_color():
@@ -191,8 +203,8 @@ def test_invert_brightness_and_color():
       _op(np.array([[[200, 100, 0]]], np.uint8), "Brightness", 1.9),
       [[[255, 190, 0]]])
   grey = _op(image, "Color", 0.0)
-  assert (grey[..., 0] == grey[..., 1]).all() and (
-      grey[..., 1] == grey[..., 2]).all()
+  assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1]
+                                                   == grey[..., 2]).all()
   np.testing.assert_array_equal(_op(_constant(77), "Color", 1.72),
                                 _constant(77))
 
@@ -246,12 +258,10 @@ def _pattern(size=5):
 def test_rotate_by_right_angles():
   image = _pattern()
   # Positive degrees turn counter-clockwise (PIL, tf.contrib.image).
-  np.testing.assert_array_equal(_op(image, "Rotate", 90.0),
-                                np.rot90(image, 1))
+  np.testing.assert_array_equal(_op(image, "Rotate", 90.0), np.rot90(image, 1))
   np.testing.assert_array_equal(_op(image, "Rotate", -90.0),
                                 np.rot90(image, -1))
-  np.testing.assert_array_equal(_op(image, "Rotate", 180.0),
-                                np.rot90(image, 2))
+  np.testing.assert_array_equal(_op(image, "Rotate", 180.0), np.rot90(image, 2))
 
 
 def test_translate_moves_content_and_fills():
@@ -302,8 +312,8 @@ def test_cutout_fills_a_clipped_square():
 
 
 def _image(size=32, seed=0):
-  return np.random.default_rng(seed).uniform(
-      0, 1, (size, size, 3)).astype(np.float32)
+  return np.random.default_rng(seed).uniform(0, 1,
+                                             (size, size, 3)).astype(np.float32)
 
 
 @pytest.mark.parametrize("variant,magnitude", [("tpu", 10), ("tpu", 15),
@@ -321,7 +331,8 @@ def _augmented(augment, count, image):
   """Image ``index`` of the dataset is augmented with seed [index, 5]."""
   dataset = tf.data.Dataset.from_tensors(image).repeat(count).enumerate()
   return dataset.map(
-      lambda index, x: augment(x, tf.stack([index, tf.constant(5, tf.int64)])),
+      lambda index, x: augment(x, tf.stack([index,
+                                            tf.constant(5, tf.int64)])),
       num_parallel_calls=4)
 
 
@@ -346,11 +357,11 @@ def test_tpu_always_applies_timm_half_the_time():
   quantized = np.round(image * 255) / 255
   unchanged = {}
   for variant, magnitude in (("tpu", 10), ("timm", 9)):
-    outputs = _images(_augmented(
-        randaugment.RandAugment(variant, magnitude, num_layers=1), 120,
-        image))
-    unchanged[variant] = np.mean([np.abs(x - quantized).max() < 1e-6
-                                  for x in outputs])
+    outputs = _images(
+        _augmented(randaugment.RandAugment(variant, magnitude, num_layers=1),
+                   120, image))
+    unchanged[variant] = np.mean(
+        [np.abs(x - quantized).max() < 1e-6 for x in outputs])
   # timm skips an op with probability 0.5 (every op changes this image);
   # the TPU code always applies it.
   assert 0.35 <= unchanged["timm"] <= 0.65
@@ -372,5 +383,4 @@ def test_bad_arguments_are_value_errors():
   with pytest.raises(ValueError, match="RGB"):
     augment(np.zeros((2, 4, 4, 3), np.float32), _seed(0))
   with pytest.raises(ValueError, match="uint8"):
-    randaugment.apply_op(np.zeros((4, 4, 3), np.float32), "Invert", None,
-                         "tpu")
+    randaugment.apply_op(np.zeros((4, 4, 3), np.float32), "Invert", None, "tpu")

@@ -45,8 +45,7 @@ def test_a_quarter_of_the_images_is_erased():
   assert abs(erased.mean() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / count)
   # A whole rectangle of every channel, nothing else.
   for image_changed in changed[erased][:200]:
-    np.testing.assert_array_equal(image_changed[..., 0],
-                                  image_changed[..., 2])
+    np.testing.assert_array_equal(image_changed[..., 0], image_changed[..., 2])
     _rectangle(image_changed[..., 0])
 
 
@@ -55,10 +54,10 @@ def test_rectangles_follow_timms_area_and_aspect_laws():
   count, side = 4000, 1000
   layer = random_erasing.RandomErasing(1.0)
   erase, top, left, height, width = (
-      np.asarray(t) for t in layer.sample_rectangles(count, side, side,
-                                                     _seed(2)))
+      np.asarray(t)
+      for t in layer.sample_rectangles(count, side, side, _seed(2)))
   assert erase.all()
-  area = height * width / side ** 2
+  area = height * width / side**2
   assert area.min() >= 0.02 * 0.99 and area.max() <= (1 / 3) * 1.01
   log_ratio = np.log(height / width)
   assert log_ratio.min() >= math.log(0.3) - 0.01
@@ -73,8 +72,8 @@ def test_rectangles_follow_timms_area_and_aspect_laws():
   # Inside the image, corners over all positions that fit.
   assert (top >= 0).all() and (top + height <= side).all()
   assert (left >= 0).all() and (left + width <= side).all()
-  assert top.min() == 0 or (top + height).max() == side or (
-      np.ptp(top) > side / 2)
+  assert top.min() == 0 or (top + height).max() == side or (np.ptp(top)
+                                                            > side / 2)
 
 
 def test_erased_pixels_are_standard_normal_after_the_models_normalisation():
@@ -121,11 +120,9 @@ def test_bad_arguments_are_value_errors():
   with pytest.raises(ValueError, match="aspect_ratio_range"):
     random_erasing.RandomErasing(0.25, aspect_ratio_range=(0.0, 3.0))
   with pytest.raises(ValueError, match="input_std"):
-    random_erasing.RandomErasing(0.25, input_mean=(0.5,), input_std=(0.5,
-                                                                     0.5))
+    random_erasing.RandomErasing(0.25, input_mean=(0.5,), input_std=(0.5, 0.5))
   with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
-    random_erasing.RandomErasing(0.25)(np.zeros((8, 8, 1), "float32"),
-                                       _seed(0))
+    random_erasing.RandomErasing(0.25)(np.zeros((8, 8, 1), "float32"), _seed(0))
 
 
 class _Blackout:
@@ -136,27 +133,27 @@ class _Blackout:
 
 
 def test_recipe_erases_after_randaugment_with_the_models_statistics():
-  recipe = recipes.ClassifierRecipe(
-      epochs=1, batch_size=8, optimizer="adamw", learning_rate=0.1,
-      decay="cosine", weight_decay=None, warmup_epochs=0,
-      random_erasing=1.0)
+  recipe = recipes.ClassifierRecipe(epochs=1, batch_size=8, optimizer="adamw",
+                                    learning_rate=0.1, decay="cosine",
+                                    weight_decay=None, warmup_epochs=0,
+                                    random_erasing=1.0)
   mean, std = models.MINUS_ONE_TO_ONE_MEAN, models.MINUS_ONE_TO_ONE_STD
-  augmentation = recipes.create_training_augmentation(
-      recipe, 4, seed=0, input_mean=mean, input_std=std)
+  augmentation = recipes.create_training_augmentation(recipe, 4, seed=0,
+                                                      input_mean=mean,
+                                                      input_std=std)
   layer = augmentation.random_erasing
   assert isinstance(layer, random_erasing.RandomErasing)
   assert layer.probability == 1.0
   assert layer.input_mean == mean and layer.input_std == std
   augmentation.randaugment = _Blackout()
-  image, _ = augmentation.augment_image(tf.fill([16, 16, 3], GREY), 0,
-                                        _seed(7))
+  image, _ = augmentation.augment_image(tf.fill([16, 16, 3], GREY), 0, _seed(7))
   image = np.asarray(image)
   # Erasing came second: black around a noise rectangle.
   changed = image != 0.0
   assert changed.any()
   _rectangle(changed[..., 0])
   assert recipes.create_training_augmentation(
-      recipes.ClassifierRecipe(**dict(
-          recipe.__dict__, random_erasing=None)), 4).random_erasing is None
+      recipes.ClassifierRecipe(**dict(recipe.__dict__, random_erasing=None)),
+      4).random_erasing is None
   with pytest.raises(ValueError, match="random_erasing"):
     recipes.ClassifierRecipe(**dict(recipe.__dict__, random_erasing=1.5))

@@ -17,10 +17,14 @@ NUM_CLASSES = 10
 
 def _stream(count):
   """Reader-like elements {image, label}, images of varying sizes."""
+
   def element(index):
     size = 4 + index % 3
-    return {"image": tf.fill([size, size, 3], tf.cast(index, tf.uint8)),
-            "label": index}
+    return {
+        "image": tf.fill([size, size, 3], tf.cast(index, tf.uint8)),
+        "label": index
+    }
+
   return tf.data.Dataset.range(count).map(element)
 
 
@@ -54,12 +58,11 @@ def test_steps_not_a_multiple_of_three_still_give_three_copies():
   labels = _labels(repeated, 90)
   assert labels[:9] == [0, 1, 2] * 3
   assert collections.Counter(labels) == {i: 3 for i in range(30)}
-  assert _labels(input_pipeline.repeat_examples(_stream(10), 1, 8), 10) == (
-      list(range(10)))
+  assert _labels(input_pipeline.repeat_examples(_stream(10), 1, 8),
+                 10) == (list(range(10)))
 
 
-@pytest.mark.parametrize("repeats,step_examples", [(0, 8), (2.5, 8),
-                                                   (3, 0)])
+@pytest.mark.parametrize("repeats,step_examples", [(0, 8), (2.5, 8), (3, 0)])
 def test_bad_repeats_are_value_errors(repeats, step_examples):
   with pytest.raises(ValueError):
     input_pipeline.repeat_examples(_stream(10), repeats, step_examples)
@@ -77,15 +80,17 @@ def test_recipe_checks_its_repeats():
 def training_set(tmp_path_factory):
   real = fashion_mnist_subset.prepared(
       str(tmp_path_factory.mktemp("repeated") / "real"), per_class=(4, 1))
-  return input_pipeline.resolve_training_set(input_pipeline.TrainingData(
-      data=input_pipeline.DATA_REAL, real_data_dir=real))
+  return input_pipeline.resolve_training_set(
+      input_pipeline.TrainingData(data=input_pipeline.DATA_REAL,
+                                  real_data_dir=real))
 
 
 def test_copies_are_augmented_independently(training_set):
-  recipe = recipes.ClassifierRecipe(
-      epochs=1, batch_size=6, optimizer="adamw", learning_rate=0.1,
-      decay="cosine", weight_decay=None, warmup_epochs=0,
-      random_erasing=0.25, repeated_augmentations=3)
+  recipe = recipes.ClassifierRecipe(epochs=1, batch_size=6, optimizer="adamw",
+                                    learning_rate=0.1, decay="cosine",
+                                    weight_decay=None, warmup_epochs=0,
+                                    random_erasing=0.25,
+                                    repeated_augmentations=3)
   augmentation = recipes.create_training_augmentation(recipe, NUM_CLASSES,
                                                       seed=0)
   dataset = input_pipeline.training_dataset(
@@ -103,5 +108,5 @@ def test_copies_are_augmented_independently(training_set):
       assert not np.array_equal(copies[0], copies[2])
       assert not np.array_equal(copies[1], copies[2])
   # The schedule's epoch is the data's: repetition does not stretch it.
-  assert input_pipeline.steps_per_epoch(training_set, 6) == (
-      training_set.epoch_length / 6)
+  assert input_pipeline.steps_per_epoch(training_set,
+                                        6) == (training_set.epoch_length / 6)

@@ -40,8 +40,8 @@ def test_separated_only_when_intervals_do_not_overlap():
   assert not repeated_runs.separated(a, wide)
 
 
-@pytest.mark.parametrize("values, match", [
-    ([], "non-empty"), ([1.0, float("nan")], "finite")])
+@pytest.mark.parametrize("values, match", [([], "non-empty"),
+                                           ([1.0, float("nan")], "finite")])
 def test_bad_values_are_refused(values, match):
   with pytest.raises(ValueError, match=match):
     repeated_runs.summarize(values)
@@ -51,12 +51,12 @@ def test_verdict_in_words():
   low = repeated_runs.summarize([1.0, 1.1, 1.2])
   high = repeated_runs.summarize([2.0, 2.1, 2.2])
   wide = repeated_runs.summarize([0.0, 1.5, 3.0])
-  assert repeated_runs.verdict(high, low, True) == (
-      "**effect: better** (intervals separate)")
-  assert repeated_runs.verdict(high, low, False) == (
-      "**effect: worse** (intervals separate)")
-  assert repeated_runs.verdict(wide, low, True) == (
-      "the intervals overlap: no difference resolved")
-  assert repeated_runs.verdict(repeated_runs.summarize([2.0]), low, True) == (
-      "one run only, no interval: no claim")
+  assert repeated_runs.verdict(
+      high, low, True) == ("**effect: better** (intervals separate)")
+  assert repeated_runs.verdict(
+      high, low, False) == ("**effect: worse** (intervals separate)")
+  assert repeated_runs.verdict(
+      wide, low, True) == ("the intervals overlap: no difference resolved")
+  assert repeated_runs.verdict(repeated_runs.summarize([2.0]), low,
+                               True) == ("one run only, no interval: no claim")
   assert repeated_runs.verdict(None, low, True) == "not measured yet"

@@ -65,8 +65,8 @@ def test_respacing_every_step_is_the_original_process():
 def test_respaced_timestep_models_see_their_original_step():
   d = create_diffusion("cosine", 4000, timestep_respacing="ddim4")
   np.testing.assert_array_equal(d.timestep_map, [0, 1000, 2000, 3000])
-  np.testing.assert_allclose(d.model_time_input(tf.range(4)).numpy(),
-                             [0.0, 250.0, 500.0, 750.0])
+  np.testing.assert_allclose(
+      d.model_time_input(tf.range(4)).numpy(), [0.0, 250.0, 500.0, 750.0])
 
 
 def test_continuous_models_see_the_same_noise_level_after_respacing():
@@ -74,8 +74,9 @@ def test_continuous_models_see_the_same_noise_level_after_respacing():
   spaced = create_diffusion("linear", 2000, timestep_respacing="4",
                             noise_conditioning="continuous")
   kept = tf.constant(spaced.timestep_map, tf.int32)
-  np.testing.assert_allclose(spaced.model_time_input(tf.range(4)).numpy(),
-                             full.model_time_input(kept).numpy(), rtol=1e-5)
+  np.testing.assert_allclose(
+      spaced.model_time_input(tf.range(4)).numpy(),
+      full.model_time_input(kept).numpy(), rtol=1e-5)
 
 
 def test_create_diffusion_without_respacing_is_plain():

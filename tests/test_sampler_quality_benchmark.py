@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(
+    0,
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 "benchmarks"))
 import sampler_quality  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FID = "FID@100 vs train (features)"
@@ -20,14 +22,16 @@ def _sweep_csv(path, fids):
             ("dpmpp_2m", "", "20", 20)]
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["point", "sampler", "timestep_respacing", "steps", FID,
-                     "precision@100 vs train (features)",
-                     "recall@100 vs train (features)",
-                     "network_evaluations_per_image",
-                     "generation_images_per_second"])
+    writer.writerow([
+        "point", "sampler", "timestep_respacing", "steps", FID,
+        "precision@100 vs train (features)", "recall@100 vs train (features)",
+        "network_evaluations_per_image", "generation_images_per_second"
+    ])
     for (sampler, respacing, steps, evaluations), fid in zip(points, fids):
-      writer.writerow([f"{sampler}{respacing}{steps}", sampler, respacing,
-                       steps, fid, 0.7, 0.6, evaluations, 1.0])
+      writer.writerow([
+          f"{sampler}{respacing}{steps}", sampler, respacing, steps, fid, 0.7,
+          0.6, evaluations, 1.0
+      ])
   return path
 
 
@@ -35,9 +39,9 @@ def test_one_seed_ratios_and_cheapest(tmp_path):
   label, table, cheapest = sampler_quality.summarize(
       _sweep_csv(tmp_path / "a.csv", [10.0, 10.4, 9.0]), 0.05)
   assert label == FID
-  assert [(t["setting"], t["evaluations"], t["fid_ratio"]) for t in table] == [
-      ("ddpm 250", 250, 1.0), ("dpmpp_2m 10", 10, pytest.approx(1.04)),
-      ("dpmpp_2m 20", 20, pytest.approx(0.9))]
+  assert [(t["setting"], t["evaluations"], t["fid_ratio"]) for t in table
+         ] == [("ddpm 250", 250, 1.0), ("dpmpp_2m 10", 10, pytest.approx(1.04)),
+               ("dpmpp_2m 20", 20, pytest.approx(0.9))]
   assert cheapest["setting"] == "dpmpp_2m 10"
   _, _, cheapest = sampler_quality.summarize(
       _sweep_csv(tmp_path / "b.csv", [10.0, 10.6, 9.0]), 0.05)
@@ -45,10 +49,12 @@ def test_one_seed_ratios_and_cheapest(tmp_path):
 
 
 def test_over_seeds_certifies_only_whole_intervals(tmp_path):
-  tables = [sampler_quality.summarize(
-      _sweep_csv(tmp_path / f"{i}.csv", fids), 0.05)[1]
-            for i, fids in enumerate([[10.0, 10.4, 9.0], [10.0, 9.6, 9.2],
-                                      [10.0, 10.0, 9.1]])]
+  tables = [
+      sampler_quality.summarize(_sweep_csv(tmp_path / f"{i}.csv", fids),
+                                0.05)[1]
+      for i, fids in enumerate([[10.0, 10.4, 9.0], [10.0, 9.6, 9.2],
+                                [10.0, 10.0, 9.1]])
+  ]
   rows, certified = sampler_quality.over_seeds(tables, 0.05)
   by_setting = {setting: summary for setting, _, summary in rows}
   # 2M 10: ratios 1.04, 0.96, 1.00, mean 1.0, sd 0.04,

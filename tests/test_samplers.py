@@ -13,30 +13,32 @@ DATA = analytic.GaussianData(mean=0.3, std=0.5)
 TOL = 0.02
 
 
-@pytest.mark.parametrize("diffusion_kwargs,sampler_kwargs", [
-    (dict(schedule="cosine", num_timesteps=1000), dict(sampler="ddpm")),
-    (dict(schedule="linear", num_timesteps=1000), dict(sampler="ddpm")),
-    (dict(schedule="cosine", num_timesteps=1000,
-          model_var_type="learned_range"), dict(sampler="ddpm")),
-    (dict(schedule="cosine", num_timesteps=1000, model_var_type="fixed_large"),
-     dict(sampler="ddpm")),
-    (dict(schedule="cosine", num_timesteps=1000, timestep_respacing="250"),
-     dict(sampler="ddpm", logvar_coeff=0.3)),
-    (dict(schedule="cosine", num_timesteps=1000,
-          timestep_respacing="ddim100"), dict(sampler="ddim")),
-    (dict(schedule="linear", num_timesteps=1000), dict(sampler="ddim")),
-    (dict(schedule="cosine", num_timesteps=1000,
-          timestep_respacing="ddim100"), dict(sampler="ddim", eta=0.5)),
-    # A continuous-noise model sampled with a 100-step inference schedule.
-    (dict(schedule="linear", num_timesteps=100,
-          noise_conditioning="continuous"),
-     dict(sampler="ddpm", logvar_coeff=1.0)),
-])
+@pytest.mark.parametrize(
+    "diffusion_kwargs,sampler_kwargs",
+    [
+        (dict(schedule="cosine", num_timesteps=1000), dict(sampler="ddpm")),
+        (dict(schedule="linear", num_timesteps=1000), dict(sampler="ddpm")),
+        (dict(schedule="cosine", num_timesteps=1000,
+              model_var_type="learned_range"), dict(sampler="ddpm")),
+        (dict(schedule="cosine", num_timesteps=1000,
+              model_var_type="fixed_large"), dict(sampler="ddpm")),
+        (dict(schedule="cosine", num_timesteps=1000, timestep_respacing="250"),
+         dict(sampler="ddpm", logvar_coeff=0.3)),
+        (dict(schedule="cosine", num_timesteps=1000,
+              timestep_respacing="ddim100"), dict(sampler="ddim")),
+        (dict(schedule="linear", num_timesteps=1000), dict(sampler="ddim")),
+        (dict(schedule="cosine", num_timesteps=1000,
+              timestep_respacing="ddim100"), dict(sampler="ddim", eta=0.5)),
+        # A continuous-noise model sampled with a 100-step inference schedule.
+        (dict(schedule="linear", num_timesteps=100,
+              noise_conditioning="continuous"),
+         dict(sampler="ddpm", logvar_coeff=1.0)),
+    ])
 def test_exact_model_recovers_the_data_distribution(diffusion_kwargs,
                                                     sampler_kwargs):
   diffusion = create_diffusion(**diffusion_kwargs)
-  mean, std = analytic.sample_moments(diffusion, DATA, num_samples=64,
-                                      dims=256, seed=11, **sampler_kwargs)
+  mean, std = analytic.sample_moments(diffusion, DATA, num_samples=64, dims=256,
+                                      seed=11, **sampler_kwargs)
   assert mean == pytest.approx(DATA.mean, abs=TOL)
   assert std == pytest.approx(DATA.std, abs=TOL)
 
@@ -141,15 +143,15 @@ def test_thresholding_keeps_samples_in_range():
     assert np.abs(x).max() <= 1.0 + 1e-5
 
 
-@pytest.mark.parametrize("sampler,kwargs", [
-    ("ddpm", {}), ("dpmpp_2m_sde", {"steps": 6})])
+@pytest.mark.parametrize("sampler,kwargs", [("ddpm", {}),
+                                            ("dpmpp_2m_sde", {"steps": 6})])
 def test_xla_compiled_network_keeps_each_samples_noise(sampler, kwargs):
   # XLA's stateless random numbers differ from the TF kernels' for the same
   # seed; only the network is compiled, so a stochastic chain's samples do
   # not depend on jit_compile.
   diffusion = create_diffusion("cosine", 20)
   seeds = per_example_noise.example_seeds(tf.range(3), 4)
-  plain, compiled = (samplers.sample(
-      diffusion, DATA.model_fn(diffusion), (5,), seeds, sampler=sampler,
-      jit_compile=jit, **kwargs).numpy() for jit in (False, True))
+  plain, compiled = (samplers.sample(diffusion, DATA.model_fn(diffusion), (5,),
+                                     seeds, sampler=sampler, jit_compile=jit,
+                                     **kwargs).numpy() for jit in (False, True))
   np.testing.assert_allclose(compiled, plain, atol=1e-5)

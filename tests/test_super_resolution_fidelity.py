@@ -12,20 +12,22 @@ from cdm_tf.metrics import super_resolution_fidelity as fidelity
 from tests import fashion_mnist_subset
 from tests import tiny_cascade
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(
+    0,
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 "benchmarks"))
 import super_resolution_on_real  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_psnr_matches_hand_computed_values():
   targets = np.zeros((3, 4, 4, 1), np.uint8)
   images = targets.copy()
-  images[0] = 255          # MSE 255^2: 0 dB
-  images[1] = 1            # MSE 1: 20 log10(255) = 48.1308 dB
+  images[0] = 255  # MSE 255^2: 0 dB
+  images[1] = 1  # MSE 1: 20 log10(255) = 48.1308 dB
   images[2, 0, 0, 0] = 16  # MSE 16^2 / 16 = 16: 48.1308 - 10 log10(16)
-  np.testing.assert_allclose(
-      fidelity.psnr(images, targets),
-      [0.0, 48.1308036, 48.1308036 - 12.0411998], atol=1e-6)
+  np.testing.assert_allclose(fidelity.psnr(images, targets),
+                             [0.0, 48.1308036, 48.1308036 - 12.0411998],
+                             atol=1e-6)
 
 
 def test_psnr_of_identical_images_is_capped_and_shapes_must_agree():
@@ -44,8 +46,8 @@ def test_bicubic_keeps_a_constant_image():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return fashion_mnist_subset.prepared(
-      str(tmp_path_factory.mktemp("fashion")), per_class=(1, 2))
+  return fashion_mnist_subset.prepared(str(tmp_path_factory.mktemp("fashion")),
+                                       per_class=(1, 2))
 
 
 def test_real_pairs_are_downsampled_views_of_the_same_image(data_dir):
@@ -64,11 +66,12 @@ def test_real_pairs_are_downsampled_views_of_the_same_image(data_dir):
 def test_benchmark_rows_on_a_tiny_cascade(tmp_path, data_dir):
   base_dir, sr_dir = tiny_cascade.export_tiny_cascade(str(tmp_path))
   high, low, labels = fidelity.real_pairs(data_dir, 16, 8, 4, 10)
-  table = super_resolution_on_real.rows(
-      base_dir, [("gaussian", sr_dir)], [0.0, 0.3], high, low, labels,
-      "dpmpp_2m", 2, 2)
-  assert [(name, level) for name, level, _ in table] == [
-      ("bicubic", None), ("gaussian", 0.0), ("gaussian", 0.3)]
+  table = super_resolution_on_real.rows(base_dir, [("gaussian", sr_dir)],
+                                        [0.0, 0.3], high, low, labels,
+                                        "dpmpp_2m", 2, 2)
+  assert [(name, level) for name, level, _ in table] == [("bicubic", None),
+                                                         ("gaussian", 0.0),
+                                                         ("gaussian", 0.3)]
   for _, _, summary in table:
     assert summary.runs == 4 and summary.low <= summary.mean <= summary.high
   # Untrained weights restore nothing: bicubic is far ahead.
@@ -76,8 +79,9 @@ def test_benchmark_rows_on_a_tiny_cascade(tmp_path, data_dir):
 
 
 def test_benchmark_refuses_malformed_stage_specs():
-  assert super_resolution_on_real.parse_stages(["a=x/y", "b=z"]) == [
-      ("a", "x/y"), ("b", "z")]
+  assert super_resolution_on_real.parse_stages(["a=x/y",
+                                                "b=z"]) == [("a", "x/y"),
+                                                            ("b", "z")]
   for spec in ("a", "=x", "a="):
     with pytest.raises(ValueError, match="name=export_dir"):
       super_resolution_on_real.parse_stages([spec])

@@ -57,13 +57,16 @@ def setup(tmp_path_factory):
   return dict(
       root=root, base_dir=base_dir, sr_dir=sr_dir,
       classes=class_names.load_classes(data_dir),
-      extractor=features_lib.ClassifierFeatures(
-          _tiny_classifier(), NETWORK, feature_layer="features"),
-      references=sample_scores.ReferenceSpec(
-          data_dir, splits=("train", "validation"), keep_features=30),
-      settings=synthetic_dataset.GenerationSettings(
-          batch_size=10, examples_per_shard=10, image_format="png",
-          sheet_per_class=1, progress_every_seconds=0))
+      extractor=features_lib.ClassifierFeatures(_tiny_classifier(), NETWORK,
+                                                feature_layer="features"),
+      references=sample_scores.ReferenceSpec(data_dir,
+                                             splits=("train", "validation"),
+                                             keep_features=30),
+      settings=synthetic_dataset.GenerationSettings(batch_size=10,
+                                                    examples_per_shard=10,
+                                                    image_format="png",
+                                                    sheet_per_class=1,
+                                                    progress_every_seconds=0))
 
 
 def _metric_kwargs():
@@ -71,17 +74,16 @@ def _metric_kwargs():
 
 
 def _run_sweep(out, stages, make_cascade, setup, *, references=None,
-               cas_fn=None, cas_name=scoring.DEFAULT_CAS_NAME,
-               stage_names=None, print_fn=lambda _: None, **settings):
+               cas_fn=None, cas_name=scoring.DEFAULT_CAS_NAME, stage_names=None,
+               print_fn=lambda _: None, **settings):
   """``Sweep(...).run()`` scored with the setup's extractor; ``settings``
   are ``SweepSettings``'."""
-  scorer = scoring.PointScorer(setup["extractor"],
-                               references or setup["references"],
-                               cas_fn=cas_fn, cas_name=cas_name)
-  return sweep.Sweep(out, sweep.SweepSettings(**settings), stages,
-                     make_cascade, setup["classes"], scorer,
-                     setup["settings"], stage_names=stage_names,
-                     print_fn=print_fn).run()
+  scorer = scoring.PointScorer(setup["extractor"], references or
+                               setup["references"], cas_fn=cas_fn,
+                               cas_name=cas_name)
+  return sweep.Sweep(out, sweep.SweepSettings(**settings), stages, make_cascade,
+                     setup["classes"], scorer, setup["settings"],
+                     stage_names=stage_names, print_fn=print_fn).run()
 
 
 class _Recorder:
@@ -98,34 +100,33 @@ class _Recorder:
 
 
 def test_explicit_points_mix_samplers_with_their_own_step_fields():
-  points = grid_lib.expand_grid([
-      {"sampler": "ddpm", "timestep_respacing": 250, "steps": None},
-      {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 15}])
-  assert [p.parameters for p in points] == [
-      {"sampler": "ddpm", "timestep_respacing": "250", "steps": None},
-      {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 15}]
+  points = grid_lib.expand_grid(
+      [{"sampler": "ddpm", "timestep_respacing": 250, "steps": None},
+       {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 15}])
+  assert [p.parameters for p in points
+         ] == [{"sampler": "ddpm", "timestep_respacing": "250", "steps": None},
+               {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 15}]
   assert points[1].name == "sampler_dpmpp_2m-timestep_respacing_None-steps_15"
-  for bad, message in (
-      ([{"sampler": "ddpm"}, {"steps": 3}], "same fields"),
-      ([{"sampler": "ddpm"}, {"sampler": "ddpm"}], "a point twice"),
-      ([{"nope": 1}], "not a Stage field"),
-      ([{}], "non-empty")):
+  for bad, message in (([{"sampler": "ddpm"}, {"steps": 3}], "same fields"),
+                       ([{"sampler": "ddpm"}, {"sampler": "ddpm"}],
+                        "a point twice"), ([{"nope": 1}], "not a Stage field"),
+                       ([{}], "non-empty")):
     with pytest.raises(ValueError, match=message):
       grid_lib.expand_grid(bad)
 
 
 def test_grid_points_names_and_checks():
-  points = grid_lib.expand_grid({"guidance_weight": [1, 1.25],
-                              "timestep_respacing": [128, "ddim32"]})
-  assert [p.parameters for p in points] == [
-      {"guidance_weight": 1.0, "timestep_respacing": "128"},
-      {"guidance_weight": 1.0, "timestep_respacing": "ddim32"},
-      {"guidance_weight": 1.25, "timestep_respacing": "128"},
-      {"guidance_weight": 1.25, "timestep_respacing": "ddim32"}]
+  points = grid_lib.expand_grid(
+      {"guidance_weight": [1, 1.25], "timestep_respacing": [128, "ddim32"]})
+  assert [p.parameters for p in points
+         ] == [{"guidance_weight": 1.0, "timestep_respacing": "128"},
+               {"guidance_weight": 1.0, "timestep_respacing": "ddim32"},
+               {"guidance_weight": 1.25, "timestep_respacing": "128"},
+               {"guidance_weight": 1.25, "timestep_respacing": "ddim32"}]
   assert points[2].name == "guidance_weight_1.25-timestep_respacing_128"
   for grid, message in (({}, "empty"), ({"model_dir": ["x"]}, "cannot sweep"),
-                        ({"aug_level": []}, "no values"),
-                        ({"aug_level": [0.1, 0.1]}, "twice")):
+                        ({"aug_level": []},
+                         "no values"), ({"aug_level": [0.1, 0.1]}, "twice")):
     with pytest.raises(ValueError, match=message):
       grid_lib.expand_grid(grid)
   assert grid_lib.resolve_stage("sr", 2, ["base", "sr"]) == 1
@@ -164,8 +165,8 @@ def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
 
   def run(make_cascade, print_fn=lambda _: None, **kwargs):
     return _run_sweep(out, stages, make_cascade, setup, stage=0, grid=grid,
-                      cas_fn=cas_fn, cas_name="stand-in CAS",
-                      print_fn=print_fn, **dict(_metric_kwargs(), **kwargs))
+                      cas_fn=cas_fn, cas_name="stand-in CAS", print_fn=print_fn,
+                      **dict(_metric_kwargs(), **kwargs))
 
   with pytest.raises(KilledForTest):
     run(_Recorder(), print_fn=kill_in_third_point)
@@ -179,20 +180,21 @@ def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
   recorder = _Recorder()
   result = run(recorder)
   assert result.skipped == names[:2] and result.computed == names[2:]
-  assert [c.stages[0].guidance_weight for c in recorder.built] == [3.0,
-                                                                  3.0]
-  summary = json.load(open(os.path.join(
-      third, "summary.worker-00000-of-00001.json")))
+  assert [c.stages[0].guidance_weight for c in recorder.built] == [3.0, 3.0]
+  summary = json.load(
+      open(os.path.join(third, "summary.worker-00000-of-00001.json")))
   assert summary["shards_written_now"] == ["train-00001-of-00002"]
   assert cas_calls == names  # once per point, on its complete set
 
   rows = records.read_csv(result.csv_path)
-  assert [(r["guidance_weight"], r["timestep_respacing"]) for r in rows] == [
-      ("1", "2"), ("1", "3"), ("3", "2"), ("3", "3")]
-  labels = [f"FID@20 vs train ({NETWORK})", f"FID@20 vs validation ({NETWORK})",
-            f"KID@20 vs train ({NETWORK})", f"precision@20 vs train ({NETWORK})",
-            f"recall@20 vs validation ({NETWORK})", f"IS@20 ({NETWORK})",
-            "CAS top-1@20 vs validation (stand-in CAS)"]
+  assert [(r["guidance_weight"], r["timestep_respacing"]) for r in rows
+         ] == [("1", "2"), ("1", "3"), ("3", "2"), ("3", "3")]
+  labels = [
+      f"FID@20 vs train ({NETWORK})", f"FID@20 vs validation ({NETWORK})",
+      f"KID@20 vs train ({NETWORK})", f"precision@20 vs train ({NETWORK})",
+      f"recall@20 vs validation ({NETWORK})", f"IS@20 ({NETWORK})",
+      "CAS top-1@20 vs validation (stand-in CAS)"
+  ]
   for row in rows:
     for label in labels:
       assert math.isfinite(float(row[label])), (label, row)
@@ -224,55 +226,58 @@ def test_base_sweep_killed_mid_point_resumes_exactly_the_missing_points(
     run(_Recorder(allowed=False), num_images=30)
 
 
-def test_sweep_of_explicit_points_mixes_ddpm_and_solver_settings(setup,
-                                                                 tmp_path):
+def test_sweep_of_explicit_points_mixes_ddpm_and_solver_settings(
+    setup, tmp_path):
   stages = [cascade_lib.Stage(setup["base_dir"], timestep_respacing="3")]
   grid = [{"sampler": "ddpm", "timestep_respacing": "2", "steps": None},
           {"sampler": "dpmpp_2m", "timestep_respacing": None, "steps": 2}]
-  result = _run_sweep(str(tmp_path / "points"), stages, _Recorder(), setup,
-                      references=dataclasses.replace(setup["references"],
-                                                     splits=("validation",)),
-                      stage=0, grid=grid, plot_views=[["steps", "sampler"]],
-                      **_metric_kwargs())
+  result = _run_sweep(
+      str(tmp_path / "points"), stages, _Recorder(), setup,
+      references=dataclasses.replace(setup["references"],
+                                     splits=("validation",)), stage=0,
+      grid=grid, plot_views=[["steps", "sampler"]], **_metric_kwargs())
   rows = records.read_csv(result.csv_path)
-  assert [(r["sampler"], r["timestep_respacing"], r["steps"])
-          for r in rows] == [("ddpm", "2", "None"), ("dpmpp_2m", "None", "2")]
+  assert [(r["sampler"], r["timestep_respacing"], r["steps"]) for r in rows
+         ] == [("ddpm", "2", "None"), ("dpmpp_2m", "None", "2")]
   assert [r["network_evaluations_per_image"] for r in rows] == ["2", "2"]
   label = f"FID@20 vs validation ({NETWORK})"
   assert rows[0][label] != rows[1][label]
 
 
-def test_super_resolution_sweep_generates_the_earlier_stage_once(setup,
-                                                                  tmp_path):
+def test_super_resolution_sweep_generates_the_earlier_stage_once(
+    setup, tmp_path):
   out = str(tmp_path / "sr_sweep")
-  stages = [cascade_lib.Stage(setup["base_dir"], timestep_respacing="2"),
-            cascade_lib.Stage(setup["sr_dir"], timestep_respacing="2",
-                              aug_level=0.1)]
+  stages = [
+      cascade_lib.Stage(setup["base_dir"], timestep_respacing="2"),
+      cascade_lib.Stage(setup["sr_dir"], timestep_respacing="2", aug_level=0.1)
+  ]
   recorder = _Recorder()
-  result = _run_sweep(out, stages, recorder, setup,
-                      references=dataclasses.replace(setup["references"],
-                                                     splits=("validation",)),
-                      stage="sr", grid={"aug_level": [0.0, 0.3]},
-                      stage_names=["base", "sr"], **_metric_kwargs())
+  result = _run_sweep(
+      out, stages, recorder, setup,
+      references=dataclasses.replace(setup["references"],
+                                     splits=("validation",)), stage="sr",
+      grid={"aug_level": [0.0, 0.3]}, stage_names=["base", "sr"],
+      **_metric_kwargs())
   # The base stage alone once, then each point's full cascade (whose base
   # is loaded, for its settings and provenance, but not sampled).
   assert [len(c.stages) for c in recorder.built] == [1, 2, 2]
-  earlier = split_manifest.read(
-      os.path.join(out, sweep.EARLIER_STAGES_DIR), "train")
+  earlier = split_manifest.read(os.path.join(out, sweep.EARLIER_STAGES_DIR),
+                                "train")
   assert earlier.complete and earlier.num_examples == NUM_IMAGES
   rows = records.read_csv(result.csv_path)
   assert [r["aug_level"] for r in rows] == ["0", "0.3"]
   assert all(r["resolution"] == "16" for r in rows)
   assert {os.path.basename(p.path) for p in result.plots} >= {
       "fid_20_vs_validation_vs_aug_level.png",
-      "pareto_fid_20_vs_validation_vs_is_20_along_aug_level.png"}
+      "pareto_fid_20_vs_validation_vs_is_20_along_aug_level.png"
+  }
 
   # The pixels are a full cascade's: the last point's cascade, sampling
   # both stages, makes them again.
   point_dir = os.path.join(out, sweep.POINTS_DIR, "aug_level_0.3")
   manifest = split_manifest.read(point_dir, "train")
-  stored = list(reader.read(
-      manifest.shard_paths(point_dir)[:1]).as_numpy_iterator())
+  stored = list(
+      reader.read(manifest.shard_paths(point_dir)[:1]).as_numpy_iterator())
   labels = np.array([e[schema.LABEL] for e in stored])
   ids = plan_lib.example_id(labels, [e[schema.CLASS_INDEX] for e in stored])
   full = recorder.built[-1]

@@ -42,8 +42,7 @@ NETWORK = "tiny test classifier"
     ("fashion_mnist_headline_guidance.gin", "base", 3, ["guidance_weight"]),
     ("fashion_mnist_headline_augmentation.gin", "sr", 3, ["aug_level"]),
 ])
-def test_sweep_configs_expand_to_the_papers_grids(name, stage, points,
-                                                  fields):
+def test_sweep_configs_expand_to_the_papers_grids(name, stage, points, fields):
   gin.clear_config()
   try:
     configuration.parse_gin([os.path.join(SWEEPS, name)], [])
@@ -51,8 +50,7 @@ def test_sweep_configs_expand_to_the_papers_grids(name, stage, points,
     names = grid.configured_stage_names()
     assert gin.query_parameter("sweep.SweepSettings.stage") == stage
     index = grid.resolve_stage(stage, len(stages), names)
-    expanded = grid.expand_grid(
-        gin.query_parameter("sweep.SweepSettings.grid"))
+    expanded = grid.expand_grid(gin.query_parameter("sweep.SweepSettings.grid"))
     assert len(expanded) == points and list(expanded[0].parameters) == fields
     for point in expanded:  # every point is a valid stage
       grid.point_stages(stages, index, point.parameters)
@@ -68,18 +66,22 @@ def test_sweep_configs_expand_to_the_papers_grids(name, stage, points,
     gin.clear_config()
 
 
-@pytest.mark.parametrize("sweep_file, images", [
-    (None, 1000),  # the main job's CAS of its 1,000 generated images
-    ("fashion_mnist_claims_guidance.gin", 300),
-    ("fashion_mnist_claims_augmentation.gin", 300),
-    ("fashion_mnist_headline_guidance.gin", 100),
-    ("fashion_mnist_headline_augmentation.gin", 100),
-])
+@pytest.mark.parametrize(
+    "sweep_file, images",
+    [
+        (None, 1000),  # the main job's CAS of its 1,000 generated images
+        ("fashion_mnist_claims_guidance.gin", 300),
+        ("fashion_mnist_claims_augmentation.gin", 300),
+        ("fashion_mnist_headline_guidance.gin", 100),
+        ("fashion_mnist_headline_augmentation.gin", 100),
+    ])
 def test_sweep_cas_trains_as_many_steps_as_the_main_cas(sweep_file, images):
   """Each sweep point's CAS classifier (the CAS gin, then the sweep's)
   takes the 141 steps of the 1,000-image CAS, its schedule scaled along."""
-  files = [os.path.join(ROOT, "gin", "classifiers", "fashion_mnist",
-                        "resnet_tiny_cas.gin")]
+  files = [
+      os.path.join(ROOT, "gin", "classifiers", "fashion_mnist",
+                   "resnet_tiny_cas.gin")
+  ]
   if sweep_file:
     files.append(os.path.join(SWEEPS, sweep_file))
   gin.clear_config()
@@ -98,8 +100,8 @@ def test_sweep_cas_trains_as_many_steps_as_the_main_cas(sweep_file, images):
   assert recipe.decay == "stepwise" and recipe.learning_rate == 0.2
   # Warmup and decays at the same steps as the 1,000-image schedule (1, 6,
   # 12 and 16 of 18 epochs), to within a step.
-  for epochs, reference in zip(
-      (recipe.warmup_epochs, *recipe.decay_epochs), (1, 6, 12, 16)):
+  for epochs, reference in zip((recipe.warmup_epochs, *recipe.decay_epochs),
+                               (1, 6, 12, 16)):
     assert abs(epochs * steps_per_epoch - reference * 1000 / 128) < 1
 
 
@@ -142,8 +144,10 @@ def test_tool_sweeps_the_base_guidance_with_a_classifier(setup):
       f"--gin_file={os.path.join(SWEEPS, 'fashion_mnist_base_guidance.gin')}",
       *[f"--gin_bindings={b}" for b in bindings],
       f"--real_data_dir={setup['data_dir']}", f"--output_dir={out}",
-      "--feature_network=classifier", f"--classifier_model={setup['classifier']}",
-      "--feature_layer=features", f"--feature_network_name={NETWORK}"]
+      "--feature_network=classifier",
+      f"--classifier_model={setup['classifier']}", "--feature_layer=features",
+      f"--feature_network_name={NETWORK}"
+  ]
   result = subprocess.run(command, capture_output=True, text=True, env=ENV,
                           timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -159,7 +163,6 @@ def test_tool_sweeps_the_base_guidance_with_a_classifier(setup):
   assert "pareto_fid_20_vs_train_vs_is_20_along_guidance_weight.png" in plots
 
 
-
 def test_dry_run_resolves_macros_and_loads_nothing(tmp_path):
   command = [
       sys.executable, TOOL,
@@ -168,7 +171,8 @@ def test_dry_run_resolves_macros_and_loads_nothing(tmp_path):
       "--gin_bindings=sweep.SweepSettings.num_images = %NUM",
       f"--gin_bindings=BASE_MODEL_DIR = '{tmp_path / 'no_model'}'",
       f"--real_data_dir={tmp_path / 'no_data'}",
-      f"--output_dir={tmp_path / 'out'}", "--dry_run"]
+      f"--output_dir={tmp_path / 'out'}", "--dry_run"
+  ]
   result = subprocess.run(command, capture_output=True, text=True, env=ENV,
                           timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

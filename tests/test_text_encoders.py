@@ -28,9 +28,15 @@ TOLERANCE = 1e-4
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Layer '.*' \\(of type T5MultiHeadAttention\\):UserWarning")
 T5_CORPUS = [
-    "a photo of a tench", "great white shark", "a goldfish in a bowl",
-    "T-shirt and trouser", "ankle boot", "sneaker", "a leather bag",
-    "a coat and a dress", "pullover, shirt and sandal",
+    "a photo of a tench",
+    "great white shark",
+    "a goldfish in a bowl",
+    "T-shirt and trouser",
+    "ankle boot",
+    "sneaker",
+    "a leather bag",
+    "a coat and a dress",
+    "pullover, shirt and sandal",
 ]
 
 
@@ -64,8 +70,8 @@ def test_minilm_embeddings_match_the_reference(minilm_embeddings, reference):
   pooled = np.array([e["pooled"] for e in reference["examples"]])
   pooled_error = np.abs(minilm_embeddings.pooled - pooled).max()
   token_error = max(
-      np.abs(minilm_embeddings.tokens[s["example"], s["positions"]]
-             - np.array(s["values"])).max()
+      np.abs(minilm_embeddings.tokens[s["example"], s["positions"]] -
+             np.array(s["values"])).max()
       for s in reference["token_embeddings"])
   print(f"max |difference| vs reference: pooled {pooled_error:.2e}, "
         f"tokens {token_error:.2e}")
@@ -80,8 +86,8 @@ def test_minilm_shapes_mask_and_pooling(minilm_embeddings, reference):
   assert minilm_embeddings.mask.shape == (n, 64)
   assert minilm_embeddings.mask.dtype == bool
   assert minilm_embeddings.pooled.shape == (n, 384)
-  np.testing.assert_allclose(
-      np.linalg.norm(minilm_embeddings.pooled, axis=-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(minilm_embeddings.pooled, axis=-1),
+                             1.0, atol=1e-5)
   assert not minilm_embeddings.tokens[~minilm_embeddings.mask].any()
 
 
@@ -96,9 +102,10 @@ def test_minilm_is_frozen(minilm_encoder):
 
 
 def test_exact_gelu_backbone_keeps_its_activation_through_its_config():
-  backbone = minilm.ExactGeluBertBackbone(
-      vocabulary_size=10, num_layers=1, num_heads=2, hidden_dim=4,
-      intermediate_dim=8, max_sequence_length=8)
+  backbone = minilm.ExactGeluBertBackbone(vocabulary_size=10, num_layers=1,
+                                          num_heads=2, hidden_dim=4,
+                                          intermediate_dim=8,
+                                          max_sequence_length=8)
   restored = minilm.ExactGeluBertBackbone.from_config(backbone.get_config())
   for model in (backbone, restored):
     dense = model.transformer_layers[0]._feedforward_intermediate_dense  # pylint: disable=protected-access
@@ -120,8 +127,8 @@ def test_minilm_truncates_at_max_length(minilm_encoder, reference):
 
 def test_minilm_separates_class_names(minilm_encoder):
   names = class_prompts.imagenet_prompt_names()
-  pooled = minilm_encoder.encode(
-      [names[2], names[3], names[134], names[517]]).pooled
+  pooled = minilm_encoder.encode([names[2], names[3], names[134],
+                                  names[517]]).pooled
   similarity = pooled @ pooled.T
   assert similarity[0, 1] > similarity[0, 2]  # two sharks vs a crane bird
   assert similarity[2, 3] < 0.99  # the two cranes are told apart
@@ -132,10 +139,10 @@ def spm_proto():
   """A tiny SentencePiece model with T5's <pad>=0, </s>=1, <unk>=2."""
   model = io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(T5_CORPUS * 5), model_writer=model,
-      vocab_size=60, model_type="unigram", hard_vocab_limit=False,
-      pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
-      eos_piece="</s>", unk_piece="<unk>", minloglevel=2)
+      sentence_iterator=iter(T5_CORPUS * 5), model_writer=model, vocab_size=60,
+      model_type="unigram", hard_vocab_limit=False, pad_id=0, eos_id=1,
+      unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>",
+      unk_piece="<unk>", minloglevel=2)
   return model.getvalue()
 
 
@@ -144,9 +151,9 @@ def tiny_t5(spm_proto):
   keras.utils.set_random_seed(7)
   tokenizer = keras_hub.tokenizers.T5Tokenizer(proto=spm_proto)
   backbone = keras_hub.models.T5Backbone(
-      vocabulary_size=tokenizer.vocabulary_size(), num_layers=1,
-      num_heads=2, hidden_dim=16, intermediate_dim=32, key_value_dim=8,
-      dropout=0.0, activation="gelu", use_gated_activation=True)
+      vocabulary_size=tokenizer.vocabulary_size(), num_layers=1, num_heads=2,
+      hidden_dim=16, intermediate_dim=32, key_value_dim=8, dropout=0.0,
+      activation="gelu", use_gated_activation=True)
   return backbone, tokenizer
 
 
@@ -158,8 +165,8 @@ def test_t5_encodes_tokens_mask_and_pooled(tiny_t5):
   for prompt, ids, valid in zip(prompts, token_ids, mask):
     pieces = np.asarray(tokenizer(prompt)).tolist()
     assert ids[valid].tolist() == pieces + [1]  # then </s>
-    assert valid.tolist() == [True] * (len(pieces) + 1) + [False] * (
-        24 - len(pieces) - 1)
+    assert valid.tolist(
+    ) == [True] * (len(pieces) + 1) + [False] * (24 - len(pieces) - 1)
 
   embeddings = encoder.encode(prompts)
   assert embeddings.tokens.shape == (3, 24, 16)
@@ -198,8 +205,7 @@ def test_t5_preset_directory_loads_back_identically(tiny_t5, tmp_path):
     t5.T5Encoder.from_preset(str(tmp_path / "t5_small_multi"))
 
 
-def test_t5_weights_file_loads_back_identically(tiny_t5, spm_proto,
-                                                 tmp_path):
+def test_t5_weights_file_loads_back_identically(tiny_t5, spm_proto, tmp_path):
   backbone, tokenizer = tiny_t5
   prompts = ["a leather bag", "sneaker"]
   in_memory = t5.T5Encoder(backbone, tokenizer, max_length=12)

@@ -7,8 +7,8 @@ from cdm_tf.diffusion import thresholding
 
 def test_static_threshold_clips_to_the_data_range():
   x = tf.constant([[-3.0, -0.5, 0.0, 0.7, 2.0]])
-  np.testing.assert_allclose(thresholding.static_threshold(x).numpy(),
-                             [[-1.0, -0.5, 0.0, 0.7, 1.0]])
+  np.testing.assert_allclose(
+      thresholding.static_threshold(x).numpy(), [[-1.0, -0.5, 0.0, 0.7, 1.0]])
 
 
 @pytest.mark.parametrize("p", [50.0, 90.0, 99.5, 100.0])

@@ -23,8 +23,8 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return fashion_mnist_subset.prepared(
-      str(tmp_path_factory.mktemp("fashion")), per_class=(20, 2))
+  return fashion_mnist_subset.prepared(str(tmp_path_factory.mktemp("fashion")),
+                                       per_class=(20, 2))
 
 
 def _bindings(data_dir, **overrides):
@@ -45,21 +45,28 @@ def _bindings(data_dir, **overrides):
 
 
 def _train_command(model_dir, data_dir, gin_file=GIN, **overrides):
-  return [sys.executable, TRAIN, f"--gin_file={gin_file}",
-          f"--model_dir={model_dir}", *_bindings(data_dir, **overrides)]
+  return [
+      sys.executable, TRAIN, f"--gin_file={gin_file}",
+      f"--model_dir={model_dir}", *_bindings(data_dir, **overrides)
+  ]
 
 
 def _losses(stdout):
   return [float(m) for m in re.findall(r"step \d+/\d+ loss ([\d.]+)", stdout)]
 
 
-@pytest.mark.parametrize("gin_file,overrides", [
-    (GIN, {"diffusion_model.DiffusionModel.model_var_type": "'fixed_small'",
-           "diffusion_model.DiffusionModel.loss_type": "'simple'",
-           "unet.UNet.learn_sigma": False}),
-    # 32x32 output: keep the level with side 8, where attention is.
-    (SR_GIN, {"unet.UNet.channel_mult": (1, 2, 2)}),
-], ids=["base16", "sr16to32"])
+@pytest.mark.parametrize(
+    "gin_file,overrides",
+    [
+        (GIN, {
+            "diffusion_model.DiffusionModel.model_var_type": "'fixed_small'",
+            "diffusion_model.DiffusionModel.loss_type": "'simple'",
+            "unet.UNet.learn_sigma": False
+        }),
+        # 32x32 output: keep the level with side 8, where attention is.
+        (SR_GIN, {"unet.UNet.channel_mult": (1, 2, 2)}),
+    ],
+    ids=["base16", "sr16to32"])
 def test_tiny_configs_train_and_the_loss_falls(tmp_path, data_dir, gin_file,
                                                overrides):
   result = subprocess.run(
@@ -77,9 +84,11 @@ def test_tiny_configs_train_and_the_loss_falls(tmp_path, data_dir, gin_file,
 def test_sigkill_then_resume_continues_from_the_checkpointed_step(
     tmp_path, data_dir):
   model_dir = tmp_path / "run"
-  command = _train_command(model_dir, data_dir,
-                           **{"trainer.train.num_steps": 10_000,
-                              "trainer.train.checkpoint_every": 10})
+  command = _train_command(
+      model_dir, data_dir, **{
+          "trainer.train.num_steps": 10_000,
+          "trainer.train.checkpoint_every": 10
+      })
   process = subprocess.Popen(command, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=ENV)
   deadline = time.time() + 300
@@ -90,13 +99,15 @@ def test_sigkill_then_resume_continues_from_the_checkpointed_step(
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert checkpoint.exists()
-  saved = sorted(int(p.name[5:-6]) for p in
-                 (model_dir / "checkpoints").glob("ckpt-*.index"))
+  saved = sorted(
+      int(p.name[5:-6])
+      for p in (model_dir / "checkpoints").glob("ckpt-*.index"))
   resumed = subprocess.run(
-      _train_command(model_dir, data_dir,
-                     **{"trainer.train.num_steps": saved[-1] + 5,
-                        "trainer.train.checkpoint_every": 10}),
-      capture_output=True, text=True, env=ENV, timeout=600, check=False)
+      _train_command(
+          model_dir, data_dir, **{
+              "trainer.train.num_steps": saved[-1] + 5,
+              "trainer.train.checkpoint_every": 10
+          }), capture_output=True, text=True, env=ENV, timeout=600, check=False)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"at step {saved[-1]}" in resumed.stdout
   assert f"trained steps {saved[-1]}..{saved[-1] + 5}" in resumed.stdout
@@ -106,19 +117,21 @@ def test_sigkill_then_resume_continues_from_the_checkpointed_step(
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, data_dir):
   model_dir = tmp_path / "run"
   result = subprocess.run(
-      _train_command(model_dir, data_dir,
-                     **{"trainer.train.num_steps": 200,
-                        "trainer.train.checkpoint_every": 2,
-                        "optimizers.create_optimizer.learning_rate": 1e12,
-                        "diffusion_model.DiffusionModel.clip_grad_norm":
-                            None}),
-      capture_output=True, text=True, env=ENV, timeout=600, check=False)
+      _train_command(
+          model_dir, data_dir, **{
+              "trainer.train.num_steps": 200,
+              "trainer.train.checkpoint_every": 2,
+              "optimizers.create_optimizer.learning_rate": 1e12,
+              "diffusion_model.DiffusionModel.clip_grad_norm": None
+          }), capture_output=True, text=True, env=ENV, timeout=600, check=False)
   assert result.returncode == 3, result.stderr[-3000:]
   match = re.search(r"non-finite loss \S+ at step (\d+)", result.stderr)
   assert match, result.stderr[-3000:]
   bad_step = int(match.group(1))
-  saved = [int(p.name[5:-6]) for p in
-           (model_dir / "checkpoints").glob("ckpt-*.index")]
+  saved = [
+      int(p.name[5:-6])
+      for p in (model_dir / "checkpoints").glob("ckpt-*.index")
+  ]
   assert saved and max(saved) < bad_step  # the bad state was not saved
   assert "last good checkpoint" in result.stderr
 
@@ -155,14 +168,17 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 
 
 def test_mirrored_two_cpu_replicas_match_one_device(tmp_path, data_dir):
-  bindings = [b.split("=", 1)[1] for b in _bindings(
-      data_dir, **{"trainer.train.num_steps": 3,
-                   "trainer.train.checkpoint_every": 3,
-                   "trainer.train.log_every": 1})]
-  result = subprocess.run(
-      [sys.executable, "-c", MIRRORED_SCRIPT, GIN, data_dir, str(tmp_path),
-       *bindings],
-      capture_output=True, text=True, env=ENV, timeout=600, check=False)
+  bindings = [
+      b.split("=", 1)[1] for b in _bindings(
+          data_dir, **{
+              "trainer.train.num_steps": 3, "trainer.train.checkpoint_every": 3,
+              "trainer.train.log_every": 1
+          })
+  ]
+  result = subprocess.run([
+      sys.executable, "-c", MIRRORED_SCRIPT, GIN, data_dir,
+      str(tmp_path), *bindings
+  ], capture_output=True, text=True, env=ENV, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "mirrored 2" in result.stdout
   match = re.search(r"variables (\d+) max_diff (\S+) max_weight (\S+)",

@@ -9,9 +9,9 @@ from cdm_tf.models import UNet
 from cdm_tf.models import sinusoidal_embedding
 
 # A tiny two-level model: 16x16 -> 8x8, attention at side 8.
-TINY = dict(resolution=16, in_channels=3, base_channels=16,
-            channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
-            num_heads=2, group_norm_groups=8)
+TINY = dict(resolution=16, in_channels=3, base_channels=16, channel_mult=(1, 2),
+            num_res_blocks=1, attention_resolutions=(8,), num_heads=2,
+            group_norm_groups=8)
 
 
 def _model(**overrides):
@@ -28,8 +28,8 @@ def _random_inputs(model, batch_size=2, text_length=5, seed=0):
   inputs = {}
   for key, value in model.dummy_inputs(batch_size, text_length).items():
     if key == "label":
-      inputs[key] = rng.integers(0, model.num_classes, batch_size).astype(
-          np.int32)
+      inputs[key] = rng.integers(0, model.num_classes,
+                                 batch_size).astype(np.int32)
     elif key == "text_mask":
       mask = np.ones((batch_size, text_length), bool)
       mask[:, -2:] = False  # The last two tokens are padding.
@@ -46,8 +46,8 @@ def _perturb(model, seed=1, scale=0.1):
   rng = np.random.default_rng(seed)
   for variable in model.weights:
     value = variable.numpy()
-    variable.assign(value + scale * rng.normal(size=value.shape).astype(
-        value.dtype))
+    variable.assign(value +
+                    scale * rng.normal(size=value.shape).astype(value.dtype))
 
 
 def _run(model, inputs):
@@ -80,9 +80,10 @@ def test_super_resolution_output_shape(interpolation):
 def test_aug_level_and_text_output_shapes():
   model = _model(low_res_resolution=8, aug_level_conditioning=True,
                  text_embed_dim=12, num_classes=4)
-  assert model.input_names() == ["x_t", "time", "label", "low_res",
-                                 "aug_level", "text_pooled", "text_tokens",
-                                 "text_mask"]
+  assert model.input_names() == [
+      "x_t", "time", "label", "low_res", "aug_level", "text_pooled",
+      "text_tokens", "text_mask"
+  ]
   for text_length in (1, 7):
     out = model(_random_inputs(model, text_length=text_length))
     assert out.shape == (2, 16, 16, 3)
@@ -123,7 +124,7 @@ def test_sinusoidal_embedding_values():
   np.testing.assert_allclose(features[0], [1, 1, 1, 1, 0, 0, 0, 0])
   # Frequencies 10000 ** (-i / 4): the first is 1 rad per unit of time.
   np.testing.assert_allclose(features[1, 0], np.cos(500.0), atol=1e-4)
-  np.testing.assert_allclose(features[1, 7], np.sin(500.0 * 10000 ** -0.75),
+  np.testing.assert_allclose(features[1, 7], np.sin(500.0 * 10000**-0.75),
                              atol=1e-5)
   assert sinusoidal_embedding(tf.zeros([3]), 7).shape == (3, 7)
 
@@ -189,8 +190,9 @@ def test_text_changes_output_and_mask_hides_padding():
 
   padded = inputs["text_tokens"].copy()
   padded[:, -1] = 100.0 * rng.normal(size=padded[:, -1].shape)  # Masked out.
-  np.testing.assert_allclose(
-      base, _run(model, dict(inputs, text_tokens=padded)), atol=1e-5)
+  np.testing.assert_allclose(base, _run(model, dict(inputs,
+                                                    text_tokens=padded)),
+                             atol=1e-5)
 
 
 def test_dropout_only_in_training():
@@ -204,7 +206,6 @@ def test_dropout_only_in_training():
 
 
 # --------------------------------------------------------- serialisation
-
 
 FULL = dict(num_classes=4, learn_sigma=True, low_res_resolution=8,
             aug_level_conditioning=True, text_embed_dim=12, dropout=0.1)
@@ -279,12 +280,11 @@ def test_bad_inputs_raise_clear_errors():
       {k: v for k, v in good.items() if k != "label"})
   assert "unexpected ['aug_level']" in message(
       dict(good, aug_level=good["time"]))
-  assert "'x_t'" in message(dict(good, x_t=np.zeros((2, 8, 8, 3),
-                                                    np.float32)))
+  assert "'x_t'" in message(dict(good, x_t=np.zeros((2, 8, 8, 3), np.float32)))
   assert "'x_t'" in message(dict(good, x_t=np.zeros((2, 16, 16, 4),
                                                     np.float32)))
-  assert "'low_res'" in message(dict(good, low_res=np.zeros((2, 4, 4, 3),
-                                                            np.float32)))
+  assert "'low_res'" in message(
+      dict(good, low_res=np.zeros((2, 4, 4, 3), np.float32)))
   assert "'time'" in message(dict(good, time=np.zeros((2, 1), np.float32)))
   assert "integer" in message(dict(good, label=np.zeros(2, np.float32)))
   assert "batch size" in message(dict(good, time=np.zeros(3, np.float32)))
@@ -317,10 +317,9 @@ def _norm(c):
 
 
 def _res(c_in, c_out, emb, scale_shift=True):
-  count = (_norm(c_in) + _conv(3, c_in, c_out)
-           + emb * c_out * (2 if scale_shift else 1)
-           + c_out * (2 if scale_shift else 1)
-           + _norm(c_out) + _conv(3, c_out, c_out))
+  count = (_norm(c_in) + _conv(3, c_in, c_out) + emb * c_out *
+           (2 if scale_shift else 1) + c_out * (2 if scale_shift else 1) +
+           _norm(c_out) + _conv(3, c_out, c_out))
   if c_in != c_out:
     count += _conv(1, c_in, c_out)
   return count
@@ -336,21 +335,21 @@ def test_parameter_count_one_level_by_hand():
   model = _model(resolution=8, channel_mult=(1,), num_res_blocks=1,
                  attention_resolutions=(8,), num_heads=1, num_classes=3,
                  learn_sigma=True)
-  time_mlp = (16 * 64 + 64) + (64 * 64 + 64)            # 5,248
-  labels = 4 * 64                                       # 256 (incl. null)
-  input_conv = 3 * 3 * 3 * 16 + 16                      # 448
+  time_mlp = (16 * 64 + 64) + (64 * 64 + 64)  # 5,248
+  labels = 4 * 64  # 256 (incl. null)
+  input_conv = 3 * 3 * 3 * 16 + 16  # 448
   # A 16 -> 16 residual block: norm, conv, AdaGN projection, norm, conv.
   res_16 = 32 + (9 * 16 * 16 + 16) + (64 * 32 + 32) + 32 + (9 * 16 * 16 + 16)
   # A 32 -> 16 decoder block adds a 1x1 skip conv.
-  res_32_16 = (64 + (9 * 32 * 16 + 16) + (64 * 32 + 32) + 32
-               + (9 * 16 * 16 + 16) + (32 * 16 + 16))
-  attention = 32 + (16 * 48 + 48) + (16 * 16 + 16)      # 1,120
+  res_32_16 = (64 + (9 * 32 * 16 + 16) + (64 * 32 + 32) + 32 +
+               (9 * 16 * 16 + 16) + (32 * 16 + 16))
+  attention = 32 + (16 * 48 + 48) + (16 * 16 + 16)  # 1,120
   encoder = res_16 + attention
   middle = res_16 + attention + res_16
   decoder = 2 * (res_32_16 + attention)  # Skips: input conv, encoder block.
   output = 32 + (9 * 16 * 6 + 6)
-  expected = (time_mlp + labels + input_conv + encoder + middle + decoder
-              + output)
+  expected = (time_mlp + labels + input_conv + encoder + middle + decoder +
+              output)
   assert res_16 == 6_784 and res_32_16 == 9_648
   assert expected == 50_982
   assert model.count_params() == expected
@@ -364,16 +363,16 @@ def test_parameter_count_two_levels_by_formula():
                  use_scale_shift_norm=False, low_res_resolution=8,
                  aug_level_conditioning=True)
   e = 64
-  expected = 2 * ((16 * e + e) + (e * e + e))          # time + aug level
+  expected = 2 * ((16 * e + e) + (e * e + e))  # time + aug level
   expected += _conv(3, 6, 16)
   # Encoder: side 16 (16 ch), downsample, side 8 (32 ch, attention).
   # Skips saved: 16 (input), 16, 16, 16 (down), 32, 32.
   expected += 2 * _res(16, 16, e, False) + _conv(3, 16, 16)
   expected += _res(16, 32, e, False) + _res(32, 32, e, False) + 2 * _attn(32)
-  expected += 2 * _res(32, 32, e, False) + _attn(32)   # Middle.
+  expected += 2 * _res(32, 32, e, False) + _attn(32)  # Middle.
   # Decoder side 8: three blocks fed skips 32, 32, 16, then upsample conv.
-  expected += (_res(64, 32, e, False) + _res(64, 32, e, False)
-               + _res(48, 32, e, False) + 3 * _attn(32) + _conv(3, 32, 32))
+  expected += (_res(64, 32, e, False) + _res(64, 32, e, False) +
+               _res(48, 32, e, False) + 3 * _attn(32) + _conv(3, 32, 32))
   # Decoder side 16: skips 16, 16, 16.
   expected += _res(48, 16, e, False) + 2 * _res(32, 16, e, False)
   expected += _norm(16) + _conv(3, 16, 3)

@@ -33,8 +33,7 @@ def test_tool_reports_and_writes_json(tmp_path):
   assert [r["steps"] for r in rows] == [200, 50]
   assert all(r["ok"] for r in rows)
   convergence = {(r["sampler"], r["order"]): r for r in report["convergence"]}
-  assert set(convergence) == {("dpmpp_2m", 1), ("dpmpp_2m", 2),
-                              ("dpmpp_3m", 3)}
+  assert set(convergence) == {("dpmpp_2m", 1), ("dpmpp_2m", 2), ("dpmpp_3m", 3)}
   for (_, order), row in convergence.items():
     assert row["ok"] and row["orders"][-1] > order - 0.3
     assert row["errors"] == sorted(row["errors"], reverse=True)

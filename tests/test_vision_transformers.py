@@ -16,25 +16,28 @@ SIZES = dict(image_size=IMAGE_SIZE, patch_size=8, num_layers=2, num_heads=2,
 
 
 def _images(count=3):
-  return np.random.default_rng(0).normal(
-      size=(count, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+  return np.random.default_rng(0).normal(size=(count, IMAGE_SIZE, IMAGE_SIZE,
+                                               3)).astype("float32")
 
 
 def _pair(family, rate):
   """keras-hub's backbone and ours with its weights, same sizes."""
   shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
   if family == "vit":
-    reference = keras_hub.models.ViTBackbone(
-        image_shape=shape, patch_size=8, num_layers=2, num_heads=2,
-        hidden_dim=32, mlp_dim=64, use_class_token=False)
-    ours = vision_transformers.ViTDropPathBackbone(
-        use_class_token=False, stochastic_depth_rate=rate, seed=0, **SIZES)
+    reference = keras_hub.models.ViTBackbone(image_shape=shape, patch_size=8,
+                                             num_layers=2, num_heads=2,
+                                             hidden_dim=32, mlp_dim=64,
+                                             use_class_token=False)
+    ours = vision_transformers.ViTDropPathBackbone(use_class_token=False,
+                                                   stochastic_depth_rate=rate,
+                                                   seed=0, **SIZES)
   else:
-    reference = keras_hub.models.DeiTBackbone(
-        image_shape=shape, patch_size=8, num_layers=2, num_heads=2,
-        hidden_dim=32, intermediate_dim=64)
-    ours = vision_transformers.DeiTDropPathBackbone(
-        stochastic_depth_rate=rate, seed=0, **SIZES)
+    reference = keras_hub.models.DeiTBackbone(image_shape=shape, patch_size=8,
+                                              num_layers=2, num_heads=2,
+                                              hidden_dim=32,
+                                              intermediate_dim=64)
+    ours = vision_transformers.DeiTDropPathBackbone(stochastic_depth_rate=rate,
+                                                    seed=0, **SIZES)
   ours.build((None,) + shape)
   ours.set_weights(reference.get_weights())
   return reference, ours
@@ -44,8 +47,7 @@ def _pair(family, rate):
 def test_rate_zero_is_keras_hubs_backbone(family):
   reference, ours = _pair(family, 0.0)
   assert ours.count_params() == reference.count_params()
-  assert [v.shape for v in ours.weights] == [v.shape for v in
-                                             reference.weights]
+  assert [v.shape for v in ours.weights] == [v.shape for v in reference.weights]
   images = _images()
   for training in (False, True):
     np.testing.assert_array_equal(ours(images, training=training),
@@ -86,8 +88,8 @@ def _branch_kept(block, tokens, rate, family):
     branch = mlp(x)
     for mlp_kept in (True, False):
       candidate = x + branch / (1 - rate) if mlp_kept else x
-      kept[attention_kept, mlp_kept] = np.all(
-          np.abs(output - candidate) < 1e-4, axis=(1, 2))
+      kept[attention_kept,
+           mlp_kept] = np.all(np.abs(output - candidate) < 1e-4, axis=(1, 2))
   matches = np.stack(list(kept.values()), axis=1)
   assert np.all(matches.sum(axis=1) == 1), "an output matched no combination"
   attention_kept = kept[True, True] | kept[True, False]
@@ -105,16 +107,14 @@ def test_blocks_drop_each_branch_per_example_at_the_rate(family):
     block = vision_transformers.DeiTDropPathBlock(intermediate_dim=16,
                                                   **arguments)
   block.build((None, 3, 8))
-  tokens = np.random.default_rng(2).normal(size=(count, 3, 8)).astype(
-      "float32")
+  tokens = np.random.default_rng(2).normal(size=(count, 3, 8)).astype("float32")
   attention_kept, mlp_kept = _branch_kept(block, tokens, rate, family)
   # Survival 0.7 of 1000 examples: binomial standard deviation 0.0145.
   tolerance = 4 * np.sqrt(rate * (1 - rate) / count)
   assert abs(attention_kept.mean() - (1 - rate)) < tolerance
   assert abs(mlp_kept.mean() - (1 - rate)) < tolerance
   # The two branches draw independently: both kept with 0.49.
-  assert abs((attention_kept & mlp_kept).mean() - (1 - rate) ** 2) < (
-      tolerance)
+  assert abs((attention_kept & mlp_kept).mean() - (1 - rate)**2) < (tolerance)
 
 
 def test_block_rates_rules():
@@ -124,16 +124,18 @@ def test_block_rates_rules():
   np.testing.assert_allclose(
       stochastic_depth.block_rates(0.3, 3, stochastic_depth.PROPORTIONAL),
       [0.1, 0.2, 0.3])
-  assert stochastic_depth.block_rates(0.1, 1, stochastic_depth.LINSPACE) == [
-      0.0]
+  assert stochastic_depth.block_rates(0.1, 1,
+                                      stochastic_depth.LINSPACE) == [0.0]
   with pytest.raises(ValueError, match="rule"):
     stochastic_depth.block_rates(0.1, 3, "cosine")
   with pytest.raises(ValueError, match=r"\[0, 1\)"):
     stochastic_depth.block_rates(1.0, 3)
 
 
-@pytest.mark.parametrize("cls", [vision_transformers.ViTDropPathBackbone,
-                                 vision_transformers.DeiTDropPathBackbone])
+@pytest.mark.parametrize("cls", [
+    vision_transformers.ViTDropPathBackbone,
+    vision_transformers.DeiTDropPathBackbone
+])
 def test_backbone_rates_rise_linearly_from_zero_as_deit(cls):
   backbone = cls(**dict(SIZES, num_layers=12), stochastic_depth_rate=0.1,
                  seed=5)
@@ -161,8 +163,7 @@ def test_bad_backbone_arguments_are_value_errors():
   with pytest.raises(ValueError, match="multiple of the patch size"):
     vision_transformers.DeiTDropPathBackbone(**dict(SIZES, image_size=30))
   with pytest.raises(ValueError, match=r"\[0, 1\)"):
-    vision_transformers.DeiTDropPathBackbone(stochastic_depth_rate=1.0,
-                                             **SIZES)
+    vision_transformers.DeiTDropPathBackbone(stochastic_depth_rate=1.0, **SIZES)
   with pytest.raises(ValueError, match="num_heads"):
     vision_transformers.ViTDropPathBackbone(**dict(SIZES, num_heads=3))
   backbone = vision_transformers.ViTDropPathBackbone(**SIZES)

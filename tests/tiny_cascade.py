@@ -14,14 +14,13 @@ NUM_CLASSES = 10  # as the embedded Fashion-MNIST data
 
 def _unet(resolution, low_res_resolution=None, aug_level_conditioning=False,
           learn_sigma=False):
-  return unet_lib.UNet(
-      resolution=resolution, base_channels=16, channel_mult=(1, 2),
-      num_res_blocks=1, attention_resolutions=(resolution // 2,),
-      num_heads=1,
-      group_norm_groups=8,
-      num_classes=NUM_CLASSES, learn_sigma=learn_sigma,
-      low_res_resolution=low_res_resolution,
-      aug_level_conditioning=aug_level_conditioning)
+  return unet_lib.UNet(resolution=resolution, base_channels=16,
+                       channel_mult=(1, 2), num_res_blocks=1,
+                       attention_resolutions=(resolution // 2,), num_heads=1,
+                       group_norm_groups=8, num_classes=NUM_CLASSES,
+                       learn_sigma=learn_sigma,
+                       low_res_resolution=low_res_resolution,
+                       aug_level_conditioning=aug_level_conditioning)
 
 
 def export_tiny_cascade(directory, seed=0):
@@ -32,12 +31,13 @@ def export_tiny_cascade(directory, seed=0):
   """
   import keras  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(seed)
-  base = diffusion_model.DiffusionModel(
-      _unet(8, learn_sigma=True), schedule="cosine", num_timesteps=1000,
-      model_var_type="learned_range", loss_type="hybrid")
+  base = diffusion_model.DiffusionModel(_unet(8, learn_sigma=True),
+                                        schedule="cosine", num_timesteps=1000,
+                                        model_var_type="learned_range",
+                                        loss_type="hybrid")
   sr = diffusion_model.DiffusionModel(
-      _unet(16, low_res_resolution=8, aug_level_conditioning=True),
-      schedule="cosine", num_timesteps=1000,
+      _unet(16, low_res_resolution=8,
+            aug_level_conditioning=True), schedule="cosine", num_timesteps=1000,
       conditioning_augmentation="gaussian", aug_training_range=(0.0, 0.5))
   rng = np.random.default_rng(seed)
   paths = []

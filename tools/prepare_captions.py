@@ -16,9 +16,9 @@ from absl import logging
 from cdm_tf.data_preparation import captions
 from cdm_tf.text import class_prompts
 
-flags.DEFINE_string("data_dir", None, "A converted data set (shards, "
-                    "manifests, classes.json), e.g. from prepare_data.py.",
-                    required=True)
+flags.DEFINE_string(
+    "data_dir", None, "A converted data set (shards, "
+    "manifests, classes.json), e.g. from prepare_data.py.", required=True)
 flags.DEFINE_string("output_dir", None, "Where the captioned copy goes.",
                     required=True)
 FLAGS = flags.FLAGS

@@ -28,9 +28,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  manifests = fashion_mnist.convert(
-      FLAGS.output_dir, source_dir=FLAGS.source_dir, pad_to=FLAGS.pad_to,
-      image_format=FLAGS.image_format, seed=FLAGS.seed)
+  manifests = fashion_mnist.convert(FLAGS.output_dir,
+                                    source_dir=FLAGS.source_dir,
+                                    pad_to=FLAGS.pad_to,
+                                    image_format=FLAGS.image_format,
+                                    seed=FLAGS.seed)
   for split, manifest in manifests.items():
     print(f"{split}: {manifest.num_examples} images in {manifest.num_shards} "
           f"shards; per class {list(manifest.class_counts)}")

@@ -29,9 +29,9 @@ def main(argv):
   del argv
   if not FLAGS.source_dir or not FLAGS.output_dir:
     raise configuration.ConfigError("--source_dir and --output_dir are needed")
-  manifest = real_subset.write_subset(
-      FLAGS.source_dir, FLAGS.output_dir, fraction=FLAGS.fraction,
-      per_class=FLAGS.per_class)
+  manifest = real_subset.write_subset(FLAGS.source_dir, FLAGS.output_dir,
+                                      fraction=FLAGS.fraction,
+                                      per_class=FLAGS.per_class)
   print(f"train: {manifest.num_examples} records in {manifest.num_shards} "
         f"shards; per class {list(manifest.class_counts)}")
   print(f"wrote {FLAGS.output_dir}")

@@ -30,8 +30,9 @@ from cdm_tf.training import strategies
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
-flags.DEFINE_string("model_dir", None, "Checkpoints, summaries, samples and "
-                    "the export go here.", required=True)
+flags.DEFINE_string(
+    "model_dir", None, "Checkpoints, summaries, samples and "
+    "the export go here.", required=True)
 strategies.define_flags()
 FLAGS = flags.FLAGS
 
@@ -44,8 +45,9 @@ def main(argv):
   configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   strategies.set_mixed_precision(FLAGS.mixed_precision)
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
-  print(f"strategy {type(strategy).__name__} with "
-        f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
+  print(
+      f"strategy {type(strategy).__name__} with "
+      f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
   trainer.train(FLAGS.model_dir, strategy,
                 print_fn=lambda line: print(line, flush=True))
 

@@ -52,34 +52,41 @@ from cdm_tf.training import strategies
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAS_GIN_FILE = os.path.join(ROOT, "gin", "classifiers", "resnet50_cas.gin")
 
-flags.DEFINE_multi_string("gin_file", [], "Gin config files (a "
-                          "gin/classifiers config; with --cas the default is "
-                          "resnet50_cas.gin).")
+flags.DEFINE_multi_string(
+    "gin_file", [], "Gin config files (a "
+    "gin/classifiers config; with --cas the default is "
+    "resnet50_cas.gin).")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings (override files).")
 flags.DEFINE_string("model_dir", None, "Checkpoints, summaries and "
                     "evaluation results go here.")
-flags.DEFINE_string("real_data_dir", None, "Real TFRecords (TPU or TFDS "
-                    "format) with train and validation splits; evaluation is "
-                    "always on its validation split.")
-flags.DEFINE_string("synthetic_dir", None, "A generated set (shards and "
-                    "manifest), e.g. written by tools/generate.py.")
+flags.DEFINE_string(
+    "real_data_dir", None, "Real TFRecords (TPU or TFDS "
+    "format) with train and validation splits; evaluation is "
+    "always on its validation split.")
+flags.DEFINE_string(
+    "synthetic_dir", None, "A generated set (shards and "
+    "manifest), e.g. written by tools/generate.py.")
 flags.DEFINE_string("synthetic_split", input_pipeline.TRAIN_SPLIT,
                     "Split name of the synthetic shards.")
-flags.DEFINE_float("synthetic_multiplier", None, "Take K x the real count of "
-                   "every class from the synthetic set (class-balanced); "
-                   "unset: the whole synthetic set.")
+flags.DEFINE_float(
+    "synthetic_multiplier", None, "Take K x the real count of "
+    "every class from the synthetic set (class-balanced); "
+    "unset: the whole synthetic set.")
 flags.DEFINE_enum("data", None, list(input_pipeline.DATA_CHOICES),
                   "Training data; default real, or synthetic with --cas.")
-flags.DEFINE_integer("global_batch_size", None, "Global batch; default the "
-                     "recipe's. The learning rate scales linearly with it.")
-flags.DEFINE_bool("cas", False, "Classification Accuracy Score: train the "
-                  "CAS recipe on synthetic data only, one crop per image, "
-                  "and report top-1/top-5 on the real validation split; "
-                  "with --data=real, the same protocol on real images (the "
-                  "CAS's reference).")
-flags.DEFINE_string("compare_with", None, "Per-class accuracy CSV of a "
-                    "real-data model (its eval/per_class_accuracy.csv) to "
-                    "plot this model against.")
+flags.DEFINE_integer(
+    "global_batch_size", None, "Global batch; default the "
+    "recipe's. The learning rate scales linearly with it.")
+flags.DEFINE_bool(
+    "cas", False, "Classification Accuracy Score: train the "
+    "CAS recipe on synthetic data only, one crop per image, "
+    "and report top-1/top-5 on the real validation split; "
+    "with --data=real, the same protocol on real images (the "
+    "CAS's reference).")
+flags.DEFINE_string(
+    "compare_with", None, "Per-class accuracy CSV of a "
+    "real-data model (its eval/per_class_accuracy.csv) to "
+    "plot this model against.")
 strategies.define_flags()
 flags.mark_flag_as_required("model_dir")
 flags.register_validator("synthetic_multiplier",
@@ -105,9 +112,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   # Cross-flag checks, before TensorFlow does any work.
-  training_data = trainer.choose_training_data(
-      FLAGS.data, FLAGS.cas, FLAGS.real_data_dir, FLAGS.synthetic_dir,
-      FLAGS.synthetic_multiplier, FLAGS.synthetic_split)
+  training_data = trainer.choose_training_data(FLAGS.data, FLAGS.cas,
+                                               FLAGS.real_data_dir,
+                                               FLAGS.synthetic_dir,
+                                               FLAGS.synthetic_multiplier,
+                                               FLAGS.synthetic_split)
   if FLAGS.compare_with:
     trainer.check_compare_with(FLAGS.compare_with)
   gin_files = FLAGS.gin_file or ([CAS_GIN_FILE] if FLAGS.cas else [])
@@ -120,8 +129,9 @@ def main(argv):
   recipe, model_factory, optimizer_factory = _configured()
   strategies.set_mixed_precision(FLAGS.mixed_precision)
   strategy = strategies.create_strategy(FLAGS.strategy, FLAGS.tpu)
-  print(f"strategy {type(strategy).__name__} with "
-        f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
+  print(
+      f"strategy {type(strategy).__name__} with "
+      f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
   print_fn = functools.partial(print, flush=True)
   if FLAGS.cas:
     cas.classification_accuracy_score(
@@ -130,17 +140,14 @@ def main(argv):
         synthetic_multiplier=training_data.synthetic_multiplier,
         synthetic_split=training_data.synthetic_split,
         global_batch_size=FLAGS.global_batch_size,
-        compare_with=FLAGS.compare_with,
-        optimizer_factory=optimizer_factory, print_fn=print_fn,
-        data=training_data.data)
+        compare_with=FLAGS.compare_with, optimizer_factory=optimizer_factory,
+        print_fn=print_fn, data=training_data.data)
   else:
     training_set = input_pipeline.resolve_training_set(training_data)
     trainer.train_classifier(FLAGS.model_dir, strategy, training_set, recipe,
-                             model_factory,
-                             optimizer_factory=optimizer_factory,
+                             model_factory, optimizer_factory=optimizer_factory,
                              global_batch_size=FLAGS.global_batch_size,
-                             compare_with=FLAGS.compare_with,
-                             print_fn=print_fn)
+                             compare_with=FLAGS.compare_with, print_fn=print_fn)
 
 
 if __name__ == "__main__":

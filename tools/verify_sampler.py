@@ -32,14 +32,16 @@ FLAGS = flags.FLAGS
 
 
 def _print_row(row):
-  setting = ", ".join(f"{k}={row[k]}" for k in (
-      "schedule", "num_timesteps", "timestep_respacing", "sampler",
-      "logvar_coeff", "eta", "model_var_type", "noise_conditioning")
-                      if k in row)
-  print(f"{'ok  ' if row['ok'] else 'FAIL'} steps={row['steps']:5d} "
-        f"mean={row['mean']:+.4f} ({row['mean_error']:+.4f}) "
-        f"std={row['std']:.4f} ({row['std_error']:+.4f})  [{setting}]",
-        flush=True)
+  setting = ", ".join(
+      f"{k}={row[k]}" for k in ("schedule", "num_timesteps",
+                                "timestep_respacing", "sampler", "logvar_coeff",
+                                "eta", "model_var_type", "noise_conditioning")
+      if k in row)
+  print(
+      f"{'ok  ' if row['ok'] else 'FAIL'} steps={row['steps']:5d} "
+      f"mean={row['mean']:+.4f} ({row['mean_error']:+.4f}) "
+      f"std={row['std']:.4f} ({row['std_error']:+.4f})  [{setting}]",
+      flush=True)
 
 
 def _print_convergence(row):
@@ -47,21 +49,21 @@ def _print_convergence(row):
   orders = " ".join(f"{p:.2f}" for p in row["orders"])
   name = row["sampler"] + (f" (order {row['solver_order']})"
                            if "solver_order" in row else "")
-  print(f"{'ok  ' if row['ok'] else 'FAIL'} {name}: steps "
-        f"{','.join(map(str, row['steps']))} max error {errors}; observed "
-        f"order {orders} (needs {row['order']})", flush=True)
+  print(
+      f"{'ok  ' if row['ok'] else 'FAIL'} {name}: steps "
+      f"{','.join(map(str, row['steps']))} max error {errors}; observed "
+      f"order {orders} (needs {row['order']})", flush=True)
 
 
 def main(argv):
   del argv
   configuration.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   rows = gin.get_configurable(analytic.moment_report)(progress=_print_row)
-  convergence = gin.get_configurable(analytic.convergence_report)(
-      progress=_print_convergence)
+  convergence = gin.get_configurable(
+      analytic.convergence_report)(progress=_print_convergence)
   if FLAGS.output_dir:
     path = os.path.join(FLAGS.output_dir, REPORT_FILE)
-    files.atomic_write_json(path, {"moments": rows,
-                                   "convergence": convergence})
+    files.atomic_write_json(path, {"moments": rows, "convergence": convergence})
     print(f"wrote {path}")
   failed = [r for r in rows if not r["ok"]]
   print(f"{len(rows) - len(failed)} of {len(rows)} sampler settings reproduce "

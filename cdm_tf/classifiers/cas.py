@@ -45,14 +45,12 @@ STOPPED_MESSAGE = "stopped during CAS training; run again to resume"
 CAS_DECAY = "stepwise"
 
 
-def classification_accuracy_score(model_dir, strategy, real_data_dir,
-                                  synthetic_dir, recipe, model_factory,
-                                  synthetic_multiplier=None,
-                                  synthetic_split=input_pipeline.TRAIN_SPLIT,
-                                  global_batch_size=None, compare_with=None,
-                                  optimizer_factory=recipes.create_optimizer,
-                                  print_fn=print,
-                                  data=input_pipeline.DATA_SYNTHETIC):
+def classification_accuracy_score(
+    model_dir, strategy, real_data_dir, synthetic_dir, recipe, model_factory,
+    synthetic_multiplier=None, synthetic_split=input_pipeline.TRAIN_SPLIT,
+    global_batch_size=None, compare_with=None,
+    optimizer_factory=recipes.create_optimizer, print_fn=print,
+    data=input_pipeline.DATA_SYNTHETIC):
   """Trains the CAS classifier on a synthetic set and reports its accuracy.
 
   Args:
@@ -85,20 +83,19 @@ def classification_accuracy_score(model_dir, strategy, real_data_dir,
     raise ValueError(f"the CAS protocol trains on synthetic or real data "
                      f"only, not {data!r}")
   if recipe.decay != CAS_DECAY:
-    logging.warning("the CAS protocol uses the step-wise recipe of "
-                    "gin/classifiers/resnet50_cas.gin; this recipe decays "
-                    "%r", recipe.decay)
+    logging.warning(
+        "the CAS protocol uses the step-wise recipe of "
+        "gin/classifiers/resnet50_cas.gin; this recipe decays "
+        "%r", recipe.decay)
   training_set = input_pipeline.resolve_training_set(
-      input_pipeline.TrainingData(
-          data=data, real_data_dir=real_data_dir,
-          synthetic_dir=synthetic_dir,
-          synthetic_multiplier=synthetic_multiplier,
-          synthetic_split=synthetic_split))
+      input_pipeline.TrainingData(data=data, real_data_dir=real_data_dir,
+                                  synthetic_dir=synthetic_dir,
+                                  synthetic_multiplier=synthetic_multiplier,
+                                  synthetic_split=synthetic_split))
   outcome = trainer.train_classifier(
       model_dir, strategy, training_set, recipe, model_factory,
-      optimizer_factory=optimizer_factory,
-      global_batch_size=global_batch_size, single_crop=True,
-      compare_with=compare_with, print_fn=print_fn)
+      optimizer_factory=optimizer_factory, global_batch_size=global_batch_size,
+      single_crop=True, compare_with=compare_with, print_fn=print_fn)
   if outcome["stopped"]:
     return None
   result = outcome["eval"]
@@ -108,8 +105,8 @@ def classification_accuracy_score(model_dir, strategy, real_data_dir,
   path = os.path.join(model_dir, REPORT_FILE)
   if strategies.is_chief(strategy):
     files.atomic_write_json(path, report)
-  name = ("CAS" if data == input_pipeline.DATA_SYNTHETIC
-          else "CAS protocol on real images:")
+  name = ("CAS" if data == input_pipeline.DATA_SYNTHETIC else
+          "CAS protocol on real images:")
   print_fn(f"{name} top-1 {100 * result.top1:.2f}% top-5 "
            f"{100 * result.top5:.2f}% on {result.num_examples} real "
            f"validation images; wrote {path}")
@@ -192,11 +189,13 @@ def configured_cas_scorer(strategy, real_data_dir, print_fn=print,
                      f"{e}") from e
 
   def score(synthetic_dir, model_dir):
-    result = classification_accuracy_score(
-        model_dir, strategy, real_data_dir, synthetic_dir, recipe,
-        model_factory, synthetic_split=synthetic_split,
-        optimizer_factory=optimizer_factory, print_fn=print_fn)
+    result = classification_accuracy_score(model_dir, strategy, real_data_dir,
+                                           synthetic_dir, recipe, model_factory,
+                                           synthetic_split=synthetic_split,
+                                           optimizer_factory=optimizer_factory,
+                                           print_fn=print_fn)
     if result is None:
       return None
     return {"top1": result["cas_top1"], "top5": result["cas_top5"]}
+
   return score, f"{network} trained on {trained_on}, epochs={recipe.epochs:g}"

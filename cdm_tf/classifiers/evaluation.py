@@ -56,16 +56,20 @@ def accuracy_counts(logits, labels, num_classes, weights=None, k=TOP_K):
   if weights is None:
     weights = tf.ones_like(labels, tf.float32)
   weights = tf.cast(weights, tf.float32)
-  top1 = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32),
-                          labels), tf.float32)
+  top1 = tf.cast(
+      tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
+      tf.float32)
   _, top_indices = tf.math.top_k(logits, k=min(k, num_classes))
-  topk = tf.cast(tf.reduce_any(tf.equal(top_indices, labels[:, None]),
-                               axis=-1), tf.float32)
+  topk = tf.cast(tf.reduce_any(tf.equal(top_indices, labels[:, None]), axis=-1),
+                 tf.float32)
 
   def per_class(values):
     return tf.math.unsorted_segment_sum(values * weights, labels, num_classes)
-  return {"examples": per_class(tf.ones_like(weights)),
-          "top1": per_class(top1), "top5": per_class(topk)}
+
+  return {
+      "examples": per_class(tf.ones_like(weights)), "top1": per_class(top1),
+      "top5": per_class(topk)
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +113,20 @@ class EvalResult:
     return self._per_class(self.top5_correct)
 
   def as_dict(self):
-    return {"step": int(self.step), "examples": self.num_examples,
-            "top1": self.top1, "top5": self.top5,
-            "classes": int(len(self.examples)),
-            "mean_per_class_top1": float(np.nanmean(self.per_class_top1))}
+    return {
+        "step": int(self.step), "examples": self.num_examples,
+        "top1": self.top1, "top5": self.top5,
+        "classes": int(len(self.examples)),
+        "mean_per_class_top1": float(np.nanmean(self.per_class_top1))
+    }
 
 
 def result_from_counts(counts, step=0):
   """An ``EvalResult`` from summed ``accuracy_counts`` (numpy or tensors)."""
   return EvalResult(examples=np.asarray(counts["examples"], np.float64),
                     top1_correct=np.asarray(counts["top1"], np.float64),
-                    top5_correct=np.asarray(counts["top5"], np.float64),
-                    step=int(step))
+                    top5_correct=np.asarray(counts["top5"],
+                                            np.float64), step=int(step))
 
 
 class Evaluator:
@@ -148,8 +154,8 @@ class Evaluator:
 
     def replica_step(images, labels, weights):
       missing = batch_size - tf.shape(labels)[0]
-      images = tf.pad(images, [[0, missing]] + [[0, 0]] * (
-          len(images.shape) - 1))
+      images = tf.pad(images,
+                      [[0, missing]] + [[0, 0]] * (len(images.shape) - 1))
       images.set_shape([batch_size] + list(images.shape[1:]))
       labels = tf.pad(labels, [[0, missing]])
       weights = tf.pad(tf.cast(weights, tf.float32), [[0, missing]])
@@ -159,15 +165,19 @@ class Evaluator:
     @tf.function
     def step(batch):
       per_replica = strategy.run(replica_step, args=batch)
-      return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value,
-                                    axis=None)
-              for name, value in per_replica.items()}
+      return {
+          name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+          for name, value in per_replica.items()
+      }
+
     self._step = step
 
   def evaluate(self, step=0):
     """Returns the ``EvalResult`` of one pass over the dataset."""
-    totals = {name: np.zeros(self._num_classes, np.float64)
-              for name in ("examples", "top1", "top5")}
+    totals = {
+        name: np.zeros(self._num_classes, np.float64)
+        for name in ("examples", "top1", "top5")
+    }
     for batch in self._dataset:
       for name, value in self._step(batch).items():
         totals[name] += value.numpy()
@@ -222,8 +232,10 @@ def read_per_class_csv(path, num_classes=None):
                      "class_id and top1_accuracy)")
   try:
     ids = [int(r["class_id"]) for r in rows]
-    values = [float(r["top1_accuracy"]) if r["top1_accuracy"] else np.nan
-              for r in rows]
+    values = [
+        float(r["top1_accuracy"]) if r["top1_accuracy"] else np.nan
+        for r in rows
+    ]
   except ValueError as e:
     raise ValueError(f"{path}: malformed row ({e})") from e
   if sorted(ids) != list(range(len(ids))):
@@ -241,8 +253,7 @@ MAX_NAMED_CLASSES = 30
 
 
 def plot_per_class(path, accuracy, reference=None, label="this model",
-                   reference_label="reference", title=None,
-                   class_labels=None):
+                   reference_label="reference", title=None, class_labels=None):
   """Writes a Figure-5-style PNG of per-class top-1 accuracy.
 
   Classes are sorted by the reference's accuracy (by this model's when there
@@ -275,8 +286,7 @@ def plot_per_class(path, accuracy, reference=None, label="this model",
                  label=reference_label)
   axes.scatter(ranks, accuracy[order], s=marker, c="tab:red", label=label)
   axes.set_xlabel("class, sorted by " + (
-      f"{reference_label} accuracy" if reference is not None
-      else "accuracy"))
+      f"{reference_label} accuracy" if reference is not None else "accuracy"))
   axes.set_ylabel("top-1 accuracy")
   if class_labels is not None and len(order) <= MAX_NAMED_CLASSES:
     axes.set_xticks(ranks)

@@ -206,12 +206,11 @@ def resolve_training_set(data):
   num_classes = len(classes)
   _list_split(data.real_data_dir, VALIDATION_SPLIT, "real")
   fields = {}
-  needs_real_counts = data.uses_real() or (
-      data.synthetic_multiplier is not None)
+  needs_real_counts = data.uses_real() or (data.synthetic_multiplier
+                                           is not None)
   if needs_real_counts:
     real_files = _list_split(data.real_data_dir, data.train_split, "real")
-    counts = class_counts.count_per_class(real_files,
-                                          num_classes=num_classes)
+    counts = class_counts.count_per_class(real_files, num_classes=num_classes)
     fields["real_class_counts"] = tuple(int(c) for c in counts)
     if data.uses_real():
       fields["real_files"] = tuple(real_files)
@@ -228,8 +227,8 @@ def resolve_training_set(data):
     if data.synthetic_multiplier is not None:
       try:
         _, size = mixing.class_balanced_subset(
-            reader.read(paths, decode=False),
-            fields["real_class_counts"], data.synthetic_multiplier,
+            reader.read(paths, decode=False), fields["real_class_counts"],
+            data.synthetic_multiplier,
             synthetic_class_counts=manifest.class_counts)
       except ValueError as e:
         raise configuration.ConfigError(
@@ -278,14 +277,16 @@ def check_data_resolution(training_set, data_resolution):
   except ValueError as e:
     raise configuration.ConfigError(f"data_resolution: {e}") from e
   data = training_set.data
-  real_splits = [(VALIDATION_SPLIT, _list_split(
-      data.real_data_dir, VALIDATION_SPLIT, "real"))]
+  real_splits = [(VALIDATION_SPLIT,
+                  _list_split(data.real_data_dir, VALIDATION_SPLIT, "real"))]
   if training_set.real_files:
     real_splits.append((data.train_split, list(training_set.real_files)))
   for split, paths in real_splits:
     what = f"the real {split!r} split of {data.real_data_dir}"
-    height, width = _first_image_size(imagenet_reader.read_dataset(
-        paths, num_classes=training_set.num_classes, shuffle=False), what)
+    height, width = _first_image_size(
+        imagenet_reader.read_dataset(paths,
+                                     num_classes=training_set.num_classes,
+                                     shuffle=False), what)
     if min(height, width) < resolution:
       raise configuration.ConfigError(
           f"data_resolution {resolution} is larger than the stored real "
@@ -308,9 +309,11 @@ def real_at_resolution(example, data_resolution):
   when ``data_resolution`` is None."""
   if data_resolution is None:
     return example
-  return dict(example, **{schema.IMAGE: (
-      classifier_preprocessing.as_generator_data(example[schema.IMAGE],
-                                                 data_resolution))})
+  return dict(
+      example, **{
+          schema.IMAGE: (classifier_preprocessing.as_generator_data(
+              example[schema.IMAGE], data_resolution))
+      })
 
 
 def _synthetic_examples(training_set, input_context, seed, shuffle_buffer):
@@ -320,8 +323,9 @@ def _synthetic_examples(training_set, input_context, seed, shuffle_buffer):
   records = reader.read_interleaved(paths, seed, SYNTHETIC_CYCLE_LENGTH)
   multiplier = training_set.data.synthetic_multiplier
   if multiplier is not None:
-    records, _ = mixing.class_balanced_subset(
-        records, training_set.real_class_counts, multiplier)
+    records, _ = mixing.class_balanced_subset(records,
+                                              training_set.real_class_counts,
+                                              multiplier)
   if shuffle_buffer > 1:
     # Shuffled while encoded: decoded images would take far more memory.
     records = records.shuffle(shuffle_buffer,
@@ -444,8 +448,7 @@ def training_examples(training_set, input_context=None, seed=0,
   if training_set.synthetic_size:
     synthetic = _synthetic_examples(
         training_set, input_context,
-        None if pipeline_seed is None else pipeline_seed + 10,
-        shuffle_buffer)
+        None if pipeline_seed is None else pipeline_seed + 10, shuffle_buffer)
   # Both inputs are shuffled by their readers; the stream only repeats and
   # interleaves them.
   return mixing.training_stream(
@@ -454,18 +457,17 @@ def training_examples(training_set, input_context=None, seed=0,
       seed=None if pipeline_seed is None else pipeline_seed + 20)
 
 
-@gin.configurable(denylist=["training_set", "image_size", "augmentation",
-                            "global_batch_size", "input_context", "seed",
-                            "single_crop", "data_resolution",
-                            "repeated_augmentations"])
-def training_dataset(training_set, image_size, augmentation,
-                     global_batch_size, input_context=None, seed=0,
-                     single_crop=False, data_resolution=None,
-                     crop_area_range=classifier_preprocessing.AREA_RANGE,
-                     random_flip=True, max_shift=None,
-                     shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
-                     sampling=mixing.SAMPLING_RANDOM,
-                     repeated_augmentations=None):
+@gin.configurable(denylist=[
+    "training_set", "image_size", "augmentation", "global_batch_size",
+    "input_context", "seed", "single_crop", "data_resolution",
+    "repeated_augmentations"
+])
+def training_dataset(
+    training_set, image_size, augmentation, global_batch_size,
+    input_context=None, seed=0, single_crop=False, data_resolution=None,
+    crop_area_range=classifier_preprocessing.AREA_RANGE, random_flip=True,
+    max_shift=None, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+    sampling=mixing.SAMPLING_RANDOM, repeated_augmentations=None):
   """One input pipeline's infinite stream of per-replica training batches.
 
   Args:
@@ -497,28 +499,26 @@ def training_dataset(training_set, image_size, augmentation,
   pipeline_id = input_sharding.pipeline_id(input_context)
   batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
                 if input_context else global_batch_size)
-  stream = training_examples(training_set, input_context, seed,
-                             shuffle_buffer, sampling, data_resolution)
+  stream = training_examples(training_set, input_context, seed, shuffle_buffer,
+                             sampling, data_resolution)
 
   def prepare(index, example):
-    image = train_image(example[schema.IMAGE],
-                        input_sharding.folded_example_seed(
-                            seed or 0, pipeline_id, index),
-                        image_size, single_crop=single_crop,
-                        crop_area_range=crop_area_range,
-                        random_flip=random_flip, max_shift=max_shift)
+    image = train_image(
+        example[schema.IMAGE],
+        input_sharding.folded_example_seed(seed or 0, pipeline_id, index),
+        image_size, single_crop=single_crop, crop_area_range=crop_area_range,
+        random_flip=random_flip, max_shift=max_shift)
     image.set_shape([image_size, image_size, 3])
     return image, tf.cast(example[schema.LABEL], tf.int32)
 
   examples = stream.dataset
   if repeated_augmentations:
-    pipeline_examples = (
-        global_batch_size // input_context.num_input_pipelines
-        if input_context else global_batch_size)
+    pipeline_examples = (global_batch_size // input_context.num_input_pipelines
+                         if input_context else global_batch_size)
     examples = repeat_examples(examples, repeated_augmentations,
                                pipeline_examples)
-  examples = examples.enumerate().map(
-      prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  examples = examples.enumerate().map(prepare,
+                                      num_parallel_calls=tf.data.AUTOTUNE)
   batches = augmentation.apply(examples, batch_size, drop_remainder=True,
                                pipeline_id=pipeline_id)
   return batches.prefetch(tf.data.AUTOTUNE)
@@ -549,9 +549,10 @@ def validation_dataset(data_dir, image_size, num_classes, global_batch_size,
   """
   batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
                 if input_context else global_batch_size)
-  examples = imagenet_reader.read_dataset(
-      data_dir, split=split, num_classes=num_classes, shuffle=False,
-      input_context=input_context)
+  examples = imagenet_reader.read_dataset(data_dir, split=split,
+                                          num_classes=num_classes,
+                                          shuffle=False,
+                                          input_context=input_context)
 
   def prepare(example):
     image, label = classifier_preprocessing.eval_example(
@@ -561,8 +562,9 @@ def validation_dataset(data_dir, image_size, num_classes, global_batch_size,
     image = tf.ensure_shape(image, [image_size, image_size, 3])
     return image, label, tf.constant(1.0)
 
-  return (examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+  return (examples.map(
+      prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(
+          tf.data.AUTOTUNE))
 
 
 def steps_per_epoch(training_set, global_batch_size):
@@ -572,5 +574,6 @@ def steps_per_epoch(training_set, global_batch_size):
 
 def total_steps(training_set, global_batch_size, epochs):
   """Steps of ``epochs`` epochs, rounded up."""
-  return int(math.ceil(epochs * steps_per_epoch(training_set,
-                                                global_batch_size) - 1e-9))
+  return int(
+      math.ceil(epochs * steps_per_epoch(training_set, global_batch_size) -
+                1e-9))

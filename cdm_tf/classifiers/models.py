@@ -58,8 +58,7 @@ RESNET_BLOCKS = {
     "resnet101": (3, 4, 23, 3),
     "resnet152": (3, 8, 36, 3),
 }
-RESNET_RS_DEPTHS = {"resnet_rs50": 50, "resnet_rs101": 101,
-                    "resnet_rs152": 152}
+RESNET_RS_DEPTHS = {"resnet_rs50": 50, "resnet_rs101": 101, "resnet_rs152": 152}
 # (hidden width, depth, heads, MLP width); patch 16 throughout.
 TRANSFORMER_SIZES = {
     "vit_s16": (384, 12, 6, 1536),
@@ -68,8 +67,8 @@ TRANSFORMER_SIZES = {
     "deit_l": (1024, 24, 16, 4096),
 }
 PATCH_SIZE = 16
-CLASSIFIER_NAMES = (tuple(RESNET_BLOCKS) + tuple(RESNET_RS_DEPTHS)
-                    + tuple(TRANSFORMER_SIZES))
+CLASSIFIER_NAMES = (tuple(RESNET_BLOCKS) + tuple(RESNET_RS_DEPTHS) +
+                    tuple(TRANSFORMER_SIZES))
 
 # Tiny versions for tests: same code paths, minimal widths and depths
 # (keras-hub requires 64 filters in the first ResNet stage).
@@ -107,10 +106,9 @@ class ImageClassifier(keras.Model):
   built for, which the input pipeline crops to.
   """
 
-  def __init__(self, backbone, num_classes, pooling="average",
-               dropout_rate=0.0, input_mean=IMAGENET_MEAN,
-               input_std=IMAGENET_STD, head_initializer="glorot_uniform",
-               **kwargs):
+  def __init__(self, backbone, num_classes, pooling="average", dropout_rate=0.0,
+               input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD,
+               head_initializer="glorot_uniform", **kwargs):
     super().__init__(**kwargs)
     if pooling not in ("average", "first_token"):
       raise ValueError(f"unknown pooling {pooling!r}")
@@ -125,9 +123,9 @@ class ImageClassifier(keras.Model):
                                         dtype=self.dtype_policy,
                                         name="head_dropout")
     # A float32 head keeps logits (and the softmax) out of bfloat16.
-    self.head = keras.layers.Dense(
-        self.num_classes, kernel_initializer=self.head_initializer,
-        dtype="float32", name="head")
+    self.head = keras.layers.Dense(self.num_classes,
+                                   kernel_initializer=self.head_initializer,
+                                   dtype="float32", name="head")
     self.input_image_shape = None
 
   def build(self, input_shape):
@@ -146,8 +144,9 @@ class ImageClassifier(keras.Model):
     if self.pooling == "first_token":
       pooled = features[:, 0]
     else:
-      pooled = keras.ops.mean(
-          features, axis=tuple(range(1, len(features.shape) - 1)))
+      pooled = keras.ops.mean(features,
+                              axis=tuple(range(1,
+                                               len(features.shape) - 1)))
     pooled = self.dropout(pooled, training=training)
     return self.head(pooled)
 
@@ -164,8 +163,7 @@ class ImageClassifier(keras.Model):
         "dropout_rate": self.dropout_rate,
         "input_mean": list(self.input_mean),
         "input_std": list(self.input_std),
-        "head_initializer": keras.initializers.serialize(
-            self.head_initializer),
+        "head_initializer": keras.initializers.serialize(self.head_initializer),
     })
     return config
 
@@ -191,8 +189,7 @@ def _resnet_backbone(name, image_size, tiny, resnet_sizes=None):
   if unknown:
     raise ValueError(f"resnet_sizes: unknown keys {sorted(unknown)}; "
                      f"expected some of {RESNET_SIZE_KEYS}")
-  sizes.update({key: list(value)
-                for key, value in (resnet_sizes or {}).items()})
+  sizes.update({k: list(v) for k, v in (resnet_sizes or {}).items()})
   return keras_hub.models.ResNetBackbone(
       input_conv_kernel_sizes=[7] * len(sizes["input_conv_filters"]),
       # "bottleneck_block" puts the stride on the 3x3 convolution: v1.5.
@@ -203,8 +200,7 @@ def _resnet_backbone(name, image_size, tiny, resnet_sizes=None):
       **sizes)
 
 
-def _transformer_backbone(name, image_size, tiny, stochastic_depth_rate,
-                          seed):
+def _transformer_backbone(name, image_size, tiny, stochastic_depth_rate, seed):
   width, depth, heads, mlp = TINY_TRANSFORMER if tiny else (
       TRANSFORMER_SIZES[name])
   patch = TINY_PATCH_SIZE if tiny else PATCH_SIZE
@@ -226,13 +222,12 @@ def model_name(name, tiny=False, resnet_sizes=None):
   ``name``, with "_tiny" for the tiny version and "_resized" when
   ``resnet_sizes`` changed the architecture, so that no table calls a
   100K-parameter network "resnet50"."""
-  return name + ("_tiny" if tiny else "") + ("_resized" if resnet_sizes
-                                              else "")
+  return name + ("_tiny" if tiny else "") + ("_resized" if resnet_sizes else "")
 
 
-def create_classifier(name, num_classes=1000, image_size=224,
-                      dropout_rate=0.0, stochastic_depth_rate=0.0,
-                      tiny=False, seed=None, resnet_sizes=None):
+def create_classifier(name, num_classes=1000, image_size=224, dropout_rate=0.0,
+                      stochastic_depth_rate=0.0, tiny=False, seed=None,
+                      resnet_sizes=None):
   """Builds one of ``CLASSIFIER_NAMES``, randomly initialised.
 
   Args:
@@ -277,10 +272,9 @@ def create_classifier(name, num_classes=1000, image_size=224,
     backbone = _resnet_backbone(name, image_size, tiny, resnet_sizes)
   elif name in RESNET_RS_DEPTHS:
     sizes = TINY_RESNET_RS if tiny else {}
-    backbone = resnet_rs.ResNetRS(
-        depth=RESNET_RS_DEPTHS[name],
-        stochastic_depth_rate=stochastic_depth_rate, seed=seed,
-        name=f"{name}_backbone", **sizes)
+    backbone = resnet_rs.ResNetRS(depth=RESNET_RS_DEPTHS[name],
+                                  stochastic_depth_rate=stochastic_depth_rate,
+                                  seed=seed, name=f"{name}_backbone", **sizes)
   else:
     backbone = _transformer_backbone(name, image_size, tiny,
                                      stochastic_depth_rate, seed)
@@ -290,10 +284,10 @@ def create_classifier(name, num_classes=1000, image_size=224,
     else:
       head_initializer = keras.initializers.TruncatedNormal(stddev=0.02)
       pooling = "first_token"
-  model = ImageClassifier(
-      backbone, num_classes, pooling=pooling, dropout_rate=dropout_rate,
-      input_mean=input_mean, input_std=input_std,
-      head_initializer=head_initializer, name=model_name(name, tiny,
-                                                         resnet_sizes))
+  model = ImageClassifier(backbone, num_classes, pooling=pooling,
+                          dropout_rate=dropout_rate, input_mean=input_mean,
+                          input_std=input_std,
+                          head_initializer=head_initializer,
+                          name=model_name(name, tiny, resnet_sizes))
   model.build((None, image_size, image_size, 3))
   return model

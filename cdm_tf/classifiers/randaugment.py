@@ -104,9 +104,8 @@ VARIANTS = {
         ops=("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize",
              "Solarize", "Color", "Contrast", "Brightness", "Sharpness",
              "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout",
-             "SolarizeAdd"),
-        apply_probability=1.0, magnitude_std=0.0, max_level=None,
-        fill=(128, 128, 128), interpolation="NEAREST"),
+             "SolarizeAdd"), apply_probability=1.0, magnitude_std=0.0,
+        max_level=None, fill=(128, 128, 128), interpolation="NEAREST"),
     # timm auto_augment.py: _RAND_INCREASING_TRANSFORMS, AugmentOp's
     # prob=0.5, "mstd0.5", clip to [0, _LEVEL_DENOM]; img_mean of
     # IMAGENET_DEFAULT_MEAN (0.485, 0.456, 0.406) * 255, rounded.
@@ -115,9 +114,8 @@ VARIANTS = {
              "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
              "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
              "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel",
-             "TranslateYRel"),
-        apply_probability=0.5, magnitude_std=0.5, max_level=MAX_LEVEL,
-        fill=(124, 116, 104), interpolation="BILINEAR"),
+             "TranslateYRel"), apply_probability=0.5, magnitude_std=0.5,
+        max_level=MAX_LEVEL, fill=(124, 116, 104), interpolation="BILINEAR"),
 }
 
 # Arguments at level 10 (tensorflow/tpu level_to_arg with RandAugment's
@@ -272,12 +270,12 @@ def _contrast(image, factor, count_mean):
   TPU code's) pixel count / 256."""
   if count_mean:
     shape = tf.shape(image)
-    level = tf.minimum(tf.cast(shape[0] * shape[1], tf.float32) / 256.0,
-                       255.0)
+    level = tf.minimum(tf.cast(shape[0] * shape[1], tf.float32) / 256.0, 255.0)
   else:
     # PIL: int(mean + 0.5).
-    level = tf.floor(tf.reduce_mean(tf.cast(
-        tf.image.rgb_to_grayscale(image), tf.float32)) + 0.5)
+    level = tf.floor(
+        tf.reduce_mean(tf.cast(tf.image.rgb_to_grayscale(image), tf.float32)) +
+        0.5)
   degenerate = tf.cast(tf.fill(tf.shape(image), level), tf.uint8)
   return _blend(degenerate, image, factor)
 
@@ -288,8 +286,8 @@ def _sharpness(image, factor):
   kernel = tf.constant(SMOOTH_KERNEL, tf.float32) / float(
       sum(map(sum, SMOOTH_KERNEL)))
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-  smooth = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[None], kernel,
-                                  [1, 1, 1, 1], "VALID")[0]
+  smooth = tf.nn.depthwise_conv2d(
+      tf.cast(image, tf.float32)[None], kernel, [1, 1, 1, 1], "VALID")[0]
   smooth = tf.cast(tf.clip_by_value(smooth, 0.0, 255.0), tf.uint8)
   padding = [[1, 1], [1, 1], [0, 0]]
   inside = tf.pad(tf.ones_like(smooth, tf.bool), padding)
@@ -315,14 +313,13 @@ def _equalize(image):
   unchanged where the step is 0."""
   # Channel c counts in bins 256 c .. 256 c + 255.
   bins = tf.cast(image, tf.int32) + 256 * tf.range(3)
-  histograms = tf.reshape(
-      tf.math.bincount(bins, minlength=768, maxlength=768), [3, 256])
-  last_used = tf.reduce_max(tf.where(histograms > 0, tf.range(256), 0),
-                            axis=1)
-  step = (tf.reduce_sum(histograms, axis=1)
-          - tf.gather(histograms, last_used, batch_dims=1)) // 255
-  tables = (tf.cumsum(histograms, axis=1, exclusive=True)
-            + step[:, None] // 2) // tf.maximum(step, 1)[:, None]
+  histograms = tf.reshape(tf.math.bincount(bins, minlength=768, maxlength=768),
+                          [3, 256])
+  last_used = tf.reduce_max(tf.where(histograms > 0, tf.range(256), 0), axis=1)
+  step = (tf.reduce_sum(histograms, axis=1) -
+          tf.gather(histograms, last_used, batch_dims=1)) // 255
+  tables = (tf.cumsum(histograms, axis=1, exclusive=True) +
+            step[:, None] // 2) // tf.maximum(step, 1)[:, None]
   equalized = tf.gather(tf.reshape(tf.minimum(tables, 255), [-1]), bins)
   return tf.where(step > 0, tf.cast(equalized, tf.uint8), image)
 
@@ -357,8 +354,9 @@ def _transform(image, matrix, settings):
   # inside the image; the rest is fill (exactly the TPU code's wrap /
   # unwrap for nearest-neighbour sampling).
   opaque = tf.concat([pixels, tf.ones_like(pixels[:, :, :1])], axis=-1)
-  transforms = tf.concat([tf.cast(tf.stack(matrix), tf.float32),
-                          tf.zeros([2], tf.float32)], axis=0)
+  transforms = tf.concat(
+      [tf.cast(tf.stack(matrix), tf.float32),
+       tf.zeros([2], tf.float32)], axis=0)
   moved = tf.raw_ops.ImageProjectiveTransformV3(
       images=opaque[None], transforms=transforms[None],
       output_shape=tf.shape(image)[:2], fill_value=0.0,
@@ -378,8 +376,9 @@ def _rotate(image, degrees, settings):
   centre_y = (shape[0] - 1.0) / 2.0
   # input = R (output - centre) + centre, R = [[cos, -sin], [sin, cos]].
   return _transform(image, [
-      cos, -sin, centre_x - cos * centre_x + sin * centre_y,
-      sin, cos, centre_y - sin * centre_x - cos * centre_y], settings)
+      cos, -sin, centre_x - cos * centre_x + sin * centre_y, sin, cos,
+      centre_y - sin * centre_x - cos * centre_y
+  ], settings)
 
 
 def _cutout(image, half_size, settings, seed):
@@ -401,8 +400,8 @@ def _cutout(image, half_size, settings, seed):
     index = tf.range(size)
     return (index >= centre - half_size) & (index < centre + half_size)
 
-  inside = (span(shape[0], centre_row)[:, None]
-            & span(shape[1], centre_column)[None, :])
+  inside = (span(shape[0], centre_row)[:, None] &
+            span(shape[1], centre_column)[None, :])
   fill = tf.constant(settings.fill, tf.uint8)
   return tf.where(inside[:, :, None], fill, image)
 
@@ -415,8 +414,7 @@ def _check_image(image, dtype):
     raise ValueError(f"RandAugment expects {dtype.name} images here, got "
                      f"{image.dtype.name}")
   shape = image.shape
-  if shape.rank is not None and (shape.rank != 3
-                                 or shape[-1] not in (None, 3)):
+  if shape.rank is not None and (shape.rank != 3 or shape[-1] not in (None, 3)):
     raise ValueError(f"RandAugment takes one RGB image [H, W, 3], got shape "
                      f"{shape}")
   return image
@@ -470,8 +468,7 @@ def apply_op(image, op, argument, variant, seed=None):
   value = tf.cast(argument, tf.float32)
   if name.endswith("Rel"):
     # A fraction of the width (X) or height (Y).
-    side = tf.shape(image)[1] if name == "TranslateXRel" else tf.shape(
-        image)[0]
+    side = tf.shape(image)[1] if name == "TranslateXRel" else tf.shape(image)[0]
     value *= tf.cast(side, tf.float32)
   # The output pixel (x, y) samples the input at:
   matrix = {
@@ -484,8 +481,8 @@ def apply_op(image, op, argument, variant, seed=None):
 
 
 def _check_magnitude(magnitude):
-  if (isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Real)
-      or not 0 <= magnitude < math.inf):
+  if (isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Real) or
+      not 0 <= magnitude < math.inf):
     raise ValueError(f"RandAugment magnitude must be a number >= 0, got "
                      f"{magnitude!r}")
   return float(magnitude)
@@ -513,9 +510,9 @@ class RandAugment:
   def __post_init__(self):
     _variant(self.variant)
     object.__setattr__(self, "magnitude", _check_magnitude(self.magnitude))
-    if (isinstance(self.num_layers, bool)
-        or not isinstance(self.num_layers, numbers.Integral)
-        or self.num_layers < 1):
+    if (isinstance(self.num_layers, bool) or
+        not isinstance(self.num_layers, numbers.Integral) or
+        self.num_layers < 1):
       raise ValueError(f"RandAugment num_layers must be a positive integer, "
                        f"got {self.num_layers!r}")
 
@@ -543,9 +540,8 @@ class RandAugment:
     # graph is the slow part.
     any_size = tf.TensorShape([None, None, 3])
     _, levels = tf.while_loop(
-        lambda layer, _: layer < self.num_layers,
-        lambda layer, levels: (
-            layer + 1, self._layer(levels, layer_seeds[layer])),
+        lambda layer, _: layer < self.num_layers, lambda layer, levels:
+        (layer + 1, self._layer(levels, layer_seeds[layer])),
         (tf.constant(0), levels),
         shape_invariants=(tf.TensorShape([]), any_size))
     augmented = tf.cast(levels, tf.float32) / 255.0
@@ -557,20 +553,20 @@ class RandAugment:
     settings = VARIANTS[self.variant]
     choice_seed, apply_seed, level_seed, op_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=4))
-    choice = tf.random.stateless_uniform([], choice_seed, 0,
-                                         len(settings.ops), dtype=tf.int32)
+    choice = tf.random.stateless_uniform([], choice_seed, 0, len(settings.ops),
+                                         dtype=tf.int32)
     level, negate = _sample_level(self.magnitude, self.variant, level_seed)
 
     def branch(op):
       return lambda: apply_op(
-          levels, op, level_to_argument(op, level, self.variant, negate),
-          self.variant, op_seed)
+          levels, op, level_to_argument(op, level, self.variant, negate), self.
+          variant, op_seed)
 
     def augment():
       return tf.switch_case(choice, [branch(op) for op in settings.ops])
 
     if settings.apply_probability >= 1.0:
       return augment()
-    applied = tf.random.stateless_uniform([], apply_seed) < (
-        settings.apply_probability)
+    applied = tf.random.stateless_uniform(
+        [], apply_seed) < (settings.apply_probability)
     return tf.cond(applied, augment, lambda: levels)

@@ -85,13 +85,13 @@ class RandomErasing:
       raise ValueError(f"input_mean {self.input_mean} and input_std "
                        f"{self.input_std} need one value per channel, and "
                        "std > 0")
-    for name, value in (
-        ("probability", float(self.probability)),
-        ("area_range", (low, high)),
-        ("aspect_ratio_range", (low_ratio, high_ratio)),
-        ("max_attempts", int(self.max_attempts)),
-        ("input_mean", tuple(float(m) for m in self.input_mean)),
-        ("input_std", tuple(float(s) for s in self.input_std))):
+    for name, value in (("probability", float(self.probability)),
+                        ("area_range", (low, high)), ("aspect_ratio_range",
+                                                      (low_ratio, high_ratio)),
+                        ("max_attempts", int(self.max_attempts)),
+                        ("input_mean",
+                         tuple(float(m) for m in self.input_mean)),
+                        ("input_std", tuple(float(s) for s in self.input_std))):
       object.__setattr__(self, name, value)
 
   def sample_rectangles(self, batch_size, height, width, seed):
@@ -113,10 +113,11 @@ class RandomErasing:
     shape = tf.stack([batch_size, self.max_attempts])
     height_f = tf.cast(height, tf.float32)
     width_f = tf.cast(width, tf.float32)
-    area = tf.random.stateless_uniform(
-        shape, area_seed, *self.area_range) * (height_f * width_f)
-    ratio = tf.exp(tf.random.stateless_uniform(
-        shape, ratio_seed, *(math.log(r) for r in self.aspect_ratio_range)))
+    area = tf.random.stateless_uniform(shape, area_seed, *
+                                       self.area_range) * (height_f * width_f)
+    ratio = tf.exp(
+        tf.random.stateless_uniform(
+            shape, ratio_seed, *(math.log(r) for r in self.aspect_ratio_range)))
     # tf.round rounds half to even, like Python's round() in timm.
     box_height = tf.round(tf.sqrt(area * ratio))
     box_width = tf.round(tf.sqrt(area / ratio))
@@ -136,8 +137,8 @@ class RandomErasing:
 
     top = corner(tf.maximum(height_f - box_height, 0.0), top_seed)
     left = corner(tf.maximum(width_f - box_width, 0.0), left_seed)
-    return (erase, top, left, tf.cast(box_height, tf.int32),
-            tf.cast(box_width, tf.int32))
+    return (erase, top, left, tf.cast(box_height,
+                                      tf.int32), tf.cast(box_width, tf.int32))
 
   def __call__(self, images, seed):
     """Erases images.
@@ -170,9 +171,9 @@ class RandomErasing:
 
     rows = tf.range(shape[1])[None, :, None, None]
     cols = tf.range(shape[2])[None, None, :, None]
-    inside = ((rows >= column(top)) & (rows < column(top + box_height))
-              & (cols >= column(left)) & (cols < column(left + box_width))
-              & column(erase))
+    inside = ((rows >= column(top)) & (rows < column(top + box_height)) &
+              (cols >= column(left)) & (cols < column(left + box_width)) &
+              column(erase))
     # N(0, 1) after the model's (x - mean) / std, as timm's noise.
     noise = tf.constant(self.input_mean) + tf.constant(
         self.input_std) * tf.random.stateless_normal(shape, noise_seed)

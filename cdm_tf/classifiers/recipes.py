@@ -162,13 +162,12 @@ class ClassifierRecipe:
     if epochs != sorted(epochs) or any(e < 0 for e in epochs):
       raise ValueError(f"decay_epochs {self.decay_epochs} must be "
                        "non-negative and increasing")
-    if self.random_erasing is not None and not (
-        0 <= self.random_erasing <= 1):
+    if self.random_erasing is not None and not (0 <= self.random_erasing <= 1):
       raise ValueError(f"random_erasing is a probability in [0, 1], got "
                        f"{self.random_erasing}")
     if self.repeated_augmentations is not None and (
-        self.repeated_augmentations != int(self.repeated_augmentations)
-        or self.repeated_augmentations < 1):
+        self.repeated_augmentations != int(self.repeated_augmentations) or
+        self.repeated_augmentations < 1):
       raise ValueError(f"repeated_augmentations must be a positive integer, "
                        f"got {self.repeated_augmentations}")
 
@@ -205,9 +204,8 @@ class ClassifierLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     decay_factor: the step-wise multiplier.
   """
 
-  def __init__(self, peak_learning_rate, steps_per_epoch, epochs,
-               warmup_epochs, decay="cosine",
-               decay_epochs=STEPWISE_DECAY_EPOCHS,
+  def __init__(self, peak_learning_rate, steps_per_epoch, epochs, warmup_epochs,
+               decay="cosine", decay_epochs=STEPWISE_DECAY_EPOCHS,
                decay_factor=STEPWISE_DECAY_FACTOR):
     if decay not in DECAYS:
       raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
@@ -234,8 +232,8 @@ class ClassifierLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     else:
       span = max(self.epochs - self.warmup_epochs, 1e-9)
       progress = ops.clip((epoch - self.warmup_epochs) / span, 0.0, 1.0)
-      decayed = 0.5 * self.peak_learning_rate * (
-          1.0 + ops.cos(math.pi * progress))
+      decayed = 0.5 * self.peak_learning_rate * (1.0 +
+                                                 ops.cos(math.pi * progress))
     if self.warmup_epochs <= 0:
       return decayed
     warmup = self.peak_learning_rate * epoch / self.warmup_epochs
@@ -246,13 +244,13 @@ class ClassifierLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     return self.learning_rate_at_epoch(epoch)
 
   def get_config(self):
-    return {"peak_learning_rate": self.peak_learning_rate,
-            "steps_per_epoch": self.steps_per_epoch,
-            "epochs": self.epochs,
-            "warmup_epochs": self.warmup_epochs,
-            "decay": self.decay,
-            "decay_epochs": list(self.decay_epochs),
-            "decay_factor": self.decay_factor}
+    return {
+        "peak_learning_rate": self.peak_learning_rate,
+        "steps_per_epoch": self.steps_per_epoch, "epochs": self.epochs,
+        "warmup_epochs": self.warmup_epochs, "decay": self.decay,
+        "decay_epochs": list(self.decay_epochs),
+        "decay_factor": self.decay_factor
+    }
 
 
 def learning_rate_schedule(recipe, steps_per_epoch, global_batch_size=None):
@@ -266,10 +264,10 @@ def learning_rate_schedule(recipe, steps_per_epoch, global_batch_size=None):
   Returns:
     A ClassifierLearningRate.
   """
-  return ClassifierLearningRate(
-      scaled_learning_rate(recipe, global_batch_size), steps_per_epoch,
-      recipe.epochs, recipe.warmup_epochs, decay=recipe.decay,
-      decay_epochs=recipe.decay_epochs)
+  return ClassifierLearningRate(scaled_learning_rate(recipe, global_batch_size),
+                                steps_per_epoch, recipe.epochs,
+                                recipe.warmup_epochs, decay=recipe.decay,
+                                decay_epochs=recipe.decay_epochs)
 
 
 @keras.saving.register_keras_serializable(package="cdm_tf")
@@ -298,8 +296,7 @@ class L2RegularizedSGD(keras.optimizers.SGD):
     if self.l2 and self._use_weight_decay(variable):
       gradient = keras.ops.add(
           keras.ops.cast(gradient, variable.dtype),
-          keras.ops.multiply(keras.ops.cast(self.l2, variable.dtype),
-                             variable))
+          keras.ops.multiply(keras.ops.cast(self.l2, variable.dtype), variable))
     return super().update_step(gradient, variable, learning_rate)
 
   def get_config(self):
@@ -307,8 +304,8 @@ class L2RegularizedSGD(keras.optimizers.SGD):
 
 
 def create_optimizer(recipe, steps_per_epoch, global_batch_size=None,
-                     weight_decay_convention=None, momentum=0.9,
-                     nesterov=False, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+                     weight_decay_convention=None, momentum=0.9, nesterov=False,
+                     beta_1=0.9, beta_2=0.999, epsilon=1e-8):
   """The recipe's optimizer with its learning-rate schedule.
 
   Args:
@@ -327,12 +324,11 @@ def create_optimizer(recipe, steps_per_epoch, global_batch_size=None,
   Returns:
     A Keras optimizer that decays kernels only.
   """
-  schedule = learning_rate_schedule(recipe, steps_per_epoch,
-                                    global_batch_size)
+  schedule = learning_rate_schedule(recipe, steps_per_epoch, global_batch_size)
   weight_decay = recipe.weight_decay or 0.0
   if weight_decay_convention is None:
-    weight_decay_convention = ("l2" if recipe.optimizer == "momentum"
-                               else "decoupled")
+    weight_decay_convention = ("l2" if recipe.optimizer == "momentum" else
+                               "decoupled")
   if weight_decay_convention not in WEIGHT_DECAY_CONVENTIONS:
     raise ValueError(f"weight_decay_convention must be one of "
                      f"{WEIGHT_DECAY_CONVENTIONS}, got "
@@ -348,9 +344,9 @@ def create_optimizer(recipe, steps_per_epoch, global_batch_size=None,
                        "'decoupled_schedule'")
     if weight_decay_convention == "decoupled_schedule":
       weight_decay /= schedule.peak_learning_rate
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule, weight_decay=weight_decay, beta_1=beta_1,
-        beta_2=beta_2, epsilon=epsilon)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule,
+                                       weight_decay=weight_decay, beta_1=beta_1,
+                                       beta_2=beta_2, epsilon=epsilon)
   optimizer.exclude_from_weight_decay(var_names=[NOT_A_KERNEL])
   return optimizer
 
@@ -406,8 +402,9 @@ class TrainingAugmentation:
     # off the image's so that the two draw independently.
     if self.random_erasing is not None:
       image = self.random_erasing(
-          image, tf.random.experimental.stateless_fold_in(
-              seed, RANDOM_ERASING_SEED_STREAM))
+          image,
+          tf.random.experimental.stateless_fold_in(seed,
+                                                   RANDOM_ERASING_SEED_STREAM))
     return image, label
 
   def mix_batch(self, images, labels):
@@ -418,12 +415,12 @@ class TrainingAugmentation:
 
     def mix(layer):
       mixed = layer({"images": images, "labels": labels}, training=True)
-      return (tf.cast(mixed["images"], tf.float32),
-              tf.cast(mixed["labels"], tf.float32))
+      return (tf.cast(mixed["images"],
+                      tf.float32), tf.cast(mixed["labels"], tf.float32))
 
     if self.mixup is not None and self.cutmix is not None:
-      use_cutmix = tf.random.uniform([], seed=self.seed) < (
-          CUTMIX_SWITCH_PROBABILITY)
+      use_cutmix = tf.random.uniform(
+          [], seed=self.seed) < (CUTMIX_SWITCH_PROBABILITY)
       return tf.cond(use_cutmix, lambda: mix(self.cutmix),
                      lambda: mix(self.mixup))
     if self.mixup is not None:
@@ -441,9 +438,8 @@ class TrainingAugmentation:
     # One stateless seed [2] per example, a fixed sequence when self.seed
     # is set.
     seeds = tf.data.Dataset.random(seed=self.seed).batch(
-        2, drop_remainder=True).map(
-            lambda seed: tf.random.experimental.stateless_fold_in(
-                seed, pipeline_id))
+        2, drop_remainder=True).map(lambda seed: tf.random.experimental.
+                                    stateless_fold_in(seed, pipeline_id))
     dataset = tf.data.Dataset.zip(dataset, seeds).map(
         lambda example, seed: self.augment_image(*example, seed),
         num_parallel_calls=autotune)
@@ -451,10 +447,10 @@ class TrainingAugmentation:
     return dataset.map(self.mix_batch, num_parallel_calls=autotune)
 
 
-def create_training_augmentation(
-    recipe, num_classes, seed=None,
-    randaugment_num_layers=RANDAUGMENT_NUM_LAYERS,
-    input_mean=models.IMAGENET_MEAN, input_std=models.IMAGENET_STD):
+def create_training_augmentation(recipe, num_classes, seed=None,
+                                 randaugment_num_layers=RANDAUGMENT_NUM_LAYERS,
+                                 input_mean=models.IMAGENET_MEAN,
+                                 input_std=models.IMAGENET_STD):
   """The recipe's augmentations.
 
   Args:
@@ -471,9 +467,9 @@ def create_training_augmentation(
   """
   randaugment = mixup = cutmix = None
   if recipe.randaugment_magnitude:
-    randaugment = randaugment_lib.RandAugment(
-        recipe.randaugment_variant, recipe.randaugment_magnitude,
-        num_layers=randaugment_num_layers)
+    randaugment = randaugment_lib.RandAugment(recipe.randaugment_variant,
+                                              recipe.randaugment_magnitude,
+                                              num_layers=randaugment_num_layers)
   if recipe.mixup:
     mixup = keras.layers.MixUp(alpha=recipe.mixup, seed=seed,
                                dtype=AUGMENTATION_DTYPE)
@@ -483,7 +479,8 @@ def create_training_augmentation(
                                  seed=seed, dtype=AUGMENTATION_DTYPE)
   random_erasing = None
   if recipe.random_erasing:
-    random_erasing = random_erasing_lib.RandomErasing(
-        recipe.random_erasing, input_mean=input_mean, input_std=input_std)
+    random_erasing = random_erasing_lib.RandomErasing(recipe.random_erasing,
+                                                      input_mean=input_mean,
+                                                      input_std=input_std)
   return TrainingAugmentation(num_classes, randaugment, mixup, cutmix, seed,
                               random_erasing=random_erasing)

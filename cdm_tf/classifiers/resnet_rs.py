@@ -52,8 +52,8 @@ def _conv(filters, kernel_size, strides=1, dtype=None, name=None):
   return keras.layers.Conv2D(
       filters, kernel_size, strides=strides, padding="same", use_bias=False,
       kernel_initializer=keras.initializers.VarianceScaling(
-          2.0, mode="fan_out", distribution="untruncated_normal"),
-      dtype=dtype, name=name)
+          2.0, mode="fan_out",
+          distribution="untruncated_normal"), dtype=dtype, name=name)
 
 
 def _batch_norm(momentum, epsilon, zero_gamma=False, dtype=None, name=None):
@@ -78,12 +78,11 @@ class SqueezeExcitation(keras.layers.Layer):
     self.filters = int(filters)
     self.ratio = float(ratio)
     self.reduced_filters = max(1, int(self.filters * self.ratio))
-    self.reduce = keras.layers.Conv2D(
-        self.reduced_filters, 1, activation="relu", dtype=self.dtype_policy,
-        name="reduce")
-    self.expand = keras.layers.Conv2D(
-        self.filters, 1, activation="sigmoid", dtype=self.dtype_policy,
-        name="expand")
+    self.reduce = keras.layers.Conv2D(self.reduced_filters, 1,
+                                      activation="relu",
+                                      dtype=self.dtype_policy, name="reduce")
+    self.expand = keras.layers.Conv2D(self.filters, 1, activation="sigmoid",
+                                      dtype=self.dtype_policy, name="expand")
 
   def build(self, input_shape):
     pooled_shape = (input_shape[0], 1, 1, input_shape[-1])
@@ -98,8 +97,9 @@ class SqueezeExcitation(keras.layers.Layer):
     return input_shape
 
   def get_config(self):
-    return {**super().get_config(), "filters": self.filters,
-            "ratio": self.ratio}
+    return {
+        **super().get_config(), "filters": self.filters, "ratio": self.ratio
+    }
 
 
 @keras.saving.register_keras_serializable(package="cdm_tf")
@@ -165,9 +165,9 @@ class BottleneckBlock(keras.layers.Layer):
     self.bn2 = bn("bn2")
     self.conv3 = conv(out_filters, 1, "conv3")
     self.bn3 = bn("bn3", zero_gamma=self.zero_init_residual)
-    self.squeeze_excitation = (
-        SqueezeExcitation(out_filters, self.se_ratio, dtype=dtype, name="se")
-        if self.se_ratio > 0 else None)
+    self.squeeze_excitation = (SqueezeExcitation(out_filters, self.se_ratio,
+                                                 dtype=dtype, name="se")
+                               if self.se_ratio > 0 else None)
     self.stochastic_depth = stochastic_depth.StochasticDepth(
         self.drop_rate, seed=seed, dtype=dtype, name="stochastic_depth")
     self.shortcut_pool = None
@@ -183,8 +183,8 @@ class BottleneckBlock(keras.layers.Layer):
 
   def build(self, input_shape):
     batch, height, width, channels = input_shape
-    if not self.project_shortcut and (
-        channels != BOTTLENECK_EXPANSION * self.filters):
+    if not self.project_shortcut and (channels
+                                      != BOTTLENECK_EXPANSION * self.filters):
       raise ValueError(f"identity shortcut needs {4 * self.filters} input "
                        f"channels, got {channels}")
 
@@ -229,13 +229,14 @@ class BottleneckBlock(keras.layers.Layer):
     return (batch, height, width, BOTTLENECK_EXPANSION * self.filters)
 
   def get_config(self):
-    return {**super().get_config(), "filters": self.filters,
-            "strides": self.strides,
-            "project_shortcut": self.project_shortcut,
-            "se_ratio": self.se_ratio, "drop_rate": self.drop_rate,
-            "zero_init_residual": self.zero_init_residual,
-            "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
-            "activation": self.activation, "seed": self.seed}
+    return {
+        **super().get_config(), "filters": self.filters,
+        "strides": self.strides, "project_shortcut": self.project_shortcut,
+        "se_ratio": self.se_ratio, "drop_rate": self.drop_rate,
+        "zero_init_residual": self.zero_init_residual,
+        "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+        "activation": self.activation, "seed": self.seed
+    }
 
 
 @keras.saving.register_keras_serializable(package="cdm_tf")
@@ -263,12 +264,11 @@ class ResNetRS(keras.Model):
   [B, ceil(H/32), ceil(W/32), 4 * stage_filters[-1]].
   """
 
-  def __init__(self, depth=50, blocks_per_stage=None,
-               stem_filters=STEM_FILTERS, stage_filters=STAGE_FILTERS,
-               se_ratio=SE_RATIO, stochastic_depth_rate=0.0,
-               zero_init_residual=True, bn_momentum=BN_MOMENTUM,
-               bn_epsilon=BN_EPSILON, activation="relu", seed=None,
-               **kwargs):
+  def __init__(self, depth=50, blocks_per_stage=None, stem_filters=STEM_FILTERS,
+               stage_filters=STAGE_FILTERS, se_ratio=SE_RATIO,
+               stochastic_depth_rate=0.0, zero_init_residual=True,
+               bn_momentum=BN_MOMENTUM, bn_epsilon=BN_EPSILON,
+               activation="relu", seed=None, **kwargs):
     super().__init__(**kwargs)
     if blocks_per_stage is None:
       if depth not in BLOCKS_PER_STAGE:
@@ -295,12 +295,12 @@ class ResNetRS(keras.Model):
     self.stem_convs = []
     self.stem_norms = []
     for index, filters in enumerate(self.stem_filters):
-      self.stem_convs.append(_conv(
-          filters, 3, strides=2 if index == 0 else 1,
-          dtype=self.dtype_policy, name=f"stem_conv{index + 1}"))
-      self.stem_norms.append(_batch_norm(
-          self.bn_momentum, self.bn_epsilon, dtype=self.dtype_policy,
-          name=f"stem_bn{index + 1}"))
+      self.stem_convs.append(
+          _conv(filters, 3, strides=2 if index == 0 else 1,
+                dtype=self.dtype_policy, name=f"stem_conv{index + 1}"))
+      self.stem_norms.append(
+          _batch_norm(self.bn_momentum, self.bn_epsilon,
+                      dtype=self.dtype_policy, name=f"stem_bn{index + 1}"))
 
     rates = stochastic_depth.block_rates(self.stochastic_depth_rate,
                                          sum(self.blocks_per_stage))
@@ -309,19 +309,17 @@ class ResNetRS(keras.Model):
         zip(self.stage_filters, self.blocks_per_stage)):
       for index in range(count):
         block_number = len(self.blocks)
-        self.blocks.append(BottleneckBlock(
-            filters,
-            strides=2 if index == 0 else 1,
-            project_shortcut=index == 0,
-            se_ratio=self.se_ratio,
-            drop_rate=rates[block_number],
-            zero_init_residual=self.zero_init_residual,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            activation=self.activation,
-            seed=None if seed is None else seed + block_number,
-            dtype=self.dtype_policy,
-            name=f"stage{stage + 1}_block{index + 1}"))
+        self.blocks.append(
+            BottleneckBlock(filters, strides=2 if index == 0 else 1,
+                            project_shortcut=index == 0, se_ratio=self.se_ratio,
+                            drop_rate=rates[block_number],
+                            zero_init_residual=self.zero_init_residual,
+                            bn_momentum=self.bn_momentum,
+                            bn_epsilon=self.bn_epsilon,
+                            activation=self.activation,
+                            seed=None if seed is None else seed + block_number,
+                            dtype=self.dtype_policy,
+                            name=f"stage{stage + 1}_block{index + 1}"))
 
   def build(self, input_shape):
     shape = tuple(input_shape)

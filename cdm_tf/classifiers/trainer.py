@@ -65,6 +65,7 @@ _EVAL_FLAG = "trainer.train_classifier.eval_every_epochs (in steps)"
 _NON_FINITE_ADVICE = ("Lower the learning rate (or the global batch), "
                       "lengthen the warmup, or check the data.")
 
+
 def choose_training_data(data, cas_protocol, real_data_dir, synthetic_dir,
                          synthetic_multiplier, synthetic_split):
   """The ``input_pipeline.TrainingData`` a run asks for, checked.
@@ -80,8 +81,8 @@ def choose_training_data(data, cas_protocol, real_data_dir, synthetic_dir,
   Raises:
     ConfigError: a combination that cannot train.
   """
-  data = data or (input_pipeline.DATA_SYNTHETIC if cas_protocol
-                  else input_pipeline.DATA_REAL)
+  data = data or (input_pipeline.DATA_SYNTHETIC
+                  if cas_protocol else input_pipeline.DATA_REAL)
   if cas_protocol and data == input_pipeline.DATA_REAL_AND_SYNTHETIC:
     raise configuration.ConfigError(
         f"--cas trains on synthetic data (or, as its reference, on real "
@@ -156,26 +157,28 @@ def make_replica_step(model, optimizer, loss_fn, global_batch_size,
     grads = tape.gradient(scaled, model.trainable_variables)
     optimizer.apply(grads, model.trainable_variables)
     counts = evaluation.accuracy_counts(
-        logits, tf.argmax(labels, axis=-1, output_type=tf.int32),
-        num_classes)
-    return {"loss": loss,
-            "top1": tf.reduce_sum(counts["top1"]),
-            "top5": tf.reduce_sum(counts["top5"]),
-            "examples": local_batch}
+        logits, tf.argmax(labels, axis=-1, output_type=tf.int32), num_classes)
+    return {
+        "loss": loss, "top1": tf.reduce_sum(counts["top1"]),
+        "top5": tf.reduce_sum(counts["top5"]), "examples": local_batch
+    }
+
   return replica_step
 
 
-@gin.configurable(denylist=["model_dir", "strategy", "training_set",
-                            "recipe", "model_factory", "optimizer_factory",
-                            "global_batch_size", "single_crop",
-                            "compare_with", "print_fn"])
+@gin.configurable(denylist=[
+    "model_dir", "strategy", "training_set", "recipe", "model_factory",
+    "optimizer_factory", "global_batch_size", "single_crop", "compare_with",
+    "print_fn"
+])
 def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
-          optimizer_factory=recipes.create_optimizer, global_batch_size=None,
-          single_crop=False, compare_with=None, data_resolution=None,
-          num_steps=None, checkpoint_every=1000, keep_checkpoints=3,
-          log_every=100, eval_every_epochs=0.0, eval_batch_size=None,
-          synchronized_batch_norm=False, seed=0, steps_per_execution=1,
-          print_fn=print):
+                     optimizer_factory=recipes.create_optimizer,
+                     global_batch_size=None, single_crop=False,
+                     compare_with=None, data_resolution=None, num_steps=None,
+                     checkpoint_every=1000, keep_checkpoints=3, log_every=100,
+                     eval_every_epochs=0.0, eval_batch_size=None,
+                     synchronized_batch_norm=False, seed=0,
+                     steps_per_execution=1, print_fn=print):
   """Trains (or resumes) a classifier, then evaluates it on real data.
 
   Args:
@@ -228,15 +231,16 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
   run.check_intervals(steps_per_execution, log_every, checkpoint_every)
   loss_scaling = loop.seed_and_loss_scaling(seed)
   _check_reference(compare_with, training_set.num_classes)
-  model, optimizer = _build(strategy, model_factory, optimizer_factory,
-                            recipe, run, training_set.num_classes,
-                            loss_scaling, synchronized_batch_norm)
+  model, optimizer = _build(strategy, model_factory, optimizer_factory, recipe,
+                            run, training_set.num_classes, loss_scaling,
+                            synchronized_batch_norm)
   checkpoints, step = _restore(model, optimizer, model_dir, strategy,
                                checkpoint_every, keep_checkpoints, print_fn)
   _describe_run(model_dir, strategy, model, training_set, recipe, run,
                 single_crop, data_resolution, print_fn)
-  iterator = iter(_training_data(strategy, model, training_set, recipe, run,
-                                 seed + step, single_crop, data_resolution))
+  iterator = iter(
+      _training_data(strategy, model, training_set, recipe, run, seed + step,
+                     single_crop, data_resolution))
   evaluator = _evaluator(model, strategy, training_set, run, data_resolution)
   results = []  # the final evaluation, when the run completes
   outcome = _training_loop(
@@ -244,8 +248,7 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
       evaluator, log_every, steps_per_execution, print_fn).run(
           iterator, strategy, loop.summary_writer(model_dir, strategy), step,
           print_fn, digest_variables=model.weights,
-          at_end=lambda at: results.append(_evaluate(evaluator, at,
-                                                     print_fn)))
+          at_end=lambda at: results.append(_evaluate(evaluator, at, print_fn)))
   return _finish(outcome, results, model_dir, strategy, model, training_set,
                  compare_with, step, print_fn)
 
@@ -265,12 +268,12 @@ def _restore(model, optimizer, model_dir, strategy, every, keep, print_fn):
   step_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
   checkpoints = loop.Checkpoints(
       tf.train.Checkpoint(model_weights=list(model.weights),
-                          optimizer=optimizer, step=step_counter),
-      model_dir, strategy,
+                          optimizer=optimizer,
+                          step=step_counter), model_dir, strategy,
       run_settings.describe({"architecture": model.name}, optimizer,
-                            model.weights),
-      every=every, keep=keep, weights=model.weights,
-      advice=_NON_FINITE_ADVICE, before_save=step_counter.assign)
+                            model.weights), every=every, keep=keep,
+      weights=model.weights, advice=_NON_FINITE_ADVICE,
+      before_save=step_counter.assign)
   resumed = checkpoints.restore()
   if resumed:
     print_fn(f"resumed from {resumed} at step {int(step_counter.numpy())}")
@@ -282,18 +285,19 @@ def _training_loop(model, optimizer, recipe, run, num_classes, checkpoints,
   """The loop of the run's steps, evaluating every ``run.eval_every_steps``
   (not counted in the throughput)."""
   return loop.TrainingLoop(
-      step_fn=_distributed_step(run.strategy, make_replica_step(
-          model, optimizer, recipes.create_loss(recipe, reduction="none"),
-          run.global_batch_size, num_classes)),
+      step_fn=_distributed_step(
+          run.strategy,
+          make_replica_step(model, optimizer,
+                            recipes.create_loss(recipe, reduction="none"),
+                            run.global_batch_size, num_classes)),
       checkpoints=checkpoints, num_steps=run.num_steps, log_every=log_every,
       log_flag="trainer.train_classifier.log_every",
       checkpoint_flag="trainer.train_classifier.checkpoint_every",
-      report=functools.partial(_report, optimizer, run, print_fn),
-      hooks=[loop.Periodic(
-          _EVAL_FLAG, run.eval_every_steps,
-          lambda at: _evaluate(evaluator, at, print_fn),
-          at_last_step=False, timed=False)],
-      steps_per_execution=steps_per_execution)
+      report=functools.partial(_report, optimizer, run, print_fn), hooks=[
+          loop.Periodic(_EVAL_FLAG, run.eval_every_steps,
+                        lambda at: _evaluate(evaluator, at, print_fn),
+                        at_last_step=False, timed=False)
+      ], steps_per_execution=steps_per_execution)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,21 +337,21 @@ class _Run:
         eval_batch_size=eval_batch_size, replicas=replicas,
         steps_per_epoch=steps_per_epoch, num_steps=num_steps,
         learning_rate=recipes.scaled_learning_rate(recipe, global_batch_size),
-        eval_every_steps=(
-            max(1, int(round(eval_every_epochs * steps_per_epoch)))
-            if eval_every_epochs else 0))
+        eval_every_steps=(max(1, int(round(
+            eval_every_epochs * steps_per_epoch))) if eval_every_epochs else 0))
 
-  def check_intervals(self, steps_per_execution, log_every,
-                      checkpoint_every):
+  def check_intervals(self, steps_per_execution, log_every, checkpoint_every):
     """Refuses intervals that are not multiples of steps_per_execution."""
-    loop.check_intervals(steps_per_execution, {
-        "trainer.train_classifier.log_every": log_every,
-        "trainer.train_classifier.checkpoint_every": checkpoint_every,
-        _EVAL_FLAG: self.eval_every_steps})
+    loop.check_intervals(
+        steps_per_execution, {
+            "trainer.train_classifier.log_every": log_every,
+            "trainer.train_classifier.checkpoint_every": checkpoint_every,
+            _EVAL_FLAG: self.eval_every_steps
+        })
 
 
-def _build(strategy, model_factory, optimizer_factory, recipe, run,
-           num_classes, loss_scaling, synchronized_batch_norm):
+def _build(strategy, model_factory, optimizer_factory, recipe, run, num_classes,
+           loss_scaling, synchronized_batch_norm):
   """The model and its (built) optimizer, in the strategy's scope."""
   with strategy.scope():
     try:
@@ -388,21 +392,22 @@ def _describe_run(model_dir, strategy, model, training_set, recipe, run,
            f"{run.learning_rate:.4g}")
   if not strategies.is_chief(strategy):
     return
-  files.atomic_write_json(os.path.join(model_dir, RUN_FILE), {
-      "model": model.name,
-      "parameters": int(model.count_params()),
-      "image_size": image_size,
-      "recipe": dataclasses.asdict(recipe),
-      "global_batch_size": run.global_batch_size,
-      "replicas": run.replicas,
-      "peak_learning_rate": run.learning_rate,
-      "steps_per_epoch": run.steps_per_epoch,
-      "num_steps": int(run.num_steps),
-      "single_crop": bool(single_crop),
-      "data_resolution": data_resolution,
-      "mixed_precision": keras.mixed_precision.global_policy().name,
-      "training_data": training_set.summary(),
-  })
+  files.atomic_write_json(
+      os.path.join(model_dir, RUN_FILE), {
+          "model": model.name,
+          "parameters": int(model.count_params()),
+          "image_size": image_size,
+          "recipe": dataclasses.asdict(recipe),
+          "global_batch_size": run.global_batch_size,
+          "replicas": run.replicas,
+          "peak_learning_rate": run.learning_rate,
+          "steps_per_epoch": run.steps_per_epoch,
+          "num_steps": int(run.num_steps),
+          "single_crop": bool(single_crop),
+          "data_resolution": data_resolution,
+          "mixed_precision": keras.mixed_precision.global_policy().name,
+          "training_data": training_set.summary(),
+      })
 
 
 def _training_data(strategy, model, training_set, recipe, run, data_seed,
@@ -417,31 +422,33 @@ def _training_data(strategy, model, training_set, recipe, run, data_seed,
       input_mean=model.input_mean, input_std=model.input_std)
   return strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.training_dataset(
-          training_set, int(model.input_image_shape[0]), augmentation,
-          run.global_batch_size, input_context=context, seed=data_seed,
-          single_crop=single_crop, data_resolution=data_resolution,
-          repeated_augmentations=recipe.repeated_augmentations))
+          training_set, int(model.input_image_shape[0]), augmentation, run.
+          global_batch_size, input_context=context, seed=data_seed, single_crop=
+          single_crop, data_resolution=data_resolution, repeated_augmentations=
+          recipe.repeated_augmentations))
 
 
 def _evaluator(model, strategy, training_set, run, data_resolution):
   """Top-1 / top-5 on the real validation split."""
   return evaluation.Evaluator(
-      model, strategy,
-      lambda context: input_pipeline.validation_dataset(
-          training_set.data.real_data_dir, int(model.input_image_shape[0]),
-          training_set.num_classes, run.eval_batch_size,
-          input_context=context, data_resolution=data_resolution),
-      training_set.num_classes, run.eval_batch_size // run.replicas)
+      model, strategy, lambda context: input_pipeline.validation_dataset(
+          training_set.data.real_data_dir, int(model.input_image_shape[
+              0]), training_set.num_classes, run.eval_batch_size, input_context=
+          context, data_resolution=data_resolution), training_set.num_classes,
+      run.eval_batch_size // run.replicas)
 
 
 def _distributed_step(strategy, replica_step):
   """One step over every replica; the metrics SUM-reduced (the loss is
   each replica's share of the global mean)."""
+
   def step(iterator):
     per_replica = strategy.run(replica_step, args=next(iterator))
-    return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value,
-                                  axis=None)
-            for name, value in per_replica.items()}
+    return {
+        name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+        for name, value in per_replica.items()
+    }
+
   return step
 
 
@@ -449,11 +456,12 @@ def _report(optimizer, run, print_fn, step, window):
   """The progress line of ``step``: the loss and training accuracy over the
   steps since the last one."""
   examples = max(window.sums.get("examples", 0.0), 1.0)
-  metrics = {"loss": window.sums["loss"] / window.steps,
-             "top1": window.sums["top1"] / examples,
-             "top5": window.sums["top5"] / examples,
-             "images_per_second": (window.steps * run.global_batch_size
-                                   / window.seconds())}
+  metrics = {
+      "loss": window.sums["loss"] / window.steps,
+      "top1": window.sums["top1"] / examples,
+      "top5": window.sums["top5"] / examples, "images_per_second":
+          (window.steps * run.global_batch_size / window.seconds())
+  }
   metrics["learning_rate"] = float(optimizer.learning_rate)
   eta = (run.num_steps - step) * run.global_batch_size / max(
       metrics["images_per_second"], 1e-9)
@@ -478,8 +486,7 @@ def _finish(outcome, results, model_dir, strategy, model, training_set,
         os.path.join(model_dir, EVAL_DIR), result,
         classes=training_set.class_names, compare_with=compare_with,
         label=f"trained on {training_set.data.data} data",
-        extra={"model_dir": model_dir,
-               "training_data": training_set.data.data})
+        extra={"model_dir": model_dir, "training_data": training_set.data.data})
     print_fn(f"wrote {summary['per_class_csv']} and "
              f"{summary['per_class_png']}")
     model_path = os.path.join(model_dir, MODEL_FILE)
@@ -535,9 +542,11 @@ def _float32_policies(config):
     if (str(config.get("class_name", "")).endswith("DTypePolicy") and
         str(config.get("config", {}).get("name", "")).startswith("mixed_")):
       return dict(config, config=dict(config["config"], name="float32"))
-    return {key: "float32" if key == "dtype" and isinstance(value, str) and (
-        value.startswith("mixed_")) else _float32_policies(value)
-            for key, value in config.items()}
+    return {
+        key: "float32" if key == "dtype" and isinstance(value, str) and
+             (value.startswith("mixed_")) else
+             _float32_policies(value) for key, value in config.items()
+    }
   if isinstance(config, (list, tuple)):
     return [_float32_policies(value) for value in config]
   return config
@@ -559,4 +568,3 @@ def _evaluate(evaluator, step, print_fn):
            f"{result.top5:.4f} on {result.num_examples} validation images "
            f"({time.perf_counter() - start:.1f} s)")
   return result
-

@@ -57,9 +57,10 @@ class ViTDropPathBlock(vit_layers.ViTEncoderBlock):
     super().__init__(**kwargs)
     self.drop_path_rate = float(drop_path_rate)
     self.seed = seed
-    self.drop_path = stochastic_depth.StochasticDepth(
-        self.drop_path_rate, seed=seed, dtype=self.dtype_policy,
-        name="drop_path")
+    self.drop_path = stochastic_depth.StochasticDepth(self.drop_path_rate,
+                                                      seed=seed,
+                                                      dtype=self.dtype_policy,
+                                                      name="drop_path")
 
   def call(self, inputs, training=None):
     # ViTEncoderBlock.call with each branch through drop_path before its sum.
@@ -71,8 +72,10 @@ class ViTDropPathBlock(vit_layers.ViTEncoderBlock):
     return x + self.drop_path(y, training=training)
 
   def get_config(self):
-    return {**_block_config(super().get_config()),
-            "drop_path_rate": self.drop_path_rate, "seed": self.seed}
+    return {
+        **_block_config(super().get_config()), "drop_path_rate":
+            self.drop_path_rate, "seed": self.seed
+    }
 
 
 @keras.saving.register_keras_serializable(package="cdm_tf")
@@ -92,9 +95,10 @@ class DeiTDropPathBlock(deit_layers.DeiTEncoderBlock):
     super().__init__(**kwargs)
     self.drop_path_rate = float(drop_path_rate)
     self.seed = seed
-    self.drop_path = stochastic_depth.StochasticDepth(
-        self.drop_path_rate, seed=seed, dtype=self.dtype_policy,
-        name="drop_path")
+    self.drop_path = stochastic_depth.StochasticDepth(self.drop_path_rate,
+                                                      seed=seed,
+                                                      dtype=self.dtype_policy,
+                                                      name="drop_path")
 
   def call(self, hidden_states, attention_mask=None,
            return_attention_scores=False, training=None):
@@ -113,8 +117,10 @@ class DeiTDropPathBlock(deit_layers.DeiTEncoderBlock):
     return self.drop_path(y, training=training) + x, scores
 
   def get_config(self):
-    return {**_block_config(super().get_config()),
-            "drop_path_rate": self.drop_path_rate, "seed": self.seed}
+    return {
+        **_block_config(super().get_config()), "drop_path_rate":
+            self.drop_path_rate, "seed": self.seed
+    }
 
 
 class _DropPathTransformer(keras.Model):
@@ -134,8 +140,8 @@ class _DropPathTransformer(keras.Model):
     **kwargs: keras.Model arguments (name, dtype, ...).
   """
 
-  def __init__(self, image_size, patch_size, num_layers, num_heads,
-               hidden_dim, mlp_dim, stochastic_depth_rate=0.0,
+  def __init__(self, image_size, patch_size, num_layers, num_heads, hidden_dim,
+               mlp_dim, stochastic_depth_rate=0.0,
                layer_norm_epsilon=LAYER_NORM_EPSILON, seed=None, **kwargs):
     super().__init__(**kwargs)
     self.image_size = int(image_size)
@@ -159,7 +165,8 @@ class _DropPathTransformer(keras.Model):
     self.blocks = [
         self._block(rate, None if seed is None else seed + index,
                     f"transformer_block_{index + 1}")
-        for index, rate in enumerate(self.drop_path_rates)]
+        for index, rate in enumerate(self.drop_path_rates)
+    ]
     self.layer_norm = keras.layers.LayerNormalization(
         epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="ln")
 
@@ -236,11 +243,11 @@ class ViTDropPathBackbone(_DropPathTransformer):
         dtype=self.dtype_policy, name="vit_patching_and_embedding")
 
   def _block(self, drop_path_rate, seed, name):
-    return ViTDropPathBlock(
-        drop_path_rate=drop_path_rate, seed=seed, num_heads=self.num_heads,
-        hidden_dim=self.hidden_dim, mlp_dim=self.mlp_dim,
-        layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
-        name=name)
+    return ViTDropPathBlock(drop_path_rate=drop_path_rate, seed=seed,
+                            num_heads=self.num_heads,
+                            hidden_dim=self.hidden_dim, mlp_dim=self.mlp_dim,
+                            layer_norm_epsilon=self.layer_norm_epsilon,
+                            dtype=self.dtype_policy, name=name)
 
   def get_config(self):
     return {**super().get_config(), "use_class_token": self.use_class_token}
@@ -264,11 +271,12 @@ class DeiTDropPathBackbone(_DropPathTransformer):
         name="deit_patching_and_embedding")
 
   def _block(self, drop_path_rate, seed, name):
-    return DeiTDropPathBlock(
-        drop_path_rate=drop_path_rate, seed=seed, num_heads=self.num_heads,
-        hidden_dim=self.hidden_dim, intermediate_dim=self.mlp_dim,
-        layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
-        name=name)
+    return DeiTDropPathBlock(drop_path_rate=drop_path_rate, seed=seed,
+                             num_heads=self.num_heads,
+                             hidden_dim=self.hidden_dim,
+                             intermediate_dim=self.mlp_dim,
+                             layer_norm_epsilon=self.layer_norm_epsilon,
+                             dtype=self.dtype_policy, name=name)
 
   def _apply_block(self, block, tokens, training):
     tokens, _ = block(tokens, training=training)  # no attention scores

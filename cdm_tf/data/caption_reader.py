@@ -41,8 +41,8 @@ def parse_record(serialized, path=""):
   return {
       schema.IMAGE: image_decoding.decode_rgb(parsed[schema.TPU_IMAGE]),
       schema.CAPTION: parsed[schema.TPU_CAPTION],
-      schema.LABEL: tf.cast(parsed[schema.TPU_LABEL]
-                            - schema.TPU_LABEL_OFFSET, tf.int32),
+      schema.LABEL: tf.cast(parsed[schema.TPU_LABEL] - schema.TPU_LABEL_OFFSET,
+                            tf.int32),
       schema.SOURCE: tf.convert_to_tensor(path),
   }
 
@@ -70,8 +70,8 @@ def read_dataset(files, *, split=None, shuffle=True,
     schema.LABEL: int32 (NO_LABEL if the record has none), schema.SOURCE:
     string file path}``.
   """
-  files = input_sharding.shard_files(
-      imagenet_reader.list_files(files, split), input_context)
+  files = input_sharding.shard_files(imagenet_reader.list_files(files, split),
+                                     input_context)
   file_list = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:
     file_list = file_list.shuffle(len(files), seed=seed,
@@ -79,15 +79,15 @@ def read_dataset(files, *, split=None, shuffle=True,
   if repeat:
     file_list = file_list.repeat()
   records = file_list.interleave(
-      lambda path: tf.data.TFRecordDataset(path).map(
-          lambda record: (record, path)),
+      lambda path: tf.data.TFRecordDataset(path).map(lambda record:
+                                                     (record, path)),
       cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
-      num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=not shuffle or seed is not None)
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle or
+      seed is not None)
   if shuffle:
     # Shuffle encoded records: far smaller than decoded images.
-    records = records.shuffle(
-        shuffle_buffer, seed=None if seed is None else seed + 1,
-        reshuffle_each_iteration=True)
+    records = records.shuffle(shuffle_buffer,
+                              seed=None if seed is None else seed + 1,
+                              reshuffle_each_iteration=True)
   return records.map(parse_record, num_parallel_calls=tf.data.AUTOTUNE,
                      deterministic=not shuffle or seed is not None)

@@ -43,11 +43,13 @@ def cache_entry(files, sizes, record_format, num_classes, cache_dir=None):
 
 
 def _check_cached(num_classes):
+
   def check(cached):
     counts = cached.get("counts")
     if not isinstance(counts, list) or len(counts) != num_classes:
       return f"it holds no list of {num_classes} counts"
     return None
+
   return check
 
 
@@ -58,8 +60,10 @@ def _label_batches(files, label_key, cycle_length):
   fallback, so a record that is no tf.train.Example marks its batch instead
   of failing the scan anonymously; the caller then locates it.
   """
-  spec = {label_key: tf.io.FixedLenFeature([], tf.int64,
-                                           default_value=_MISSING_LABEL)}
+  spec = {
+      label_key: tf.io.FixedLenFeature([], tf.int64,
+                                       default_value=_MISSING_LABEL)
+  }
 
   def parse(file_index, raw, count, num_bytes):
     labels = tf.io.parse_example(raw, spec)[label_key]
@@ -76,10 +80,11 @@ def _label_batches(files, label_key, cycle_length):
         one.map(unparsable)).take(1)
 
   def batches_of_file(file_index, path):
+
     def describe(raw):
       count = tf.size(raw, out_type=tf.int64)
-      num_bytes = (tf.reduce_sum(tf.cast(tf.strings.length(raw), tf.int64))
-                   + imagenet_reader.RECORD_OVERHEAD_BYTES * count)
+      num_bytes = (tf.reduce_sum(tf.cast(tf.strings.length(raw), tf.int64)) +
+                   imagenet_reader.RECORD_OVERHEAD_BYTES * count)
       return file_index, raw, count, num_bytes
 
     raw_batches = tf.data.TFRecordDataset(path).ignore_errors().batch(_BATCH)
@@ -87,16 +92,18 @@ def _label_batches(files, label_key, cycle_length):
 
   table = tf.data.Dataset.from_tensor_slices(
       (tf.range(len(files), dtype=tf.int64), tf.constant(files)))
-  return table.interleave(
-      batches_of_file, cycle_length=max(1, min(cycle_length, len(files))),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).prefetch(
-          tf.data.AUTOTUNE)
+  return table.interleave(batches_of_file,
+                          cycle_length=max(1, min(cycle_length, len(files))),
+                          num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=False).prefetch(tf.data.AUTOTUNE)
 
 
 def _first_unparsable(path, start, count, label_key):
   """Finds which of records start..start+count-1 of path fails to parse."""
-  spec = {label_key: tf.io.FixedLenFeature([], tf.int64,
-                                           default_value=_MISSING_LABEL)}
+  spec = {
+      label_key: tf.io.FixedLenFeature([], tf.int64,
+                                       default_value=_MISSING_LABEL)
+  }
   records = tf.data.TFRecordDataset(path).skip(start).take(count)
   for offset, raw in enumerate(records):
     try:
@@ -148,14 +155,8 @@ def _scan(files, sizes, keys, num_classes, cycle_length, skip_corrupt):
   return counts
 
 
-def count_per_class(files,
-                    *,
-                    split=None,
-                    record_format=None,
-                    num_classes=1000,
-                    cache_dir=None,
-                    use_cache=True,
-                    cycle_length=16,
+def count_per_class(files, *, split=None, record_format=None, num_classes=1000,
+                    cache_dir=None, use_cache=True, cycle_length=16,
                     skip_corrupt=False):
   """Number of examples of each class 0..num_classes-1 in a split.
 

@@ -31,14 +31,15 @@ def imagenet_classes():
   table = imagenet_utils.IMAGENET_NAMES
   if len(table) != IMAGENET_NUM_CLASSES:
     raise RuntimeError(f"keras-hub's ImageNet table has {len(table)} classes")
-  return [ClassInfo(synset=table[i][0], name=table[i][1].replace("_", " "))
-          for i in range(IMAGENET_NUM_CLASSES)]
+  return [
+      ClassInfo(synset=table[i][0], name=table[i][1].replace("_", " "))
+      for i in range(IMAGENET_NUM_CLASSES)
+  ]
 
 
 def write_classes_file(directory, classes):
-  files.atomic_write_json(
-      os.path.join(directory, CLASSES_FILE),
-      [dataclasses.asdict(c) for c in classes])
+  files.atomic_write_json(os.path.join(directory, CLASSES_FILE),
+                          [dataclasses.asdict(c) for c in classes])
 
 
 def load_classes(data_dir=None):
@@ -50,8 +51,10 @@ def load_classes(data_dir=None):
     if tf.io.gfile.exists(path):
       entries = files.read_json(path)
       try:
-        return [ClassInfo(synset=str(e["synset"]), name=str(e["name"]))
-                for e in entries]
+        return [
+            ClassInfo(synset=str(e["synset"]), name=str(e["name"]))
+            for e in entries
+        ]
       except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: expected a list of {{'synset', 'name'}} "
                          f"entries ({e})") from e

@@ -91,15 +91,16 @@ def as_generator_data(image, resolution):
   """
   # The 8-bit levels map to [-1, 1] and back exactly.
   return diffusion_preprocessing.to_uint8(
-      diffusion_preprocessing.preprocess_image(
-          image, check_resolution(resolution)))
+      diffusion_preprocessing.preprocess_image(image,
+                                               check_resolution(resolution)))
 
 
 def check_resolution(resolution):
   """``resolution`` as a Python int, or ValueError unless it is a positive
   integer."""
-  if isinstance(resolution, bool) or not isinstance(
-      resolution, numbers.Integral) or resolution < 1:
+  if isinstance(
+      resolution,
+      bool) or not isinstance(resolution, numbers.Integral) or resolution < 1:
     raise ValueError(f"the resolution must be a positive integer, got "
                      f"{resolution!r}")
   return int(resolution)
@@ -142,15 +143,14 @@ def center_crop(image, size):
   image = tf.convert_to_tensor(image)
   height = tf.shape(image)[-3]
   width = tf.shape(image)[-2]
-  tf.debugging.assert_greater_equal(
-      tf.minimum(height, width), size, "center_crop: image smaller than crop")
+  tf.debugging.assert_greater_equal(tf.minimum(height, width), size,
+                                    "center_crop: image smaller than crop")
   top = (height - size) // 2
   left = (width - size) // 2
   return image[..., top:top + size, left:left + size, :]
 
 
-def preprocess_for_eval(image, image_size=REFERENCE_CROP_SIZE,
-                        generated=False):
+def preprocess_for_eval(image, image_size=REFERENCE_CROP_SIZE, generated=False):
   """The CAS evaluation crop: resize, then centre crop ``image_size``.
 
   Args:
@@ -219,8 +219,8 @@ def random_crop_box(image_shape, seed, area_range=AREA_RANGE,
   failed = tf.reduce_all(tf.equal(size, tf.stack([height, width])))
   fallback_begin, fallback_size = _clamped_center_box(height, width,
                                                       aspect_ratio_range)
-  return (tf.where(failed, fallback_begin, begin),
-          tf.where(failed, fallback_size, size))
+  return (tf.where(failed, fallback_begin,
+                   begin), tf.where(failed, fallback_size, size))
 
 
 def random_resized_crop(image, image_size, seed, area_range=AREA_RANGE,
@@ -241,8 +241,7 @@ def random_resized_crop(image, image_size, seed, area_range=AREA_RANGE,
   """
   begin, size = random_crop_box(tf.shape(image), seed, area_range,
                                 aspect_ratio_range, max_attempts)
-  crop = tf.slice(image, tf.concat([begin, [0]], 0),
-                  tf.concat([size, [-1]], 0))
+  crop = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
   return _to_unit_range(_resize(crop, image_size, image_size))
 
 
@@ -269,8 +268,8 @@ def random_shifted_crop(image, image_size, seed, max_shift):
     raise ValueError(f"max_shift must be >= 0, got {max_shift}")
   side = resize_size(image_size)
   image = _to_unit_range(_resize(image, side, side))
-  padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift],
-                          [0, 0]])
+  padded = tf.pad(image,
+                  [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
   centre = (side - image_size) // 2
   offset = centre + tf.random.stateless_uniform(
       [2], seed=seed, minval=0, maxval=2 * max_shift + 1, dtype=tf.int32)
@@ -297,8 +296,7 @@ def preprocess_for_train(image, seed, image_size=REFERENCE_CROP_SIZE,
   image = random_resized_crop(image, image_size, crop_seed)
   if random_flip:
     flip = tf.random.stateless_uniform([], seed=flip_seed) < 0.5
-    image = tf.cond(flip, lambda: tf.reverse(image, axis=[-2]),
-                    lambda: image)
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[-2]), lambda: image)
   return image
 
 

@@ -91,9 +91,9 @@ def resize_square(image, resolution, quantize=True):
   Returns:
     float32 [..., resolution, resolution, C] in [0, 255].
   """
-  resized = tf.image.resize(tf.cast(image, tf.float32),
-                            [resolution, resolution], method=RESIZE_METHOD,
-                            antialias=True)
+  resized = tf.image.resize(tf.cast(image,
+                                    tf.float32), [resolution, resolution],
+                            method=RESIZE_METHOD, antialias=True)
   # Bicubic overshoots near edges; keep pixels valid.
   resized = tf.clip_by_value(resized, 0.0, 255.0)
   if quantize:
@@ -130,9 +130,8 @@ def random_flip_left_right(images, seed):
   """
   flip = tf.random.stateless_uniform([], seed=seed) < 0.5
   return tf.nest.map_structure(
-      lambda image: tf.cond(flip, lambda: tf.reverse(image, axis=[-2]),
-                            lambda: image),
-      images)
+      lambda image: tf.cond(flip, lambda: tf.reverse(image, axis=[-2]), lambda:
+                            image), images)
 
 
 def cascade_images(image, resolutions, quantize=True):
@@ -148,8 +147,10 @@ def cascade_images(image, resolutions, quantize=True):
     the same centre crop (not chained from one another).
   """
   crop = center_crop_square(image)
-  return {image_key(r): to_float(resize_square(crop, r, quantize))
-          for r in _check_resolutions(resolutions)}
+  return {
+      image_key(r): to_float(resize_square(crop, r, quantize))
+      for r in _check_resolutions(resolutions)
+  }
 
 
 def cascade_example(example, resolutions, random_flip=False, seed=None,
@@ -202,8 +203,8 @@ def super_resolution_pair(example, low_resolution, high_resolution,
   images = cascade_example(example, (low_resolution, high_resolution),
                            random_flip=random_flip, seed=seed,
                            quantize=quantize)
-  return (images[image_key(low_resolution)],
-          images[image_key(high_resolution)], images[schema.LABEL])
+  return (images[image_key(low_resolution)], images[image_key(high_resolution)],
+          images[schema.LABEL])
 
 
 def _check_resolutions(resolutions):

@@ -27,10 +27,9 @@ SUPPORTED_FORMATS = "JPEG, PNG, GIF, BMP or WebP"
 # A 1x1 black 24-bit BMP: file header, BITMAPINFOHEADER, one padded pixel
 # row. Decoding it costs next to nothing (see decode_rgb_or_placeholder).
 PLACEHOLDER_IMAGE = (
-    b"BM" + struct.pack("<IHHI", 14 + 40 + 4, 0, 0, 14 + 40)
-    + struct.pack("<IiiHHIIiiII", 40, 1, 1, 1, 24, 0, 4, 2835, 2835, 0, 0)
-    + b"\0" * 4)
-
+    b"BM" + struct.pack("<IHHI", 14 + 40 + 4, 0, 0, 14 + 40) +
+    struct.pack("<IiiHHIIiiII", 40, 1, 1, 1, 24, 0, 4, 2835, 2835, 0, 0) +
+    b"\0" * 4)
 
 # What each format's header must hold: (byte offset, bytes) pairs.
 _SIGNATURES = (
@@ -60,19 +59,20 @@ def _base64_pattern(signature):
   digits = []
   for digit in range(max(fixed) // 6 + 1):
     allowed = [
-        _BASE64_DIGITS[value] for value in range(64)
-        if all(fixed.get(6 * digit + bit, (value >> (5 - bit)) & 1)
-               == (value >> (5 - bit)) & 1 for bit in range(6))]
-    digits.append("." if len(allowed) == 64 else
-                  "[" + "".join(re.escape(d) for d in allowed) + "]")
+        _BASE64_DIGITS[value] for value in range(64) if all(
+            fixed.get(6 * digit + bit, (value >> (5 - bit)) &
+                      1) == (value >> (5 - bit)) & 1 for bit in range(6))
+    ]
+    digits.append("." if len(allowed) == 64 else "[" +
+                  "".join(re.escape(d) for d in allowed) + "]")
   return "".join(digits)
 
 
 # Regexes cannot match raw bytes (RE2 reads UTF-8), so the header is matched
 # as base64: 3 ops for all formats instead of ~20 string ops, which cost as
 # much per record as parsing it.
-_HEADER_PATTERN = "(?:{}).*".format(
-    "|".join(_base64_pattern(s) for s in _SIGNATURES))
+_HEADER_PATTERN = "(?:{}).*".format("|".join(
+    _base64_pattern(s) for s in _SIGNATURES))
 
 
 def is_supported_image(encoded):
@@ -100,9 +100,10 @@ def header_sizes(encoded):
                      _JPEG_MAGIC)
   # Width then height, big-endian uint32, after the signature and the IHDR
   # chunk's length and type; padding gives every row 8 bytes.
-  ihdr = tf.io.decode_raw(tf.strings.substr(
-      tf.strings.join([tf.strings.substr(encoded, 0, 24), b"\0" * 24]),
-      16, 8), tf.uint8)
+  ihdr = tf.io.decode_raw(
+      tf.strings.substr(
+          tf.strings.join([tf.strings.substr(encoded, 0, 24), b"\0" * 24]), 16,
+          8), tf.uint8)
   big_endian = tf.cast(tf.reshape(ihdr, [-1, 2, 4]), tf.int64) * tf.constant(
       [2**24, 2**16, 2**8, 1], tf.int64)
   png_sizes = tf.reverse(tf.reduce_sum(big_endian, -1), [-1])

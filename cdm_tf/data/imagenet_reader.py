@@ -237,9 +237,10 @@ def _check_complete_set(directory, split, paths):
     # Named like a present shard, with the missing index in its place.
     name, first = os.path.basename(paths[0]), numbered[0]
     width = len(first["index"])
-    names = [f"{name[:first.start('index')]}{i:0{width}d}"
-             f"{name[first.end('index'):]}"
-             for i in missing[:_MISSING_SHARDS_SHOWN]]
+    names = [
+        f"{name[:first.start('index')]}{i:0{width}d}"
+        f"{name[first.end('index'):]}" for i in missing[:_MISSING_SHARDS_SHOWN]
+    ]
     more = len(missing) - len(names)
     raise ValueError(
         f"{directory}: {len(missing)} of the {total} {split} shards are "
@@ -251,6 +252,7 @@ def _check_complete_set(directory, split, paths):
 
 def file_sizes(files):
   """Byte sizes of ``files`` (stat in parallel threads: slow on buckets)."""
+
   def size(path):
     try:
       return tf.io.gfile.stat(path).length
@@ -259,8 +261,8 @@ def file_sizes(files):
 
   if len(files) <= 1:
     return [size(f) for f in files]
-  with concurrent.futures.ThreadPoolExecutor(
-      min(_STAT_THREADS, len(files))) as pool:
+  with concurrent.futures.ThreadPoolExecutor(min(_STAT_THREADS,
+                                                 len(files))) as pool:
     return list(pool.map(size, files))
 
 
@@ -322,14 +324,16 @@ class ReadStats:
 
   def __init__(self):
     with tf.init_scope(), tf.device("/cpu:0"):
-      self.skipped_records = tf.Variable(
-          0, dtype=tf.int64, trainable=False, name="skipped_records")
-      self.damaged_files = tf.Variable(
-          0, dtype=tf.int64, trainable=False, name="damaged_files")
+      self.skipped_records = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                         name="skipped_records")
+      self.damaged_files = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                       name="damaged_files")
 
   def as_dict(self):
-    return {"skipped_records": int(self.skipped_records.numpy()),
-            "damaged_files": int(self.damaged_files.numpy())}
+    return {
+        "skipped_records": int(self.skipped_records.numpy()),
+        "damaged_files": int(self.damaged_files.numpy())
+    }
 
 
 def _feature_spec(keys):
@@ -348,8 +352,8 @@ def _make_file_reader(skip_corrupt):
   A damaged file ends in a marker; without ``skip_corrupt`` the marker
   raises here, naming the file, rather than after the shuffle.
   """
-  return _no_autograph(functools.partial(_records_of_file,
-                                         raise_if_damaged=not skip_corrupt))
+  return _no_autograph(
+      functools.partial(_records_of_file, raise_if_damaged=not skip_corrupt))
 
 
 def _records_of_file(file_id, path, size, raise_if_damaged):
@@ -358,11 +362,11 @@ def _records_of_file(file_id, path, size, raise_if_damaged):
   Records are numbered in batches: one function call per ``_READ_BATCH``
   records instead of one per record.
   """
-  batches = tf.data.Dataset.zip((
-      tf.data.TFRecordDataset(path).ignore_errors().batch(_READ_BATCH),
-      tf.data.Dataset.from_tensors(tf.constant(False)).repeat()))
-  end = tf.data.Dataset.from_tensors((tf.zeros([0], tf.string),
-                                      tf.constant(True)))
+  batches = tf.data.Dataset.zip(
+      (tf.data.TFRecordDataset(path).ignore_errors().batch(_READ_BATCH),
+       tf.data.Dataset.from_tensors(tf.constant(False)).repeat()))
+  end = tf.data.Dataset.from_tensors((tf.zeros([0],
+                                               tf.string), tf.constant(True)))
 
   def number(state, batch):
     index, offset = state
@@ -372,9 +376,11 @@ def _records_of_file(file_id, path, size, raise_if_damaged):
     # end) carries the record count as index and the bytes read.
     damaged = is_end & tf.not_equal(offset, size)
     if raise_if_damaged:
-      checked = tf.cond(damaged, lambda: _as_true(tf.debugging.Assert(
-          False, [_damage_message(path, index, offset, size)])),
-                        lambda: tf.constant(True))
+      checked = tf.cond(
+          damaged, lambda: _as_true(
+              tf.debugging.Assert(
+                  False, [_damage_message(path, index, offset, size)])),
+          lambda: tf.constant(True))
       with tf.control_dependencies([checked]):
         damaged = tf.identity(damaged)
     rows = count + tf.cast(damaged, tf.int64)
@@ -382,12 +388,12 @@ def _records_of_file(file_id, path, size, raise_if_damaged):
         _FILE: tf.fill([rows], file_id),
         _INDEX: index + tf.range(rows),
         _RAW: tf.concat([raw, [""]], 0)[:rows],
-        _BYTES_READ: tf.concat([tf.fill([count], tf.constant(-1, tf.int64)),
-                                [offset]], 0)[:rows],
+        _BYTES_READ: tf.concat(
+            [tf.fill([count], tf.constant(-1, tf.int64)), [offset]], 0)[:rows],
     }
     lengths = tf.cast(tf.strings.length(raw), tf.int64)
-    next_offset = (offset + tf.reduce_sum(lengths)
-                   + RECORD_OVERHEAD_BYTES * count)
+    next_offset = (offset + tf.reduce_sum(lengths) +
+                   RECORD_OVERHEAD_BYTES * count)
     return (index + count, next_offset), records
 
   return batches.concatenate(end).scan(
@@ -434,12 +440,14 @@ def _make_decoder(keys, num_classes, files):
     label = stored_label - keys.label_offset
     # An empty or missing image fails the header check; a missing label
     # is far out of range.
-    ok = (image_decoding.is_supported_image(encoded)
-          & (label >= 0) & (label < num_classes))
+    ok = (image_decoding.is_supported_image(encoded) & (label >= 0) &
+          (label < num_classes))
     decoded = dict(element)
     del decoded[_RAW]
     decoded.update({
-        _OK: ok, _ENCODED: encoded, _STORED_LABEL: stored_label,
+        _OK: ok,
+        _ENCODED: encoded,
+        _STORED_LABEL: stored_label,
         schema.IMAGE: image_decoding.decode_rgb_or_placeholder(encoded, ok),
         schema.LABEL: tf.cast(label, tf.int32),
         schema.SOURCE: tf.gather(files, element[_FILE]),
@@ -482,11 +490,14 @@ def _make_describer(keys, num_classes):
   }
 
   def describe(status, stored_label, bytes_read, size):
-    branches = {s: (lambda d=d: tf.constant(d))
-                for s, d in constant_details.items()}
+    branches = {
+        s: (lambda d=d: tf.constant(d)) for s, d in constant_details.items()
+    }
     branches[_LABEL_OUT_OF_RANGE] = lambda: tf.strings.join([
-        f"label {keys.label} = ", tf.strings.as_string(stored_label),
-        f" is outside {first_label}..{last_label} ({num_classes} classes)"])
+        f"label {keys.label} = ",
+        tf.strings.as_string(stored_label),
+        f" is outside {first_label}..{last_label} ({num_classes} classes)"
+    ])
     branches[_DAMAGED_FILE] = lambda: _damage_detail(bytes_read, size)
     # switch_case wants branches 0..n-1: number the problems from 0.
     return tf.switch_case(
@@ -498,20 +509,25 @@ def _make_describer(keys, num_classes):
 
 def _damage_detail(bytes_read, size):
   return tf.strings.join([
-      "reading stopped at byte ", tf.strings.as_string(bytes_read), " of ",
+      "reading stopped at byte ",
+      tf.strings.as_string(bytes_read), " of ",
       tf.strings.as_string(size), ": this record is corrupt (bad "
       "checksum), the file is truncated or it could not be read; copy or "
-      "write the file again"])
+      "write the file again"
+  ])
 
 
 def _damage_message(path, index, bytes_read, size):
-  return tf.strings.join([_where(path, index),
-                          _damage_detail(bytes_read, size)])
+  return tf.strings.join(
+      [_where(path, index),
+       _damage_detail(bytes_read, size)])
 
 
 def _where(path, index):
-  return tf.strings.join(["bad ImageNet record: ", path, ", record ",
-                          tf.strings.as_string(index), ": "])
+  return tf.strings.join([
+      "bad ImageNet record: ", path, ", record ",
+      tf.strings.as_string(index), ": "
+  ])
 
 
 def _as_true(op):
@@ -535,8 +551,8 @@ class _Problems:
     """One message per record missing from positions first..end-1."""
     return tf.strings.join([
         _where(tf.gather(self._files, element[_GROUP_FILES][first:end]),
-               element[_GROUP_INDICES][first:end]),
-        _UNDECODABLE_DETAIL])
+               element[_GROUP_INDICES][first:end]), _UNDECODABLE_DETAIL
+    ])
 
   def element_message(self, element):
     status = _status(self._keys, self._num_classes, element[_ENCODED],
@@ -544,7 +560,8 @@ class _Problems:
     return tf.strings.join([
         _where(element[schema.SOURCE], element[_INDEX]),
         self._describe(status, element[_STORED_LABEL], element[_BYTES_READ],
-                       tf.gather(self._sizes, element[_FILE]))])
+                       tf.gather(self._sizes, element[_FILE]))
+    ])
 
   @staticmethod
   def is_problem(element):
@@ -556,8 +573,10 @@ class _Problems:
     once ``checked`` has run."""
     with tf.control_dependencies([checked]):
       keep = tf.cast(element[_OK], tf.int32)
-    return {key: element[key][tf.newaxis][:keep]
-            for key in (schema.IMAGE, schema.LABEL, schema.SOURCE)}
+    return {
+        key: element[key][tf.newaxis][:keep]
+        for key in (schema.IMAGE, schema.LABEL, schema.SOURCE)
+    }
 
 
 def _raising_check(problems):
@@ -571,9 +590,8 @@ def _raising_check(problems):
     def report():
       # Lost records come before this element in record order.
       message = tf.cond(
-          lost > 0,
-          lambda: problems.lost_lines(element, position - lost,
-                                      position - lost + 1)[0],
+          lost > 0, lambda: problems.lost_lines(element, position - lost,
+                                                position - lost + 1)[0],
           lambda: problems.element_message(element))
       return _as_true(tf.debugging.Assert(False, [message]))
 
@@ -581,6 +599,7 @@ def _raising_check(problems):
     checked = tf.cond((lost > 0) | problems.is_problem(element), report,
                       lambda: tf.constant(True))
     return problems.output(element, checked)
+
   return check_raising
 
 
@@ -597,13 +616,15 @@ def _counting_check(problems, stats):
           problems.lost_lines(element, expected, position),
           tf.cond(problem,
                   lambda: problems.element_message(element)[tf.newaxis],
-                  lambda: tf.zeros([0], tf.string))], 0)
-      skipped = stats.skipped_records.assign_add(
-          position - expected + tf.cast(problem, tf.int64))
-      damaged = stats.damaged_files.assign_add(tf.cast(
-          problem & (element[_BYTES_READ] >= 0), tf.int64))
-      warn = tf.print("skipping", tf.strings.reduce_join(
-          lines, separator="\nskipping "), output_stream=logging.warning)
+                  lambda: tf.zeros([0], tf.string))
+      ], 0)
+      skipped = stats.skipped_records.assign_add(position - expected +
+                                                 tf.cast(problem, tf.int64))
+      damaged = stats.damaged_files.assign_add(
+          tf.cast(problem & (element[_BYTES_READ] >= 0), tf.int64))
+      warn = tf.print("skipping",
+                      tf.strings.reduce_join(lines, separator="\nskipping "),
+                      output_stream=logging.warning)
       return _as_true(tf.group(skipped, damaged, warn))
 
     checked = tf.cond((position > expected) | problem, report,
@@ -611,6 +632,7 @@ def _counting_check(problems, stats):
     next_expected = tf.where(element[_INDEX] < 0, tf.constant(0, tf.int64),
                              position + 1)
     return next_expected, problems.output(element, checked)
+
   return check_counting
 
 
@@ -657,20 +679,23 @@ def _make_uniform_group_decoder(keys, num_classes, files):
     encoded = features[keys.image]
     label = features[keys.label] - keys.label_offset
     # Markers have no record: their empty image fails the header check.
-    ok = (image_decoding.is_supported_image(encoded)
-          & (label >= 0) & (label < num_classes))
+    ok = (image_decoding.is_supported_image(encoded) & (label >= 0) &
+          (label < num_classes))
     sizes = image_decoding.header_sizes(encoded)
-    uniform = (tf.reduce_all(ok) & tf.reduce_all(sizes >= 0)
-               & tf.reduce_all(tf.equal(sizes, sizes[:1]))
-               & (tf.reduce_prod(sizes[0]) <= _FAST_PATH_MAX_PIXELS))
+    uniform = (tf.reduce_all(ok) & tf.reduce_all(sizes >= 0) &
+               tf.reduce_all(tf.equal(sizes, sizes[:1])) &
+               (tf.reduce_prod(sizes[0]) <= _FAST_PATH_MAX_PIXELS))
     # The message is never shown: ignore_errors() drops this failure.
     with tf.control_dependencies([tf.debugging.Assert(uniform, [False])]):
       encoded = tf.identity(encoded)
-    images = [image_decoding.decode_rgb(e)
-              for e in tf.unstack(encoded, num=_GROUP_SIZE)]
-    return {schema.IMAGE: tf.stack(images),
-            schema.LABEL: tf.cast(label, tf.int32),
-            schema.SOURCE: tf.gather(files, group[_FILE])}
+    images = [
+        image_decoding.decode_rgb(e)
+        for e in tf.unstack(encoded, num=_GROUP_SIZE)
+    ]
+    return {
+        schema.IMAGE: tf.stack(images), schema.LABEL: tf.cast(label, tf.int32),
+        schema.SOURCE: tf.gather(files, group[_FILE])
+    }
 
   return _no_autograph(decode_group)
 
@@ -684,11 +709,13 @@ def _make_group_reader(keys, num_classes, files, sizes, skip_corrupt, stats):
   """
   decode_uniform = _make_uniform_group_decoder(keys, num_classes, files)
   decode = _make_decoder(keys, num_classes, files)
-  check, stateful = _make_checker(keys, num_classes, files, sizes,
-                                  skip_corrupt, stats)
-  nothing = {schema.IMAGE: tf.zeros([0, 0, 0, 3], tf.uint8),
-             schema.LABEL: tf.zeros([0], tf.int32),
-             schema.SOURCE: tf.zeros([0], tf.string)}
+  check, stateful = _make_checker(keys, num_classes, files, sizes, skip_corrupt,
+                                  stats)
+  nothing = {
+      schema.IMAGE: tf.zeros([0, 0, 0, 3], tf.uint8),
+      schema.LABEL: tf.zeros([0], tf.int32), schema.SOURCE: tf.zeros([0],
+                                                                     tf.string)
+  }
 
   def record_by_record(group):
     # In parallel but in order (the check needs it): large images decode
@@ -740,25 +767,16 @@ def _encoded_records(files, sizes, *, shuffle, shuffle_buffer, seed,
   if shuffle:
     # Shuffling encoded records costs far less memory than decoded images;
     # the checks after decoding do not depend on record order.
-    records = records.shuffle(
-        shuffle_buffer, seed=None if seed is None else seed + 1,
-        reshuffle_each_iteration=True)
+    records = records.shuffle(shuffle_buffer,
+                              seed=None if seed is None else seed + 1,
+                              reshuffle_each_iteration=True)
   return records
 
 
-def read_dataset(files,
-                 *,
-                 split=None,
-                 record_format=None,
-                 num_classes=1000,
-                 shuffle=True,
-                 shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
-                 seed=None,
-                 cycle_length=DEFAULT_CYCLE_LENGTH,
-                 repeat=False,
-                 skip_corrupt=False,
-                 stats=None,
-                 input_context=None):
+def read_dataset(files, *, split=None, record_format=None, num_classes=1000,
+                 shuffle=True, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, seed=None,
+                 cycle_length=DEFAULT_CYCLE_LENGTH, repeat=False,
+                 skip_corrupt=False, stats=None, input_context=None):
   """A tf.data.Dataset of decoded ImageNet examples from TFRecord files.
 
   Args:
@@ -809,8 +827,7 @@ def read_dataset(files,
   # come out of order, as soon as any group is decoded.
   deterministic = not shuffle or seed is not None
   return records.batch(_GROUP_SIZE).interleave(
-      _make_group_reader(keys, num_classes, files, sizes, skip_corrupt,
-                         stats),
+      _make_group_reader(keys, num_classes, files, sizes, skip_corrupt, stats),
       cycle_length=tf.data.AUTOTUNE, block_length=_GROUP_SIZE,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
@@ -828,8 +845,8 @@ def explain_record(path, index, record_format=None, num_classes=1000):
   path = os.fspath(path)
   keys = feature_keys(record_format or detect_format(path))
   try:
-    raw = list(tf.data.TFRecordDataset(path).skip(index).take(1)
-               .as_numpy_iterator())
+    raw = list(
+        tf.data.TFRecordDataset(path).skip(index).take(1).as_numpy_iterator())
   except tf.errors.OpError as e:
     return f"{path}: cannot read up to record {index}: {e.message}"
   if not raw:
@@ -843,8 +860,8 @@ def explain_record(path, index, record_format=None, num_classes=1000):
   if not bool(element[_OK]):
     status = _status(keys, num_classes, element[_ENCODED],
                      element[_STORED_LABEL], -1)
-    detail = _make_describer(keys, num_classes)(
-        status, element[_STORED_LABEL], 0, 0)
+    detail = _make_describer(keys, num_classes)(status, element[_STORED_LABEL],
+                                                0, 0)
     return f"{where}: {detail.numpy().decode()}"
   height, width, _ = element[schema.IMAGE].shape
   return (f"{where}: fine, label {int(element[schema.LABEL])}, image "

@@ -63,8 +63,8 @@ def strided_example_seed(base_seed, pipeline, index):
   index]``."""
   return tf.stack([
       tf.cast(base_seed, tf.int64),
-      tf.cast(pipeline, tf.int64) * PIPELINE_STRIDE
-      + tf.cast(index, tf.int64)])
+      tf.cast(pipeline, tf.int64) * PIPELINE_STRIDE + tf.cast(index, tf.int64)
+  ])
 
 
 def folded_example_seed(base_seed, pipeline, index):

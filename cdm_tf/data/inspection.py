@@ -57,8 +57,8 @@ def parse_resolutions(values, flag="--resolutions"):
   return resolutions
 
 
-def inspect_split(data_dir, split, resolutions, per_class=4,
-                  max_classes=20, num_classes=None, seed=0):
+def inspect_split(data_dir, split, resolutions, per_class=4, max_classes=20,
+                  num_classes=None, seed=0):
   """Summary and contact-sheet rows of one split.
 
   Args:
@@ -86,18 +86,19 @@ def inspect_split(data_dir, split, resolutions, per_class=4,
                                         num_classes=num_classes)
   # label -> examples, each a list of its images from low to high resolution
   wanted = {int(c): [] for c in np.nonzero(counts)[0][:max_classes]}
-  dataset = imagenet_reader.read_dataset(
-      files, record_format=record_format, num_classes=num_classes, seed=seed,
-      shuffle_buffer=1000)
+  dataset = imagenet_reader.read_dataset(files, record_format=record_format,
+                                         num_classes=num_classes, seed=seed,
+                                         shuffle_buffer=1000)
   for example in dataset:
     label = int(example[schema.LABEL])
     if label in wanted and len(wanted[label]) < per_class:
-      images = diffusion_preprocessing.cascade_images(
-          example[schema.IMAGE], resolutions)
+      images = diffusion_preprocessing.cascade_images(example[schema.IMAGE],
+                                                      resolutions)
       wanted[label].append([
           diffusion_preprocessing.to_uint8(
               images[diffusion_preprocessing.image_key(r)]).numpy()
-          for r in sorted(resolutions)])
+          for r in sorted(resolutions)
+      ])
     if all(len(v) >= min(per_class, counts[c]) for c, v in wanted.items()):
       break
   summary = {
@@ -111,6 +112,5 @@ def inspect_split(data_dir, split, resolutions, per_class=4,
       "classes_shown": [f"{c}: {classes[c].name}" for c in wanted],
       "resolutions": sorted(int(r) for r in resolutions),
   }
-  rows = [[image for example in wanted[c] for image in example]
-          for c in wanted]
+  rows = [[image for example in wanted[c] for image in example] for c in wanted]
   return summary, rows

@@ -45,7 +45,6 @@ SAMPLINGS = (SAMPLING_RANDOM, SAMPLING_EXACT)
 # their structures match.
 STREAM_KEYS = (schema.IMAGE, schema.LABEL, schema.SOURCE)
 
-
 # ----------------------------------------------- class-balanced subset
 
 
@@ -74,8 +73,9 @@ def keep_class_balanced(limits):
   limits = tf.constant(np.asarray(limits, np.int64))
 
   def keep(element):
-    return element[schema.CLASS_INDEX] < tf.gather(limits, element[
-        schema.LABEL])
+    return element[schema.CLASS_INDEX] < tf.gather(limits,
+                                                   element[schema.LABEL])
+
   return keep
 
 
@@ -168,12 +168,13 @@ def _exact_choices(real_size, synthetic_size):
     i = i % total
     is_real = (i + 1) * real_size // total > i * real_size // total
     return tf.where(is_real, tf.constant(0, tf.int64), tf.constant(1, tf.int64))
+
   return tf.data.Dataset.range(total).map(choice).repeat()
 
 
 def training_stream(real=None, real_size=0, synthetic=None, synthetic_size=0,
-                    sampling=SAMPLING_RANDOM, shuffle_buffer=10_000,
-                    seed=None, epochs=None):
+                    sampling=SAMPLING_RANDOM, shuffle_buffer=10_000, seed=None,
+                    epochs=None):
   """Real only, synthetic only, or real + synthetic in proportion to sizes.
 
   Give ``real`` for real only, ``synthetic`` for synthetic only, both for
@@ -217,8 +218,9 @@ def training_stream(real=None, real_size=0, synthetic=None, synthetic_size=0,
   if real is not None:
     inputs.append(_prepare_input(real, shuffle_buffer, seed))
   if synthetic is not None:
-    inputs.append(_prepare_input(synthetic, shuffle_buffer,
-                                 None if seed is None else seed + 1))
+    inputs.append(
+        _prepare_input(synthetic, shuffle_buffer,
+                       None if seed is None else seed + 1))
   if len(inputs) == 1:
     dataset = inputs[0]
   elif sampling == SAMPLING_RANDOM:

@@ -65,7 +65,6 @@ LABEL = "label"  # int32, 0-based
 SOURCE = "source"  # string: the TFRecord file the example came from
 CAPTION = "caption"  # string: the image's caption (captioned data only)
 
-
 # Letters, digits, "_", "-" and ".", but no separator and not "." or "..":
 # a split name must not lead a file name out of its directory.
 _SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -73,8 +72,8 @@ _SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 def check_split_name(split):
   """Returns ``split`` if it is a plain name, else raises ValueError."""
-  if (not isinstance(split, str) or not _SPLIT_NAME_RE.match(split)
-      or ".." in split or split == "."):
+  if (not isinstance(split, str) or not _SPLIT_NAME_RE.match(split) or
+      ".." in split or split == "."):
     raise ValueError(
         f"invalid split name {split!r}: use letters, digits, _, - and . "
         "only (no path separators or ..), e.g. train or validation")

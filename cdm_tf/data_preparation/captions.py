@@ -66,16 +66,16 @@ def describe_image(image):
   values = gray[foreground]
   tone = next(word for limit, word in _TONES if values.mean() < limit)
   cover = foreground.mean()
-  size = ("small" if cover < SMALL_COVER else
-          "large" if cover > LARGE_COVER else "")
+  size = ("small"
+          if cover < SMALL_COVER else "large" if cover > LARGE_COVER else "")
   spread = values.std()
   texture = ("plain" if spread < PLAIN_SPREAD else
              "patterned" if spread > PATTERNED_SPREAD else "")
   height = foreground.any(axis=1).sum()
   width = foreground.any(axis=0).sum()
   aspect = width / max(height, 1)
-  shape = ("tall" if aspect < TALL_ASPECT else
-           "wide" if aspect > WIDE_ASPECT else "")
+  shape = ("tall"
+           if aspect < TALL_ASPECT else "wide" if aspect > WIDE_ASPECT else "")
   return {"tone": tone, "size": size, "texture": texture, "shape": shape}
 
 
@@ -98,7 +98,8 @@ def template_caption(image, name, key):
 def _with_caption(serialized, caption):
   example = tf.train.Example.FromString(serialized)
   example.features.feature[schema.TPU_CAPTION].bytes_list.value[:] = [
-      caption.encode("utf-8")]
+      caption.encode("utf-8")
+  ]
   return example.SerializeToString()
 
 
@@ -153,17 +154,17 @@ def write_captioned_copy(source_dir, output_dir, names, caption_fn=None,
       target = os.path.join(output_dir, os.path.basename(path))
       with shard_writer.ShardWriter(target, len(classes),
                                     overwrite=True) as writer:
-        for index, (raw, image, label, file_name) in enumerate(
-            _records(path)):
+        for index, (raw, image, label, file_name) in enumerate(_records(path)):
           key = file_name.decode() or f"{os.path.basename(path)}:{index}"
-          writer.write(_with_caption(raw, caption_fn(image, names[label],
-                                                     key)), int(label))
+          writer.write(_with_caption(raw, caption_fn(image, names[label], key)),
+                       int(label))
       infos.append(writer.info)
     manifests[split] = split_manifest.write(
         output_dir, split, infos, len(classes), source.image_format,
-        settings=dict(source.settings, captions=(
-            "synthetic templates: class name + image statistics"),
-                      caption_version=CAPTION_VERSION))
+        settings=dict(
+            source.settings,
+            captions=("synthetic templates: class name + image statistics"),
+            caption_version=CAPTION_VERSION))
     print_fn(f"{split}: {manifests[split].num_examples} captioned images in "
              f"{len(infos)} shards")
   class_names.write_classes_file(output_dir, classes)

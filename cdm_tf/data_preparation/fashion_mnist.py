@@ -32,11 +32,12 @@ IMAGE_SIZE = 28
 # Shards per split: enough for interleaving and multi-worker sharding tests.
 NUM_SHARDS = {"train": 8, "validation": 2}
 CLASSES = [
-    class_names.ClassInfo(synset=synset, name=name) for synset, name in (
-        ("tshirt_top", "T-shirt/top"), ("trouser", "trouser"),
-        ("pullover", "pullover"), ("dress", "dress"), ("coat", "coat"),
-        ("sandal", "sandal"), ("shirt", "shirt"), ("sneaker", "sneaker"),
-        ("bag", "bag"), ("ankle_boot", "ankle boot"))
+    class_names.ClassInfo(synset=synset, name=name)
+    for synset, name in (("tshirt_top", "T-shirt/top"), ("trouser", "trouser"),
+                         ("pullover", "pullover"), ("dress", "dress"),
+                         ("coat", "coat"), ("sandal", "sandal"),
+                         ("shirt", "shirt"), ("sneaker", "sneaker"),
+                         ("bag", "bag"), ("ankle_boot", "ankle boot"))
 ]
 
 _IDX_UBYTE_IMAGES = 0x00000803  # unsigned bytes, 3 dimensions
@@ -52,8 +53,8 @@ _REPLACE_FILE = ("replace it with an intact copy (download it again or "
 def check_pad_to(pad_to):
   """``pad_to`` as an int if it is a usable output size, else ValueError."""
   usable = f"give an image side from {IMAGE_SIZE} to {MAX_PAD_TO}, e.g. 32"
-  if isinstance(pad_to, (bool, np.bool_)) or not isinstance(
-      pad_to, (int, np.integer)):
+  if isinstance(pad_to,
+                (bool, np.bool_)) or not isinstance(pad_to, (int, np.integer)):
     raise ValueError(f"pad_to={pad_to!r} is not an integer (--pad_to); "
                      f"{usable}")
   if pad_to < IMAGE_SIZE:
@@ -129,8 +130,9 @@ def find_source_dir(source_dir=None):
     if not os.path.isdir(source_dir):
       raise NotADirectoryError(f"the Fashion-MNIST source {source_dir} is "
                                f"not a directory (--source_dir); {wanted}")
-    missing = [n for n in names
-               if not os.path.isfile(os.path.join(source_dir, n))]
+    missing = [
+        n for n in names if not os.path.isfile(os.path.join(source_dir, n))
+    ]
     if missing:
       raise FileNotFoundError(f"{', '.join(missing)} missing from the "
                               f"Fashion-MNIST source directory {source_dir} "
@@ -152,15 +154,15 @@ def load_split(split, source_dir=None):
   if directory is None:
     # Outside environments with the Debian package: the standard download.
     import keras  # pylint: disable=g-import-not-at-top
-    (x_train, y_train), (x_test, y_test) = (
-        keras.datasets.fashion_mnist.load_data())
+    (x_train, y_train), (x_test,
+                         y_test) = (keras.datasets.fashion_mnist.load_data())
     return (x_train, y_train) if split == "train" else (x_test, y_test)
   images_file, labels_file = SPLIT_FILES[split]
   images = read_idx(os.path.join(directory, images_file))
   labels = read_idx(os.path.join(directory, labels_file))
-  if (images.ndim != 3 or labels.ndim != 1
-      or images.shape[0] != labels.shape[0]
-      or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE)):
+  if (images.ndim != 3 or labels.ndim != 1 or
+      images.shape[0] != labels.shape[0] or
+      images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE)):
     raise ValueError(
         f"the {split} images {images.shape} and labels {labels.shape} are "
         f"not N {IMAGE_SIZE}x{IMAGE_SIZE} images with N labels, in "
@@ -193,8 +195,7 @@ def shuffled_order(count, seed):
   return np.random.default_rng(seed).permutation(count)
 
 
-def convert(output_dir, source_dir=None, pad_to=32, image_format="png",
-            seed=0):
+def convert(output_dir, source_dir=None, pad_to=32, image_format="png", seed=0):
   """Writes both splits as TPU-schema TFRecords, a manifest per split and
   classes.json into ``output_dir``; returns {split: Manifest}.
 
@@ -216,8 +217,7 @@ def convert(output_dir, source_dir=None, pad_to=32, image_format="png",
     raise ValueError(f"image_format {image_format!r} is not one of "
                      f"{', '.join(shard_writer.IMAGE_FORMATS)} "
                      "(--image_format); choose one of them")
-  settings = {"source": "fashion-mnist", "pad_to": pad_to,
-              "shuffle_seed": seed}
+  settings = {"source": "fashion-mnist", "pad_to": pad_to, "shuffle_seed": seed}
   manifests, sources = {}, {}
   for split in NUM_SHARDS:
     existing = None
@@ -236,8 +236,8 @@ def convert(output_dir, source_dir=None, pad_to=32, image_format="png",
     order = shuffled_order(len(labels), seed)
     infos = []
     for index, part in enumerate(np.array_split(order, num_shards)):
-      path = os.path.join(output_dir, shard_writer.shard_file_name(
-          split, index, num_shards))
+      path = os.path.join(
+          output_dir, shard_writer.shard_file_name(split, index, num_shards))
       # Padded shard by shard: a whole split at a large pad_to would take
       # gigabytes.
       padded = to_rgb(images[part], pad_to)
@@ -245,14 +245,15 @@ def convert(output_dir, source_dir=None, pad_to=32, image_format="png",
                                     overwrite=True) as writer:
         for i, image in zip(part, padded):
           label = int(labels[i])
-          writer.write(shard_writer.encode_example(
-              image, label, CLASSES, image_format=image_format,
-              file_name=f"{split}_{i:05d}.{image_format}"), label)
+          writer.write(
+              shard_writer.encode_example(
+                  image, label, CLASSES, image_format=image_format,
+                  file_name=f"{split}_{i:05d}.{image_format}"), label)
       infos.append(writer.info)
       logging.info("wrote %s (%d images)", path, writer.info.num_examples)
-    manifests[split] = split_manifest.write(
-        output_dir, split, infos, NUM_CLASSES, image_format,
-        settings=settings)
+    manifests[split] = split_manifest.write(output_dir, split, infos,
+                                            NUM_CLASSES, image_format,
+                                            settings=settings)
   class_names.write_classes_file(output_dir, CLASSES)
   return {split: manifests[split] for split in NUM_SHARDS}
 
@@ -264,15 +265,12 @@ def _check_same_conversion(output_dir, split, settings, image_format):
   path = split_manifest.file_path(output_dir, split)
 
   def compare(manifest, current):
-    recorded = {key: manifest.get("settings", {}).get(key)
-                for key in settings}
+    recorded = {key: manifest.get("settings", {}).get(key) for key in settings}
     recorded["image_format"] = manifest.get("image_format")
     return settings_record.differences(recorded, current)
 
   settings_record.check(
-      path, {**settings, "image_format": image_format},
-      lambda found: (
-          f"the complete {split} split in {output_dir} was converted with "
-          f"other settings ({settings_record.summary(found)}; see {path}); "
-          "use a new --output_dir, or the same settings"),
-      compare=compare)
+      path, {**settings, "image_format": image_format}, lambda found:
+      (f"the complete {split} split in {output_dir} was converted with "
+       f"other settings ({settings_record.summary(found)}; see {path}); "
+       "use a new --output_dir, or the same settings"), compare=compare)

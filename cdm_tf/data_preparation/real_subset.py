@@ -55,16 +55,17 @@ def class_limits(counts, fraction=None, per_class=None):
 
 
 def _settings(source_dir, fraction, per_class):
-  return {"source": os.path.abspath(source_dir), "fraction": fraction,
-          "per_class": per_class, "selection": "first per class in file order"}
+  return {
+      "source": os.path.abspath(source_dir), "fraction": fraction,
+      "per_class": per_class, "selection": "first per class in file order"
+  }
 
 
 def _labelled_records(files, keys):
   """(serialized records [b], 0-based labels [b]) in file order."""
   spec = {keys.label: tf.io.FixedLenFeature([], tf.int64)}
-  return tf.data.TFRecordDataset(files).batch(_PARSE_BATCH).map(
-      lambda raw: (raw, tf.io.parse_example(raw, spec)[keys.label]
-                   - keys.label_offset))
+  return tf.data.TFRecordDataset(files).batch(_PARSE_BATCH).map(lambda raw: (
+      raw, tf.io.parse_example(raw, spec)[keys.label] - keys.label_offset))
 
 
 def _link_split(source_dir, output_dir, split):
@@ -117,8 +118,8 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
   files = imagenet_reader.list_files(source_dir, TRAIN_SPLIT)
   keys = imagenet_reader.feature_keys(imagenet_reader.detect_format(files[0]))
   limits = class_limits(
-      class_counts.count_per_class(files, num_classes=num_classes),
-      fraction, per_class)
+      class_counts.count_per_class(files, num_classes=num_classes), fraction,
+      per_class)
   total = int(limits.sum())
   if not total:
     raise ValueError(f"fraction {fraction} keeps no record of any class")
@@ -138,9 +139,11 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
           continue
         if writer is None:
           writer = shard_writer.ShardWriter(
-              os.path.join(output_dir, shard_writer.shard_file_name(
-                  TRAIN_SPLIT, len(infos), num_shards)),
-              num_classes, overwrite=True)
+              os.path.join(
+                  output_dir,
+                  shard_writer.shard_file_name(TRAIN_SPLIT, len(infos),
+                                               num_shards)), num_classes,
+              overwrite=True)
         writer.write(record, int(label))
         kept[label] += 1
         written += 1

@@ -30,8 +30,9 @@ class GaussianData:
     self.std = float(std)
 
   def optimal_eps(self, x_t, alpha_bar, one_minus_alpha_bar):
-    return (tf.sqrt(one_minus_alpha_bar) * (x_t - tf.sqrt(alpha_bar) * self.mean)
-            / (alpha_bar * self.std**2 + one_minus_alpha_bar))
+    return (tf.sqrt(one_minus_alpha_bar) *
+            (x_t - tf.sqrt(alpha_bar) * self.mean) /
+            (alpha_bar * self.std**2 + one_minus_alpha_bar))
 
   def model_fn(self, diffusion):
     """A ``model_fn(x_t, time_input)`` returning the optimal epsilon.
@@ -40,9 +41,8 @@ class GaussianData:
     is looked up among the process's steps; a continuous-noise model's is
     its (clipped) log-SNR, inverted exactly, so any noise level works.
     """
-    alpha_bar_of = (_continuous_alpha_bar
-                    if diffusion.noise_conditioning == "continuous"
-                    else _timestep_alpha_bar(diffusion))
+    alpha_bar_of = (_continuous_alpha_bar if diffusion.noise_conditioning
+                    == "continuous" else _timestep_alpha_bar(diffusion))
 
     def fn(x_t, time_input):
       alpha_bar, one_minus = alpha_bar_of(time_input)
@@ -61,17 +61,19 @@ class GaussianData:
     ``alpha_bar``: the marginals are N(sqrt(a) mu, a sigma^2 + 1 - a), and
     the ODE's map between two of them is the affine one that keeps each
     point's standard score."""
+
     def scale(a):
       return np.sqrt(a * self.std**2 + 1.0 - a)
-    score = (np.asarray(x_T, np.float64)
-             - np.sqrt(alpha_bar_T) * self.mean) / scale(alpha_bar_T)
+
+    score = (np.asarray(x_T, np.float64) -
+             np.sqrt(alpha_bar_T) * self.mean) / scale(alpha_bar_T)
     return np.sqrt(alpha_bar) * self.mean + scale(alpha_bar) * score
 
 
 def _continuous_alpha_bar(time_input):
   snr = noise_conditioning.LOG_SNR_MAX - (
-      tf.cast(time_input, tf.float32) / noise_conditioning.TIME_INPUT_SCALE
-      * (noise_conditioning.LOG_SNR_MAX - noise_conditioning.LOG_SNR_MIN))
+      tf.cast(time_input, tf.float32) / noise_conditioning.TIME_INPUT_SCALE *
+      (noise_conditioning.LOG_SNR_MAX - noise_conditioning.LOG_SNR_MIN))
   return tf.sigmoid(snr), tf.sigmoid(-snr)
 
 
@@ -80,8 +82,9 @@ def _timestep_alpha_bar(diffusion):
   of them log alpha-bar linear in the (fractional) step, as solvers place
   their levels."""
   num = diffusion.num_timesteps
-  inputs = tf.constant(diffusion.model_time_input(tf.range(num)).numpy(),
-                       tf.float32)  # increasing with the step
+  inputs = tf.constant(
+      diffusion.model_time_input(tf.range(num)).numpy(),
+      tf.float32)  # increasing with the step
   log_ab = tf.constant(np.log(diffusion.alphas_cumprod), tf.float32)
 
   def lookup(time_input):
@@ -91,10 +94,11 @@ def _timestep_alpha_bar(diffusion):
         max(num - 2, 0))
     high = tf.minimum(low + 1, num - 1)
     width = tf.gather(inputs, high) - tf.gather(inputs, low)
-    frac = tf.clip_by_value(tf.math.divide_no_nan(
-        time_input - tf.gather(inputs, low), width), 0.0, 1.0)
-    log_a = tf.gather(log_ab, low) + frac * (
-        tf.gather(log_ab, high) - tf.gather(log_ab, low))
+    frac = tf.clip_by_value(
+        tf.math.divide_no_nan(time_input - tf.gather(inputs, low), width), 0.0,
+        1.0)
+    log_a = tf.gather(
+        log_ab, low) + frac * (tf.gather(log_ab, high) - tf.gather(log_ab, low))
     return tf.exp(log_a), -tf.math.expm1(log_a)
 
   return lookup
@@ -149,11 +153,12 @@ def moment_report(settings, data_mean=0.3, data_std=0.5, num_samples=64,
     sampler_kwargs = {k: setting[k] for k in _SAMPLER_KEYS if k in setting}
     mean, std = sample_moments(diffusion, data, num_samples, dims, seed,
                                **sampler_kwargs)
-    row = dict(setting, steps=setting.get("steps", diffusion.num_timesteps),
-               mean=mean, std=std,
-               mean_error=mean - data.mean, std_error=std - data.std)
-    row["ok"] = bool(abs(row["mean_error"]) <= tolerance
-                     and abs(row["std_error"]) <= tolerance)
+    row = dict(setting, steps=setting.get("steps",
+                                          diffusion.num_timesteps), mean=mean,
+               std=std, mean_error=mean - data.mean, std_error=std - data.std)
+    row["ok"] = bool(
+        abs(row["mean_error"]) <= tolerance and
+        abs(row["std_error"]) <= tolerance)
     rows.append(row)
     if progress is not None:
       progress(row)
@@ -176,9 +181,9 @@ def ode_errors(diffusion, data, sampler, steps, end_alpha_bar=0.9,
   errors = []
   for n in steps:
     chain = dpm_solver.DPMSolver(
-        diffusion, int(n), sampler,
-        timestep_spacing=timestep_spacing or "logsnr_uniform",
-        end_alpha_bar=end_alpha_bar, clip_denoised=False, order=order)
+        diffusion, int(n), sampler, timestep_spacing=timestep_spacing or
+        "logsnr_uniform", end_alpha_bar=end_alpha_bar, clip_denoised=False,
+        order=order)
     x = samplers.run_chain(chain, model_fn, seeds, x_T).numpy()
     exact = data.ode_solution(x_T.numpy(), chain.alphas_cumprod[0],
                               end_alpha_bar)
@@ -190,8 +195,8 @@ def observed_orders(steps, errors):
   """log(e_i / e_{i+1}) / log(n_{i+1} / n_i) between successive step counts:
   p where the error shrinks as N^-p."""
   steps, errors = np.asarray(steps, np.float64), np.asarray(errors)
-  return (np.log(errors[:-1] / errors[1:])
-          / np.log(steps[1:] / steps[:-1])).tolist()
+  return (np.log(errors[:-1] / errors[1:]) /
+          np.log(steps[1:] / steps[:-1])).tolist()
 
 
 # DDIM (the solver at order 1), DPM-Solver++(2M) and (3M), each with the
@@ -227,8 +232,9 @@ def convergence_report(solvers=DEFAULT_CONVERGENCE_SETTINGS,
   rows = []
   for setting in solvers:
     setting = dict(setting)
-    unknown = set(setting) - {"sampler", "order", "timestep_spacing",
-                              "solver_order"}
+    unknown = set(setting) - {
+        "sampler", "order", "timestep_spacing", "solver_order"
+    }
     if unknown or "sampler" not in setting or "order" not in setting:
       raise ValueError(f"a convergence setting needs sampler and order "
                        f"(optionally timestep_spacing, solver_order); got "

@@ -69,14 +69,13 @@ class GaussianConditioningAugmentation:
     level = tf.convert_to_tensor(level, tf.float32)
     alpha_bar, one_minus = self.alpha_bar(level)
     shape = [-1] + [1] * (len(z_start.shape) - 1)
-    return (tf.reshape(tf.sqrt(alpha_bar), shape) * z_start
-            + tf.reshape(tf.sqrt(one_minus), shape) * noise)
+    return (tf.reshape(tf.sqrt(alpha_bar), shape) * z_start +
+            tf.reshape(tf.sqrt(one_minus), shape) * noise)
 
   @staticmethod
   def model_input(level):
     """The network's augmentation-level input, in [0, 1000]."""
-    return (noise_conditioning.TIME_INPUT_SCALE
-            * tf.cast(level, tf.float32))
+    return (noise_conditioning.TIME_INPUT_SCALE * tf.cast(level, tf.float32))
 
   def training_levels(self, u):
     """Levels for training from uniforms u in [0, 1)."""
@@ -86,9 +85,9 @@ class GaussianConditioningAugmentation:
   def truncation_alpha_bar(self, level):
     """alpha-bar_s of a level, where a truncated low-resolution chain stops
     (1.0 for level 0: no truncation)."""
-    return float(np.interp(level * self.num_timesteps,
-                           np.arange(self.num_timesteps + 1),
-                           self.alpha_bar_grid))
+    return float(
+        np.interp(level * self.num_timesteps, np.arange(self.num_timesteps + 1),
+                  self.alpha_bar_grid))
 
   def truncation_stop_index(self, low_res_diffusion, level):
     """``stop_at`` for an ancestral low-resolution chain to return z_s.
@@ -120,10 +119,14 @@ def gaussian_blur(images, sigma, kernel_size=3):
   x = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]],
              mode="SYMMETRIC")
   # Rows, then columns: sum over taps of weight * shifted image.
-  rows = tf.add_n([taps[:, k, None, None, None] * x[:, k:k + height, :, :]
-                   for k in range(kernel_size)])
-  out = tf.add_n([taps[:, k, None, None, None] * rows[:, :, k:k + width, :]
-                  for k in range(kernel_size)])
+  rows = tf.add_n([
+      taps[:, k, None, None, None] * x[:, k:k + height, :, :]
+      for k in range(kernel_size)
+  ])
+  out = tf.add_n([
+      taps[:, k, None, None, None] * rows[:, :, k:k + width, :]
+      for k in range(kernel_size)
+  ])
   return tf.cast(out, dtype)
 
 
@@ -147,6 +150,6 @@ class BlurConditioningAugmentation:
     low, high = self.sigma_range
     sigma = low + (high - low) * tf.cast(sigma_u, tf.float32)
     blurred = gaussian_blur(z, sigma, self.kernel_size)
-    apply = tf.reshape(tf.cast(apply_u, tf.float32) < self.probability,
-                       [-1, 1, 1, 1])
+    apply = tf.reshape(
+        tf.cast(apply_u, tf.float32) < self.probability, [-1, 1, 1, 1])
     return tf.where(apply, blurred, z)

@@ -50,8 +50,9 @@ from cdm_tf.diffusion import per_example_noise
 from cdm_tf.diffusion import thresholding
 
 # sampler name -> (order, stochastic)
-SOLVERS = {"dpmpp_2m": (2, False), "dpmpp_3m": (3, False),
-           "dpmpp_2m_sde": (2, True)}
+SOLVERS = {
+    "dpmpp_2m": (2, False), "dpmpp_3m": (3, False), "dpmpp_2m_sde": (2, True)
+}
 TIMESTEP_SPACINGS = ("logsnr_uniform", "time_uniform", "karras")
 KARRAS_RHO = 7.0
 
@@ -78,12 +79,12 @@ def _spaced_half_log_snrs(spacing, count, lam_start, lam_end,
   if spacing == "logsnr_uniform":
     return np.linspace(lam_start, lam_end, count)
   if spacing == "karras":
-    # sigma_edm = sigma / alpha = e^-lambda, spaced uniformly in its 1/rho power.
+    # sigma_edm = sigma / alpha = e^-lambda, spaced uniformly in its 1/rho
+    # power.
     inv_rho = 1.0 / KARRAS_RHO
     ramp = np.linspace(0.0, 1.0, count)
-    root = (np.exp(-lam_start) ** inv_rho
-            + ramp * (np.exp(-lam_end) ** inv_rho
-                      - np.exp(-lam_start) ** inv_rho))
+    root = (np.exp(-lam_start)**inv_rho + ramp *
+            (np.exp(-lam_end)**inv_rho - np.exp(-lam_start)**inv_rho))
     return -KARRAS_RHO * np.log(root)
   if spacing == "time_uniform":
     return lambda_at_fraction(np.linspace(0.0, 1.0, count))
@@ -244,9 +245,9 @@ class DPMSolver:
         d1_1 = np.array([0.0, 1.0, -1.0]) / r1
         d2 = (d1_0 - d1_1) / (r0 + r1)
         d1 = d1_0 + r0 * d2
-        m = tuple(phi1 * np.array([1.0, 0.0, 0.0]) + phi2 * d1 + 2.0 * phi3 * d2)
-      coefs[k] = (coef_x, alpha_t * m[0], alpha_t * m[1], alpha_t * m[2],
-                  noise)
+        m = tuple(phi1 * np.array([1.0, 0.0, 0.0]) + phi2 * d1 +
+                  2.0 * phi3 * d2)
+      coefs[k] = (coef_x, alpha_t * m[0], alpha_t * m[1], alpha_t * m[2], noise)
     (self.coef_x, self.coef_m0, self.coef_m1, self.coef_m2,
      self.noise_std) = (coefs[:, j] for j in range(5))
 
@@ -271,8 +272,8 @@ class DPMSolver:
     m0 = thresholding.apply_threshold(
         at(self.recip_alphas) * x - at(self.sigmas_over_alphas) * eps,
         self.clip_denoised, self.dynamic_threshold_percentile)
-    x_next = (at(self.coef_x) * x + at(self.coef_m0) * m0
-              + at(self.coef_m1) * state["m1"] + at(self.coef_m2) * state["m2"])
+    x_next = (at(self.coef_x) * x + at(self.coef_m0) * m0 +
+              at(self.coef_m1) * state["m1"] + at(self.coef_m2) * state["m2"])
     if self.stochastic:
       noise = per_example_noise.per_example_normal(
           seeds, x.shape[1:], per_example_noise.STREAM_STEP_NOISE, k)

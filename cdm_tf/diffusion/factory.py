@@ -1,4 +1,7 @@
-"""One call that builds the process a model trains or samples with (gin target)."""
+"""One call that builds the process a model trains or samples with.
+
+``create_diffusion`` is a gin target.
+"""
 
 from cdm_tf.diffusion import respace
 from cdm_tf.diffusion import schedules

@@ -65,8 +65,9 @@ class GaussianDiffusion:
       raise ValueError(f"unknown noise_conditioning {noise_conditioning!r}; "
                        f"expected one of {NOISE_CONDITIONING_TYPES}")
     if loss_type == "hybrid" and model_var_type != "learned_range":
-      raise ValueError("the hybrid loss trains learned variances; it needs "
-                       f"model_var_type='learned_range', got {model_var_type!r}")
+      raise ValueError(
+          "the hybrid loss trains learned variances; it needs "
+          f"model_var_type='learned_range', got {model_var_type!r}")
     if loss_type == "hybrid" and noise_conditioning == "continuous":
       raise ValueError("the hybrid loss's variational bound is defined on the "
                        "discrete steps; use loss_type='simple' with continuous "
@@ -81,10 +82,11 @@ class GaussianDiffusion:
                          else np.asarray(timestep_map, dtype=np.int64))
     if self.timestep_map.shape != (self.num_timesteps,):
       raise ValueError("timestep_map needs one entry per step")
-    self.original_num_timesteps = int(original_num_timesteps
-                                      or self.num_timesteps)
+    self.original_num_timesteps = int(original_num_timesteps or
+                                      self.num_timesteps)
 
-    # Forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
+    # Forward process
+    # q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
     self.betas = betas
     self.log_betas = np.log(betas)
     self.alphas = 1.0 - betas
@@ -98,24 +100,27 @@ class GaussianDiffusion:
     self.sqrt_one_minus_alphas_cumprod = np.sqrt(self.one_minus_alphas_cumprod)
     self.log_one_minus_alphas_cumprod = np.log(self.one_minus_alphas_cumprod)
     self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
-    self.sqrt_recipm1_alphas_cumprod = np.sqrt(
-        self.one_minus_alphas_cumprod / self.alphas_cumprod)
+    self.sqrt_recipm1_alphas_cumprod = np.sqrt(self.one_minus_alphas_cumprod /
+                                               self.alphas_cumprod)
 
     # Posterior q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta-tilde_t).
     one_minus_prev = np.append(0.0, self.one_minus_alphas_cumprod[:-1])
-    self.posterior_variance = betas * one_minus_prev / self.one_minus_alphas_cumprod
+    self.posterior_variance = (betas * one_minus_prev /
+                               self.one_minus_alphas_cumprod)
     # beta-tilde_1 = 0; its log is clipped to beta-tilde_2 (Improved DDPM).
-    self.posterior_log_variance_clipped = np.log(np.append(
-        self.posterior_variance[1] if self.num_timesteps > 1 else betas[0],
-        self.posterior_variance[1:]))
-    self.posterior_mean_coef1 = (betas * np.sqrt(self.alphas_cumprod_prev)
-                                 / self.one_minus_alphas_cumprod)
-    self.posterior_mean_coef2 = (one_minus_prev * np.sqrt(self.alphas)
-                                 / self.one_minus_alphas_cumprod)
+    self.posterior_log_variance_clipped = np.log(
+        np.append(
+            self.posterior_variance[1] if self.num_timesteps > 1 else betas[0],
+            self.posterior_variance[1:]))
+    self.posterior_mean_coef1 = (betas * np.sqrt(self.alphas_cumprod_prev) /
+                                 self.one_minus_alphas_cumprod)
+    self.posterior_mean_coef2 = (one_minus_prev * np.sqrt(self.alphas) /
+                                 self.one_minus_alphas_cumprod)
     # fixed_large: beta_t, except beta-tilde_2 at t = 1 for a usable decoder.
-    self.fixed_large_log_variance = np.log(np.append(
-        self.posterior_variance[1] if self.num_timesteps > 1 else betas[0],
-        betas[1:]))
+    self.fixed_large_log_variance = np.log(
+        np.append(
+            self.posterior_variance[1] if self.num_timesteps > 1 else betas[0],
+            betas[1:]))
 
   # -- gathering ----------------------------------------------------------
 
@@ -137,14 +142,14 @@ class GaussianDiffusion:
   def q_sample(self, x_start, t, noise):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
     nd = len(x_start.shape)
-    return (self._gather(self.sqrt_alphas_cumprod, t, nd) * x_start
-            + self._gather(self.sqrt_one_minus_alphas_cumprod, t, nd) * noise)
+    return (self._gather(self.sqrt_alphas_cumprod, t, nd) * x_start +
+            self._gather(self.sqrt_one_minus_alphas_cumprod, t, nd) * noise)
 
   def q_posterior_mean_variance(self, x_start, x_t, t):
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
     nd = len(x_t.shape)
-    mean = (self._gather(self.posterior_mean_coef1, t, nd) * x_start
-            + self._gather(self.posterior_mean_coef2, t, nd) * x_t)
+    mean = (self._gather(self.posterior_mean_coef1, t, nd) * x_start +
+            self._gather(self.posterior_mean_coef2, t, nd) * x_t)
     variance = self._gather(self.posterior_variance, t, nd)
     log_variance = self._gather(self.posterior_log_variance_clipped, t, nd)
     return mean, variance, log_variance
@@ -153,14 +158,14 @@ class GaussianDiffusion:
 
   def predict_xstart_from_eps(self, x_t, t, eps):
     nd = len(x_t.shape)
-    return (self._gather(self.sqrt_recip_alphas_cumprod, t, nd) * x_t
-            - self._gather(self.sqrt_recipm1_alphas_cumprod, t, nd) * eps)
+    return (self._gather(self.sqrt_recip_alphas_cumprod, t, nd) * x_t -
+            self._gather(self.sqrt_recipm1_alphas_cumprod, t, nd) * eps)
 
   def predict_eps_from_xstart(self, x_t, t, pred_xstart):
     nd = len(x_t.shape)
-    return ((self._gather(self.sqrt_recip_alphas_cumprod, t, nd) * x_t
-             - pred_xstart)
-            / self._gather(self.sqrt_recipm1_alphas_cumprod, t, nd))
+    return ((self._gather(self.sqrt_recip_alphas_cumprod, t, nd) * x_t -
+             pred_xstart) /
+            self._gather(self.sqrt_recipm1_alphas_cumprod, t, nd))
 
   # -- what the network sees ----------------------------------------------
 
@@ -188,8 +193,8 @@ class GaussianDiffusion:
     alpha_bar, one_minus = noise_conditioning.piecewise_uniform_alpha_bar(
         self.alphas_cumprod, t, u)
     shape = [-1] + [1] * (len(x_start.shape) - 1)
-    x_t = (tf.reshape(tf.sqrt(alpha_bar), shape) * x_start
-           + tf.reshape(tf.sqrt(one_minus), shape) * noise)
+    x_t = (tf.reshape(tf.sqrt(alpha_bar), shape) * x_start +
+           tf.reshape(tf.sqrt(one_minus), shape) * noise)
     return x_t, noise_conditioning.noise_level_input(alpha_bar, one_minus)
 
   # -- reverse process ----------------------------------------------------
@@ -282,10 +287,10 @@ class GaussianDiffusion:
     alpha_bar = self._gather(self.alphas_cumprod, t, nd)
     alpha_bar_prev = self._gather(np.append(1.0, self.alphas_cumprod),
                                   t_prev + 1, nd)
-    sigma = (eta * tf.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar))
-             * tf.sqrt(1.0 - alpha_bar / alpha_bar_prev))
-    x_prev = (tf.sqrt(alpha_bar_prev) * pred_xstart
-              + tf.sqrt(tf.maximum(1.0 - alpha_bar_prev - sigma**2, 0.0)) * eps)
+    sigma = (eta * tf.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar)) *
+             tf.sqrt(1.0 - alpha_bar / alpha_bar_prev))
+    x_prev = (tf.sqrt(alpha_bar_prev) * pred_xstart +
+              tf.sqrt(tf.maximum(1.0 - alpha_bar_prev - sigma**2, 0.0)) * eps)
     if eta > 0:
       if noise is None:
         raise ValueError("ddim_step with eta > 0 needs noise")
@@ -303,8 +308,9 @@ class GaussianDiffusion:
     true_mean, _, true_log_variance = self.q_posterior_mean_variance(
         x_start, x_t, t)
     out = self.p_mean_variance(model_output, x_t, t, clip_denoised=False)
-    kl = likelihood.mean_over_nonbatch(likelihood.normal_kl(
-        true_mean, true_log_variance, out["mean"], out["log_variance"]))
+    kl = likelihood.mean_over_nonbatch(
+        likelihood.normal_kl(true_mean, true_log_variance, out["mean"],
+                             out["log_variance"]))
     decoder_nll = -likelihood.mean_over_nonbatch(
         likelihood.discretized_gaussian_log_likelihood(
             x_start, out["mean"], 0.5 * out["log_variance"]))

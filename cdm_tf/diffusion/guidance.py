@@ -22,8 +22,8 @@ def classifier_free_guidance(cond_output, uncond_output, guidance_weight,
   return eps if var_cond is None else tf.concat([eps, var_cond], axis=-1)
 
 
-def guided_model_fn(model_fn, conditioning, null_conditioning,
-                    guidance_weight, learned_variance):
+def guided_model_fn(model_fn, conditioning, null_conditioning, guidance_weight,
+                    learned_variance):
   """Wraps ``model_fn(x, time_input, conditioning)`` into ``fn(x, time_input)``.
 
   ``conditioning`` and ``null_conditioning`` are matching nests of batched
@@ -39,7 +39,7 @@ def guided_model_fn(model_fn, conditioning, null_conditioning,
     output = model_fn(tf.concat([x, x], axis=0),
                       tf.concat([time_input, time_input], axis=0), both)
     cond_output, uncond_output = tf.split(output, 2, axis=0)
-    return classifier_free_guidance(cond_output, uncond_output,
-                                    guidance_weight, learned_variance)
+    return classifier_free_guidance(cond_output, uncond_output, guidance_weight,
+                                    learned_variance)
 
   return fn

@@ -37,15 +37,15 @@ def log_snr(alpha_bar, one_minus_alpha_bar):
 
 def noise_level_input(alpha_bar, one_minus_alpha_bar):
   """The network's time input for a continuous-noise model, in [0, 1000]."""
-  snr = tf.clip_by_value(log_snr(alpha_bar, one_minus_alpha_bar),
-                         LOG_SNR_MIN, LOG_SNR_MAX)
+  snr = tf.clip_by_value(log_snr(alpha_bar, one_minus_alpha_bar), LOG_SNR_MIN,
+                         LOG_SNR_MAX)
   return TIME_INPUT_SCALE * (LOG_SNR_MAX - snr) / (LOG_SNR_MAX - LOG_SNR_MIN)
 
 
 def timestep_input(original_timesteps, original_num_timesteps):
   """The network's time input for a timestep model, in [0, 1000)."""
-  return (tf.cast(original_timesteps, tf.float32)
-          * (TIME_INPUT_SCALE / float(original_num_timesteps)))
+  return (tf.cast(original_timesteps, tf.float32) *
+          (TIME_INPUT_SCALE / float(original_num_timesteps)))
 
 
 def piecewise_uniform_alpha_bar(alphas_cumprod, t, u):

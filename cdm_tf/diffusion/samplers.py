@@ -80,8 +80,8 @@ def ddpm_step(diffusion, model_fn, x, i, seeds, *, clip_denoised=True,
   return x_prev
 
 
-def ddim_step(diffusion, model_fn, x, i, seeds, *, eta=0.0,
-              clip_denoised=True, dynamic_threshold_percentile=None):
+def ddim_step(diffusion, model_fn, x, i, seeds, *, eta=0.0, clip_denoised=True,
+              dynamic_threshold_percentile=None):
   """One DDIM step from index ``i`` to i - 1 (see ``ddpm_step``)."""
   t = tf.fill([tf.shape(x)[0]], i)
   output = model_fn(x, diffusion.model_time_input(t))
@@ -130,8 +130,10 @@ class AncestralChain:
   def step(self, model_fn, state, k, seeds):
     i = self.diffusion.num_timesteps - 1 - k
     step = ddpm_step if self.sampler == "ddpm" else ddim_step
-    return {"x": step(self.diffusion, model_fn, state["x"], i, seeds,
-                      **self._kwargs)}
+    return {
+        "x": step(self.diffusion, model_fn, state["x"], i, seeds,
+                  **self._kwargs)
+    }
 
   @staticmethod
   def result(state):
@@ -168,9 +170,8 @@ def create_chain(diffusion, sampler="ddpm", *, steps=None,
     if stop_at:
       raise ValueError("solvers stop at a noise level: pass stop_alpha_bar")
     return dpm_solver.DPMSolver(
-        diffusion, steps, sampler,
-        timestep_spacing=timestep_spacing or "logsnr_uniform",
-        end_alpha_bar=stop_alpha_bar, **common)
+        diffusion, steps, sampler, timestep_spacing=timestep_spacing or
+        "logsnr_uniform", end_alpha_bar=stop_alpha_bar, **common)
   if steps is not None or timestep_spacing is not None:
     raise ValueError(f"steps and timestep_spacing are solver settings; "
                      f"{sampler} takes a respaced process "
@@ -178,8 +179,8 @@ def create_chain(diffusion, sampler="ddpm", *, steps=None,
   if stop_at and stop_alpha_bar is not None:
     raise ValueError("give stop_at or stop_alpha_bar, not both")
   return AncestralChain(
-      diffusion, sampler, eta=eta, logvar_coeff=logvar_coeff,
-      stop_at=stop_at or stop_index(diffusion, stop_alpha_bar), **common)
+      diffusion, sampler, eta=eta, logvar_coeff=logvar_coeff, stop_at=stop_at or
+      stop_index(diffusion, stop_alpha_bar), **common)
 
 
 def compile_network(model_fn):
@@ -195,6 +196,7 @@ def chain_segment(chain, model_fn, state, start, stop, seeds):
   ``start`` and ``stop`` are int32 scalar tensors, so one compiled function
   serves every segment.
   """
+
   def body(k, state):
     return k + 1, chain.step(model_fn, state, k, seeds)
 
@@ -216,9 +218,8 @@ def run_chain(chain, model_fn, seeds, x_T, *, steps_per_call=None,
   seeds = tf.convert_to_tensor(seeds)
   if jit_compile:
     model_fn = compile_network(model_fn)
-  segment = tf.function(
-      lambda state, start, stop: chain_segment(chain, model_fn, state, start,
-                                               stop, seeds))
+  segment = tf.function(lambda state, start, stop: chain_segment(
+      chain, model_fn, state, start, stop, seeds))
   state = chain.initial_state(x_T)
   for start, stop in segments(chain.num_steps, steps_per_call):
     state = segment(state, tf.constant(start, tf.int32),

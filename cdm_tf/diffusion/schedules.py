@@ -27,7 +27,7 @@ def cosine_alpha_bar(u):
   Un-normalized: ``f(u) = cos^2((u + s) / (1 + s) * pi / 2)``; alpha-bar is
   ``f(u) / f(0)``.
   """
-  return math.cos((u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+  return math.cos((u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2)**2
 
 
 def betas_for_alpha_bar(num_timesteps, alpha_bar, max_beta=MAX_BETA):

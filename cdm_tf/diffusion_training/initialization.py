@@ -26,8 +26,9 @@ from cdm_tf.training import preemption
 
 
 def is_export(path):
-  return all(tf.io.gfile.exists(os.path.join(path, name))
-             for name in (export.CONFIG_FILE, export.UNET_FILE))
+  return all(
+      tf.io.gfile.exists(os.path.join(path, name))
+      for name in (export.CONFIG_FILE, export.UNET_FILE))
 
 
 def checkpoint_path(path):

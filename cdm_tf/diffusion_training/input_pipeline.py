@@ -45,35 +45,35 @@ def diffusion_dataset(data_dir, split="train", resolution=64,
   batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
                 if input_context else global_batch_size)
   if captions:
-    examples = caption_reader.read_dataset(
-        data_dir, split=split, seed=seed + pipeline_id,
-        shuffle_buffer=shuffle_buffer, repeat=True,
-        input_context=input_context)
+    examples = caption_reader.read_dataset(data_dir, split=split,
+                                           seed=seed + pipeline_id,
+                                           shuffle_buffer=shuffle_buffer,
+                                           repeat=True,
+                                           input_context=input_context)
   else:
     examples = imagenet_reader.read_dataset(
-        data_dir, split=split, num_classes=num_classes,
-        seed=seed + pipeline_id, shuffle_buffer=shuffle_buffer, repeat=True,
-        input_context=input_context)
+        data_dir, split=split, num_classes=num_classes, seed=seed + pipeline_id,
+        shuffle_buffer=shuffle_buffer, repeat=True, input_context=input_context)
 
   def prepare(index, example):
-    example_seed = input_sharding.strided_example_seed(seed, pipeline_id,
-                                                       index)
+    example_seed = input_sharding.strided_example_seed(seed, pipeline_id, index)
     flip_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
-    resolutions = [resolution] + ([low_res_resolution] if low_res_resolution
-                                  else [])
+    resolutions = [resolution
+                  ] + ([low_res_resolution] if low_res_resolution else [])
     images = diffusion_preprocessing.cascade_example(
         example, resolutions, random_flip=random_flip,
         seed=flip_seed if random_flip else None)
-    batch = {"x_start": images[diffusion_preprocessing.image_key(resolution)],
-             "label": images[schema.LABEL], "seed": example_seed}
+    batch = {
+        "x_start": images[diffusion_preprocessing.image_key(resolution)],
+        "label": images[schema.LABEL], "seed": example_seed
+    }
     if low_res_resolution:
-      batch["low_res"] = images[
-          diffusion_preprocessing.image_key(low_res_resolution)]
+      batch["low_res"] = images[diffusion_preprocessing.image_key(
+          low_res_resolution)]
     if captions:
       batch[schema.CAPTION] = example[schema.CAPTION]
     return batch
 
-  return (examples.enumerate()
-          .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch_size, drop_remainder=True)
-          .prefetch(tf.data.AUTOTUNE))
+  return (examples.enumerate().map(
+      prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(
+          batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))

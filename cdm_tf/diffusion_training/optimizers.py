@@ -22,13 +22,14 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         1.0, (step + 1.0) / self.warmup_steps)
 
   def get_config(self):
-    return {"learning_rate": self.learning_rate,
-            "warmup_steps": self.warmup_steps}
+    return {
+        "learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps
+    }
 
 
 def create_optimizer(name="adam", learning_rate=1e-4, warmup_steps=0,
-                     weight_decay=None, beta_1=0.9, beta_2=0.999,
-                     epsilon=1e-8, momentum=0.9, loss_scaling=False):
+                     weight_decay=None, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                     momentum=0.9, loss_scaling=False):
   """An optimizer with linear warmup; gradients are clipped by the model.
 
   ``loss_scaling`` wraps it in a dynamic ``LossScaleOptimizer`` (float16).
@@ -38,9 +39,9 @@ def create_optimizer(name="adam", learning_rate=1e-4, warmup_steps=0,
     optimizer = keras.optimizers.Adam(schedule, beta_1=beta_1, beta_2=beta_2,
                                       epsilon=epsilon)
   elif name == "adamw":
-    optimizer = keras.optimizers.AdamW(
-        schedule, weight_decay=weight_decay or 0.0, beta_1=beta_1,
-        beta_2=beta_2, epsilon=epsilon)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay or
+                                       0.0, beta_1=beta_1, beta_2=beta_2,
+                                       epsilon=epsilon)
   elif name == "adafactor":
     # Keras' Adafactor (factored second moments; Azizi et al.'s base
     # fine-tune): its step is the learning rate times each weight's RMS

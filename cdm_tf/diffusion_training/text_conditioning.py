@@ -92,14 +92,15 @@ def encode_captions(dataset, encoder):
   def add_text(batch):
     batch = dict(batch)
     captions = batch.pop(schema.CAPTION)
-    pooled, tokens, mask = tf.py_function(
-        encode, [captions], [tf.float32, tf.float32, tf.bool])
+    pooled, tokens, mask = tf.py_function(encode, [captions],
+                                          [tf.float32, tf.float32, tf.bool])
     pooled.set_shape([batch_size, width])
     tokens.set_shape([batch_size, length, width])
     mask.set_shape([batch_size, length])
-    batch.update({conditioning.TEXT_POOLED: pooled,
-                  conditioning.TEXT_TOKENS: tokens,
-                  conditioning.TEXT_MASK: mask})
+    batch.update({
+        conditioning.TEXT_POOLED: pooled, conditioning.TEXT_TOKENS: tokens,
+        conditioning.TEXT_MASK: mask
+    })
     return batch
 
   # Sequential: one encoder call at a time (it runs eagerly in Python).

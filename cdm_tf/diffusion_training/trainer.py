@@ -45,7 +45,6 @@ from cdm_tf.training import loop
 from cdm_tf.training import run_settings
 from cdm_tf.training import strategies
 
-
 # What a run writes under its model directory, besides the loop's
 # checkpoints and TensorBoard events.
 EXPORT_DIR = "export"
@@ -61,9 +60,10 @@ _NON_FINITE_ADVICE = ("Lower the learning rate, add warmup or gradient "
 def _checkpoint(model, optimizer, iterator):
   """Weights, EMA and optimizer; plus the data iterator when it can be saved
   (TF can save single-device iterators, not all distributed ones)."""
-  items = {"unet_weights": list(model.unet.weights),
-           "ema_weights": list(model.ema_variables),
-           "optimizer": optimizer}
+  items = {
+      "unet_weights": list(model.unet.weights),
+      "ema_weights": list(model.ema_variables), "optimizer": optimizer
+  }
   if iterator is not None:
     try:
       return tf.train.Checkpoint(data_iterator=iterator, **items)
@@ -87,10 +87,12 @@ def _check_settings(num_steps, global_batch_size, init_from, replicas,
     raise configuration.ConfigError(
         f"trainer.train.global_batch_size {global_batch_size} must be a "
         f"positive multiple of the {replicas} replica(s)")
-  loop.check_intervals(steps_per_execution, {
-      "trainer.train.log_every": log_every,
-      "trainer.train.checkpoint_every": checkpoint_every,
-      "trainer.train.sample_every": sample_every})
+  loop.check_intervals(
+      steps_per_execution, {
+          "trainer.train.log_every": log_every,
+          "trainer.train.checkpoint_every": checkpoint_every,
+          "trainer.train.sample_every": sample_every
+      })
 
 
 @gin.configurable(denylist=["model_dir", "strategy"])
@@ -99,9 +101,9 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
           global_batch_size=64, num_steps=1000, checkpoint_every=500,
           keep_checkpoints=3, log_every=50, sample_every=0, num_samples=16,
           sample_respacing="100", sample_guidance_weight=1.0,
-          save_iterator_state=True, export_at_end=True, seed=0,
-          init_from=None, text_encoder_factory=None, class_prompts=None,
-          steps_per_execution=1, print_fn=print):
+          save_iterator_state=True, export_at_end=True, seed=0, init_from=None,
+          text_encoder_factory=None, class_prompts=None, steps_per_execution=1,
+          print_fn=print):
   """Trains (or resumes training) a ``DiffusionModel``.
 
   Args:
@@ -143,8 +145,8 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
     loop.NonFiniteLossError: the loss or the weights became NaN or Inf.
   """
   _check_settings(num_steps, global_batch_size, init_from,
-                  strategy.num_replicas_in_sync, steps_per_execution,
-                  log_every, checkpoint_every, sample_every)
+                  strategy.num_replicas_in_sync, steps_per_execution, log_every,
+                  checkpoint_every, sample_every)
   # Only the chief writes into model_dir (often shared by every worker).
   chief = strategies.is_chief(strategy)
   if chief:
@@ -159,12 +161,12 @@ def train(model_dir, strategy, model_factory=gin.REQUIRED,
   _resume_or_initialize(checkpoints, model, optimizer, init_from, print_fn)
   grids = _SampleGrids(model, model_dir, iterator, strategy, num_samples,
                        sample_respacing, sample_guidance_weight, seed)
-  outcome = _training_loop(model, optimizer, checkpoints, grids, num_steps,
-                           log_every, sample_every, steps_per_execution,
-                           print_fn).run(
-      iterator, strategy, loop.summary_writer(model_dir, strategy),
-      int(optimizer.iterations.numpy()), print_fn,
-      digest_variables=list(model.unet.weights) + list(model.ema_variables))
+  outcome = _training_loop(
+      model, optimizer, checkpoints, grids, num_steps, log_every, sample_every,
+      steps_per_execution, print_fn).run(
+          iterator, strategy, loop.summary_writer(model_dir, strategy),
+          int(optimizer.iterations.numpy()), print_fn,
+          digest_variables=list(model.unet.weights) + list(model.ema_variables))
   if outcome.pop("stopped"):
     return dict(outcome, stopped=True)
   if export_at_end and chief:
@@ -192,14 +194,14 @@ def _batches(model, strategy, dataset_factory, global_batch_size, text,
   captions. ``text``: (text_encoder_factory, class_prompts) of ``train``."""
   text_encoder_factory, class_prompts = text
   encoder = _text_encoder(model, text_encoder_factory, print_fn)
-  dataset = strategy.distribute_datasets_from_function(
-      lambda context: _dataset(dataset_factory, context, global_batch_size,
-                               encoder))
+  dataset = strategy.distribute_datasets_from_function(lambda context: _dataset(
+      dataset_factory, context, global_batch_size, encoder))
   if (encoder is not None and
       conditioning.TEXT_TOKENS not in dataset.element_spec):
-    _set_class_prompts(model, strategy, encoder, class_prompts,
-                       os.path.join(model_dir, TEXT_EMBEDDINGS_DIR)
-                       if strategies.is_chief(strategy) else None, print_fn)
+    _set_class_prompts(
+        model, strategy, encoder, class_prompts,
+        os.path.join(model_dir, TEXT_EMBEDDINGS_DIR)
+        if strategies.is_chief(strategy) else None, print_fn)
   return iter(dataset)
 
 
@@ -207,17 +209,17 @@ def _checkpoints(model, optimizer, iterator, model_dir, strategy,
                  save_iterator_state, every, keep):
   """The run's ``loop.Checkpoints`` (settings checked and recorded)."""
   return loop.Checkpoints(
-      _checkpoint(model, optimizer, iterator if _keeps_iterator(
-          save_iterator_state, strategy) else None),
+      _checkpoint(
+          model, optimizer,
+          iterator if _keeps_iterator(save_iterator_state, strategy) else None),
       model_dir, strategy,
-      run_settings.describe(model.get_config(), optimizer, model.weights),
-      every=every, keep=keep,
+      run_settings.describe(model.get_config(), optimizer,
+                            model.weights), every=every, keep=keep,
       weights=list(model.unet.weights) + list(model.ema_variables),
       advice=_NON_FINITE_ADVICE)
 
 
-def _resume_or_initialize(checkpoints, model, optimizer, init_from,
-                          print_fn):
+def _resume_or_initialize(checkpoints, model, optimizer, init_from, print_fn):
   """Restores the latest checkpoint; without one, fine-tuning starts from
   ``init_from``'s weights."""
   resumed = checkpoints.restore()
@@ -229,19 +231,18 @@ def _resume_or_initialize(checkpoints, model, optimizer, init_from,
     print_fn(f"initialised the U-Net and its EMA from {source}")
 
 
-def _training_loop(model, optimizer, checkpoints, grids, num_steps,
-                   log_every, sample_every, steps_per_execution, print_fn):
+def _training_loop(model, optimizer, checkpoints, grids, num_steps, log_every,
+                   sample_every, steps_per_execution, print_fn):
   return loop.TrainingLoop(
-      step_fn=_distributed_step(model, grids.strategy),
-      checkpoints=checkpoints, num_steps=num_steps, log_every=log_every,
+      step_fn=_distributed_step(model, grids.strategy), checkpoints=checkpoints,
+      num_steps=num_steps, log_every=log_every,
       log_flag="trainer.train.log_every",
       checkpoint_flag="trainer.train.checkpoint_every",
-      report=functools.partial(_report, optimizer, num_steps, print_fn),
-      hooks=[loop.Periodic("trainer.train.sample_every", sample_every,
-                           grids.write)],
-      steps_per_execution=steps_per_execution,
-      non_finite_detail=lambda values: (
-          f" (grad norm {values.get('grad_norm')})"))
+      report=functools.partial(_report, optimizer, num_steps, print_fn), hooks=[
+          loop.Periodic("trainer.train.sample_every", sample_every, grids.write)
+      ], steps_per_execution=steps_per_execution,
+      non_finite_detail=lambda values:
+      (f" (grad norm {values.get('grad_norm')})"))
 
 
 def _text_encoder(model, text_encoder_factory, print_fn):
@@ -294,11 +295,15 @@ def _keeps_iterator(save_iterator_state, strategy):
 
 def _distributed_step(model, strategy):
   """One step over every replica; the metrics MEAN-reduced."""
+
   def step(iterator):
     batch = next(iterator)
     per_replica = strategy.run(model.train_step, args=(batch,))
-    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-            for k, v in per_replica.items()}
+    return {
+        k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+        for k, v in per_replica.items()
+    }
+
   return step
 
 
@@ -331,8 +336,8 @@ class _SampleGrids:
   def write(self, step):
     # Every worker takes the batch the inputs may come from, so their
     # iterators stay at the same step.
-    self._inputs = self._inputs or _sample_inputs(
-        self._model, self._iterator, self.strategy, self._count)
+    self._inputs = self._inputs or _sample_inputs(self._model, self._iterator,
+                                                  self.strategy, self._count)
     if strategies.is_chief(self.strategy):
       _write_samples(self._model, self._model_dir, step, self._inputs,
                      self._respacing, self._guidance_weight, self._seed)
@@ -351,12 +356,16 @@ def _sample_inputs(model, iterator, strategy, count):
     keys.extend(conditioning.TEXT_KEYS)
   if keys:
     batch = next(iterator)
-    values = {key: np.concatenate([
-        p.numpy() for p in strategy.experimental_local_results(batch[key])])
-              for key in keys + ["label"]}
+    values = {
+        key: np.concatenate([
+            p.numpy() for p in strategy.experimental_local_results(batch[key])
+        ]) for key in keys + ["label"]
+    }
     repeats = -(-count // len(values["label"]))
-    values = {key: np.concatenate([value] * repeats)[:count]
-              for key, value in values.items()}
+    values = {
+        key: np.concatenate([value] * repeats)[:count]
+        for key, value in values.items()
+    }
     labels, low_res = values["label"], values.get("low_res")
     if conditioning.TEXT_TOKENS in values:
       text = {key: values[key] for key in conditioning.TEXT_KEYS}
@@ -372,18 +381,23 @@ def _write_samples(model, model_dir, step, inputs, respacing, guidance_weight,
   seeds = per_example_noise.example_seeds(np.arange(len(labels)), seed)
   with model.ema_weights():
     samples = model.sample(seeds, labels=labels, low_res=low_res,
-                           diffusion=diffusion,
-                           guidance_weight=guidance_weight, text=text)
+                           diffusion=diffusion, guidance_weight=guidance_weight,
+                           text=text)
   images = diffusion_preprocessing.to_uint8(samples).numpy()
   columns = int(math.ceil(math.sqrt(len(images))))
   rows = [list(images[i:i + columns]) for i in range(0, len(images), columns)]
   if low_res is not None:  # show the conditioning next to each sample
     lows = diffusion_preprocessing.to_uint8(low_res).numpy()
-    rows = [[img for pair in zip(lows[i:i + columns], images[i:i + columns])
-             for img in pair] for i in range(0, len(images), columns)]
+    rows = [[
+        img
+        for pair in zip(lows[i:i + columns], images[i:i + columns])
+        for img in pair
+    ]
+            for i in range(0, len(images), columns)]
   sheet = contact_sheet.grid(rows, cell_size=max(model.unet.resolution, 64))
-  path = os.path.join(model_dir, SAMPLES_DIR, f"{SAMPLE_SHEET_PREFIX}"
-                      f"{step:08d}{SAMPLE_SHEET_SUFFIX}")
+  path = os.path.join(
+      model_dir, SAMPLES_DIR, f"{SAMPLE_SHEET_PREFIX}"
+      f"{step:08d}{SAMPLE_SHEET_SUFFIX}")
   contact_sheet.write_png(path, sheet)
   tf.summary.image("samples", sheet[None], step=step)
   logging.info("wrote %s", path)

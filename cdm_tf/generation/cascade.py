@@ -130,8 +130,8 @@ class Stage:
     where = f"stage {self.model_dir}: {self.sampler}"
     if not isinstance(self.steps, int) or self.steps < 1:
       raise ValueError(f"{where} needs steps >= 1, got {self.steps!r}")
-    if (self.timestep_spacing is not None and self.timestep_spacing
-        not in dpm_solver.TIMESTEP_SPACINGS):
+    if (self.timestep_spacing is not None and
+        self.timestep_spacing not in dpm_solver.TIMESTEP_SPACINGS):
       raise ValueError(f"{where}: unknown timestep_spacing "
                        f"{self.timestep_spacing!r}; expected one of "
                        f"{dpm_solver.TIMESTEP_SPACINGS}")
@@ -188,8 +188,10 @@ class Stage:
 def configured_stages():
   """The stages bound to ``Cascade.stages`` in the parsed gin config, built
   without loading any model (for dry runs and checks)."""
-  return [reference.scoped_configurable_fn()
-          for reference in gin.query_parameter("Cascade.stages")]
+  return [
+      reference.scoped_configurable_fn()
+      for reference in gin.query_parameter("Cascade.stages")
+  ]
 
 
 def leading_stages(num_stages=None):
@@ -285,9 +287,10 @@ class _StageSampler:
       # z_0 of the previous stage, on the 8-bit grid the model trained on.
       low_res = diffusion_preprocessing.to_float(
           diffusion_preprocessing.to_uint8(low_res))
-    cond, uncond = self.model.sampling_conditioning(
-        seeds, inputs.get("label"), low_res, self.stage.aug_level,
-        self.stage.truncated)
+    cond, uncond = self.model.sampling_conditioning(seeds, inputs.get("label"),
+                                                    low_res,
+                                                    self.stage.aug_level,
+                                                    self.stage.truncated)
     state = self.chain.initial_state(
         samplers.initial_noise(seeds, self.model.sample_shape))
     return state, {"seed": seeds, "cond": cond, "uncond": uncond}
@@ -376,15 +379,16 @@ class Cascade:
             f"{model.unet.low_res_resolution}x{model.unet.low_res_resolution}"
             f" but the stage before it makes {prev.resolution}x"
             f"{prev.resolution}")
-      if (cur.stage.aug_level or cur.stage.truncated) and (
-          model.conditioning_augmentation != "gaussian"):
+      if (cur.stage.aug_level or
+          cur.stage.truncated) and (model.conditioning_augmentation
+                                    != "gaussian"):
         raise ValueError(
             f"stage {cur.stage.model_dir} was trained with "
             f"{model.conditioning_augmentation!r} conditioning augmentation: "
             "it takes no aug_level at inference")
     for sampler in self._samplers:
-      if (sampler.stage.logvar_coeff is not None
-          and sampler.model.unet.learn_sigma):
+      if (sampler.stage.logvar_coeff is not None and
+          sampler.model.unet.learn_sigma):
         raise ValueError(f"stage {sampler.stage.model_dir} learned its "
                          "variances: logvar_coeff is for fixed-variance models")
     num_classes = {s.model.num_classes for s in self._samplers}
@@ -397,8 +401,11 @@ class Cascade:
     text = [s for s in self._samplers if s.model.is_text_conditioned]
     if not text:
       return
-    recorded = {tuple(s.model.class_prompts) for s in text
-                if s.model.class_prompts is not None}
+    recorded = {
+        tuple(s.model.class_prompts)
+        for s in text
+        if s.model.class_prompts is not None
+    }
     if class_prompts is not None:
       prompts = [str(p) for p in class_prompts]
     elif len(recorded) == 1:
@@ -413,8 +420,11 @@ class Cascade:
     if encoder is None:
       # The recorded length, whatever gin says: any other length is
       # another encoder to the model.
-      lengths = {s.model.text_encoder["max_length"] for s in text
-                 if s.model.text_encoder}
+      lengths = {
+          s.model.text_encoder["max_length"]
+          for s in text
+          if s.model.text_encoder
+      }
       encoder = text_factory.create_encoder(
           **({"max_length": lengths.pop()} if len(lengths) == 1 else {}))
     for sampler in text:
@@ -427,8 +437,9 @@ class Cascade:
     with self.strategy.scope():
       for sampler in text:
         sampler.model.set_class_prompts(prompts, embeddings)
-    self._text_key = {"text_encoder": text_factory.describe(encoder),
-                      "class_prompts": prompts}
+    self._text_key = {
+        "text_encoder": text_factory.describe(encoder), "class_prompts": prompts
+    }
 
   def _stop_alpha_bar(self, k):
     """Where stage k stops: None (the clean data), or alpha-bar_s of the
@@ -471,12 +482,14 @@ class Cascade:
           "stops_at_index": getattr(sampler.chain, "stop_at", None),
           "stops_at_alpha_bar": sampler.stop_alpha_bar,
           "diffusion": sampler.model.diffusion_config,
-          "conditioning_augmentation": (
-              sampler.model.conditioning_augmentation),
+          "conditioning_augmentation":
+              (sampler.model.conditioning_augmentation),
           **sampler.stage.settings(),
       })
-    description = {"stages": stages, "dtype_policy": self.dtype_policy,
-                   "jit_compile": self.jit_compile}
+    description = {
+        "stages": stages, "dtype_policy": self.dtype_policy,
+        "jit_compile": self.jit_compile
+    }
     if self._text_key is not None:
       description["text_encoder"] = self._text_key["text_encoder"]["name"]
       description["class_prompts"] = self._text_key["class_prompts"]
@@ -498,10 +511,10 @@ class Cascade:
     digest = hashlib.sha256()
     for sampler in self._samplers:
       directory = sampler.stage.model_dir
-      digest.update(json.dumps(sampler.stage.settings(),
-                               sort_keys=True).encode())
-      digest.update(json.dumps(export.read_config(directory),
-                               sort_keys=True).encode())
+      digest.update(
+          json.dumps(sampler.stage.settings(), sort_keys=True).encode())
+      digest.update(
+          json.dumps(export.read_config(directory), sort_keys=True).encode())
       digest.update(sampler.weights_fingerprint.encode())
     if self._text_key is not None:  # the prompts and their encoder
       digest.update(json.dumps(self._text_key, sort_keys=True).encode())
@@ -520,8 +533,7 @@ class Cascade:
 
     return self.strategy.experimental_distribute_values_from_function(value)
 
-  def sample(self, seeds, labels, progress=None, first_stage=0,
-             low_res=None):
+  def sample(self, seeds, labels, progress=None, first_stage=0, low_res=None):
     """Runs the stages for a global batch.
 
     Args:
@@ -554,8 +566,9 @@ class Cascade:
     if (low_res is not None) != (first_stage > 0):
       raise ValueError("low_res is the input of a later first_stage: give "
                        "both or neither")
-    inputs = {"seed": self._distribute(seeds),
-              "label": self._distribute(labels)}
+    inputs = {
+        "seed": self._distribute(seeds), "label": self._distribute(labels)
+    }
     images = None
     if first_stage:
       side = self._samplers[first_stage - 1].resolution
@@ -571,5 +584,5 @@ class Cascade:
         inputs = dict(inputs, low_res=images)
       images = self._samplers[index].run(inputs, progress=progress)
     parts = self.strategy.experimental_local_results(images)
-    return np.concatenate([
-        diffusion_preprocessing.to_uint8(p).numpy() for p in parts])
+    return np.concatenate(
+        [diffusion_preprocessing.to_uint8(p).numpy() for p in parts])

@@ -82,9 +82,9 @@ class Shard:
   def info(self, num_classes):
     """The ``ShardInfo`` a complete shard of this plan has."""
     counts = np.bincount(self.labels, minlength=num_classes)
-    return shard_writer.ShardInfo(
-        file_name=self.file_name, num_examples=len(self),
-        class_counts=tuple(int(c) for c in counts))
+    return shard_writer.ShardInfo(file_name=self.file_name,
+                                  num_examples=len(self),
+                                  class_counts=tuple(int(c) for c in counts))
 
 
 class GenerationPlan:
@@ -148,10 +148,11 @@ class GenerationPlan:
     labels, indices = self._examples()
     start = index * self.examples_per_shard
     stop = start + self.examples_per_shard
-    return Shard(index=index,
-                 file_name=shard_writer.shard_file_name(
-                     self.split, index, self.num_shards),
-                 labels=labels[start:stop], class_indices=indices[start:stop])
+    return Shard(
+        index=index,
+        file_name=shard_writer.shard_file_name(self.split, index,
+                                               self.num_shards),
+        labels=labels[start:stop], class_indices=indices[start:stop])
 
   def worker_shards(self, num_workers=1, worker_index=0):
     """Indices of the shards worker ``worker_index`` of ``num_workers``
@@ -162,7 +163,9 @@ class GenerationPlan:
     return list(range(worker_index, self.num_shards, num_workers))
 
   def to_json(self):
-    return {"split": self.split, "num_examples": self.num_examples,
-            "num_shards": self.num_shards,
-            "examples_per_shard": self.examples_per_shard,
-            "class_counts": self.class_counts.tolist()}
+    return {
+        "split": self.split, "num_examples": self.num_examples,
+        "num_shards": self.num_shards,
+        "examples_per_shard": self.examples_per_shard,
+        "class_counts": self.class_counts.tolist()
+    }

@@ -67,9 +67,9 @@ def worker_lock(output_dir, worker_index):
   """
   if "://" in output_dir:
     # Buckets (gs://) cannot flock: nothing stops a second worker there.
-    logging.warning("%s is not on a local file system: worker %d is not "
-                    "locked against a second copy of itself", output_dir,
-                    worker_index)
+    logging.warning(
+        "%s is not on a local file system: worker %d is not "
+        "locked against a second copy of itself", output_dir, worker_index)
     yield
     return
   path = worker_lock_path(output_dir, worker_index)
@@ -123,10 +123,10 @@ class GenerationSettings:
 
   def stored(self):
     """The settings that change the files (recorded and compared)."""
-    return {"image_format": self.image_format,
-            "jpeg_quality": self.jpeg_quality,
-            "output_resolution": self.output_resolution,
-            "base_seed": self.base_seed}
+    return {
+        "image_format": self.image_format, "jpeg_quality": self.jpeg_quality,
+        "output_resolution": self.output_resolution, "base_seed": self.base_seed
+    }
 
 
 # The generation record's per-stage sha256 of the weights loaded.
@@ -147,20 +147,20 @@ def _check_stage_weights(output_dir, split, cascade):
   path = record_path(output_dir, split)
 
   def compare(recorded, current):
-    return [f"the stage exported at {stage.model_dir} (sha256 "
-            f"{before[:12]}..., loaded {loaded[:12]}..."
-            for stage, before, loaded in zip(
-                cascade.stages, recorded.get(STAGE_WEIGHTS_KEY, []),
-                current[STAGE_WEIGHTS_KEY])
-            if before != loaded]
+    return [
+        f"the stage exported at {stage.model_dir} (sha256 "
+        f"{before[:12]}..., loaded {loaded[:12]}..."
+        for stage, before, loaded in zip(cascade.stages,
+                                         recorded.get(STAGE_WEIGHTS_KEY, []),
+                                         current[STAGE_WEIGHTS_KEY])
+        if before != loaded
+    ]
 
   settings_record.check(
-      path, {STAGE_WEIGHTS_KEY: cascade.weights_fingerprints()},
-      lambda found: (
-          f"the {split!r} set in {output_dir} was started with other "
-          f"weights in {found[0]}; see {path}); restore those weights or "
-          "use a new output directory"),
-      compare=compare)
+      path, {STAGE_WEIGHTS_KEY: cascade.weights_fingerprints()}, lambda found:
+      (f"the {split!r} set in {output_dir} was started with other "
+       f"weights in {found[0]}; see {path}); restore those weights or "
+       "use a new output directory"), compare=compare)
 
 
 def _check_or_write_record(output_dir, split, record):
@@ -169,19 +169,17 @@ def _check_or_write_record(output_dir, split, record):
   them, and records from before they were recorded hold none)."""
   path = record_path(output_dir, split)
   settings_record.check_or_write(
-      path, record,
-      lambda found: (
-          f"{output_dir} already holds a {split!r} set generated with other "
-          f"settings ({settings_record.summary(found)}; see {path}); use a "
-          "new output directory or the same settings"),
+      path, record, lambda found:
+      (f"{output_dir} already holds a {split!r} set generated with other "
+       f"settings ({settings_record.summary(found)}; see {path}); use a "
+       "new output directory or the same settings"),
       ignore=(STAGE_WEIGHTS_KEY,))
 
 
 class Progress:
   """Prints images done, images/s and ETA every ``every_seconds``."""
 
-  def __init__(self, total_images, label, every_seconds=30.0,
-               print_fn=print):
+  def __init__(self, total_images, label, every_seconds=30.0, print_fn=print):
     self.total = total_images
     self.label = label
     self.every_seconds = every_seconds
@@ -237,8 +235,8 @@ def _write_shard(path, shard, cascade, classes, provenance_base, settings,
       count = len(labels)
       ids = plan_lib.example_id(labels, indices)
       seeds = np.stack([np.full_like(ids, settings.base_seed), ids], axis=1)
-      images = cascade.sample(_pad(seeds, batch_size),
-                              _pad(labels, batch_size))[:count]
+      images = cascade.sample(_pad(seeds, batch_size), _pad(labels,
+                                                            batch_size))[:count]
       if settings.output_resolution:
         images = diffusion_preprocessing.resize_square(
             images, settings.output_resolution).numpy().astype(np.uint8)
@@ -247,10 +245,11 @@ def _write_shard(path, shard, cascade, classes, provenance_base, settings,
             provenance_base,
             example_id=plan_lib.example_id_string(label, index),
             class_index=int(index), seed=(int(seed[0]), int(seed[1])))
-        writer.write(shard_writer.encode_example(
-            image, int(label), classes, image_format=settings.image_format,
-            jpeg_quality=settings.jpeg_quality, provenance=provenance),
-                     int(label))
+        writer.write(
+            shard_writer.encode_example(image, int(label), classes,
+                                        image_format=settings.image_format,
+                                        jpeg_quality=settings.jpeg_quality,
+                                        provenance=provenance), int(label))
       progress.update(count, shard_text)
   return writer.info
 
@@ -274,9 +273,8 @@ def read_examples_per_class(paths, per_class, num_classes):
   return rows
 
 
-def generate(output_dir, cascade, plan, classes,
-             settings=GenerationSettings(), num_workers=1, worker_index=0,
-             print_fn=print):
+def generate(output_dir, cascade, plan, classes, settings=None, num_workers=1,
+             worker_index=0, print_fn=print):
   """Generates this worker's shards of ``plan`` into ``output_dir``.
 
   Args:
@@ -284,7 +282,7 @@ def generate(output_dir, cascade, plan, classes,
     cascade: a loaded ``cascade.Cascade``.
     plan: the ``GenerationPlan``.
     classes: the class table (``class_names``), one entry per plan class.
-    settings: ``GenerationSettings``.
+    settings: ``GenerationSettings``; None: ``GenerationSettings()``.
     num_workers, worker_index: this worker's share (shard s is worker
       ``s % num_workers``'s).
     print_fn: where progress lines go.
@@ -298,6 +296,8 @@ def generate(output_dir, cascade, plan, classes,
     settings_record.SettingsConflictError: the directory holds a set made
       with other settings or weights.
   """
+  if settings is None:
+    settings = GenerationSettings()
   if len(classes) != plan.num_classes:
     raise ValueError(f"the plan has {plan.num_classes} classes but the class "
                      f"table {len(classes)}")
@@ -313,8 +313,8 @@ def generate(output_dir, cascade, plan, classes,
   tf.io.gfile.makedirs(output_dir)
   # Locked before anything is written or removed (temporaries included).
   with worker_lock(output_dir, worker_index):
-    return _generate(output_dir, cascade, plan, classes, settings,
-                     num_workers, worker_index, print_fn, started)
+    return _generate(output_dir, cascade, plan, classes, settings, num_workers,
+                     worker_index, print_fn, started)
 
 
 def _generate(output_dir, cascade, plan, classes, settings, num_workers,
@@ -322,14 +322,16 @@ def _generate(output_dir, cascade, plan, classes, settings, num_workers,
   """``generate`` once the worker holds its lock."""
   config_id = cascade.config_id()
   _check_stage_weights(output_dir, plan.split, cascade)
-  _check_or_write_record(output_dir, plan.split, {
-      "plan": plan.to_json(), "generator_config_id": config_id,
-      "settings": settings.stored(),
-      "classes": [c.synset for c in classes],
-      STAGE_WEIGHTS_KEY: cascade.weights_fingerprints()})
+  _check_or_write_record(
+      output_dir, plan.split, {
+          "plan": plan.to_json(), "generator_config_id": config_id,
+          "settings": settings.stored(), "classes": [c.synset for c in classes],
+          STAGE_WEIGHTS_KEY: cascade.weights_fingerprints()
+      })
 
-  shards = [plan.shard(s) for s in plan.worker_shards(num_workers,
-                                                      worker_index)]
+  shards = [
+      plan.shard(s) for s in plan.worker_shards(num_workers, worker_index)
+  ]
   label = f"[worker {worker_index}/{num_workers}]"
   pending = _pending_shards(output_dir, shards, label, print_fn)
   provenance_base = _provenance_base(cascade, config_id)
@@ -348,20 +350,22 @@ def _generate(output_dir, cascade, plan, classes, settings, num_workers,
         os.path.join(output_dir, f"contact_sheet.{suffix}.png"),
         [os.path.join(output_dir, s.file_name) for s in shards],
         settings.sheet_per_class, plan.num_classes, cascade)
-  manifest = _write_manifest_if_complete(output_dir, plan, cascade,
-                                         settings, config_id, print_fn)
+  manifest = _write_manifest_if_complete(output_dir, plan, cascade, settings,
+                                         config_id, print_fn)
   summary = {
-      "worker_index": worker_index, "num_workers": num_workers,
-      "split": plan.split, "generator_config_id": config_id,
+      "worker_index": worker_index,
+      "num_workers": num_workers,
+      "split": plan.split,
+      "generator_config_id": config_id,
       "shards": [s.file_name for s in shards],
       "shards_written_now": [s.file_name for s in pending],
       "images_written_now": progress.done,
       "images_per_second": progress.images_per_second,
-      "network_evaluations_per_image": (
-          cascade.network_evaluations_per_example()),
-      "class_counts": np.sum([np.bincount(s.labels,
-                                          minlength=plan.num_classes)
-                              for s in shards], axis=0).tolist(),
+      "network_evaluations_per_image":
+          (cascade.network_evaluations_per_example()),
+      "class_counts": np.sum(
+          [np.bincount(s.labels, minlength=plan.num_classes) for s in shards],
+          axis=0).tolist(),
       "wall_time_seconds": time.time() - started,
       "num_replicas": cascade.num_replicas,
       "batch_size": settings.batch_size,
@@ -383,8 +387,10 @@ def _pending_shards(output_dir, shards, label, print_fn):
     print_fn(f"removed the incomplete shard "
              f"{shard_writer.temporary_shard_target(path)} "
              f"({os.path.basename(path)}); it is written again")
-  pending = [s for s in shards if not tf.io.gfile.exists(
-      os.path.join(output_dir, s.file_name))]
+  pending = [
+      s for s in shards
+      if not tf.io.gfile.exists(os.path.join(output_dir, s.file_name))
+  ]
   print_fn(f"{label} {len(shards)} shards ({sum(map(len, shards))} images); "
            f"{len(shards) - len(pending)} already complete, {len(pending)} to "
            f"write")
@@ -395,14 +401,12 @@ def _provenance_base(cascade, config_id):
   """The provenance every example of ``cascade`` shares (the per-example
   fields are placeholders)."""
   return shard_writer.Provenance(
-      generator_config_id=config_id, example_id="-", class_index=0,
-      seed=(0, 0), stage_resolutions=tuple(cascade.resolutions),
+      generator_config_id=config_id, example_id="-", class_index=0, seed=(0, 0),
+      stage_resolutions=tuple(cascade.resolutions),
       guidance=tuple(float(s.guidance_weight) for s in cascade.stages),
       sampler=tuple(cascade.sampler_names()),
-      logvar_coeff=tuple(float(s.logvar_coeff or 0.0)
-                         for s in cascade.stages),
-      noise_augmentation=tuple(float(s.aug_level)
-                               for s in cascade.stages[1:]))
+      logvar_coeff=tuple(float(s.logvar_coeff or 0.0) for s in cascade.stages),
+      noise_augmentation=tuple(float(s.aug_level) for s in cascade.stages[1:]))
 
 
 def _write_contact_sheet(path, shard_paths, per_class, num_classes, cascade):
@@ -412,22 +416,25 @@ def _write_contact_sheet(path, shard_paths, per_class, num_classes, cascade):
                           contact_sheet.grid(rows, cell_size=min(side, 128)))
 
 
-def _write_manifest_if_complete(output_dir, plan, cascade, settings,
-                                config_id, print_fn):
+def _write_manifest_if_complete(output_dir, plan, cascade, settings, config_id,
+                                print_fn):
   """Writes the split's manifest if every shard of the plan is complete
   (counts from the plan, which the shards hold exactly); returns it, or
   None."""
-  complete = [plan.shard(s) for s in range(plan.num_shards)
-              if tf.io.gfile.exists(os.path.join(
-                  output_dir, plan.shard(s).file_name))]
+  complete = [
+      plan.shard(s)
+      for s in range(plan.num_shards)
+      if tf.io.gfile.exists(os.path.join(output_dir,
+                                         plan.shard(s).file_name))
+  ]
   if len(complete) != plan.num_shards:
     return None
   manifest = split_manifest.write(
       output_dir, plan.split, [s.info(plan.num_classes) for s in complete],
-      plan.num_classes, settings.image_format,
-      settings={"generator_config_id": config_id,
-                "cascade": cascade.description(),
-                "output": settings.stored()})
+      plan.num_classes, settings.image_format, settings={
+          "generator_config_id": config_id, "cascade": cascade.description(),
+          "output": settings.stored()
+      })
   print_fn(f"all {plan.num_shards} shards complete: wrote "
            f"{split_manifest.file_path(output_dir, plan.split)}")
   return manifest
@@ -461,5 +468,5 @@ def describe_plan(plan, cascade_evaluations_per_image=None, num_workers=1,
 
 def _ranges(indices, limit=8):
   text = ", ".join(str(i) for i in indices[:limit])
-  return text + (f", ... ({len(indices)} in all)" if len(indices) > limit
-                 else "")
+  return text + (f", ... ({len(indices)} in all)"
+                 if len(indices) > limit else "")

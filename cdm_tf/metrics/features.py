@@ -105,8 +105,7 @@ class FeatureExtractor(abc.ABC):
     images = tf.convert_to_tensor(images)
     if images.shape.rank != 4:
       raise ValueError(f"expected images [B, H, W, 3], got {images.shape}")
-    prepared = tf.map_fn(self.prepare, images,
-                         fn_output_signature=tf.float32)
+    prepared = tf.map_fn(self.prepare, images, fn_output_signature=tf.float32)
     features, logits = self.compute(prepared)
     return (np.asarray(features, np.float32),
             None if logits is None else np.asarray(logits, np.float32))
@@ -163,9 +162,9 @@ class ClassifierFeatures(FeatureExtractor):
     # What else decides the features, for cache keys (a custom preprocess
     # is known by its name only: rename it when it changes).
     self._settings = (f"{name}|layer={feature_layer}|size={self._input_size}|"
-                      "preprocess=" + (getattr(preprocess, "__qualname__",
-                                               repr(preprocess))
-                                       if preprocess else "default"))
+                      "preprocess=" +
+                      (getattr(preprocess, "__qualname__", repr(preprocess))
+                       if preprocess else "default"))
     self._check_split = False
     if feature_layer is not None or _is_functional(model):
       if feature_layer is not None:
@@ -179,16 +178,17 @@ class ClassifierFeatures(FeatureExtractor):
       inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
       split = keras.Model(inputs, [features, logits])
       self._split = lambda x: split(x, training=False)
-    elif isinstance(getattr(model, "head", None), keras.layers.Dense) and (
-        callable(getattr(model, "features", None))
-        or _looks_like_image_classifier(model)):
-      features_of = (model.features if callable(
-          getattr(model, "features", None)) else _image_classifier_features(
-              model))
+    elif isinstance(
+        getattr(model, "head", None),
+        keras.layers.Dense) and (callable(getattr(model, "features", None)) or
+                                 _looks_like_image_classifier(model)):
+      features_of = (model.features if callable(getattr(
+          model, "features", None)) else _image_classifier_features(model))
 
       def split(x):
         features = features_of(x, training=False)
         return features, model.head(features)
+
       self._split = split
       self._check_split = True
     else:
@@ -209,7 +209,8 @@ class ClassifierFeatures(FeatureExtractor):
     if self._fingerprint is None:
       self._fingerprint = fingerprints.of_json({
           "weights": fingerprints.of_arrays(self._model.weights),
-          "settings": self._settings})
+          "settings": self._settings
+      })
     return self._fingerprint
 
   @property
@@ -221,8 +222,7 @@ class ClassifierFeatures(FeatureExtractor):
     if self._input_size and None not in self._input_size:
       size = tf.constant(self._input_size, tf.int32)
       pixels = tf.cond(
-          tf.reduce_all(tf.shape(pixels)[:2] == size),
-          lambda: pixels,
+          tf.reduce_all(tf.shape(pixels)[:2] == size), lambda: pixels,
           lambda: tf.image.resize(pixels, size, "bilinear", antialias=True))
       pixels = tf.ensure_shape(pixels, list(self._input_size) + [3])
     return pixels
@@ -252,8 +252,9 @@ class ClassifierFeatures(FeatureExtractor):
 
 
 def _looks_like_image_classifier(model):
-  return all(hasattr(model, a) for a in (
-      "backbone", "pooling", "input_mean", "input_std"))
+  return all(
+      hasattr(model, a)
+      for a in ("backbone", "pooling", "input_mean", "input_std"))
 
 
 def _image_classifier_features(model):
@@ -263,6 +264,7 @@ def _image_classifier_features(model):
   pool; dropout is off in inference); ``ClassifierFeatures`` checks on the
   first batch that the head applied to these reproduces the model's logits.
   """
+
   def features(images, training=False):
     images = keras.ops.cast(images, model.compute_dtype)
     mean = keras.ops.convert_to_tensor(model.input_mean, model.compute_dtype)
@@ -271,6 +273,7 @@ def _image_classifier_features(model):
     if model.pooling == "first_token":
       return mapped[:, 0]
     return keras.ops.mean(mapped, axis=tuple(range(1, len(mapped.shape) - 1)))
+
   return features
 
 
@@ -303,6 +306,7 @@ def center_crop_resize(resolution):
         diffusion_preprocessing.center_crop_square(image), resolution,
         quantize=True)
     return tf.cast(square, tf.uint8)
+
   return preprocess
 
 
@@ -344,9 +348,9 @@ def extract(dataset, extractor, num_examples=None, batch_size=None,
     images = images.take(int(num_examples))
   if preprocess is not None:
     images = images.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  batches = images.map(extractor.prepare,
-                       num_parallel_calls=tf.data.AUTOTUNE).batch(
-                           batch_size).prefetch(2)
+  batches = images.map(
+      extractor.prepare,
+      num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
   features, logits = [], []
   count = 0
   for batch in batches:
@@ -365,6 +369,6 @@ def extract(dataset, extractor, num_examples=None, batch_size=None,
     logging.warning("%s; using %d", message, count)
   if not features:
     raise ValueError("the dataset holds no images")
-  return ExtractedFeatures(
-      np.concatenate(features), np.concatenate(logits) if logits else None,
-      extractor.name)
+  return ExtractedFeatures(np.concatenate(features),
+                           np.concatenate(logits) if logits else None,
+                           extractor.name)

@@ -40,7 +40,8 @@ as ``fid_stats-<key>.npz`` (a ``content_cache`` entry) next to the data, or
 in ``cache_dir`` when the data directory is not writable. The key hashes
 the split's file names and sizes, the number of examples, the
 preprocessing and the feature network's fingerprint, so changed data or a
-different network never reuses a stale file. FID@N (``fid_at``) uses the first N generated images.
+different network never reuses a stale file. FID@N (``fid_at``) uses the
+first N generated images.
 """
 
 import dataclasses
@@ -84,8 +85,10 @@ class FeatureStatistics:
   network: str
 
   def as_arrays(self):
-    return {"mean": self.mean, "covariance": self.covariance,
-            "count": np.int64(self.count), "network": np.str_(self.network)}
+    return {
+        "mean": self.mean, "covariance": self.covariance,
+        "count": np.int64(self.count), "network": np.str_(self.network)
+    }
 
   @classmethod
   def from_arrays(cls, arrays):
@@ -102,8 +105,8 @@ def statistics(features, network):
   if features.ndim != 2 or features.shape[0] < 2:
     raise ValueError(f"need features [N >= 2, D], got {features.shape}")
   return FeatureStatistics(features.mean(axis=0),
-                           np.cov(features, rowvar=False),
-                           features.shape[0], network)
+                           np.cov(features,
+                                  rowvar=False), features.shape[0], network)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +138,8 @@ def _sqrtm(matrix):
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
     root = scipy.linalg.sqrtm(matrix)
-  singular = any(issubclass(w.category, scipy.linalg.LinAlgWarning)
-                 for w in caught)
+  singular = any(
+      issubclass(w.category, scipy.linalg.LinAlgWarning) for w in caught)
   return root, singular
 
 
@@ -170,8 +173,8 @@ def trace_sqrt_product(covariance1, covariance2):
     numpy.linalg.LinAlgError: an eigendecomposition did not converge.
   """
   eigenvalues, eigenvectors = np.linalg.eigh(covariance1)
-  root1 = (eigenvectors * np.sqrt(_clipped(eigenvalues, "covariance 1"))
-           ) @ eigenvectors.T
+  root1 = (eigenvectors *
+           np.sqrt(_clipped(eigenvalues, "covariance 1"))) @ eigenvectors.T
   inner = root1 @ covariance2 @ root1
   inner = (inner + inner.T) / 2  # symmetric to round-off; make it exactly so
   product = _clipped(np.linalg.eigvalsh(inner), "S1^(1/2) S2 S1^(1/2)")
@@ -198,8 +201,9 @@ def _trace_sqrt_eigh(covariance1, covariance2, eps):
   except np.linalg.LinAlgError:
     pass
   offset = float(eps)
-  logging.warning("FID: the eigendecomposition failed or is not finite; "
-                  "adding %g to the diagonals", offset)
+  logging.warning(
+      "FID: the eigendecomposition failed or is not finite; "
+      "adding %g to the diagonals", offset)
   shift = np.eye(covariance1.shape[0]) * offset
   trace, _ = trace_sqrt_product(covariance1 + shift, covariance2 + shift)
   return trace, offset, True
@@ -212,15 +216,17 @@ def _trace_sqrt_sqrtm(covariance1, covariance2, eps):
   root, singular = _sqrtm(covariance1 @ covariance2)
   if not np.isfinite(root).all():
     offset = float(eps)
-    logging.warning("FID: the covariance product is singular, its square "
-                    "root is not finite; adding %g to the diagonals", offset)
+    logging.warning(
+        "FID: the covariance product is singular, its square "
+        "root is not finite; adding %g to the diagonals", offset)
     shift = np.eye(covariance1.shape[0]) * offset
     root, _ = _sqrtm((covariance1 + shift) @ (covariance2 + shift))
     singular = True
   if singular:
-    logging.warning("FID: the %dx%d covariance product is singular, its "
-                    "square root may be inaccurate (fewer images than "
-                    "feature dimensions?)", *covariance1.shape)
+    logging.warning(
+        "FID: the %dx%d covariance product is singular, its "
+        "square root may be inaccurate (fewer images than "
+        "feature dimensions?)", *covariance1.shape)
   max_imaginary = 0.0
   if np.iscomplexobj(root):
     max_imaginary = float(np.abs(root.imag).max())
@@ -253,16 +259,16 @@ def frechet_distance(mean1, covariance1, mean2, covariance2, eps=DEFAULT_EPS,
   """
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-  mean1, mean2 = np.atleast_1d(mean1).astype(np.float64), np.atleast_1d(
-      mean2).astype(np.float64)
+  mean1, mean2 = np.atleast_1d(mean1).astype(
+      np.float64), np.atleast_1d(mean2).astype(np.float64)
   covariance1 = np.atleast_2d(covariance1).astype(np.float64)
   covariance2 = np.atleast_2d(covariance2).astype(np.float64)
   if mean1.shape != mean2.shape or covariance1.shape != covariance2.shape or (
       covariance1.shape != mean1.shape * 2):
     raise ValueError(f"shapes disagree: means {mean1.shape} {mean2.shape}, "
                      f"covariances {covariance1.shape} {covariance2.shape}")
-  if method == "eigh" and not (_is_symmetric(covariance1)
-                               and _is_symmetric(covariance2)):
+  if method == "eigh" and not (_is_symmetric(covariance1) and
+                               _is_symmetric(covariance2)):
     logging.warning("FID: the covariances are not symmetric; using "
                     "scipy.linalg.sqrtm")
     method = "sqrtm"
@@ -274,10 +280,9 @@ def frechet_distance(mean1, covariance1, mean2, covariance2, eps=DEFAULT_EPS,
     trace_root, offset, singular, max_imaginary = _trace_sqrt_sqrtm(
         covariance1, covariance2, eps)
   difference = mean1 - mean2
-  value = (difference @ difference + np.trace(covariance1)
-           + np.trace(covariance2) - 2.0 * trace_root)
-  return FrechetDistance(float(value), offset, max_imaginary, singular,
-                         method)
+  value = (difference @ difference + np.trace(covariance1) +
+           np.trace(covariance2) - 2.0 * trace_root)
+  return FrechetDistance(float(value), offset, max_imaginary, singular, method)
 
 
 def fid(stats1, stats2, eps=DEFAULT_EPS, method=DEFAULT_METHOD):
@@ -287,16 +292,17 @@ def fid(stats1, stats2, eps=DEFAULT_EPS, method=DEFAULT_METHOD):
                      f"{stats1.network!r} vs {stats2.network!r}")
   dimension = stats1.mean.shape[0]
   if min(stats1.count, stats2.count) <= dimension:
-    logging.warning("FID from %d and %d images of %d-d features: a "
-                    "covariance of no more images than dimensions is "
-                    "singular, the value is biased high", stats1.count,
-                    stats2.count, dimension)
+    logging.warning(
+        "FID from %d and %d images of %d-d features: a "
+        "covariance of no more images than dimensions is "
+        "singular, the value is biased high", stats1.count, stats2.count,
+        dimension)
   return frechet_distance(stats1.mean, stats1.covariance, stats2.mean,
                           stats2.covariance, eps, method)
 
 
-def fid_at(generated, references, sample_counts=SAMPLE_COUNTS,
-           eps=DEFAULT_EPS, method=DEFAULT_METHOD):
+def fid_at(generated, references, sample_counts=SAMPLE_COUNTS, eps=DEFAULT_EPS,
+           method=DEFAULT_METHOD):
   """FID of the first N generated images against each reference, per N.
 
   Args:
@@ -322,13 +328,15 @@ def fid_at(generated, references, sample_counts=SAMPLE_COUNTS,
     stats = statistics(generated.features[:count], generated.network)
     for name, reference in references.items():
       distance = fid(stats, reference, eps, method)
-      values.append(report.MetricValue(
-          "FID", distance.value, generated.network, count, name,
-          details={"reference_count": reference.count,
-                   "covariance_offset": distance.offset,
-                   "max_imaginary": distance.max_imaginary,
-                   "singular_covariance": distance.singular,
-                   "sqrt_method": distance.method}))
+      values.append(
+          report.MetricValue(
+              "FID", distance.value, generated.network, count, name, details={
+                  "reference_count": reference.count,
+                  "covariance_offset": distance.offset,
+                  "max_imaginary": distance.max_imaginary,
+                  "singular_covariance": distance.singular,
+                  "sqrt_method": distance.method
+              }))
   return values
 
 
@@ -379,31 +387,21 @@ def _compute_reference(files, extractor, num_examples, resolution,
                        record_format, num_classes, batch_size, keep_features):
   """(statistics, the first ``keep_features`` features or None) of a split,
   read in a fixed order."""
-  dataset = imagenet_reader.read_dataset(
-      files, record_format=record_format, num_classes=num_classes,
-      shuffle=False)
+  dataset = imagenet_reader.read_dataset(files, record_format=record_format,
+                                         num_classes=num_classes, shuffle=False)
   preprocess = (features_lib.center_crop_resize(resolution)
                 if resolution else None)
   extracted = features_lib.extract(dataset, extractor,
                                    num_examples=num_examples,
-                                   batch_size=batch_size,
-                                   preprocess=preprocess)
+                                   batch_size=batch_size, preprocess=preprocess)
   stats = statistics(extracted.features, extractor.name)
   kept = extracted.features[:keep_features] if keep_features else None
   return stats, kept
 
 
-def reference_statistics(files,
-                         extractor,
-                         *,
-                         split=None,
-                         num_examples=None,
-                         resolution=None,
-                         record_format=None,
-                         num_classes=1000,
-                         batch_size=None,
-                         keep_features=0,
-                         cache_dir=None,
+def reference_statistics(files, extractor, *, split=None, num_examples=None,
+                         resolution=None, record_format=None, num_classes=1000,
+                         batch_size=None, keep_features=0, cache_dir=None,
                          use_cache=True):
   """Feature statistics of a real split, computed once and cached.
 
@@ -436,8 +434,7 @@ def reference_statistics(files,
     record_format = imagenet_reader.detect_format(files[0])
   sizes = imagenet_reader.file_sizes(files)
   entry = cache_entry(files, sizes, num_examples=num_examples,
-                      resolution=resolution,
-                      fingerprint=extractor.fingerprint,
+                      resolution=resolution, fingerprint=extractor.fingerprint,
                       record_format=record_format, num_classes=num_classes,
                       keep_features=int(keep_features), cache_dir=cache_dir)
   if use_cache:
@@ -447,9 +444,9 @@ def reference_statistics(files,
       return ReferenceStatistics(FeatureStatistics.from_arrays(cached),
                                  cached.get("features"), path)
 
-  stats, kept = _compute_reference(files, extractor, num_examples,
-                                   resolution, record_format, num_classes,
-                                   batch_size, keep_features)
+  stats, kept = _compute_reference(files, extractor, num_examples, resolution,
+                                   record_format, num_classes, batch_size,
+                                   keep_features)
   path = None
   if use_cache:
     arrays = dict(stats.as_arrays(), split=np.str_(split or ""),

@@ -129,13 +129,15 @@ def build_model(dtype_policy="float32"):
     keras.Model: float inputs [B, 299, 299, 3] scaled to [-1, 1) ->
     features [B, 2048].
   """
-  base = keras.applications.InceptionV3(
-      weights=None, include_top=False, pooling="avg",
-      input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
+  base = keras.applications.InceptionV3(weights=None, include_top=False,
+                                        pooling="avg",
+                                        input_shape=(INPUT_SIZE, INPUT_SIZE, 3))
   last_block_input = base.get_layer(_LAST_BLOCK_INPUT).output
-  last_pools = [layer for layer in base.layers
-                if isinstance(layer, keras.layers.AveragePooling2D)
-                and layer.input is last_block_input]
+  last_pools = [
+      layer for layer in base.layers
+      if isinstance(layer, keras.layers.AveragePooling2D) and
+      layer.input is last_block_input
+  ]
   if len(last_pools) != 1:
     raise ValueError("keras.applications.InceptionV3 changed: cannot find "
                      "the pooling branch of its last block")
@@ -143,9 +145,9 @@ def build_model(dtype_policy="float32"):
 
   def clone(layer):
     if layer is last_pool:
-      return keras.layers.MaxPooling2D(
-          pool_size=3, strides=1, padding="same", dtype=dtype_policy,
-          name=f"{layer.name}_max")
+      return keras.layers.MaxPooling2D(pool_size=3, strides=1, padding="same",
+                                       dtype=dtype_policy,
+                                       name=f"{layer.name}_max")
     if isinstance(layer, keras.layers.InputLayer):
       return layer
     return _with_policy(layer, dtype_policy)
@@ -235,9 +237,10 @@ def resize_like_tf_fid(images, size=INPUT_SIZE):
   single = images.shape.rank == 3
   if single:
     images = images[tf.newaxis]
-  resized = tf.raw_ops.ResizeBilinear(
-      images=images, size=tf.constant([size, size], tf.int32),
-      align_corners=False, half_pixel_centers=False)
+  resized = tf.raw_ops.ResizeBilinear(images=images,
+                                      size=tf.constant([size, size], tf.int32),
+                                      align_corners=False,
+                                      half_pixel_centers=False)
   return resized[0] if single else resized
 
 
@@ -269,9 +272,9 @@ class FidInception(features_lib.FeatureExtractor):
     self.model = build_model(dtype_policy)
     assign_weights(self.model, read_convolutions(self.weights_path))
     self._forward = tf.function(
-        self._features,
-        input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3],
-                                       tf.float32)])
+        self._features, input_signature=[
+            tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)
+        ])
     self._fingerprint = None
 
   @property
@@ -288,7 +291,8 @@ class FidInception(features_lib.FeatureExtractor):
       self._fingerprint = fingerprints.of_json({
           "network": NAME, "dtype_policy": str(self.dtype_policy),
           "resize": "tf1-bilinear",
-          "weights_file": fingerprints.of_file(self.weights_path)})
+          "weights_file": fingerprints.of_file(self.weights_path)
+      })
     return self._fingerprint
 
   def prepare(self, image):

@@ -171,8 +171,8 @@ class InceptionLogits(features_lib.FeatureExtractor):
     if self._fingerprint is None:
       self._fingerprint = fingerprints.of_json({
           "network": NAME, "inception": self.inception.fingerprint,
-          "bias": False,
-          "fc_weight": fingerprints.of_arrays([self.fc_weight])})
+          "bias": False, "fc_weight": fingerprints.of_arrays([self.fc_weight])
+      })
     return self._fingerprint
 
   @property
@@ -182,8 +182,8 @@ class InceptionLogits(features_lib.FeatureExtractor):
   def reads_features_of(self, extractor):
     """Whether ``extractor``'s features are the pool3 these logits are
     computed from (then the logits follow from features at hand)."""
-    return (extractor is self.inception
-            or extractor.fingerprint == self.inception.fingerprint)
+    return (extractor is self.inception or
+            extractor.fingerprint == self.inception.fingerprint)
 
   def logits(self, features):
     """pool3 features [N, D] -> logits float32 [N, C]: features @ fc^T
@@ -192,8 +192,7 @@ class InceptionLogits(features_lib.FeatureExtractor):
     if features.ndim != 2 or features.shape[1] != self.fc_weight.shape[1]:
       raise ValueError(f"expected features [N, {self.fc_weight.shape[1]}], "
                        f"got {features.shape}")
-    return (features @ self.fc_weight.T.astype(np.float64)).astype(
-        np.float32)
+    return (features @ self.fc_weight.T.astype(np.float64)).astype(np.float32)
 
   def prepare(self, image):
     return self.inception.prepare(image)
@@ -215,8 +214,10 @@ def from_file(weights_path, inception):
   Raises:
     ValueError, OSError: see ``read_fc_weight``.
   """
-  references = [(unit["name"], unit["kernel"]) for unit in
-                fid_inception.read_convolutions(inception.weights_path)]
+  references = [
+      (unit["name"], unit["kernel"])
+      for unit in fid_inception.read_convolutions(inception.weights_path)
+  ]
   weights_path = os.fspath(weights_path)
   return InceptionLogits(inception, read_fc_weight(weights_path, references),
                          weights_path)

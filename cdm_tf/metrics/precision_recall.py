@@ -47,7 +47,7 @@ def coverage(manifold, radii, queries):
   manifold = np.asarray(manifold, np.float64)
   queries = np.asarray(queries, np.float64)
   norms = np.einsum("ij,ij->i", manifold, manifold)
-  squared_radii = radii ** 2
+  squared_radii = radii**2
   inside = 0
   for start in range(0, queries.shape[0], _BLOCK):
     d2 = _squared_distances(queries[start:start + _BLOCK], manifold, norms)
@@ -55,8 +55,7 @@ def coverage(manifold, radii, queries):
   return inside / queries.shape[0]
 
 
-def precision_recall(real, generated, network, reference=None,
-                     k=NEIGHBOURHOOD):
+def precision_recall(real, generated, network, reference=None, k=NEIGHBOURHOOD):
   """``report.MetricValue``s "precision" and "recall".
 
   Args:
@@ -74,7 +73,9 @@ def precision_recall(real, generated, network, reference=None,
   precision = coverage(real, knn_radii(real, k), generated)
   recall = coverage(generated, knn_radii(generated, k), real)
   details = {"k": k, "reference_count": len(real)}
-  return [report.MetricValue("precision", precision, network, len(generated),
-                             reference, details=details),
-          report.MetricValue("recall", recall, network, len(generated),
-                             reference, details=details)]
+  return [
+      report.MetricValue("precision", precision, network, len(generated),
+                         reference, details=details),
+      report.MetricValue("recall", recall, network, len(generated), reference,
+                         details=details)
+  ]

@@ -52,8 +52,8 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
   if values.size == 1:
     return Summary(mean, mean, mean, 1, confidence)
   standard_error = float(values.std(ddof=1)) / math.sqrt(values.size)
-  half = float(scipy.stats.t.ppf(0.5 + confidence / 2, values.size - 1)
-               ) * standard_error
+  half = float(scipy.stats.t.ppf(0.5 + confidence / 2,
+                                 values.size - 1)) * standard_error
   return Summary(mean, mean - half, mean + half, int(values.size), confidence)
 
 

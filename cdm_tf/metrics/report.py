@@ -54,10 +54,12 @@ class MetricValue:
     return f"{text} ({self.network})"
 
   def as_dict(self):
-    return {"label": self.label, "metric": self.metric,
-            "value": _json_number(self.value), "std": _json_number(self.std),
-            "network": self.network, "num_samples": self.num_samples,
-            "reference": self.reference, "details": self.details}
+    return {
+        "label": self.label, "metric": self.metric,
+        "value": _json_number(self.value), "std": _json_number(self.std),
+        "network": self.network, "num_samples": self.num_samples,
+        "reference": self.reference, "details": self.details
+    }
 
 
 def _json_number(value):
@@ -93,8 +95,9 @@ class MetricsReport:
                    f"{[v.label for v in self.values]}")
 
   def as_dict(self):
-    return {"metrics": [v.as_dict() for v in self.values],
-            "notes": list(self.notes)}
+    return {
+        "metrics": [v.as_dict() for v in self.values], "notes": list(self.notes)
+    }
 
   def write_json(self, path):
     files.atomic_write_json(path, self.as_dict())

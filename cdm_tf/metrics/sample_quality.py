@@ -59,21 +59,14 @@ def scores_from_features(classifier, extractor):
   """Whether ``classifier``'s logits follow from ``extractor``'s features
   (the 2015 Inception's 1008 logits on the FID Inception's pool3), so the
   Inception Score needs no second pass over the images."""
-  return (isinstance(classifier, inception_logits.InceptionLogits)
-          and classifier.reads_features_of(extractor))
+  return (isinstance(classifier, inception_logits.InceptionLogits) and
+          classifier.reads_features_of(extractor))
 
 
-def evaluate(generated,
-             extractor,
-             references,
-             *,
-             sample_counts=fid.SAMPLE_COUNTS,
-             classifier=None,
-             batch_size=None,
-             kid_subsets=kid.NUM_SUBSETS,
-             kid_subset_size=kid.SUBSET_SIZE,
-             neighbourhood=precision_recall.NEIGHBOURHOOD,
-             seed=0):
+def evaluate(generated, extractor, references, *,
+             sample_counts=fid.SAMPLE_COUNTS, classifier=None, batch_size=None,
+             kid_subsets=kid.NUM_SUBSETS, kid_subset_size=kid.SUBSET_SIZE,
+             neighbourhood=precision_recall.NEIGHBOURHOOD, seed=0):
   """Sample-quality metrics of generated images.
 
   Args:
@@ -101,32 +94,35 @@ def evaluate(generated,
     extracted = features_lib.extract(generated, extractor, num_examples=count,
                                      batch_size=batch_size)
   result = report.MetricsReport()
-  result.extend(fid.fid_at(
-      extracted, {name: r.statistics for name, r in references.items()},
-      sample_counts))
+  result.extend(
+      fid.fid_at(extracted,
+                 {name: r.statistics for name, r in references.items()},
+                 sample_counts))
   for name, reference in references.items():
     if reference.features is None:
       continue
-    result.add(kid.kid(reference.features, extracted.features,
-                       extracted.network, name, num_subsets=kid_subsets,
-                       subset_size=kid_subset_size, seed=seed))
-    result.extend(precision_recall.precision_recall(
-        reference.features, extracted.features, extracted.network, name,
-        k=neighbourhood))
+    result.add(
+        kid.kid(reference.features, extracted.features, extracted.network, name,
+                num_subsets=kid_subsets, subset_size=kid_subset_size,
+                seed=seed))
+    result.extend(
+        precision_recall.precision_recall(reference.features,
+                                          extracted.features, extracted.network,
+                                          name, k=neighbourhood))
   if extracted.logits is not None:
-    result.add(inception_score.inception_score(extracted.logits,
-                                               extracted.network))
+    result.add(
+        inception_score.inception_score(extracted.logits, extracted.network))
   elif scores_from_features(classifier, extractor):
-    result.add(inception_score.inception_score(
-        classifier.logits(extracted.features), classifier.name))
+    result.add(
+        inception_score.inception_score(classifier.logits(extracted.features),
+                                        classifier.name))
   elif classifier is not None:
     if isinstance(generated, features_lib.ExtractedFeatures):
       raise ValueError("the Inception Score with a separate classifier needs "
                        "the generated images, not their features")
     scored = features_lib.extract(generated, classifier, num_examples=count,
                                   batch_size=batch_size)
-    result.add(inception_score.inception_score(scored.logits,
-                                               scored.network))
+    result.add(inception_score.inception_score(scored.logits, scored.network))
   else:
     result.notes.append(inception_logits.not_reported_note(extracted.network))
   return result

@@ -62,19 +62,22 @@ class ReferenceSpec:
 
   def description(self):
     """What decides the statistics, for records."""
-    return {"data_dir": self.data_dir.rstrip("/"),
-            "splits": list(self.splits), "num_examples": self.num_examples,
-            "keep_features": self.keep_features}
+    return {
+        "data_dir": self.data_dir.rstrip("/"), "splits": list(self.splits),
+        "num_examples": self.num_examples, "keep_features": self.keep_features
+    }
 
   def statistics(self, extractor, resolution, num_classes, batch_size=None):
     """{split: ``fid.ReferenceStatistics``} of ``extractor`` at
     ``resolution`` (real images centre-cropped and resized to it)."""
-    return {split: fid.reference_statistics(
-        self.data_dir, extractor, split=split,
-        num_examples=self.num_examples, resolution=resolution,
-        num_classes=num_classes, batch_size=batch_size,
-        keep_features=self.keep_features, cache_dir=self.cache_dir)
-            for split in self.splits}
+    return {
+        split: fid.reference_statistics(
+            self.data_dir, extractor, split=split,
+            num_examples=self.num_examples, resolution=resolution,
+            num_classes=num_classes, batch_size=batch_size,
+            keep_features=self.keep_features,
+            cache_dir=self.cache_dir) for split in self.splits
+    }
 
 
 def reference_fingerprint(references):
@@ -84,11 +87,13 @@ def reference_fingerprint(references):
   for name, reference in sorted(references.items()):
     stats = reference.statistics
     digest = fingerprints.of_arrays(
-        [np.concatenate([stats.mean.ravel(), stats.covariance.ravel()])])
-    described[name] = {"count": stats.count,
-                       "sha256": digest[:_FINGERPRINT_DIGITS],
-                       "features": (None if reference.features is None
-                                    else len(reference.features))}
+        [np.concatenate([stats.mean.ravel(),
+                         stats.covariance.ravel()])])
+    described[name] = {
+        "count": stats.count, "sha256": digest[:_FINGERPRINT_DIGITS],
+        "features":
+            (None if reference.features is None else len(reference.features))
+    }
   return described
 
 
@@ -101,15 +106,13 @@ def read_complete_manifest(generated_dir, split):
   try:
     manifest = split_manifest.read(generated_dir, split)
   except FileNotFoundError as e:
-    raise ValueError(
-        f"no manifest of split {split!r} in {generated_dir} "
-        f"({split_manifest.file_path(generated_dir, split)}"
-        "; a directory written by tools/generate.py)") from e
+    raise ValueError(f"no manifest of split {split!r} in {generated_dir} "
+                     f"({split_manifest.file_path(generated_dir, split)}"
+                     "; a directory written by tools/generate.py)") from e
   if not manifest.complete:
-    raise ValueError(
-        f"{generated_dir} holds {len(manifest.shards)} of the "
-        f"{manifest.num_shards} shards of split {split!r}: finish "
-        "generating it first")
+    raise ValueError(f"{generated_dir} holds {len(manifest.shards)} of the "
+                     f"{manifest.num_shards} shards of split {split!r}: finish "
+                     "generating it first")
   return manifest
 
 
@@ -179,8 +182,8 @@ def real_baseline(real_data_dir, split, extractor, classifier, references,
     ``report.MetricsReport``.
   """
   real = imagenet_reader.read_dataset(
-      imagenet_reader.list_files(real_data_dir, split),
-      num_classes=num_classes, shuffle=False)
+      imagenet_reader.list_files(real_data_dir, split), num_classes=num_classes,
+      shuffle=False)
   extracted = features.extract(
       real, extractor, num_examples=count, batch_size=batch_size,
       preprocess=features.center_crop_resize(resolution))
@@ -194,8 +197,10 @@ def real_baseline(real_data_dir, split, extractor, classifier, references,
       extracted, extractor, others, sample_counts=(count,),
       classifier=None if separate else classifier)
   if separate:
-    baseline.notes = [f"IS not reported for the real images: {classifier.name}"
-                      " would need a second pass over them."]
+    baseline.notes = [
+        f"IS not reported for the real images: {classifier.name}"
+        " would need a second pass over them."
+    ]
   return baseline
 
 
@@ -210,11 +215,13 @@ def cas_values(scores, network, num_samples, reference="validation"):
   values = []
   for key, metric in CAS_METRICS.items():
     if key in scores and scores[key] is not None:
-      values.append(report.MetricValue(
-          metric, float(scores[key]), scores.get("network", network),
-          num_samples, reference,
-          details={"protocol": "classifier trained on the generated images "
-                               "only, accuracy on the real split"}))
+      values.append(
+          report.MetricValue(
+              metric, float(scores[key]), scores.get("network", network),
+              num_samples, reference, details={
+                  "protocol": "classifier trained on the generated images "
+                              "only, accuracy on the real split"
+              }))
   if not values:
     raise ValueError(f"cas_fn returned no top1/top5: {scores}")
   return values

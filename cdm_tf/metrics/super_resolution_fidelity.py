@@ -31,8 +31,8 @@ def real_pairs(data_dir, resolution, low_res_resolution, num_images,
   """
   if num_images < 1:
     raise ValueError(f"num_images must be positive, got {num_images}")
-  examples = imagenet_reader.read_dataset(
-      data_dir, split=split, num_classes=num_classes, seed=seed)
+  examples = imagenet_reader.read_dataset(data_dir, split=split,
+                                          num_classes=num_classes, seed=seed)
   high, low, labels = [], [], []
   for example in examples.take(num_images):
     low_res, high_res, label = diffusion_preprocessing.super_resolution_pair(
@@ -55,9 +55,9 @@ def psnr(images, targets):
   if images.shape != targets.shape:
     raise ValueError(f"images {images.shape} and targets {targets.shape} "
                      "differ in shape")
-  mse = ((images - targets) ** 2).reshape(len(images), -1).mean(axis=1)
+  mse = ((images - targets)**2).reshape(len(images), -1).mean(axis=1)
   with np.errstate(divide="ignore"):
-    values = 10.0 * np.log10(255.0 ** 2 / mse)
+    values = 10.0 * np.log10(255.0**2 / mse)
   return np.minimum(values, MAX_PSNR_DB)
 
 

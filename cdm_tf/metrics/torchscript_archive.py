@@ -146,8 +146,8 @@ class _TorchUnpickler(pickle.Unpickler):
     if module.startswith(_MODULE_PREFIX):
       qualified = f"{module}.{name}"
       if qualified not in self._module_classes:
-        self._module_classes[qualified] = type(
-            name, (TorchScriptObject,), {"type_name": qualified})
+        self._module_classes[qualified] = type(name, (TorchScriptObject,),
+                                               {"type_name": qualified})
       return self._module_classes[qualified]
     if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
       return _rebuild_tensor
@@ -180,8 +180,8 @@ class _PlainUnpickler(pickle.Unpickler):
 def _storage_id(pid, length):
   """(``_StorageType``, key, numel, rest) of a storage's persistent id of
   ``length`` fields."""
-  if not (isinstance(pid, tuple) and len(pid) == length
-          and pid[0] == "storage"):
+  if not (isinstance(pid, tuple) and len(pid) == length and
+          pid[0] == "storage"):
     raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
   storage_type, key, numel = pid[1], pid[2], pid[4]
   if not isinstance(storage_type, _StorageType):
@@ -191,8 +191,8 @@ def _storage_id(pid, length):
 
 def _decode_storage(data, type_name, numel, byteorder, what):
   """Raw bytes of ``numel`` elements of ``type_name`` -> numpy array."""
-  dtype = np.dtype(_STORAGE_DTYPES[type_name]).newbyteorder(
-      "<" if byteorder == "little" else ">")
+  dtype = np.dtype(_STORAGE_DTYPES[type_name]).newbyteorder("<" if byteorder ==
+                                                            "little" else ">")
   if len(data) != numel * dtype.itemsize:
     raise pickle.UnpicklingError(
         f"{what}: {len(data)} bytes, expected {numel} x {dtype.itemsize}")
@@ -204,8 +204,11 @@ def _decode_storage(data, type_name, numel, byteorder, what):
 
 
 def _top_folder(archive, path):
-  tops = [n[:-len("data.pkl")] for n in archive.namelist()
-          if n.endswith("/data.pkl") and n.count("/") == 1]
+  tops = [
+      n[:-len("data.pkl")]
+      for n in archive.namelist()
+      if n.endswith("/data.pkl") and n.count("/") == 1
+  ]
   if len(tops) != 1:
     raise ValueError(f"{path}: not a TorchScript archive or torch.save zip "
                      f"(found {len(tops)} top-level data.pkl entries)")
@@ -228,9 +231,8 @@ def _load_zip(path):
       storage_type, key, numel, _ = _storage_id(pid, 5)
       if key not in storages:
         entry = f"{prefix}data/{key}"
-        storages[key] = _decode_storage(archive.read(entry),
-                                        storage_type.name, numel, byteorder,
-                                        entry)
+        storages[key] = _decode_storage(archive.read(entry), storage_type.name,
+                                        numel, byteorder, entry)
       return storages[key]
 
     try:

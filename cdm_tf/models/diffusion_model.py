@@ -45,6 +45,7 @@ CONDITIONING_AUGMENTATIONS = ("none", "gaussian", "blur")
 _U_STEP, _U_IN_STEP, _U_LABEL_DROP, _U_AUG_LEVEL, _U_BLUR_SIGMA, _U_BLUR = (
     range(6))
 
+
 @keras.saving.register_keras_serializable(package="cdm_tf")
 class DiffusionModel(keras.Model):
   """Trains and samples one stage of a cascade.
@@ -81,10 +82,11 @@ class DiffusionModel(keras.Model):
     if isinstance(unet, dict):
       unet = keras.saving.deserialize_keras_object(unet)
     self.unet = unet
-    self.diffusion_config = dict(
-        schedule=schedule, num_timesteps=int(num_timesteps),
-        model_var_type=model_var_type, loss_type=loss_type,
-        noise_conditioning=noise_conditioning)
+    self.diffusion_config = dict(schedule=schedule,
+                                 num_timesteps=int(num_timesteps),
+                                 model_var_type=model_var_type,
+                                 loss_type=loss_type,
+                                 noise_conditioning=noise_conditioning)
     self.diffusion = create_diffusion(**self.diffusion_config)
     if unet.learn_sigma != (model_var_type == "learned_range"):
       raise ValueError(
@@ -114,16 +116,16 @@ class DiffusionModel(keras.Model):
     self.ema_decay = float(ema_decay)
     self.clip_grad_norm = clip_grad_norm
     self.ema_variables = []
-    if (text_encoder or class_prompts is not None) and (
-        not self.is_text_conditioned):
+    if (text_encoder or
+        class_prompts is not None) and (not self.is_text_conditioned):
       raise ValueError("text_encoder and class_prompts are for "
                        "text-conditioned models (the U-Net has no "
                        "text_embed_dim)")
     self.text_encoder = None
     if text_encoder:
       self.set_text_encoder(text_encoder)
-    self.class_prompts = (None if class_prompts is None
-                          else [str(p) for p in class_prompts])
+    self.class_prompts = (None if class_prompts is None else
+                          [str(p) for p in class_prompts])
     if self.class_prompts is not None and self.unet.num_classes and len(
         self.class_prompts) != self.unet.num_classes:
       raise ValueError(f"{len(self.class_prompts)} class prompts for "
@@ -146,7 +148,8 @@ class DiffusionModel(keras.Model):
           keras.Variable(tf.identity(v.value), trainable=False,
                          name=v.path.replace("/", "_") + "_ema",
                          aggregation="only_first_replica")
-          for v in self.unet.trainable_variables]
+          for v in self.unet.trainable_variables
+      ]
     if optimizer is not None:
       self.optimizer = optimizer
       optimizer.build(self.unet.trainable_variables)
@@ -155,14 +158,13 @@ class DiffusionModel(keras.Model):
   def get_config(self):
     config = super().get_config()
     config.update(self.diffusion_config)
-    config.update(
-        unet=keras.saving.serialize_keras_object(self.unet),
-        label_dropout=self.label_dropout,
-        conditioning_augmentation=self.conditioning_augmentation,
-        aug_training_range=self.aug_training_range,
-        blur_sigma_range=self.blur_augmentation.sigma_range,
-        blur_probability=self.blur_augmentation.probability,
-        ema_decay=self.ema_decay, clip_grad_norm=self.clip_grad_norm)
+    config.update(unet=keras.saving.serialize_keras_object(self.unet),
+                  label_dropout=self.label_dropout,
+                  conditioning_augmentation=self.conditioning_augmentation,
+                  aug_training_range=self.aug_training_range,
+                  blur_sigma_range=self.blur_augmentation.sigma_range,
+                  blur_probability=self.blur_augmentation.probability,
+                  ema_decay=self.ema_decay, clip_grad_norm=self.clip_grad_norm)
     # Only text models carry these keys: class-conditional configs (and
     # the ids hashed from their exports) stay as they were.
     if self.text_encoder is not None:
@@ -227,18 +229,18 @@ class DiffusionModel(keras.Model):
                        f"{self.unet.num_classes} classes")
     table = text_conditioning.text_inputs(embeddings)
     tokens_shape = table[text_conditioning.TEXT_TOKENS].shape
-    if (tokens_shape[0] != len(prompts)
-        or tokens_shape[-1] != self.unet.text_embed_dim):
-      raise ValueError(
-          f"class prompt embeddings of shape {tokens_shape} do "
-          f"not fit {len(prompts)} prompts of width "
-          f"{self.unet.text_embed_dim}")
+    if (tokens_shape[0] != len(prompts) or
+        tokens_shape[-1] != self.unet.text_embed_dim):
+      raise ValueError(f"class prompt embeddings of shape {tokens_shape} do "
+                       f"not fit {len(prompts)} prompts of width "
+                       f"{self.unet.text_embed_dim}")
     with tf.init_scope():
       # Variables, not constants: a 1000-class table must not be copied
       # into every traced graph.
       self._class_text = {
           key: tf.Variable(value, trainable=False, name=f"class_{key}")
-          for key, value in table.items()}
+          for key, value in table.items()
+      }
     self.class_prompts = prompts
 
   def class_text(self, labels):
@@ -248,8 +250,9 @@ class DiffusionModel(keras.Model):
           "this text-conditioned model has no class prompt embeddings: "
           "pass text embeddings, or call set_class_prompts first")
     labels = tf.cast(labels, tf.int32)
-    return {key: tf.gather(table, labels)
-            for key, table in self._class_text.items()}
+    return {
+        key: tf.gather(table, labels) for key, table in self._class_text.items()
+    }
 
   # -- the network's inputs -----------------------------------------------
 
@@ -274,16 +277,16 @@ class DiffusionModel(keras.Model):
 
   def _augmented_low_res(self, low_res, uniforms, seeds):
     if self.conditioning_augmentation == "gaussian":
-      level = self.gaussian_augmentation.training_levels(
-          uniforms[:, _U_AUG_LEVEL])
+      level = self.gaussian_augmentation.training_levels(uniforms[:,
+                                                                  _U_AUG_LEVEL])
       noise = per_example_noise.per_example_normal(
           seeds, low_res.shape[1:],
           per_example_noise.STREAM_CONDITIONING_AUGMENTATION)
       return (self.gaussian_augmentation.augment(low_res, level, noise),
               self.gaussian_augmentation.model_input(level))
     if self.conditioning_augmentation == "blur":
-      return self.blur_augmentation.augment(
-          low_res, uniforms[:, _U_BLUR_SIGMA], uniforms[:, _U_BLUR]), None
+      return self.blur_augmentation.augment(low_res, uniforms[:, _U_BLUR_SIGMA],
+                                            uniforms[:, _U_BLUR]), None
     return low_res, None
 
   def loss_terms(self, batch, training=True):
@@ -297,8 +300,8 @@ class DiffusionModel(keras.Model):
                 tf.int32), self.diffusion.num_timesteps - 1)
     noise = per_example_noise.per_example_normal(
         seeds, x_start.shape[1:], per_example_noise.STREAM_TRAINING_NOISE)
-    x_t, time_input = self.diffusion.training_inputs(
-        x_start, t, noise, uniforms[:, _U_IN_STEP])
+    x_t, time_input = self.diffusion.training_inputs(x_start, t, noise,
+                                                     uniforms[:, _U_IN_STEP])
     drop = uniforms[:, _U_LABEL_DROP] < self.label_dropout
     label = None
     if self.unet.num_classes:
@@ -311,9 +314,9 @@ class DiffusionModel(keras.Model):
     if self.is_super_resolution:
       low_res, aug_level = self._augmented_low_res(
           tf.cast(batch["low_res"], tf.float32), uniforms, seeds)
-    output = self.unet(self.network_inputs(x_t, time_input, label, low_res,
-                                           aug_level, text),
-                       training=training)
+    output = self.unet(
+        self.network_inputs(x_t, time_input, label, low_res, aug_level, text),
+        training=training)
     return self.diffusion.training_losses(output, x_start, x_t, t, noise)
 
   def _training_text(self, batch):
@@ -344,8 +347,10 @@ class DiffusionModel(keras.Model):
     variables = self.unet.trainable_variables
     # Dense float32 gradients (embedding lookups give IndexedSlices): the
     # all-reduce, clipping and 1/n split below need plain tensors.
-    grads = [tf.cast(tf.convert_to_tensor(g), tf.float32)
-             for g in tape.gradient(scaled_loss, variables)]
+    grads = [
+        tf.cast(tf.convert_to_tensor(g), tf.float32)
+        for g in tape.gradient(scaled_loss, variables)
+    ]
     if replica is not None and num_replicas > 1:
       grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)
     # With loss scaling the gradients stay scaled (the LossScaleOptimizer
@@ -366,8 +371,8 @@ class DiffusionModel(keras.Model):
     metrics = {"loss": loss * num_replicas, "grad_norm": grad_norm}
     for name in ("mse", "vb"):
       if name in terms:
-        metrics[name] = (tf.reduce_sum(terms[name]) / global_batch
-                         * num_replicas)
+        metrics[name] = (tf.reduce_sum(terms[name]) / global_batch *
+                         num_replicas)
     # Metrics are this replica's share times n: the caller MEAN-reduces.
     return metrics
 
@@ -384,8 +389,8 @@ class DiffusionModel(keras.Model):
   def _update_ema(self):
     decay = self.ema_decay
     for ema, var in zip(self.ema_variables, self.unet.trainable_variables):
-      ema.assign(decay * ema.value + (1.0 - decay) * tf.cast(var.value,
-                                                             ema.dtype))
+      ema.assign(decay * ema.value +
+                 (1.0 - decay) * tf.cast(var.value, ema.dtype))
 
   # -- sampling -----------------------------------------------------------
 
@@ -466,12 +471,16 @@ class DiffusionModel(keras.Model):
   def guided_model_fn(self, conditioning, null_conditioning,
                       guidance_weight=1.0):
     """``fn(x_t, time_input)`` -> float32 network output with guidance."""
+
     def model_fn(x, time_input, c):
       text = ({key: c[key] for key in text_conditioning.TEXT_KEYS}
               if self.is_text_conditioned else None)
-      return tf.cast(self.unet(self.network_inputs(
-          x, time_input, c.get("label"), c.get("low_res"),
-          c.get("aug_level"), text), training=False), tf.float32)
+      return tf.cast(
+          self.unet(
+              self.network_inputs(x, time_input,
+                                  c.get("label"), c.get("low_res"),
+                                  c.get("aug_level"), text), training=False),
+          tf.float32)
 
     if not self.is_conditional:
       guidance_weight = 1.0  # nothing to guide with
@@ -497,8 +506,8 @@ class DiffusionModel(keras.Model):
     """
     diffusion = diffusion or self.diffusion
     seeds = tf.convert_to_tensor(seeds)
-    cond, uncond = self.sampling_conditioning(seeds, labels, low_res,
-                                              aug_level, truncated, text)
+    cond, uncond = self.sampling_conditioning(seeds, labels, low_res, aug_level,
+                                              truncated, text)
     fn = self.guided_model_fn(cond, uncond, guidance_weight)
     return samplers.sample(diffusion, fn, self.sample_shape, seeds,
                            sampler=sampler, **kwargs)

@@ -55,17 +55,17 @@ class ScalarEmbedding(keras.layers.Layer):
     max_period: longest sinusoid period.
   """
 
-  def __init__(self, sinusoidal_dim, embed_dim,
-               max_period=DEFAULT_MAX_PERIOD, **kwargs):
+  def __init__(self, sinusoidal_dim, embed_dim, max_period=DEFAULT_MAX_PERIOD,
+               **kwargs):
     super().__init__(**kwargs)
     self.sinusoidal_dim = int(sinusoidal_dim)
     self.embed_dim = int(embed_dim)
     self.max_period = float(max_period)
-    self.hidden = keras.layers.Dense(
-        self.embed_dim, activation="silu", dtype=self.dtype_policy,
-        name="hidden")
-    self.output_projection = keras.layers.Dense(
-        self.embed_dim, dtype=self.dtype_policy, name="output_projection")
+    self.hidden = keras.layers.Dense(self.embed_dim, activation="silu",
+                                     dtype=self.dtype_policy, name="hidden")
+    self.output_projection = keras.layers.Dense(self.embed_dim,
+                                                dtype=self.dtype_policy,
+                                                name="output_projection")
 
   @property
   def input_dtype(self):

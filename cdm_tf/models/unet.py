@@ -77,26 +77,13 @@ class UNet(keras.Model):
   [B, H, W, out_channels] under any dtype policy.
   """
 
-  def __init__(self,
-               resolution,
-               in_channels=3,
-               base_channels=128,
-               channel_mult=(1, 2, 3, 4),
-               num_res_blocks=2,
-               attention_resolutions=(16, 8),
-               num_heads=None,
-               head_dim=None,
-               dropout=0.0,
-               resblock_updown=True,
-               use_scale_shift_norm=True,
-               num_classes=0,
-               learn_sigma=False,
-               low_res_resolution=None,
-               low_res_interpolation="bicubic",
-               aug_level_conditioning=False,
-               text_embed_dim=None,
-               group_norm_groups=32,
-               **kwargs):
+  def __init__(self, resolution, in_channels=3, base_channels=128,
+               channel_mult=(1, 2, 3, 4), num_res_blocks=2,
+               attention_resolutions=(16, 8), num_heads=None, head_dim=None,
+               dropout=0.0, resblock_updown=True, use_scale_shift_norm=True,
+               num_classes=0, learn_sigma=False, low_res_resolution=None,
+               low_res_interpolation="bicubic", aug_level_conditioning=False,
+               text_embed_dim=None, group_norm_groups=32, **kwargs):
     super().__init__(**kwargs)
     self.resolution = int(resolution)
     self.in_channels = int(in_channels)
@@ -112,12 +99,12 @@ class UNet(keras.Model):
     self.use_scale_shift_norm = bool(use_scale_shift_norm)
     self.num_classes = int(num_classes)
     self.learn_sigma = bool(learn_sigma)
-    self.low_res_resolution = (None if low_res_resolution is None
-                               else int(low_res_resolution))
+    self.low_res_resolution = (None if low_res_resolution is None else
+                               int(low_res_resolution))
     self.low_res_interpolation = low_res_interpolation
     self.aug_level_conditioning = bool(aug_level_conditioning)
-    self.text_embed_dim = (None if text_embed_dim is None
-                           else int(text_embed_dim))
+    self.text_embed_dim = (None
+                           if text_embed_dim is None else int(text_embed_dim))
     self.group_norm_groups = int(group_norm_groups)
     self._validate_config()
 
@@ -134,7 +121,7 @@ class UNet(keras.Model):
           "resolution, channel_mult and num_res_blocks must be positive, got "
           f"resolution={self.resolution}, channel_mult={self.channel_mult}, "
           f"num_res_blocks={self.num_res_blocks}.")
-    if self.resolution % 2 ** (levels - 1):
+    if self.resolution % 2**(levels - 1):
       raise ValueError(
           f"resolution={self.resolution} cannot be halved "
           f"{levels - 1} times for channel_mult={self.channel_mult}.")
@@ -151,8 +138,8 @@ class UNet(keras.Model):
           "sides such as (8, 16), not downsampling factors.")
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0, got {self.num_classes}.")
-    if self.low_res_resolution is not None and not (
-        0 < self.low_res_resolution <= self.resolution):
+    if self.low_res_resolution is not None and not (0 < self.low_res_resolution
+                                                    <= self.resolution):
       raise ValueError(
           f"low_res_resolution={self.low_res_resolution} must be in "
           f"(0, resolution={self.resolution}].")
@@ -168,7 +155,7 @@ class UNet(keras.Model):
 
   def level_sides(self):
     """Feature-map side at each resolution level, e.g. [32, 16, 8, 4]."""
-    return [self.resolution // 2 ** i for i in range(len(self.channel_mult))]
+    return [self.resolution // 2**i for i in range(len(self.channel_mult))]
 
   def get_config(self):
     config = super().get_config()
@@ -208,10 +195,11 @@ class UNet(keras.Model):
         name=name)
 
   def _attention_block(self, name):
-    return unet_blocks.AttentionBlock(
-        num_heads=self.num_heads, head_dim=self.head_dim,
-        group_norm_groups=self.group_norm_groups,
-        context_dim=self.text_embed_dim, dtype=self.dtype_policy, name=name)
+    return unet_blocks.AttentionBlock(num_heads=self.num_heads,
+                                      head_dim=self.head_dim,
+                                      group_norm_groups=self.group_norm_groups,
+                                      context_dim=self.text_embed_dim,
+                                      dtype=self.dtype_policy, name=name)
 
   def _create_layers(self):
     self._create_embeddings()
@@ -225,22 +213,24 @@ class UNet(keras.Model):
     self.output_norm = unet_blocks.group_norm(self.group_norm_groups,
                                               "output_norm")
     # float32 output under mixed precision; zero init -> epsilon = 0.
-    self.output_conv = keras.layers.Conv2D(
-        self.out_channels, 3, padding="same", kernel_initializer="zeros",
-        dtype="float32", name="output_conv")
+    self.output_conv = keras.layers.Conv2D(self.out_channels, 3, padding="same",
+                                           kernel_initializer="zeros",
+                                           dtype="float32", name="output_conv")
 
   def _create_embeddings(self):
     """The layers of the conditioning embedding and the text context."""
     policy = self.dtype_policy
-    self.time_embedding = embeddings.ScalarEmbedding(
-        self.base_channels, self.embed_dim, dtype=policy,
-        name="time_embedding")
+    self.time_embedding = embeddings.ScalarEmbedding(self.base_channels,
+                                                     self.embed_dim,
+                                                     dtype=policy,
+                                                     name="time_embedding")
     self.label_embedding = None
     if self.num_classes:
       # The extra last row is the null label of classifier-free guidance.
-      self.label_embedding = keras.layers.Embedding(
-          self.num_classes + 1, self.embed_dim, dtype=policy,
-          name="label_embedding")
+      self.label_embedding = keras.layers.Embedding(self.num_classes + 1,
+                                                    self.embed_dim,
+                                                    dtype=policy,
+                                                    name="label_embedding")
     self.aug_level_embedding = None
     if self.aug_level_conditioning:
       self.aug_level_embedding = embeddings.ScalarEmbedding(
@@ -264,8 +254,9 @@ class UNet(keras.Model):
     """
     sides = self.level_sides()
     width = self.base_channels * self.channel_mult[0]
-    self.input_conv = keras.layers.Conv2D(
-        width, 3, padding="same", dtype=self.dtype_policy, name="input_conv")
+    self.input_conv = keras.layers.Conv2D(width, 3, padding="same",
+                                          dtype=self.dtype_policy,
+                                          name="input_conv")
     self.encoder_layers = []
     self._encoder_saves_skip = []
     for level, mult in enumerate(self.channel_mult):
@@ -282,8 +273,7 @@ class UNet(keras.Model):
         self._encoder_saves_skip[-1] = True
       if level != len(self.channel_mult) - 1:
         if self.resblock_updown:
-          down = self._res_block(width, f"encoder_{side}_down",
-                                 resample="down")
+          down = self._res_block(width, f"encoder_{side}_down", resample="down")
         else:
           down = unet_blocks.Downsample(width, dtype=self.dtype_policy,
                                         name=f"encoder_{side}_down")
@@ -349,8 +339,7 @@ class UNet(keras.Model):
       inputs["label"] = tf.zeros((batch_size,), tf.int32)
     if self.low_res_resolution is not None:
       low = self.low_res_resolution
-      inputs["low_res"] = tf.zeros((batch_size, low, low, channels),
-                                   tf.float32)
+      inputs["low_res"] = tf.zeros((batch_size, low, low, channels), tf.float32)
     if self.aug_level_conditioning:
       inputs["aug_level"] = tf.zeros((batch_size,), tf.float32)
     if self.text_embed_dim is not None:
@@ -379,9 +368,10 @@ class UNet(keras.Model):
     """`keras.KerasTensor`s of the inputs `call` expects, batch size free."""
     shapes = self._expected_shapes()
     dtypes = {"label": "int32", "text_mask": "bool"}
-    return {key: keras.KerasTensor(shapes[key][0],
-                                   dtype=dtypes.get(key, "float32"))
-            for key in self.input_names()}
+    return {
+        key: keras.KerasTensor(shapes[key][0], dtype=dtypes.get(key, "float32"))
+        for key in self.input_names()
+    }
 
   def _expected_shapes(self):
     """Key -> (expected static shape with None for free dims, description)."""
@@ -443,8 +433,8 @@ class UNet(keras.Model):
     if "text_tokens" in inputs:
       tokens_length = inputs["text_tokens"].shape[1]
       mask_length = inputs["text_mask"].shape[1]
-      if (tokens_length is not None and mask_length is not None
-          and tokens_length != mask_length):
+      if (tokens_length is not None and mask_length is not None and
+          tokens_length != mask_length):
         raise ValueError(
             f"UNet inputs 'text_tokens' (length {tokens_length}) and "
             f"'text_mask' (length {mask_length}) disagree on L.")
@@ -458,8 +448,7 @@ class UNet(keras.Model):
       labels = ops.cast(inputs["label"], "int32")
       emb += ops.cast(self.label_embedding(labels), "float32")
     if self.aug_level_embedding is not None:
-      emb += ops.cast(self.aug_level_embedding(inputs["aug_level"]),
-                      "float32")
+      emb += ops.cast(self.aug_level_embedding(inputs["aug_level"]), "float32")
     if self.text_pooled_projection is not None:
       emb += ops.cast(self.text_pooled_projection(inputs["text_pooled"]),
                       "float32")
@@ -514,15 +503,13 @@ class UNet(keras.Model):
 
     h = self.input_conv(self._network_input(inputs))
     skips = [h]
-    for layer, saves_skip in zip(self.encoder_layers,
-                                 self._encoder_saves_skip):
+    for layer, saves_skip in zip(self.encoder_layers, self._encoder_saves_skip):
       h = apply(layer, h)
       if saves_skip:
         skips.append(h)
     for layer in self.middle_layers:
       h = apply(layer, h)
-    for layer, takes_skip in zip(self.decoder_layers,
-                                 self._decoder_takes_skip):
+    for layer, takes_skip in zip(self.decoder_layers, self._decoder_takes_skip):
       if takes_skip:
         skip = skips.pop()
         h = ops.concatenate([h, ops.cast(skip, h.dtype)], axis=-1)

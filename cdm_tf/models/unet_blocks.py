@@ -15,8 +15,8 @@ RESAMPLE_MODES = (None, "up", "down")
 
 def group_norm(groups, name):
   """GroupNorm in float32 with the epsilon of the reference implementations."""
-  return keras.layers.GroupNormalization(
-      groups=groups, epsilon=1e-5, dtype="float32", name=name)
+  return keras.layers.GroupNormalization(groups=groups, epsilon=1e-5,
+                                         dtype="float32", name=name)
 
 
 def check_group_divisibility(channels, groups, where):
@@ -77,18 +77,18 @@ class ResidualBlock(keras.layers.Layer):
     policy = self.dtype_policy
     self.in_norm = group_norm(self.group_norm_groups, "in_norm")
     self.resample_layer = _resample_layer(resample, policy, "resample")
-    self.in_conv = keras.layers.Conv2D(
-        self.out_channels, 3, padding="same", dtype=policy, name="in_conv")
+    self.in_conv = keras.layers.Conv2D(self.out_channels, 3, padding="same",
+                                       dtype=policy, name="in_conv")
     embed_width = (2 if self.use_scale_shift_norm else 1) * self.out_channels
-    self.embed_projection = keras.layers.Dense(
-        embed_width, dtype=policy, name="embed_projection")
+    self.embed_projection = keras.layers.Dense(embed_width, dtype=policy,
+                                               name="embed_projection")
     self.out_norm = group_norm(self.group_norm_groups, "out_norm")
     self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=policy,
                                               name="dropout")
     # Zero init makes the block the identity (Improved DDPM / Fixup-style).
-    self.out_conv = keras.layers.Conv2D(
-        self.out_channels, 3, padding="same", kernel_initializer="zeros",
-        dtype=policy, name="out_conv")
+    self.out_conv = keras.layers.Conv2D(self.out_channels, 3, padding="same",
+                                        kernel_initializer="zeros",
+                                        dtype=policy, name="out_conv")
     self.skip_projection = None  # Created in build if the width changes.
 
   def build(self, x_shape, emb_shape):
@@ -106,9 +106,9 @@ class ResidualBlock(keras.layers.Layer):
     self.out_norm.build(out_shape)
     self.out_conv.build(out_shape)
     if in_channels != self.out_channels:
-      self.skip_projection = keras.layers.Conv2D(
-          self.out_channels, 1, dtype=self.dtype_policy,
-          name="skip_projection")
+      self.skip_projection = keras.layers.Conv2D(self.out_channels, 1,
+                                                 dtype=self.dtype_policy,
+                                                 name="skip_projection")
       self.skip_projection.build((batch, height, width, in_channels))
     self.built = True
 
@@ -212,9 +212,10 @@ class AttentionBlock(keras.layers.Layer):
       self.context_kv = keras.layers.Dense(2 * channels, dtype=policy,
                                            name="context_kv")
       self.context_kv.build((None, None, self.context_dim))
-    self.output_projection = keras.layers.Dense(
-        channels, kernel_initializer="zeros", dtype=policy,
-        name="output_projection")
+    self.output_projection = keras.layers.Dense(channels,
+                                                kernel_initializer="zeros",
+                                                dtype=policy,
+                                                name="output_projection")
     self.output_projection.build((None, None, None, channels))
     self.built = True
 
@@ -241,8 +242,7 @@ class AttentionBlock(keras.layers.Layer):
     # The 1/sqrt(head_dim) scale goes on q (N x head_dim values), not on the
     # float32 logits (N x N per head): one pass less over the largest tensor
     # forward and backward. Computed in float32, then rounded once.
-    q = ops.cast(ops.cast(q, "float32") * (1.0 / math.sqrt(head_dim)),
-                 q.dtype)
+    q = ops.cast(ops.cast(q, "float32") * (1.0 / math.sqrt(head_dim)), q.dtype)
 
     key_mask = None
     if context is not None:
@@ -325,8 +325,9 @@ class Upsample(keras.layers.Layer):
   def __init__(self, channels, **kwargs):
     super().__init__(**kwargs)
     self.channels = int(channels)
-    self.upsample = keras.layers.UpSampling2D(
-        2, interpolation="nearest", dtype=self.dtype_policy, name="upsample")
+    self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest",
+                                              dtype=self.dtype_policy,
+                                              name="upsample")
     self.conv = keras.layers.Conv2D(self.channels, 3, padding="same",
                                     dtype=self.dtype_policy, name="conv")
 

@@ -36,7 +36,6 @@ FID_PREFIX = "FID@"
 IS_PREFIX = "IS@"
 CAS_PREFIX = "CAS top-1"
 
-
 # ----------------------------------------------------------------- steps
 
 
@@ -50,8 +49,9 @@ def augmentation_dir(root, stage_name, seed):
 
 def classifier_network_flags(classifier_model, feature_network_name=None):
   """Feature-network flags for a classifier's features (not ImageNet's)."""
-  network = ["--feature_network=classifier",
-             f"--classifier_model={classifier_model}"]
+  network = [
+      "--feature_network=classifier", f"--classifier_model={classifier_model}"
+  ]
   if feature_network_name:
     network.append(f"--feature_network_name={feature_network_name}")
   return network
@@ -76,8 +76,8 @@ def sweep_step(name, sweep_dir, gin_flags, real_data_dir, network_flags,
       name, "sweep.py",
       (*gin_flags, "--cas", f"--real_data_dir={real_data_dir}",
        f"--output_dir={sweep_dir}", *network_flags, *strategy_flags),
-      product=os.path.join(sweep_dir, records.CSV_FILE),
-      description=description)
+      product=os.path.join(sweep_dir,
+                           records.CSV_FILE), description=description)
 
 
 # ---------------------------------------------------------------- report
@@ -101,8 +101,8 @@ class SweptStage:
 
 def _column(header, prefix, contains=""):
   for name in header:
-    if name.startswith(prefix) and contains in name and not name.endswith(
-        " std"):
+    if name.startswith(
+        prefix) and contains in name and not name.endswith(" std"):
       return name
   return None
 
@@ -160,7 +160,8 @@ def compared(a, b, higher_is_better, what_a, what_b):
 
 def _best(points, names, metric):
   """The point among ``names`` with the best mean of ``metric``."""
-  scored = [(np.mean(points[n][metric.label]), n) for n in names
+  scored = [(np.mean(points[n][metric.label]), n)
+            for n in names
             if points[n].get(metric.label)]
   if not scored:
     return None
@@ -184,8 +185,8 @@ def _reference(by_stage, baseline, points, metric):
     return points, at_zero, "s = 0"
   if baseline in by_stage:
     baseline_points = by_stage[baseline][0]
-    return (baseline_points, _best(baseline_points, list(baseline_points),
-                                   metric), baseline)
+    return (baseline_points,
+            _best(baseline_points, list(baseline_points), metric), baseline)
   return None, None, None  # the baseline's sweeps have not run yet
 
 
@@ -206,14 +207,14 @@ def augmentation_section(report_dir, stages, baseline=None):
     metrics = metrics or found
     for name, values in points.items():
       level = parameters[name].get("aug_level", "-")
-      rows.append([stage.description, level] + [
-          shown(summary(values.get(m.label), m.scale)) for m in found])
+      rows.append([stage.description, level] +
+                  [shown(summary(values.get(m.label), m.scale)) for m in found])
       curves.append((stage.description, level, values))
     by_stage[stage.description] = (points, found)
   if not rows:
     return "Not run yet."
-  text = report.table(["super-resolution training", "sampling s"]
-                      + [m.name for m in metrics], rows)
+  text = report.table(["super-resolution training", "sampling s"] +
+                      [m.name for m in metrics], rows)
   text += ("\nEach cell: mean [95% interval] (runs) over generation seeds; "
            f"columns: {'; '.join(m.label for m in metrics)}.\n")
   for description, (points, found) in by_stage.items():
@@ -221,24 +222,25 @@ def augmentation_section(report_dir, stages, baseline=None):
       continue
     for metric in found:
       mine = _best(points, list(points), metric)
-      reference_points, theirs, what_b = _reference(by_stage, baseline,
-                                                    points, metric)
+      reference_points, theirs, what_b = _reference(by_stage, baseline, points,
+                                                    metric)
       if mine is None or theirs is None:
         continue
       if reference_points is points and theirs == mine:
         verdicts.append(f"{metric.name}: {description}: best at s = 0.")
         continue
-      verdicts.append(compared(
-          summary(points[mine][metric.label], metric.scale),
-          summary(reference_points[theirs][metric.label], metric.scale),
-          metric.higher_is_better,
-          f"{metric.name}: {description}{_at_level(_level(points, mine))}",
-          what_b))
+      verdicts.append(
+          compared(
+              summary(points[mine][metric.label], metric.scale),
+              summary(reference_points[theirs][metric.label],
+                      metric.scale), metric.higher_is_better,
+              f"{metric.name}: {description}{_at_level(_level(points, mine))}",
+              what_b))
   if verdicts:
     text += "\n" + report.bullets(verdicts)
   if metrics:
-    _error_bar_plot(os.path.join(report_dir, AUGMENTATION_PNG), curves,
-                    metrics, "sampling s")
+    _error_bar_plot(os.path.join(report_dir, AUGMENTATION_PNG), curves, metrics,
+                    "sampling s")
     text += "\n" + report.image_link(AUGMENTATION_PNG,
                                      "metrics per augmentation variant")
   return text
@@ -249,10 +251,11 @@ def guidance_section(report_dir, directories):
   points, parameters, metrics = read_sweeps(directories)
   if not points:
     return "Not run yet."
-  names = sorted(points, key=lambda n: points[n].get("guidance_weight",
-                                                     [0.0])[0])
-  rows = [[parameters[n].get("guidance_weight", n)] + [
-      shown(summary(points[n].get(m.label), m.scale)) for m in metrics]
+  names = sorted(points,
+                 key=lambda n: points[n].get("guidance_weight", [0.0])[0])
+  rows = [[parameters[n].get("guidance_weight", n)] +
+          [shown(summary(points[n].get(m.label), m.scale))
+           for m in metrics]
           for n in names]
   text = report.table(["base guidance"] + [m.name for m in metrics], rows)
   text += ("\nEach cell: mean [95% interval] (runs) over generation seeds; "
@@ -269,12 +272,13 @@ def guidance_section(report_dir, directories):
   if cas and fid:
     best_cas, best_fid = _best(points, names, cas), _best(points, names, fid)
     if best_cas and best_fid and best_cas != best_fid:
-      verdicts.append(compared(
-          summary(points[best_cas][cas.label], cas.scale),
-          summary(points[best_fid][cas.label], cas.scale), True,
-          f"CAS at guidance {parameters[best_cas].get('guidance_weight')}",
-          f"at the best-FID guidance "
-          f"{parameters[best_fid].get('guidance_weight')}"))
+      verdicts.append(
+          compared(
+              summary(points[best_cas][cas.label], cas.scale),
+              summary(points[best_fid][cas.label], cas.scale), True,
+              f"CAS at guidance {parameters[best_cas].get('guidance_weight')}",
+              f"at the best-FID guidance "
+              f"{parameters[best_fid].get('guidance_weight')}"))
   text += "\n" + report.bullets(verdicts)
   curves = [("guidance", parameters[n].get("guidance_weight"), points[n])
             for n in names]
@@ -324,7 +328,7 @@ def _pareto_plot(path, curves, x_metric, y_metrics):
       if x is None or y is None:
         continue
       axes.errorbar([x.mean], [y.mean], xerr=[[x.mean - x.low],
-                                               [x.high - x.mean]],
+                                              [x.high - x.mean]],
                     yerr=[[y.mean - y.low], [y.high - y.mean]], marker="o",
                     capsize=3, color="tab:blue")
       axes.annotate(f"{value}", (x.mean, y.mean), fontsize=7,

@@ -158,7 +158,8 @@ class ClaimsConfig:
     _check_names("augmentation variant",
                  [v.name for v in self.augmentation_variants])
     if self.augmentation_baseline not in [
-        v.name for v in self.augmentation_variants]:
+        v.name for v in self.augmentation_variants
+    ]:
       raise ValueError(f"augmentation_baseline {self.augmentation_baseline!r}"
                        " is none of the augmentation variants")
     _check_names("data mix", [m.name for m in self.data_mixes])
@@ -238,7 +239,8 @@ def feature_model(config, output_dir):
 
 def synthetic_multiplier(config):
   """Generated images per class, x the real count, that every mix needs."""
-  return max(mix.real_fraction * k for mix in config.data_mixes
+  return max(mix.real_fraction * k
+             for mix in config.data_mixes
              for k in mix.multipliers)
 
 
@@ -252,34 +254,41 @@ def _gin_flags(config, output_dir, files, bindings):
 def _generation_bindings(config, output_dir, variant):
   export = os.path.join(output_dir, variant_stage_name(variant),
                         trainer.EXPORT_DIR)
-  return [*config.generation_gin_bindings,
-          f'{config.sr_model_macro} = "{export}"']
+  return [
+      *config.generation_gin_bindings, f'{config.sr_model_macro} = "{export}"'
+  ]
 
 
 def _diffusion_steps(config, output_dir, strategy_flags):
   # The base always trains in base/: the generation bindings name its export.
-  stages = [job.DiffusionStage(BASE, config.base_stage.gin_files,
-                               config.base_stage.gin_bindings)] + [
+  stages = [
+      job.DiffusionStage(BASE, config.base_stage.gin_files,
+                         config.base_stage.gin_bindings)
+  ] + [
       job.DiffusionStage(variant_stage_name(v), config.sr_stage.gin_files,
                          (*config.sr_stage.gin_bindings, *v.gin_bindings))
-      for v in config.augmentation_variants]
-  return [job.diffusion_stage_step(config.real_data_dir, output_dir, stage,
-                                   strategy_flags) for stage in stages]
+      for v in config.augmentation_variants
+  ]
+  return [
+      job.diffusion_stage_step(config.real_data_dir, output_dir, stage,
+                               strategy_flags) for stage in stages
+  ]
 
 
 def _classifier_step(config, output_dir, mix, k, seed, strategy_flags):
   model_dir = classifier_dir(output_dir, mix, k, seed)
   data = [f"--real_data_dir={mix_data_dir(config, output_dir, mix)}"]
   if k:
-    data += [f"--synthetic_dir={os.path.join(output_dir, job.SYNTHETIC_DIR)}",
-             "--data=real+synthetic", f"--synthetic_multiplier={k:g}"]
+    data += [
+        f"--synthetic_dir={os.path.join(output_dir, job.SYNTHETIC_DIR)}",
+        "--data=real+synthetic", f"--synthetic_multiplier={k:g}"
+    ]
   else:
     data.append("--data=real")
   bindings = (*config.classifier_gin_bindings, *mix.gin_bindings,
               f"{SEED_BINDING} = {seed}")
   return runner.Step(
-      f"classifier_{classifier_run_name(mix, k, seed)}",
-      "train_classifier.py",
+      f"classifier_{classifier_run_name(mix, k, seed)}", "train_classifier.py",
       (*_gin_flags(config, output_dir, config.classifier_gin_files, bindings),
        *data, f"--model_dir={model_dir}", *strategy_flags),
       product=os.path.join(model_dir, classifier_trainer.MODEL_FILE),
@@ -291,9 +300,9 @@ def _sweep_step(config, output_dir, name, sweep_dir, gin_files, bindings,
                 description, strategy_flags):
   return claim_sweeps.sweep_step(
       name, sweep_dir,
-      _gin_flags(config, output_dir, (*config.cas_gin_files, *gin_files),
-                 (*config.sweep_gin_bindings, *bindings,
-                  *config.cas_gin_bindings)),
+      _gin_flags(
+          config, output_dir, (*config.cas_gin_files, *gin_files),
+          (*config.sweep_gin_bindings, *bindings, *config.cas_gin_bindings)),
       config.real_data_dir,
       claim_sweeps.classifier_network_flags(feature_model(config, output_dir),
                                             config.feature_network_name),
@@ -315,98 +324,108 @@ def steps(config, output_dir, strategy_flags=()):
   for mix in config.data_mixes:
     if mix.real_fraction < 1.0:
       data = mix_data_dir(config, output_dir, mix)
-      result.append(runner.Step(
-          f"real_{mix.name}", "subset_data.py",
-          (f"--source_dir={config.real_data_dir}", f"--output_dir={data}",
-           f"--fraction={mix.real_fraction:g}"),
-          product=job.train_manifest(data),
-          description=(f"take floor({mix.real_fraction:g} x count) real "
-                       "images of each class")))
+      result.append(
+          runner.Step(
+              f"real_{mix.name}", "subset_data.py",
+              (f"--source_dir={config.real_data_dir}", f"--output_dir={data}",
+               f"--fraction={mix.real_fraction:g}"),
+              product=job.train_manifest(data),
+              description=(f"take floor({mix.real_fraction:g} x count) real "
+                           "images of each class")))
   # Real-only classifiers need no generated data; the feature network first.
   first = feature_run(config)
-  real_only = [first] + [(mix, 0.0, seed) for mix in config.data_mixes
-                         if 0 in mix.multipliers
+  real_only = [first] + [(mix, 0.0, seed)
+                         for mix in config.data_mixes if 0 in mix.multipliers
                          for seed in config.classifier_seeds
                          if (mix, 0.0, seed) != first]
-  result += [_classifier_step(config, output_dir, mix, k, seed,
-                              strategy_flags) for mix, k, seed in real_only]
+  result += [
+      _classifier_step(config, output_dir, mix, k, seed, strategy_flags)
+      for mix, k, seed in real_only
+  ]
   result += _diffusion_steps(config, output_dir, strategy_flags)
 
   main_variant = config.augmentation_variants[0]
   for seed in config.generation_seeds:
-    result.append(_sweep_step(
-        config, output_dir, f"guidance_seed{seed}", guidance_dir(output_dir,
-                                                                 seed),
-        config.guidance_sweep_gin_files,
-        (*_generation_bindings(config, output_dir, main_variant),
-         f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}"),
-        f"claim 2: base guidance sweep, generation seed {seed}",
-        strategy_flags))
+    result.append(
+        _sweep_step(config, output_dir, f"guidance_seed{seed}",
+                    guidance_dir(output_dir,
+                                 seed), config.guidance_sweep_gin_files,
+                    (*_generation_bindings(config, output_dir, main_variant),
+                     f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}"),
+                    f"claim 2: base guidance sweep, generation seed {seed}",
+                    strategy_flags))
   for variant in config.augmentation_variants:
     grid = ([f"sweep.SweepSettings.grid = {variant.sweep_grid!r}"]
             if variant.sweep_grid else [])
     for seed in config.generation_seeds:
-      result.append(_sweep_step(
-          config, output_dir, f"augmentation_{variant.name}_seed{seed}",
-          augmentation_dir(output_dir, variant, seed),
-          config.augmentation_sweep_gin_files,
-          (*_generation_bindings(config, output_dir, variant), *grid,
-           f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}"),
-          f"claim 1: {variant.description}, generation seed {seed}",
-          strategy_flags))
+      result.append(
+          _sweep_step(
+              config, output_dir, f"augmentation_{variant.name}_seed{seed}",
+              augmentation_dir(output_dir, variant,
+                               seed), config.augmentation_sweep_gin_files,
+              (*_generation_bindings(config, output_dir, variant), *grid,
+               f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}"),
+              f"claim 1: {variant.description}, generation seed {seed}",
+              strategy_flags))
 
   synthetic = os.path.join(output_dir, job.SYNTHETIC_DIR)
   multiplier = synthetic_multiplier(config)
   if multiplier > 0:
-    result.append(runner.Step(
-        "generate", "generate.py",
-        (*_gin_flags(config, output_dir, config.generation_gin_files,
-                     _generation_bindings(config, output_dir, main_variant)),
-         f"--real_data_dir={config.real_data_dir}",
-         f"--multiplier={multiplier:g}", f"--output_dir={synthetic}",
-         *strategy_flags),
-        product=job.train_manifest(synthetic),
-        description=(f"claim 3: generate {multiplier:g} x the real class "
-                     "counts")))
+    result.append(
+        runner.Step(
+            "generate", "generate.py",
+            (*_gin_flags(config, output_dir, config.generation_gin_files,
+                         _generation_bindings(config, output_dir,
+                                              main_variant)),
+             f"--real_data_dir={config.real_data_dir}",
+             f"--multiplier={multiplier:g}", f"--output_dir={synthetic}",
+             *strategy_flags), product=job.train_manifest(synthetic),
+            description=(f"claim 3: generate {multiplier:g} x the real class "
+                         "counts")))
   for mix in config.data_mixes:
     for k in mix.multipliers:
       if k:
-        result += [_classifier_step(config, output_dir, mix, k, seed,
-                                    strategy_flags)
-                   for seed in config.classifier_seeds]
+        result += [
+            _classifier_step(config, output_dir, mix, k, seed, strategy_flags)
+            for seed in config.classifier_seeds
+        ]
   return result
 
 
 def settings_table(config, output_dir, strategy_flags=()):
   """{setting: text} of what the claims job ran, for the report."""
+
   def listed(values):
-    return ", ".join(job.substituted(str(v), config.real_data_dir,
-                                     output_dir) for v in values) or "-"
-  table = {"real data": config.real_data_dir,
-           "output directory": output_dir,
-           "strategy flags": " ".join(strategy_flags) or "(defaults)",
-           "base stage": listed((*config.base_stage.gin_files,
-                                 *config.base_stage.gin_bindings)),
-           "super-resolution stage": listed((*config.sr_stage.gin_files,
-                                             *config.sr_stage.gin_bindings))}
+    return ", ".join(
+        job.substituted(str(v), config.real_data_dir, output_dir)
+        for v in values) or "-"
+
+  table = {
+      "real data": config.real_data_dir, "output directory": output_dir,
+      "strategy flags": " ".join(strategy_flags) or "(defaults)",
+      "base stage": listed(
+          (*config.base_stage.gin_files, *config.base_stage.gin_bindings)),
+      "super-resolution stage": listed(
+          (*config.sr_stage.gin_files, *config.sr_stage.gin_bindings))
+  }
   for variant in config.augmentation_variants:
-    table[f"variant {variant.name}"] = (
-        f"{variant.description}: "
-        + listed(variant.gin_bindings) + f"; sweep grid {variant.sweep_grid}")
-  table["generation"] = listed((*config.generation_gin_files,
-                                *config.generation_gin_bindings))
-  table["classifier"] = listed((*config.classifier_gin_files,
-                                *config.classifier_gin_bindings))
-  table["CAS classifier"] = listed((*config.cas_gin_files,
-                                    *config.cas_gin_bindings))
-  table["sweeps"] = listed((*config.guidance_sweep_gin_files,
-                            *config.augmentation_sweep_gin_files,
-                            *config.sweep_gin_bindings))
+    table[f"variant {variant.name}"] = (f"{variant.description}: " +
+                                        listed(variant.gin_bindings) +
+                                        f"; sweep grid {variant.sweep_grid}")
+  table["generation"] = listed(
+      (*config.generation_gin_files, *config.generation_gin_bindings))
+  table["classifier"] = listed(
+      (*config.classifier_gin_files, *config.classifier_gin_bindings))
+  table["CAS classifier"] = listed(
+      (*config.cas_gin_files, *config.cas_gin_bindings))
+  table["sweeps"] = listed(
+      (*config.guidance_sweep_gin_files, *config.augmentation_sweep_gin_files,
+       *config.sweep_gin_bindings))
   for mix in config.data_mixes:
     table[f"data mix {mix.name}"] = (
         f"{mix.real_fraction:g} of the real images, k in "
-        f"{[float(k) for k in mix.multipliers]}"
-        + (f"; {listed(mix.gin_bindings)}" if mix.gin_bindings else ""))
+        f"{[float(k) for k in mix.multipliers]}" +
+        (f"; {listed(mix.gin_bindings)}" if mix.gin_bindings else ""))
   table["classifier seeds"] = str(list(config.classifier_seeds))
   table["generation seeds"] = str(list(config.generation_seeds))
   table["generated images per class"] = (

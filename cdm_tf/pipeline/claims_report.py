@@ -24,19 +24,24 @@ MIX_PNG = "real_plus_synthetic.png"
 
 
 def _augmentation_section(config, output_dir, report_dir):
-  stages = [claim_sweeps.SweptStage(
-      v.description, tuple(claims.augmentation_dir(output_dir, v, s)
-                           for s in config.generation_seeds))
-            for v in config.augmentation_variants]
-  baseline = next(v.description for v in config.augmentation_variants
+  stages = [
+      claim_sweeps.SweptStage(
+          v.description,
+          tuple(
+              claims.augmentation_dir(output_dir, v, s)
+              for s in config.generation_seeds))
+      for v in config.augmentation_variants
+  ]
+  baseline = next(v.description
+                  for v in config.augmentation_variants
                   if v.name == config.augmentation_baseline)
   return claim_sweeps.augmentation_section(report_dir, stages, baseline)
 
 
 def _guidance_section(config, output_dir, report_dir):
   return claim_sweeps.guidance_section(
-      report_dir, [claims.guidance_dir(output_dir, s)
-                   for s in config.generation_seeds])
+      report_dir,
+      [claims.guidance_dir(output_dir, s) for s in config.generation_seeds])
 
 
 # ----------------------------------------------------------------- claim 3
@@ -55,8 +60,8 @@ def _classifier_top1(config, output_dir, mix, k):
 def _mix_section(config, output_dir, report_dir):
   text, curves = "", []
   for mix in config.data_mixes:
-    base = claim_sweeps.summary(
-        _classifier_top1(config, output_dir, mix, 0.0), 100.0)
+    base = claim_sweeps.summary(_classifier_top1(config, output_dir, mix, 0.0),
+                                100.0)
     rows = []
     for k in mix.multipliers:
       summary = base if not k else claim_sweeps.summary(
@@ -71,8 +76,8 @@ def _mix_section(config, output_dir, report_dir):
         curves.append((mix.name, k, summary))
     text += (f"\n**{mix.name}**: floor({mix.real_fraction:g} x count) real "
              "images per class, + k x as many generated ones.\n\n")
-    text += report.table(["k", "top-1 % on real validation",
-                          "vs real only", "verdict"], rows)
+    text += report.table(
+        ["k", "top-1 % on real validation", "vs real only", "verdict"], rows)
   if curves:
     _mix_plot(os.path.join(report_dir, MIX_PNG), curves)
     text += "\n" + report.image_link(MIX_PNG, "top-1 against k per mix")
@@ -122,24 +127,25 @@ def write_report(config, output_dir, step_seconds=None, notes=(),
   """
   report_dir = os.path.join(output_dir, job.REPORT_DIR)
   os.makedirs(report_dir, exist_ok=True)
-  parts = [f"# {config.title}\n",
-           report.bullets(list(notes) + [
-               "Every value is a mean over repeated runs with its 95% "
-               "t-interval and the number of runs; a difference is called "
-               "an effect only when the two intervals separate."]),
-           report.section(
-               "Claim 1: conditioning augmentation (CDM Tables 2b, 3a)",
-               _augmentation_section, config, output_dir, report_dir),
-           report.section(
-               "Claim 2: guidance against classification (Azizi et al. "
-               "Fig. 3)", _guidance_section, config, output_dir, report_dir),
-           report.section(
-               "Claim 3: real + synthetic training data (Azizi et al. "
-               "Table 4, Fig. 6)", _mix_section, config, output_dir,
-               report_dir),
-           report.section("Settings", report.settings_section, settings),
-           report.section("Wall time per step", report.times_section,
-                          step_seconds)]
+  parts = [
+      f"# {config.title}\n",
+      report.bullets(
+          list(notes) + [
+              "Every value is a mean over repeated runs with its 95% "
+              "t-interval and the number of runs; a difference is called "
+              "an effect only when the two intervals separate."
+          ]),
+      report.section("Claim 1: conditioning augmentation (CDM Tables 2b, 3a)",
+                     _augmentation_section, config, output_dir, report_dir),
+      report.section(
+          "Claim 2: guidance against classification (Azizi et al. "
+          "Fig. 3)", _guidance_section, config, output_dir, report_dir),
+      report.section(
+          "Claim 3: real + synthetic training data (Azizi et al. "
+          "Table 4, Fig. 6)", _mix_section, config, output_dir, report_dir),
+      report.section("Settings", report.settings_section, settings),
+      report.section("Wall time per step", report.times_section, step_seconds)
+  ]
   path = os.path.join(report_dir, report.REPORT_FILE)
   text = "\n".join(p for p in parts if p).rstrip() + "\n"
   files.atomic_write_bytes(path, text.encode("utf-8"))

@@ -195,10 +195,11 @@ class JobConfig:
     if not self.diffusion_stages:
       raise ValueError("JobConfig.diffusion_stages is empty")
     names = [s.name for s in self.diffusion_stages]
-    reserved = {SYNTHETIC_DIR, CLASSIFIER_REAL, CLASSIFIER_SYNTHETIC,
-                CLASSIFIER_REAL_SYNTHETIC, CLASSIFIER_CAS_REFERENCE,
-                REAL_SUBSET_DIR, SWEEPS_DIR, METRICS_DIR, REPORT_DIR,
-                runner.STEPS_DIR, runner.LOGS_DIR}
+    reserved = {
+        SYNTHETIC_DIR, CLASSIFIER_REAL, CLASSIFIER_SYNTHETIC,
+        CLASSIFIER_REAL_SYNTHETIC, CLASSIFIER_CAS_REFERENCE, REAL_SUBSET_DIR,
+        SWEEPS_DIR, METRICS_DIR, REPORT_DIR, runner.STEPS_DIR, runner.LOGS_DIR
+    }
     for name in names:
       if not name or os.sep in name or name in reserved:
         raise ValueError(f"diffusion stage name {name!r} is not a plain "
@@ -220,8 +221,10 @@ class JobConfig:
                          f"must be an integer >= 2, not {resolution.total}")
     if len(set(earlier)) != len(earlier):
       raise ValueError(f"earlier resolution names repeat: {earlier}")
-    clashes = set(names) & {f"{prefix}_{name}" for name in earlier
-                            for prefix in (SYNTHETIC_DIR, METRICS_DIR)}
+    clashes = set(names) & {
+        f"{prefix}_{name}" for name in earlier
+        for prefix in (SYNTHETIC_DIR, METRICS_DIR)
+    }
     if clashes:
       raise ValueError(f"diffusion stage names {sorted(clashes)} are the "
                        "run directories of earlier resolutions")
@@ -235,8 +238,8 @@ class JobConfig:
     if not self.synthetic_multiplier or self.synthetic_multiplier <= 0:
       raise ValueError("JobConfig.synthetic_multiplier must be positive, "
                        f"not {self.synthetic_multiplier}")
-    if (self.real_synthetic_multiplier is not None
-        and self.real_synthetic_multiplier <= 0):
+    if (self.real_synthetic_multiplier is not None and
+        self.real_synthetic_multiplier <= 0):
       raise ValueError("JobConfig.real_synthetic_multiplier must be positive "
                        f"or None, not {self.real_synthetic_multiplier}")
     if self.feature_network not in FEATURE_NETWORKS:
@@ -252,8 +255,8 @@ class JobConfig:
                        "is_classifier_model, not both")
     seeds = list(self.sweep_seeds)
     if (self.guidance_sweep_gin_files or self.augmentation_sweep_gin_files
-       ) and (not seeds or len(set(seeds)) != len(seeds) or any(
-           int(s) != s or s < 0 for s in seeds)):
+       ) and (not seeds or len(set(seeds)) != len(seeds) or
+              any(int(s) != s or s < 0 for s in seeds)):
       raise ValueError("JobConfig.sweep_seeds must be distinct non-negative "
                        f"integers, not {seeds}")
 
@@ -266,15 +269,18 @@ def selected(config=None):
 
 
 def substituted(text, real_data_dir, output_dir):
-  return text.replace(OUTPUT_DIR_PLACEHOLDER, output_dir).replace(
-      REAL_DATA_DIR_PLACEHOLDER, real_data_dir)
+  return text.replace(OUTPUT_DIR_PLACEHOLDER,
+                      output_dir).replace(REAL_DATA_DIR_PLACEHOLDER,
+                                          real_data_dir)
 
 
 def gin_flags(real_data_dir, output_dir, gin_files, gin_bindings):
   """--gin_file / --gin_bindings flags, placeholders replaced."""
   args = [f"--gin_file={path}" for path in gin_files]
-  args += [f"--gin_bindings={substituted(b, real_data_dir, output_dir)}"
-           for b in gin_bindings]
+  args += [
+      f"--gin_bindings={substituted(b, real_data_dir, output_dir)}"
+      for b in gin_bindings
+  ]
   return args
 
 
@@ -291,8 +297,10 @@ def prepare_data_step(data_dir):
 
 
 def _generation_bindings(config):
-  macros = [f'{name} = "{value}"' for name, value in
-            sorted((config.generation_macros or {}).items())]
+  macros = [
+      f'{name} = "{value}"'
+      for name, value in sorted((config.generation_macros or {}).items())
+  ]
   return [*config.generation_gin_bindings, *macros]
 
 
@@ -306,10 +314,9 @@ def diffusion_stage_step(real_data_dir, output_dir, stage, strategy_flags):
   return runner.Step(
       f"train_{stage.name}", "train.py",
       (*gin_flags(real_data_dir, output_dir, stage.gin_files,
-                  stage.gin_bindings),
-       f"--model_dir={model_dir}", *strategy_flags),
-      product=os.path.join(model_dir, trainer.EXPORT_DIR,
-                           export.CONFIG_FILE),
+                  stage.gin_bindings), f"--model_dir={model_dir}",
+       *strategy_flags), product=os.path.join(model_dir, trainer.EXPORT_DIR,
+                                              export.CONFIG_FILE),
       description=f"train the {stage.name} diffusion stage")
 
 
@@ -332,9 +339,10 @@ def steps(config, output_dir, strategy_flags=()):
   result = []
   if config.prepare_embedded_data:
     result.append(prepare_data_step(config.real_data_dir))
-  result += [diffusion_stage_step(config.real_data_dir, output_dir, stage,
-                                  strategy_flags)
-             for stage in config.diffusion_stages]
+  result += [
+      diffusion_stage_step(config.real_data_dir, output_dir, stage,
+                           strategy_flags) for stage in config.diffusion_stages
+  ]
   result.append(_generate_step(config, output_dir, strategy_flags))
   result.append(_real_classifier_step(config, output_dir, strategy_flags))
   feature_flags = _feature_flags(config, output_dir)
@@ -384,8 +392,7 @@ def _real_classifier_step(config, output_dir, strategy_flags):
       (*_gin_flags(config, config.classifier_gin_files,
                    config.classifier_gin_bindings, output_dir),
        f"--real_data_dir={config.real_data_dir}", "--data=real",
-       f"--model_dir={run_dir(output_dir, CLASSIFIER_REAL)}",
-       *strategy_flags),
+       f"--model_dir={run_dir(output_dir, CLASSIFIER_REAL)}", *strategy_flags),
       product=_real_model(output_dir),
       description="train the classifier on real data")
 
@@ -393,8 +400,8 @@ def _real_classifier_step(config, output_dir, strategy_flags):
 def _feature_flags(config, output_dir):
   """tools/evaluate.py's flags choosing the metrics' feature network."""
   if config.feature_network == "classifier":
-    return claim_sweeps.classifier_network_flags(
-        _real_model(output_dir), config.feature_network_name)
+    return claim_sweeps.classifier_network_flags(_real_model(output_dir),
+                                                 config.feature_network_name)
   flags = ["--feature_network=inception"]
   if config.is_inception_weights:
     flags.append(f"--is_inception_weights={config.is_inception_weights}")
@@ -406,18 +413,16 @@ def _feature_flags(config, output_dir):
 def _metrics_step(config, output_dir, feature_flags, strategy_flags):
   network_flags = list(feature_flags)
   if config.real_baseline_split:
-    network_flags.append(
-        f"--real_baseline_split={config.real_baseline_split}")
+    network_flags.append(f"--real_baseline_split={config.real_baseline_split}")
   if config.sample_counts:
-    network_flags.append(
-        "--sample_counts=" + ",".join(str(int(n)) for n in
-                                      config.sample_counts))
+    network_flags.append("--sample_counts=" +
+                         ",".join(str(int(n)) for n in config.sample_counts))
   metrics_dir = run_dir(output_dir, METRICS_DIR)
   return runner.Step(
       "metrics", "evaluate.py",
       (f"--generated_dir={run_dir(output_dir, SYNTHETIC_DIR)}",
-       f"--real_data_dir={config.real_data_dir}",
-       *network_flags, f"--output_dir={metrics_dir}", *strategy_flags),
+       f"--real_data_dir={config.real_data_dir}", *network_flags,
+       f"--output_dir={metrics_dir}", *strategy_flags),
       product=os.path.join(metrics_dir, sample_scores.METRICS_FILE),
       description="sample-quality metrics of the synthetic set")
 
@@ -427,8 +432,8 @@ def _cas_step(config, output_dir, strategy_flags):
   return runner.Step(
       CLASSIFIER_SYNTHETIC, "train_classifier.py",
       (*_gin_flags(config, config.cas_gin_files, config.cas_gin_bindings,
-                   output_dir),
-       "--cas", f"--real_data_dir={config.real_data_dir}",
+                   output_dir), "--cas",
+       f"--real_data_dir={config.real_data_dir}",
        f"--synthetic_dir={run_dir(output_dir, SYNTHETIC_DIR)}",
        f"--model_dir={cas_dir}",
        f"--compare_with={_real_per_class(output_dir)}", *strategy_flags),
@@ -467,19 +472,17 @@ def _earlier_resolution_steps(config, output_dir, resolution, feature_flags,
            f"--num_stages={resolution.num_stages}",
            f"--real_data_dir={config.real_data_dir}",
            f"--total={resolution.total}", f"--output_dir={synthetic}",
-           *strategy_flags),
-          product=train_manifest(synthetic),
+           *strategy_flags), product=train_manifest(synthetic),
           description=(f"generate {resolution.total} images at "
                        f"{resolution.name} with the cascade's first "
                        f"{resolution.num_stages} stage(s)")),
-      runner.Step(
-          f"metrics_{resolution.name}", "evaluate.py",
-          (f"--generated_dir={synthetic}",
-           f"--real_data_dir={config.real_data_dir}", *feature_flags,
-           f"--sample_counts={resolution.total}",
-           f"--output_dir={metrics_dir}", *strategy_flags),
-          product=os.path.join(metrics_dir, sample_scores.METRICS_FILE),
-          description=f"sample-quality metrics at {resolution.name}"),
+      runner.Step(f"metrics_{resolution.name}", "evaluate.py",
+                  (f"--generated_dir={synthetic}",
+                   f"--real_data_dir={config.real_data_dir}", *feature_flags,
+                   f"--sample_counts={resolution.total}",
+                   f"--output_dir={metrics_dir}", *strategy_flags),
+                  product=os.path.join(metrics_dir, sample_scores.METRICS_FILE),
+                  description=f"sample-quality metrics at {resolution.name}"),
   ]
 
 
@@ -507,8 +510,9 @@ def augmentation_sweep_dirs(config, output_dir):
     return []
   root = run_dir(output_dir, SWEEPS_DIR)
   stage = config.diffusion_stages[-1].name
-  return [claim_sweeps.augmentation_dir(root, stage, s)
-          for s in config.sweep_seeds]
+  return [
+      claim_sweeps.augmentation_dir(root, stage, s) for s in config.sweep_seeds
+  ]
 
 
 def _sweep_steps(config, output_dir, network_flags, strategy_flags):
@@ -525,12 +529,12 @@ def _sweep_steps(config, output_dir, network_flags, strategy_flags):
       bindings = (*_generation_bindings(config), *config.sweep_gin_bindings,
                   *config.cas_gin_bindings,
                   f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}")
-      result.append(claim_sweeps.sweep_step(
-          f"sweep_{kind}_seed{seed}", directory,
-          _gin_flags(config, (*config.cas_gin_files, *gin_files), bindings,
-                     output_dir),
-          config.real_data_dir, network_flags,
-          f"{description}, generation seed {seed}", strategy_flags))
+      result.append(
+          claim_sweeps.sweep_step(
+              f"sweep_{kind}_seed{seed}", directory,
+              _gin_flags(config, (*config.cas_gin_files, *gin_files), bindings,
+                         output_dir), config.real_data_dir, network_flags,
+              f"{description}, generation seed {seed}", strategy_flags))
   return result
 
 
@@ -542,101 +546,103 @@ def headline_sections(config, output_dir, report_dir):
   if directories:
     stage = claim_sweeps.SweptStage(
         f"the {config.diffusion_stages[-1].name} stage", tuple(directories))
-    sections.append((
-        "Conditioning augmentation at reduced size (CDM Table 3a)",
-        claim_sweeps.augmentation_section, (report_dir, [stage])))
+    sections.append(("Conditioning augmentation at reduced size (CDM Table 3a)",
+                     claim_sweeps.augmentation_section, (report_dir, [stage])))
   directories = guidance_sweep_dirs(config, output_dir)
   if directories:
-    sections.append((
-        "Guidance against classification at reduced size (Azizi et al. "
-        "Fig. 3)", claim_sweeps.guidance_section, (report_dir, directories)))
+    sections.append(
+        ("Guidance against classification at reduced size (Azizi et al. "
+         "Fig. 3)", claim_sweeps.guidance_section, (report_dir, directories)))
   return sections
 
 
-def _cas_reference_steps(config, output_dir, strategy_flags,
-                         real_per_class):
+def _cas_reference_steps(config, output_dir, strategy_flags, real_per_class):
   """The real subset matching the synthetic set, and the CAS classifier
   and recipe trained on it."""
   result = []
   data = config.real_data_dir
   if config.synthetic_multiplier < 1:
     data = run_dir(output_dir, REAL_SUBSET_DIR)
-    result.append(runner.Step(
-        REAL_SUBSET_DIR, "subset_data.py",
-        (f"--source_dir={config.real_data_dir}", f"--output_dir={data}",
-         f"--fraction={config.synthetic_multiplier:g}"),
-        product=train_manifest(data),
-        description=(f"take floor({config.synthetic_multiplier:g} x count) "
-                     "real images of each class")))
+    result.append(
+        runner.Step(
+            REAL_SUBSET_DIR, "subset_data.py",
+            (f"--source_dir={config.real_data_dir}", f"--output_dir={data}",
+             f"--fraction={config.synthetic_multiplier:g}"),
+            product=train_manifest(data),
+            description=(f"take floor({config.synthetic_multiplier:g} x count) "
+                         "real images of each class")))
   reference_dir = run_dir(output_dir, CLASSIFIER_CAS_REFERENCE)
-  result.append(runner.Step(
-      CLASSIFIER_CAS_REFERENCE, "train_classifier.py",
-      (*_gin_flags(config, config.cas_gin_files, config.cas_gin_bindings,
-                   output_dir),
-       "--cas", "--data=real", f"--real_data_dir={data}",
-       f"--model_dir={reference_dir}", f"--compare_with={real_per_class}",
-       *strategy_flags),
-      product=os.path.join(reference_dir, cas.REPORT_FILE),
-      description="the CAS protocol on as many real images per class"))
+  result.append(
+      runner.Step(
+          CLASSIFIER_CAS_REFERENCE, "train_classifier.py",
+          (*_gin_flags(config, config.cas_gin_files, config.cas_gin_bindings,
+                       output_dir), "--cas", "--data=real",
+           f"--real_data_dir={data}", f"--model_dir={reference_dir}",
+           f"--compare_with={real_per_class}", *strategy_flags),
+          product=os.path.join(reference_dir, cas.REPORT_FILE),
+          description="the CAS protocol on as many real images per class"))
   return result
 
 
 def diffusion_run_dirs(config, output_dir):
   """{stage name: run directory}, for the report."""
-  return {s.name: run_dir(output_dir, s.name)
-          for s in config.diffusion_stages}
+  return {s.name: run_dir(output_dir, s.name) for s in config.diffusion_stages}
 
 
 def classifier_run_dirs(config, output_dir):
   """{report label: run directory} of the job's classifiers."""
-  runs = {"real": run_dir(output_dir, CLASSIFIER_REAL),
-          "synthetic only (CAS)": run_dir(output_dir, CLASSIFIER_SYNTHETIC)}
+  runs = {
+      "real": run_dir(output_dir, CLASSIFIER_REAL),
+      "synthetic only (CAS)": run_dir(output_dir, CLASSIFIER_SYNTHETIC)
+  }
   if config.cas_real_reference:
-    runs["real, CAS protocol (reference)"] = run_dir(
-        output_dir, CLASSIFIER_CAS_REFERENCE)
+    runs["real, CAS protocol (reference)"] = run_dir(output_dir,
+                                                     CLASSIFIER_CAS_REFERENCE)
   runs["real + synthetic"] = run_dir(output_dir, CLASSIFIER_REAL_SYNTHETIC)
   return runs
 
 
 def metrics_path(output_dir):
-  return os.path.join(output_dir, METRICS_DIR,
-                      sample_scores.METRICS_FILE)
+  return os.path.join(output_dir, METRICS_DIR, sample_scores.METRICS_FILE)
 
 
 def baseline_metrics_path(output_dir):
-  return os.path.join(output_dir, METRICS_DIR,
-                      sample_scores.BASELINE_FILE)
+  return os.path.join(output_dir, METRICS_DIR, sample_scores.BASELINE_FILE)
 
 
 def settings_table(config, output_dir, strategy_flags=()):
   """{setting: text} of what the job ran, for the report."""
+
   def listed(values):
-    return ", ".join(substituted(str(v), config.real_data_dir, output_dir)
-                     for v in values) or "-"
-  table = {"real data": config.real_data_dir,
-           "output directory": output_dir,
-           "strategy flags": " ".join(strategy_flags) or "(defaults)"}
+    return ", ".join(
+        substituted(str(v), config.real_data_dir, output_dir)
+        for v in values) or "-"
+
+  table = {
+      "real data": config.real_data_dir, "output directory": output_dir,
+      "strategy flags": " ".join(strategy_flags) or "(defaults)"
+  }
   for stage in config.diffusion_stages:
     table[f"diffusion stage {stage.name}"] = listed(
         (*stage.gin_files, *stage.gin_bindings))
-  table["generation"] = listed((*config.generation_gin_files,
-                                *_generation_bindings(config)))
+  table["generation"] = listed(
+      (*config.generation_gin_files, *_generation_bindings(config)))
   table["synthetic images per class"] = (
       f"{config.synthetic_multiplier:g} x the real training count")
   table["classifier (real, real + synthetic)"] = listed(
       (*config.classifier_gin_files, *config.classifier_gin_bindings))
-  table["CAS classifier"] = listed((*config.cas_gin_files,
-                                    *config.cas_gin_bindings))
+  table["CAS classifier"] = listed(
+      (*config.cas_gin_files, *config.cas_gin_bindings))
   if config.cas_real_reference:
     table["CAS reference"] = (
         "the CAS classifier on floor("
         f"{min(config.synthetic_multiplier, 1.0):g} x count) real images "
         "per class")
   table["synthetic images added to the real ones"] = (
-      "the whole synthetic set" if config.real_synthetic_multiplier is None
-      else f"{config.real_synthetic_multiplier:g} x the real count per class")
-  table["metrics' feature network"] = (
-      config.feature_network_name or config.feature_network)
+      "the whole synthetic set" if config.real_synthetic_multiplier is None else
+      f"{config.real_synthetic_multiplier:g} x the real count per class")
+  table["metrics' feature network"] = (config.feature_network_name or
+                                       config.feature_network)
   for kind in ("guidance", "augmentation"):
     gin_files = getattr(config, f"{kind}_sweep_gin_files")
     if gin_files:

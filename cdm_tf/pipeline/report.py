@@ -79,27 +79,37 @@ def write_report(report_dir, *, title, real_data_dir, synthetic_dir,
   tf.io.gfile.makedirs(report_dir)
   synthetic = _guarded(None, run_outputs.read_synthetic_set, synthetic_dir,
                        synthetic_split)
-  diffusion = [_guarded(label, run_outputs.read_diffusion_run, label, path)
-               for label, path in diffusion_runs.items()]
-  classifiers = [_guarded(label, run_outputs.read_classifier_run, label,
-                          path) for label, path in classifier_runs.items()]
+  diffusion = [
+      _guarded(label, run_outputs.read_diffusion_run, label, path)
+      for label, path in diffusion_runs.items()
+  ]
+  classifiers = [
+      _guarded(label, run_outputs.read_classifier_run, label, path)
+      for label, path in classifier_runs.items()
+  ]
   names = _link_names(list(diffusion_runs) + list(classifier_runs))
   parts = [f"# {title}\n", bullets(notes)]
-  parts.append(section("Samples per class", _samples_section, report_dir,
-                        real_data_dir, synthetic, real_split,
-                        samples_per_class, max_grid_classes))
-  parts.append(section("Classifier accuracy", _accuracy_section,
-                        report_dir, classifiers))
-  parts.append(section(metrics_heading, metrics_section, metrics_file,
-                        baseline_metrics_file))
-  parts += [section(heading, build, *args)
-            for heading, build, args in extra_sections]
-  parts.append(section("Training loss", _loss_section, report_dir,
-                        diffusion, classifiers))
-  parts.append(section("Diffusion models", _diffusion_section, report_dir,
-                        diffusion, names))
-  parts.append(section("Per-class accuracy", _per_class_section,
-                        report_dir, classifiers, names))
+  parts.append(
+      section("Samples per class", _samples_section, report_dir, real_data_dir,
+              synthetic, real_split, samples_per_class, max_grid_classes))
+  parts.append(
+      section("Classifier accuracy", _accuracy_section, report_dir,
+              classifiers))
+  parts.append(
+      section(metrics_heading, metrics_section, metrics_file,
+              baseline_metrics_file))
+  parts += [
+      section(heading, build, *args) for heading, build, args in extra_sections
+  ]
+  parts.append(
+      section("Training loss", _loss_section, report_dir, diffusion,
+              classifiers))
+  parts.append(
+      section("Diffusion models", _diffusion_section, report_dir, diffusion,
+              names))
+  parts.append(
+      section("Per-class accuracy", _per_class_section, report_dir, classifiers,
+              names))
   parts.append(section("Synthetic set", _synthetic_section, synthetic))
   parts.append(section("Settings", settings_section, settings))
   parts.append(section("Step times", times_section, step_seconds))
@@ -143,8 +153,10 @@ def _cell(value):
 
 
 def table(header, rows):
-  lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
+  lines = [
+      "| " + " | ".join(_cell(h) for h in header) + " |",
+      "|" + "|".join("---" for _ in header) + "|"
+  ]
   lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
   return "\n".join(lines) + "\n"
 
@@ -201,8 +213,8 @@ def number(value):
 def _grid_classes(num_classes, max_classes):
   if num_classes <= max_classes:
     return list(range(num_classes))
-  return sorted({int(round(c)) for c in np.linspace(0, num_classes - 1,
-                                                    max_classes)})
+  return sorted(
+      {int(round(c)) for c in np.linspace(0, num_classes - 1, max_classes)})
 
 
 def _samples_section(report_dir, real_data_dir, synthetic, real_split,
@@ -219,8 +231,8 @@ def _samples_section(report_dir, real_data_dir, synthetic, real_split,
   names = run_outputs.load_class_names(real_data_dir, num_classes)
   num_classes = num_classes or len(names)
   class_ids = _grid_classes(num_classes, max_classes)
-  generated = run_outputs.synthetic_per_class(synthetic.shard_paths,
-                                              class_ids, per_class)
+  generated = run_outputs.synthetic_per_class(synthetic.shard_paths, class_ids,
+                                              per_class)
   images = [i for row in generated.values() for i in row]
   if not images:
     return f"{NO_DATA}: the synthetic set holds no images of these classes."
@@ -233,27 +245,28 @@ def _samples_section(report_dir, real_data_dir, synthetic, real_split,
     real = {c: [] for c in class_ids}
     real_note = (f" No real `{real_split}` images ({type(e).__name__}: "
                  f"{e}): grey cells.")
-  report_figures.sample_grid(
-      os.path.join(report_dir, SAMPLES_PNG), [names[c] for c in class_ids],
-      [generated[c] for c in class_ids], [real[c] for c in class_ids],
-      per_class, side, "generated", f"real ({real_split})")
+  report_figures.sample_grid(os.path.join(report_dir, SAMPLES_PNG),
+                             [names[c] for c in class_ids],
+                             [generated[c] for c in class_ids],
+                             [real[c] for c in class_ids], per_class, side,
+                             "generated", f"real ({real_split})")
   cell = report_figures.cell_size(side)
-  shown = (f"all {num_classes} classes" if len(class_ids) == num_classes
-           else f"{len(class_ids)} of {num_classes} classes, evenly spaced "
+  shown = (f"all {num_classes} classes" if len(class_ids) == num_classes else
+           f"{len(class_ids)} of {num_classes} classes, evenly spaced "
            "by label")
   incomplete = ("" if synthetic.manifest else
                 " The set is still incomplete (no manifest yet).")
-  return (image_link(SAMPLES_PNG, "generated and real images per class")
-          + f"\nOne row per class ({shown}). Left: the first {per_class} "
+  return (image_link(SAMPLES_PNG, "generated and real images per class") +
+          f"\nOne row per class ({shown}). Left: the first {per_class} "
           f"generated images of the class in record order; right: the first "
           f"{per_class} real images of the class in the `{real_split}` "
           f"split, centre-cropped and resized (anti-aliased) to the "
           f"generated {side} x {side} as for diffusion training. Shown at "
-          f"{cell} px"
-          + (" (nearest-neighbour upscaling)" if cell > side else "")
-          + "; grey cells: the class has fewer images." + incomplete
-          + real_note + "\n\nRows, top to bottom: "
-          + ", ".join(names[c] for c in class_ids) + ".\n")
+          f"{cell} px" +
+          (" (nearest-neighbour upscaling)" if cell > side else "") +
+          "; grey cells: the class has fewer images." + incomplete + real_note +
+          "\n\nRows, top to bottom: " + ", ".join(names[c] for c in class_ids) +
+          ".\n")
 
 
 def _classifier_status(run):
@@ -266,8 +279,10 @@ def _classifier_status(run):
 
 def _cas_ratio(classifiers):
   """The CAS over its real reference's accuracy, as a sentence, or ""."""
-  finished = [r for r in classifiers if not isinstance(r, _Unreadable)
-              and r.status == run_outputs.FINISHED]
+  finished = [
+      r for r in classifiers
+      if not isinstance(r, _Unreadable) and r.status == run_outputs.FINISHED
+  ]
   synthetic = [r for r in finished if r.is_cas]
   reference = [r for r in finished if r.is_cas_reference]
   if len(synthetic) != 1 or len(reference) != 1 or not reference[0].top1:
@@ -277,8 +292,8 @@ def _cas_ratio(classifiers):
   return (f"\nCAS / the same protocol on real images: {cas_run.top1:.4f} / "
           f"{real_run.top1:.4f} = **{cas_run.top1 / real_run.top1:.3f}** "
           f"(one run each; trained on {_count(cas_run.synthetic_images)} "
-          f"generated and {_count(real_run.real_images)} real images"
-          + ("" if matched else ": not the same number") + "; Azizi et "
+          f"generated and {_count(real_run.real_images)} real images" +
+          ("" if matched else ": not the same number") + "; Azizi et "
           "al. report 69.24 / 73.09 = 0.947 on ImageNet).\n")
 
 
@@ -289,26 +304,34 @@ def _accuracy_section(report_dir, classifiers):
   split_sizes = set()
   for run in classifiers:
     if isinstance(run, _Unreadable):
-      rows.append([run.label, "-", "-", "-", "-", "-", "-",
-                   f"unreadable: {run.error}"])
+      rows.append(
+          [run.label, "-", "-", "-", "-", "-", "-", f"unreadable: {run.error}"])
       continue
     steps = None
     if run.step is not None:
       planned = run.run.get("num_steps")
-      steps = (f"{run.step:,}" if planned in (None, run.step)
-               else f"{run.step:,} of {planned:,}")
+      steps = (f"{run.step:,}" if planned in (None, run.step) else
+               f"{run.step:,} of {planned:,}")
     if run.eval_examples:
       split_sizes.add(run.eval_examples)
-    rows.append([run.label, run.run.get("model"), _count(run.real_images),
-                 _count(run.synthetic_images), steps, _percent(run.top1),
-                 _percent(run.top5), _classifier_status(run)])
+    rows.append([
+        run.label,
+        run.run.get("model"),
+        _count(run.real_images),
+        _count(run.synthetic_images), steps,
+        _percent(run.top1),
+        _percent(run.top5),
+        _classifier_status(run)
+    ])
     labels.append(run.label)
     top1.append(run.top1)
     is_cas.append(run.is_cas)
-  text = table(["run", "model", "real images", "synthetic images", "steps",
-                 "top-1 %", "top-5 %", "note"], rows)
-  evaluated = (" (" + ", ".join(f"{n:,}" for n in sorted(split_sizes))
-               + " images)") if split_sizes else ""
+  text = table([
+      "run", "model", "real images", "synthetic images", "steps", "top-1 %",
+      "top-5 %", "note"
+  ], rows)
+  evaluated = (" (" + ", ".join(f"{n:,}" for n in sorted(split_sizes)) +
+               " images)") if split_sizes else ""
   text += (f"\nTop-1 / top-5 accuracy on the real validation split"
            f"{evaluated}. Training images are those of one epoch. CAS "
            "(Classification Accuracy Score): the classifier trained on "
@@ -339,8 +362,8 @@ def metrics_section(metrics_file, baseline_file=None):
   if not metrics:
     return f"{NO_DATA}: {metrics_file} holds no metrics."
   text = (table(["metric (feature network)", "value", "generated images"],
-                 _metrics_rows(metrics))
-          + "\nEach label names the feature network: values computed on "
+                _metrics_rows(metrics)) +
+          "\nEach label names the feature network: values computed on "
           "different networks, sample counts or reference splits are "
           "different quantities.\n")
   notes = run_outputs.read_metrics_notes(metrics_file)
@@ -350,26 +373,27 @@ def metrics_section(metrics_file, baseline_file=None):
   if baseline:
     text += ("\nFor scale, the same metrics of real images (the first "
              "ones of a real split not used as the reference), as many as "
-             "the generated ones:\n\n"
-             + table(["metric (feature network)", "value", "real images"],
-                      _metrics_rows(baseline)))
+             "the generated ones:\n\n" +
+             table(["metric (feature network)", "value", "real images"],
+                   _metrics_rows(baseline)))
   return text
 
 
 def _loss_section(report_dir, diffusion, classifiers):
+
   def curve(run):
     if isinstance(run, _Unreadable):
       return (run.label, None, "unreadable")
-    return (run.label, run.loss,
-            NOT_RUN if run.status == NOT_RUN else NO_DATA)
+    return (run.label, run.loss, NOT_RUN if run.status == NOT_RUN else NO_DATA)
+
   panels = [(f"diffusion: {c[0]}", [c]) for c in map(curve, diffusion)]
   panels.append(("classifiers", [curve(r) for r in classifiers]))
-  if not any(s is not None and len(s) for _, curves in panels
-             for _, s, _ in curves):
+  if not any(
+      s is not None and len(s) for _, curves in panels for _, s, _ in curves):
     return f"{NO_DATA}: no run has logged train/loss yet."
   report_figures.loss_curves(os.path.join(report_dir, LOSS_PNG), panels)
-  return (image_link(LOSS_PNG, "train/loss per step")
-          + "\ntrain/loss as logged (means over the logging interval), "
+  return (image_link(LOSS_PNG, "train/loss per step") +
+          "\ntrain/loss as logged (means over the logging interval), "
           "faint; smoothed on top.\n")
 
 
@@ -381,22 +405,23 @@ def _diffusion_section(report_dir, diffusion, names):
     if isinstance(run, _Unreadable):
       rows.append([run.label, "-", "-", f"unreadable: {run.error}"])
       continue
-    status = {run_outputs.FINISHED: "finished, exported",
-              run_outputs.NO_RESULT: "not exported (stopped or running)"}.get(
-                  run.status, run.status)
-    last = (int(run.loss.steps[-1]), number(run.loss.values[-1])) if len(
-        run.loss) else (None, None)
+    status = {
+        run_outputs.FINISHED: "finished, exported",
+        run_outputs.NO_RESULT: "not exported (stopped or running)"
+    }.get(run.status, run.status)
+    last = (int(run.loss.steps[-1]),
+            number(run.loss.values[-1])) if len(run.loss) else (None, None)
     rows.append([run.label, _count(last[0]), last[1], status])
     if run.last_sheet:
       file_name = _copy(run.last_sheet, report_dir,
                         f"samples_{names[run.label]}.png")
       sheets.append(f"\n### {run.label}: samples at step "
-                    f"{run.last_sheet_step:,}\n\n"
-                    + image_link(file_name, f"{run.label} samples"))
-  return (table(["run", "last logged step", "last train/loss", "status"],
-                 rows)
-          + "".join(sheets)
-          + ("" if sheets else "\nNo training sample sheets yet.\n"))
+                    f"{run.last_sheet_step:,}\n\n" +
+                    image_link(file_name, f"{run.label} samples"))
+  return (
+      table(["run", "last logged step", "last train/loss", "status"], rows) +
+      "".join(sheets) +
+      ("" if sheets else "\nNo training sample sheets yet.\n"))
 
 
 def _per_class_section(report_dir, classifiers, names):
@@ -407,11 +432,10 @@ def _per_class_section(report_dir, classifiers, names):
     elif run.per_class_png:
       file_name = _copy(run.per_class_png, report_dir,
                         f"per_class_{names[run.label]}.png")
-      parts.append(f"### {run.label}\n\n"
-                   + image_link(file_name, f"{run.label} per-class accuracy"))
+      parts.append(f"### {run.label}\n\n" +
+                   image_link(file_name, f"{run.label} per-class accuracy"))
     else:
-      status = (NO_DATA if run.status == run_outputs.FINISHED
-                else run.status)
+      status = (NO_DATA if run.status == run_outputs.FINISHED else run.status)
       parts.append(f"### {run.label}\n\n{status}.\n")
   return "\n".join(parts) if parts else f"Classifier training {NOT_RUN}."
 
@@ -427,13 +451,14 @@ def _synthetic_section(synthetic):
     return f"{NO_DATA}: unreadable ({synthetic.error})"
   if synthetic.status == NOT_RUN:
     return f"Generation {NOT_RUN}."
-  rows = [["directory", synthetic.directory],
-          ["split", synthetic.split]]
+  rows = [["directory", synthetic.directory], ["split", synthetic.split]]
   manifest = synthetic.manifest
   if manifest is None:
     planned = (synthetic.record or {}).get("plan", {}).get("num_shards")
-    rows.append(["status", f"incomplete: {len(synthetic.shard_paths)} of "
-                 f"{planned or '?'} shards written, no manifest yet"])
+    rows.append([
+        "status", f"incomplete: {len(synthetic.shard_paths)} of "
+        f"{planned or '?'} shards written, no manifest yet"
+    ])
     return table(["", "value"], rows)
   low, high = min(manifest.class_counts), max(manifest.class_counts)
   per_class = f"{low:,}" if low == high else f"{low:,} to {high:,}"
@@ -481,15 +506,17 @@ def duration(seconds):
   whole = int(round(seconds))
   hours, rest = divmod(whole, 3600)
   minutes, secs = divmod(rest, 60)
-  return (f"{hours} h {minutes:02d} min" if hours
-          else f"{minutes} min {secs:02d} s")
+  return (f"{hours} h {minutes:02d} min"
+          if hours else f"{minutes} min {secs:02d} s")
 
 
 def times_section(step_seconds):
   if not step_seconds:
     return f"{NO_DATA}: no step has recorded its time."
   total = sum(float(s) for s in step_seconds.values())
-  rows = [[name, duration(s), f"{100 * float(s) / total:.1f}"
-           if total > 0 else "-"] for name, s in step_seconds.items()]
+  rows = [[
+      name,
+      duration(s), f"{100 * float(s) / total:.1f}" if total > 0 else "-"
+  ] for name, s in step_seconds.items()]
   rows.append(["total", duration(total), "100.0" if total > 0 else "-"])
   return table(["step", "wall time", "share %"], rows)

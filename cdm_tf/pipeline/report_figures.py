@@ -98,8 +98,8 @@ def _short(name):
   return name[:MAX_NAME_CHARACTERS - 1] + "\N{HORIZONTAL ELLIPSIS}"
 
 
-def sample_grid(path, names, generated, real, per_class, side,
-                generated_title, real_title):
+def sample_grid(path, names, generated, real, per_class, side, generated_title,
+                real_title):
   """Writes one row per class: generated images | real images.
 
   Args:
@@ -120,23 +120,23 @@ def sample_grid(path, names, generated, real, per_class, side,
   real_left = LABEL_WIDTH + block + SEPARATOR_WIDTH
   texts = [(LABEL_WIDTH + block / 2, HEADER_HEIGHT / 2, generated_title,
             "center", 9),
-           (real_left + block / 2, HEADER_HEIGHT / 2, real_title, "center",
-            9)]
+           (real_left + block / 2, HEADER_HEIGHT / 2, real_title, "center", 9)]
   for row, name in enumerate(names):
-    texts.append((LABEL_WIDTH - 8, HEADER_HEIGHT + GAP + row * (cell + GAP)
-                  + cell / 2, _short(name), "right", 9))
+    texts.append(
+        (LABEL_WIDTH - 8, HEADER_HEIGHT + GAP + row * (cell + GAP) + cell / 2,
+         _short(name), "right", 9))
   sheet = _text_canvas(height, width, texts)
   middle = LABEL_WIDTH + block + SEPARATOR_WIDTH // 2
   sheet[HEADER_HEIGHT:, middle - 1:middle + 1] = SEPARATOR
   for row in range(len(names)):
     top = HEADER_HEIGHT + GAP + row * (cell + GAP)
-    for left0, images in ((LABEL_WIDTH, generated[row]),
-                          (real_left, real[row])):
+    for left0, images in ((LABEL_WIDTH, generated[row]), (real_left,
+                                                          real[row])):
       for column in range(per_class):
         left = left0 + GAP + column * (cell + GAP)
-        sheet[top:top + cell, left:left + cell] = (
-            display_image(images[column], side, cell)
-            if column < len(images) else PLACEHOLDER)
+        sheet[top:top + cell,
+              left:left + cell] = (display_image(images[column], side, cell)
+                                   if column < len(images) else PLACEHOLDER)
   contact_sheet.write_png(path, sheet)
   return height, width
 
@@ -172,13 +172,15 @@ def accuracy_chart(path, labels, top1, is_cas, split):
     axes.text(x, 100 * value + 1, f"{100 * value:.1f}", ha="center",
               va="bottom", fontsize=8)
   axes.set_xticks(positions)
-  axes.set_xticklabels([textwrap.fill(l, 16) for l in labels], fontsize=8)
+  axes.set_xticklabels([textwrap.fill(label, 16) for label in labels],
+                       fontsize=8)
   axes.set_xlim(-0.6, len(labels) - 0.4)
   axes.set_ylim(0, 105)
   axes.set_ylabel(f"top-1 % on real {split}")
   axes.grid(axis="y", alpha=0.3)
-  axes.set_title("classifier top-1 accuracy (orange: CAS, trained on "
-                 "synthetic only)", fontsize=9)
+  axes.set_title(
+      "classifier top-1 accuracy (orange: CAS, trained on "
+      "synthetic only)", fontsize=9)
   files.atomic_write_figure(path, fig)
 
 
@@ -205,8 +207,8 @@ def _curve(axes, scalars, label, color):
   marker = "o" if len(scalars) <= 50 else None
   axes.plot(scalars.steps, scalars.values, color=color, alpha=0.25,
             linewidth=0.8)
-  axes.plot(scalars.steps, smooth(scalars.values), color=color,
-            linewidth=1.5, marker=marker, markersize=3, label=label)
+  axes.plot(scalars.steps, smooth(scalars.values), color=color, linewidth=1.5,
+            marker=marker, markersize=3, label=label)
 
 
 def _log_if_wide(axes, curves):

@@ -125,8 +125,7 @@ class DiffusionRun:
 def read_diffusion_run(label, model_dir):
   if not _exists(model_dir):
     return DiffusionRun(label, model_dir, NOT_RUN, _empty_scalars())
-  loss = read_scalars(os.path.join(model_dir, loop.TENSORBOARD_DIR),
-                      LOSS_TAG)
+  loss = read_scalars(os.path.join(model_dir, loop.TENSORBOARD_DIR), LOSS_TAG)
   sheets = []
   for path in files.glob_in(
       os.path.join(model_dir, trainer.SAMPLES_DIR),
@@ -181,8 +180,7 @@ class ClassifierRun:
 
   @property
   def synthetic_images(self):
-    return self.run.get("training_data", {}).get(
-        "synthetic_examples_per_epoch")
+    return self.run.get("training_data", {}).get("synthetic_examples_per_epoch")
 
 
 def read_classifier_run(label, model_dir):
@@ -210,8 +208,8 @@ def read_classifier_run(label, model_dir):
   top5 = read_scalars(tensorboard, "eval/top5")
   if not len(top1):
     return ClassifierRun(status=NO_RESULT, **common)
-  last_top5 = (float(top5.values[-1]) if len(top5)
-               and top5.steps[-1] == top1.steps[-1] else None)
+  last_top5 = (float(top5.values[-1])
+               if len(top5) and top5.steps[-1] == top1.steps[-1] else None)
   return ClassifierRun(status=PERIODIC, top1=float(top1.values[-1]),
                        top5=last_top5, step=int(top1.steps[-1]), **common)
 
@@ -302,8 +300,7 @@ def real_per_class(real_data_dir, split, num_classes, class_ids, per_class):
   """``first_per_class`` of a real split, read unshuffled (the reader's
   deterministic interleaving of the split's files)."""
   dataset = imagenet_reader.read_dataset(real_data_dir, split=split,
-                                         num_classes=num_classes,
-                                         shuffle=False)
+                                         num_classes=num_classes, shuffle=False)
   return first_per_class(dataset, class_ids, per_class)
 
 

@@ -33,8 +33,8 @@ from cdm_tf import files
 STEPS_DIR = "steps"
 LOGS_DIR = "logs"
 TOOLS_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__)))), "tools")
+    os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "tools")
 
 
 class StepFailedError(RuntimeError):
@@ -139,10 +139,10 @@ def _run_process(step, log_path, forward, print_fn, env):
   # gfile: the output directory may be a bucket (gs://...).
   with tf.io.gfile.GFile(log_path, "a") as log:
     log.write(f"$ {' '.join([sys.executable, *step.command()])}\n")
-    process = subprocess.Popen(
-        [sys.executable, *step.command()], stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, errors="replace", env=env,
-        bufsize=1, preexec_fn=_stop_with_parent)
+    process = subprocess.Popen([sys.executable, *step.command()],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace", env=env, bufsize=1,
+                               preexec_fn=_stop_with_parent)
     forward.process = process
     try:
       for line in process.stdout:
@@ -158,8 +158,8 @@ def _run_process(step, log_path, forward, print_fn, env):
 
 # TensorFlow's start-up chatter (kept in the step's log, not echoed).
 _NOISE_PREFIXES = ("WARNING: All log messages before absl::InitializeLog",
-                   "To enable the following instructions:",
-                   "I0000 ", "E0000 ", "W0000 ")
+                   "To enable the following instructions:", "I0000 ", "E0000 ",
+                   "W0000 ")
 
 
 def _is_noise(line):
@@ -167,8 +167,8 @@ def _is_noise(line):
     return True
   # absl/TF C++ lines: "I1122 03:47:27.123 ..." / "W1122 ..."
   head = line[:5]
-  return (len(head) == 5 and head[0] in "IWE" and head[1:].isdigit()
-          and line[5:6] == " ")
+  return (len(head) == 5 and head[0] in "IWE" and head[1:].isdigit() and
+          line[5:6] == " ")
 
 
 def run(output_dir, steps, print_fn=print, env=None):
@@ -212,8 +212,8 @@ def run(output_dir, steps, print_fn=print, env=None):
       print_fn(f"{label}: {step.description or step.tool}")
       started = time.time()
       status = _run_process(
-          step, os.path.join(output_dir, LOGS_DIR, f"{step.name}.log"),
-          forward, print_fn, env)
+          step, os.path.join(output_dir, LOGS_DIR, f"{step.name}.log"), forward,
+          print_fn, env)
       elapsed = time.time() - started
       if forward.received is not None:
         raise StepFailedError(
@@ -230,10 +230,11 @@ def run(output_dir, steps, print_fn=print, env=None):
             f"{label} ended without writing {step.product} (stopped "
             "early?); run again to resume it", 1)
       seconds[step.name] = round(elapsed, 1)
-      files.atomic_write_json(marker_path(output_dir, step.name), {
-          "tool": step.tool, "args": list(step.args),
-          "seconds": seconds[step.name],
-          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+      files.atomic_write_json(
+          marker_path(output_dir, step.name), {
+              "tool": step.tool, "args": list(step.args), "seconds": seconds[
+                  step.name], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")
+          })
       print_fn(f"{label}: done in {elapsed:.0f} s")
   return seconds
 

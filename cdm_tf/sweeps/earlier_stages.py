@@ -41,12 +41,12 @@ class EarlierStageOutputs:
     self._images = {}
 
   def _load(self, shard_index):
-    path = os.path.join(self.directory,
-                        self.plan.shard(shard_index).file_name)
+    path = os.path.join(self.directory, self.plan.shard(shard_index).file_name)
     images = {}
     for element in reader.read([path]).as_numpy_iterator():
-      example = int(plan_lib.example_id(element[schema.LABEL],
-                                        element[schema.CLASS_INDEX]))
+      example = int(
+          plan_lib.example_id(element[schema.LABEL],
+                              element[schema.CLASS_INDEX]))
       images[example] = element[schema.IMAGE]
     self._images = images
     self._loaded_shard = shard_index
@@ -125,15 +125,13 @@ class EarlierStages:
     if self._outputs is None:
       self._print_fn(f"earlier stages 0..{self.stage_index - 1}: their "
                      f"outputs are generated once into {self.directory}")
-      earlier_settings = dataclasses.replace(
-          self._settings, image_format="png", output_resolution=None)
+      earlier_settings = dataclasses.replace(self._settings, image_format="png",
+                                             output_resolution=None)
       cascade = self._make_cascade(self._stages)
       synthetic_dataset.generate(
-          self.directory, cascade, self._plan, self._classes,
-          earlier_settings,
+          self.directory, cascade, self._plan, self._classes, earlier_settings,
           print_fn=lambda line: self._print_fn(f"[earlier] {line}"))
       del cascade
       self._outputs = EarlierStageOutputs(self.directory, self._plan,
                                           self._settings.base_seed)
     return self._outputs
-

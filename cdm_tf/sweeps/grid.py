@@ -19,7 +19,8 @@ import tensorflow as tf
 from cdm_tf.generation import cascade as cascade_lib
 
 # Stage fields a sweep may vary; the model is what is being tuned, not swept.
-SWEEPABLE_FIELDS = tuple(f.name for f in dataclasses.fields(cascade_lib.Stage)
+SWEEPABLE_FIELDS = tuple(f.name
+                         for f in dataclasses.fields(cascade_lib.Stage)
                          if f.name != "model_dir")
 # Characters kept in point directory names (values such as "10,20,30" too).
 _UNSAFE = re.compile(r"[^A-Za-z0-9.,+_-]")
@@ -104,8 +105,10 @@ def expand_grid(grid):
       raise ValueError(f"the grid gives {field!r} a value twice: {names}")
     fields.append(field)
     values.append(options)
-  return [SweepPoint(index, dict(zip(fields, combination)))
-          for index, combination in enumerate(itertools.product(*values))]
+  return [
+      SweepPoint(index, dict(zip(fields, combination)))
+      for index, combination in enumerate(itertools.product(*values))
+  ]
 
 
 def _explicit_points(grid):
@@ -120,9 +123,11 @@ def _explicit_points(grid):
       raise ValueError(f"sweep point {index} sets {list(parameters)}, the "
                        f"first point {list(grid[0])}: give every point the "
                        "same fields (None where one does not apply)")
-    points.append(SweepPoint(index, {
-        field: _normalise(field, value)
-        for field, value in parameters.items()}))
+    points.append(
+        SweepPoint(index, {
+            field: _normalise(field, value)
+            for field, value in parameters.items()
+        }))
   names = [p.name for p in points]
   if len(set(names)) != len(names):
     raise ValueError(f"the sweep gives a point twice: {names}")
@@ -158,8 +163,7 @@ def point_stages(stages, stage_index, parameters):
   (``Stage`` checks the combination)."""
   stages = list(stages)
   try:
-    stages[stage_index] = dataclasses.replace(stages[stage_index],
-                                              **parameters)
+    stages[stage_index] = dataclasses.replace(stages[stage_index], **parameters)
   except (TypeError, ValueError) as e:
     raise ValueError(f"sweep point {parameters}: {e}") from e
   return stages
@@ -171,8 +175,9 @@ def reuses_earlier_stages(stages, stage_index, points):
   the earlier stage stops at the point's own level)."""
   if stage_index == 0:
     return False
-  return not any(point_stages(stages, stage_index, p.parameters)
-                 [stage_index].truncated for p in points)
+  return not any(
+      point_stages(stages, stage_index, p.parameters)[stage_index].truncated
+      for p in points)
 
 
 def _evaluations(stage_list):
@@ -188,10 +193,11 @@ def describe(stages, stage_index, points, num_images, reuse_earlier,
              stage_names=None):
   """The ``--dry_run`` text: points and the network evaluations they cost
   (from the exports' configs; "?" when an export is not there)."""
-  name = (stage_names[stage_index] if stage_names
-          else str(stage_index))
-  lines = [f"sweep of stage {name!r} (index {stage_index}) over "
-           f"{len(points)} points of {num_images} images each"]
+  name = (stage_names[stage_index] if stage_names else str(stage_index))
+  lines = [
+      f"sweep of stage {name!r} (index {stage_index}) over "
+      f"{len(points)} points of {num_images} images each"
+  ]
   total = 0
   known = True
   if reuse_earlier:

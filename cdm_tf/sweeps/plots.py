@@ -39,9 +39,10 @@ from cdm_tf import files
 from cdm_tf.metrics import report
 
 # Which way each metric improves (Pareto fronts, and the figure titles).
-HIGHER_IS_BETTER = {"FID": False, "KID": False, "IS": True,
-                    "precision": True, "recall": True, "CAS top-1": True,
-                    "CAS top-5": True}
+HIGHER_IS_BETTER = {
+    "FID": False, "KID": False, "IS": True, "precision": True, "recall": True,
+    "CAS top-1": True, "CAS top-5": True
+}
 MAX_COLUMNS = 3
 INDEX_FILE = "index.json"
 _SLUG = re.compile(r"[^a-z0-9]+")
@@ -131,8 +132,7 @@ def pareto_mask(xs, ys, x_higher_is_better, y_higher_is_better):
   for i in np.nonzero(finite)[0]:
     others = finite.copy()
     others[i] = False
-    dominated = (others & (x >= x[i]) & (y >= y[i])
-                 & ((x > x[i]) | (y > y[i])))
+    dominated = (others & (x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i])))
     mask[i] = not dominated.any()
   return mask
 
@@ -170,8 +170,9 @@ def _suptitle(fig, num_panels, text):
 def _panels(points, panel_fields):
   """Every combination of the panel fields' values, as dicts."""
   options = [_values(points, f) for f in panel_fields]
-  return [dict(zip(panel_fields, combo))
-          for combo in itertools.product(*options)]
+  return [
+      dict(zip(panel_fields, combo)) for combo in itertools.product(*options)
+  ]
 
 
 def _title(panel):
@@ -227,8 +228,8 @@ def plot_metric(path, points, label, metric, curve, line, panel_fields):
   return PlotInfo(path, "metric", curve, label, (curve, line))
 
 
-def plot_pareto(path, points, x_label, x_metric, y_label, y_metric, curve,
-                line, panel_fields):
+def plot_pareto(path, points, x_label, x_metric, y_label, y_metric, curve, line,
+                panel_fields):
   """``y_label`` against ``x_label``: one curve per line value through the
   curve field's values, non-dominated points circled."""
   values = _catalogue(points)[1]
@@ -258,23 +259,25 @@ def plot_pareto(path, points, x_label, x_metric, y_label, y_metric, curve,
               label=f"{line} = {line_value}" if line else f"along {curve}")
       for x, y, name in zip(xs, ys, names):
         if np.isfinite(x) and np.isfinite(y):
-          ax.annotate(name, (x, y), textcoords="offset points",
-                      xytext=(4, 4), fontsize=7)
+          ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4),
+                      fontsize=7)
       all_x += xs
       all_y += ys
     front = pareto_mask(all_x, all_y, x_better, y_better)
     if front.any():
-      ax.scatter(np.asarray(all_x)[front], np.asarray(all_y)[front], s=140,
-                 facecolors="none", edgecolors="black", linewidths=1.0,
-                 label="non-dominated", zorder=3)
+      ax.scatter(
+          np.asarray(all_x)[front],
+          np.asarray(all_y)[front], s=140, facecolors="none",
+          edgecolors="black", linewidths=1.0, label="non-dominated", zorder=3)
     ax.set_xlabel(x_label, fontsize=8)
     ax.set_ylabel(y_label, fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     if panel:
       ax.set_title(_title(panel), fontsize=9)
-  _suptitle(fig, len(panels), f"points annotated with {curve}; "
-            f"{_direction(y_metric)}, {_direction(x_metric)}")
+  _suptitle(
+      fig, len(panels), f"points annotated with {curve}; "
+      f"{_direction(y_metric)}, {_direction(x_metric)}")
   files.atomic_write_figure(path, fig)
   return PlotInfo(path, "pareto", x_label, y_label, (curve, line))
 
@@ -296,20 +299,22 @@ def write_plots(directory, points, parameter_names, views=None):
   views = resolve_views(parameter_names, views)
   if not points:
     return []
-  source = {"views": [list(v) for v in views],
-            "points": [dataclasses.asdict(p) for p in points]}
+  source = {
+      "views": [list(v) for v in views],
+      "points": [dataclasses.asdict(p) for p in points]
+  }
   index_path = os.path.join(directory, INDEX_FILE)
   if tf.io.gfile.exists(index_path):
     with tf.io.gfile.GFile(index_path) as f:
       index = json.load(f)
-    plots = [PlotInfo(**dict(p, view=tuple(p["view"])))
-             for p in index["plots"]]
+    plots = [PlotInfo(**dict(p, view=tuple(p["view"]))) for p in index["plots"]]
     if index["source"] == source and all(
         tf.io.gfile.exists(p.path) for p in plots):
       return plots
   written = _draw(directory, points, parameter_names, views)
-  files.atomic_write_json(index_path, {
-      "source": source, "plots": [dataclasses.asdict(p) for p in written]})
+  files.atomic_write_json(
+      index_path,
+      {"source": source, "plots": [dataclasses.asdict(p) for p in written]})
   return written
 
 
@@ -321,11 +326,12 @@ def _draw(directory, points, parameter_names, views):
   for label, metric in catalogue.items():
     if metric["metric"] == "FID":
       best = fids.get(metric["reference"])
-      if best is None or metric["num_samples"] > catalogue[best][
-          "num_samples"]:
+      if best is None or metric["num_samples"] > catalogue[best]["num_samples"]:
         fids[metric["reference"]] = label
-  scores = [l for l, m in catalogue.items() if m["metric"] == "IS"]
-  cas = [l for l, m in catalogue.items() if m["metric"].startswith("CAS")]
+  scores = [label for label, m in catalogue.items() if m["metric"] == "IS"]
+  cas = [
+      label for label, m in catalogue.items() if m["metric"].startswith("CAS")
+  ]
   written = []
   for curve, line in views:
     panel_fields = [n for n in parameter_names if n not in (curve, line)]
@@ -333,15 +339,16 @@ def _draw(directory, points, parameter_names, views):
     for label, metric in catalogue.items():
       path = os.path.join(directory,
                           f"{slug(short_label(metric))}_vs_{view_name}.png")
-      written.append(plot_metric(path, points, label, metric, curve, line,
-                                 panel_fields))
+      written.append(
+          plot_metric(path, points, label, metric, curve, line, panel_fields))
     pairs = [(s, f) for s in scores for f in fids.values()]
     pairs += [(c, f) for c in cas for f in fids.values()]
     for x_label, y_label in pairs:
       x_metric, y_metric = catalogue[x_label], catalogue[y_label]
-      path = os.path.join(directory, (
-          f"pareto_{slug(short_label(y_metric))}_vs_"
-          f"{slug(short_label(x_metric))}_along_{view_name}.png"))
-      written.append(plot_pareto(path, points, x_label, x_metric, y_label,
-                                 y_metric, curve, line, panel_fields))
+      path = os.path.join(
+          directory, (f"pareto_{slug(short_label(y_metric))}_vs_"
+                      f"{slug(short_label(x_metric))}_along_{view_name}.png"))
+      written.append(
+          plot_pareto(path, points, x_label, x_metric, y_label, y_metric, curve,
+                      line, panel_fields))
   return written

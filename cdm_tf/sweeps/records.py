@@ -62,8 +62,12 @@ def fixed_settings(stages, stage_index, points, plan, settings, classes):
       "plan": plan.to_json(),
       "generation": settings.stored(),
       "classes": [c.synset for c in classes],
-      "grid": {k: list(dict.fromkeys(grid_lib.format_value(p.parameters[k])
-                                     for p in points)) for k in swept},
+      "grid": {
+          k: list(
+              dict.fromkeys(
+                  grid_lib.format_value(p.parameters[k])
+                  for p in points)) for k in swept
+      },
   }
 
 
@@ -80,6 +84,7 @@ def check_or_write_record(output_dir, record):
     return (f"{output_dir} holds a sweep made with other settings "
             f"({settings_record.summary(found)}; see {path}); use a new "
             "output directory or the same settings")
+
   # A grid may grow; its points keep their names.
   settings_record.check_or_write(path, record, conflict, ignore=("grid",),
                                  rewrite=True)
@@ -89,9 +94,10 @@ def write_point(point_dir, point, metrics, info):
   """Writes a point's ``metrics.json`` (last: a point with it is finished);
   returns its ``FinishedPoint``."""
   files.atomic_write_json(
-      os.path.join(point_dir, sample_scores.METRICS_FILE),
-      {"parameters": point.parameters, "name": point.name,
-       "metrics": metrics, "info": info})
+      os.path.join(point_dir, sample_scores.METRICS_FILE), {
+          "parameters": point.parameters, "name": point.name,
+          "metrics": metrics, "info": info
+      })
   return FinishedPoint(point, metrics, info)
 
 
@@ -108,8 +114,8 @@ def read_finished(point_dir, point):
     return None
   stored = files.read_json(path)
   names = {k: grid_lib.format_value(v) for k, v in stored["parameters"].items()}
-  if names != {k: grid_lib.format_value(v)
-               for k, v in point.parameters.items()}:
+  expected = {k: grid_lib.format_value(v) for k, v in point.parameters.items()}
+  if names != expected:
     raise settings_record.SettingsConflictError(
         f"{path} holds the metrics of {stored['parameters']}, not "
         f"{point.parameters}")
@@ -137,13 +143,15 @@ def write_csv(path, finished, parameter_names):
   columns = _metric_columns(finished)
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(["point", *parameter_names, *[c[0] for c in columns],
-                   *INFO_COLUMNS])
+  writer.writerow(
+      ["point", *parameter_names, *[c[0] for c in columns], *INFO_COLUMNS])
   for result in finished:
     by_label = {m["label"]: m for m in result.metrics}
     row = [result.point.name]
-    row += [grid_lib.format_value(result.point.parameters[p])
-            for p in parameter_names]
+    row += [
+        grid_lib.format_value(result.point.parameters[p])
+        for p in parameter_names
+    ]
     for _, label, key in columns:
       value = by_label.get(label, {}).get(key)
       row.append("" if value is None else value)

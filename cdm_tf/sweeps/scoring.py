@@ -65,17 +65,21 @@ class PointScorer:
     """What the sweep record keeps of the scoring."""
     classifier = self.classifier
     return {
-        "feature_network": {"name": self.extractor.name,
-                            "fingerprint": self.extractor.fingerprint},
+        "feature_network": {
+            "name": self.extractor.name,
+            "fingerprint": self.extractor.fingerprint
+        },
         "inception_score_classifier": None if classifier is None else {
-            "name": classifier.name, "fingerprint": classifier.fingerprint},
+            "name": classifier.name, "fingerprint": classifier.fingerprint
+        },
         "references": self.references.description(),
         "metrics": {
             "fid_sample_counts": list(metric_settings.sample_counts),
             "kid_subsets": metric_settings.kid_subsets,
             "kid_subset_size": metric_settings.kid_subset_size,
             "neighbourhood": metric_settings.neighbourhood,
-            "cas": self.cas_name if self.cas_fn is not None else None},
+            "cas": self.cas_name if self.cas_fn is not None else None
+        },
     }
 
   def reference_statistics(self, resolution, num_classes, batch_size=None):
@@ -93,16 +97,16 @@ class PointScorer:
                                            metric_settings.batch_size)
     manifest = split_manifest.read(point_dir, split)
     metrics = sample_quality.evaluate(
-        reader.read(manifest.shard_paths(point_dir)),
-        self.extractor, references,
-        sample_counts=metric_settings.sample_counts,
+        reader.read(manifest.shard_paths(point_dir)), self.extractor,
+        references, sample_counts=metric_settings.sample_counts,
         classifier=self.classifier, batch_size=metric_settings.batch_size,
         kid_subsets=metric_settings.kid_subsets,
         kid_subset_size=metric_settings.kid_subset_size,
         neighbourhood=metric_settings.neighbourhood)
     if self.cas_fn is not None:
-      metrics.extend(sample_scores.cas_values(self.cas_fn(point_dir), self.cas_name,
-                                    num_images))
+      metrics.extend(
+          sample_scores.cas_values(self.cas_fn(point_dir), self.cas_name,
+                                   num_images))
     return metrics
 
   def reference_fingerprint(self, resolution, num_classes, batch_size=None):
@@ -124,9 +128,10 @@ def configured_cas_fn(strategy, real_data_dir, print_fn=print):
                                           trained_on="the point's images")
 
   def point_score(synthetic_dir):
-    result = score(synthetic_dir,
-                   os.path.join(synthetic_dir, cas.CLASSIFIER_DIR))
+    result = score(synthetic_dir, os.path.join(synthetic_dir,
+                                               cas.CLASSIFIER_DIR))
     if result is None:
       raise SystemExit(cas.STOPPED_MESSAGE)
     return result
+
   return point_score, name

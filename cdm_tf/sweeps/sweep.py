@@ -100,8 +100,7 @@ class SweepSettings:
     Raises:
       ValueError: a bad stage, grid or point.
     """
-    stage_index = grid_lib.resolve_stage(self.stage, len(stages),
-                                         stage_names)
+    stage_index = grid_lib.resolve_stage(self.stage, len(stages), stage_names)
     points = grid_lib.expand_grid(self.grid)
     for point in points:  # every point's stage must be valid before any work
       grid_lib.point_stages(stages, stage_index, point.parameters)
@@ -118,10 +117,10 @@ class SweepSettings:
     if max(counts) > num_images or min(counts) < 2:
       raise ValueError(f"FID sample counts {counts} must be in "
                        f"2..num_images ({num_images})")
-    return scoring.MetricSettings(
-        counts, kid_subsets=self.kid_subsets,
-        kid_subset_size=self.kid_subset_size,
-        neighbourhood=self.neighbourhood, batch_size=self.metrics_batch_size)
+    return scoring.MetricSettings(counts, kid_subsets=self.kid_subsets,
+                                  kid_subset_size=self.kid_subset_size,
+                                  neighbourhood=self.neighbourhood,
+                                  batch_size=self.metrics_batch_size)
 
   def reuses_earlier(self, stages, stage_index, points):
     """Whether the earlier stages are generated once for every point."""
@@ -190,8 +189,8 @@ class Sweep:
                print_fn=print, on_point_done=None):
     self.output_dir = output_dir
     self.stages = list(stages)
-    self.stage_index, self.points = settings.checked_points(self.stages,
-                                                            stage_names)
+    self.stage_index, self.points = settings.checked_points(
+        self.stages, stage_names)
     self.parameter_names = list(self.points[0].parameters)
     self.plot_views = settings.plot_views
     plots_lib.resolve_views(self.parameter_names, self.plot_views)  # early
@@ -223,15 +222,17 @@ class Sweep:
     return os.path.join(self.output_dir, POINTS_DIR, point.name)
 
   def _record(self):
-    return {
-        **records.fixed_settings(self.stages, self.stage_index, self.points,
-                                 self.plan, self.generation_settings,
-                                 self.classes),
-        **self.scorer.record(self.metric_settings)}
+    fixed = records.fixed_settings(self.stages, self.stage_index, self.points,
+                                   self.plan, self.generation_settings,
+                                   self.classes)
+    return {**fixed, **self.scorer.record(self.metric_settings)}
 
   def _finished(self):
-    return [self._results[p.name] for p in self.points
-            if self._results[p.name] is not None]
+    return [
+        self._results[p.name]
+        for p in self.points
+        if self._results[p.name] is not None
+    ]
 
   def run(self, plots_only=False):
     """Generates and scores every unfinished point (none with
@@ -246,40 +247,39 @@ class Sweep:
     """
     tf.io.gfile.makedirs(self.output_dir)
     records.check_or_write_record(self.output_dir, self._record())
-    self._results = {p.name: records.read_finished(self._point_dir(p), p)
-                     for p in self.points}
-    skipped = [p.name for p in self.points
-               if self._results[p.name] is not None]
+    results = {}
+    for p in self.points:
+      results[p.name] = records.read_finished(self._point_dir(p), p)
+    self._results = results
+    skipped = [p.name for p in self.points if self._results[p.name] is not None]
     computed = []
     records.write_csv(self.csv_path, self._finished(), self.parameter_names)
     for point in [] if plots_only else self.points:
       if self._results[point.name] is None:
         self._results[point.name] = self._generate_and_score(point)
         computed.append(point.name)
-        records.write_csv(self.csv_path, self._finished(),
-                          self.parameter_names)
+        records.write_csv(self.csv_path, self._finished(), self.parameter_names)
         if self._on_point_done is not None:
           self._on_point_done(point, self._results[point.name])
     finished = self._finished()
     plots_dir = os.path.join(self.output_dir, PLOTS_DIR)
-    plots = plots_lib.write_plots(
-        plots_dir,
-        [plots_lib.PointMetrics(
+    plots = plots_lib.write_plots(plots_dir, [
+        plots_lib.PointMetrics(
             {k: grid_lib.format_value(v)
              for k, v in r.point.parameters.items()}, r.metrics)
-         for r in finished], self.parameter_names, views=self.plot_views)
-    self._print_fn(
-        f"{len(finished)} of {len(self.points)} points finished "
-        f"({len(computed)} now, {len(skipped)} before); wrote "
-        f"{self.csv_path} and {len(plots)} plots in {plots_dir}")
+        for r in finished
+    ], self.parameter_names, views=self.plot_views)
+    self._print_fn(f"{len(finished)} of {len(self.points)} points finished "
+                   f"({len(computed)} now, {len(skipped)} before); wrote "
+                   f"{self.csv_path} and {len(plots)} plots in {plots_dir}")
     return SweepResult(finished, computed, skipped, self.csv_path, plots)
 
   def _generate(self, point, label):
     """Generates (or resumes) a point's set; returns its resolution,
     network evaluations per image and images per second."""
     outputs = self._earlier.outputs() if self._earlier else None
-    cascade = self._make_cascade(grid_lib.point_stages(
-        self.stages, self.stage_index, point.parameters))
+    cascade = self._make_cascade(
+        grid_lib.point_stages(self.stages, self.stage_index, point.parameters))
     sampler = cascade if outputs is None else (
         earlier_stages.CascadeOnEarlierOutputs(cascade, self.stage_index,
                                                outputs))
@@ -287,8 +287,8 @@ class Sweep:
         self._point_dir(point), sampler, self.plan, self.classes,
         self.generation_settings,
         print_fn=lambda line: self._print_fn(f"{label} {line}"))
-    resolution = int(self.generation_settings.output_resolution
-                     or cascade.resolutions[-1])
+    resolution = int(self.generation_settings.output_resolution or
+                     cascade.resolutions[-1])
     evaluations = cascade.network_evaluations_per_example()
     del sampler, cascade
     gc.collect()  # the point's models, before the next point loads its own
@@ -307,14 +307,16 @@ class Sweep:
     metrics = self.scorer.score(self._point_dir(point), SPLIT, resolution,
                                 num_classes, self.num_images,
                                 self.metric_settings)
-    info = {"resolution": resolution, "num_images": self.num_images,
-            "network_evaluations_per_image": evaluations,
-            "generation_images_per_second": round(speed, 4),
-            "generation_seconds": round(generated_at - started, 2),
-            "evaluation_seconds": round(time.time() - generated_at, 2),
-            "earlier_stages_reused": self.reuse,
-            "references": self.scorer.reference_fingerprint(
-                resolution, num_classes, self.metric_settings.batch_size)}
+    info = {
+        "resolution": resolution, "num_images": self.num_images,
+        "network_evaluations_per_image": evaluations,
+        "generation_images_per_second": round(speed, 4),
+        "generation_seconds": round(generated_at - started, 2),
+        "evaluation_seconds": round(time.time() - generated_at,
+                                    2), "earlier_stages_reused": self.reuse,
+        "references": self.scorer.reference_fingerprint(
+            resolution, num_classes, self.metric_settings.batch_size)
+    }
     finished = records.write_point(self._point_dir(point), point,
                                    metrics.as_dict()["metrics"], info)
     self._print_fn(f"{label} done\n" + metrics.format_table())

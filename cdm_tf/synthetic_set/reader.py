@@ -37,8 +37,8 @@ def parse_record(serialized, decode=True):
   """
   parsed = tf.io.parse_single_example(serialized, _features())
   element = {
-      schema.LABEL: tf.cast(parsed[schema.TPU_LABEL]
-                            - schema.TPU_LABEL_OFFSET, tf.int32),
+      schema.LABEL: tf.cast(parsed[schema.TPU_LABEL] - schema.TPU_LABEL_OFFSET,
+                            tf.int32),
       schema.CLASS_INDEX: parsed[schema.CLASS_INDEX],
   }
   if decode:
@@ -98,16 +98,18 @@ def read_interleaved(paths, seed, cycle_length):
   paths = list(paths)
   shuffled = tf.data.Dataset.from_tensor_slices(paths).shuffle(
       len(paths), seed=seed, reshuffle_each_iteration=True)
-  return shuffled.interleave(
-      lambda path: _records_of(path, decode=False),
-      cycle_length=min(cycle_length, len(paths)),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+  return shuffled.interleave(lambda path: _records_of(path, decode=False),
+                             cycle_length=min(cycle_length, len(paths)),
+                             num_parallel_calls=tf.data.AUTOTUNE,
+                             deterministic=seed is not None)
 
 
 def decode_images(dataset, num_parallel_calls=tf.data.AUTOTUNE):
   """Decodes the ``schema.TPU_IMAGE`` bytes of undecoded elements."""
+
   def decode(element):
     element = dict(element)
     element[schema.IMAGE] = decode_image(element.pop(schema.TPU_IMAGE))
     return element
+
   return dataset.map(decode, num_parallel_calls=num_parallel_calls)

@@ -105,17 +105,17 @@ class Provenance:
       if values and len(values) != num_stages:
         raise ValueError(f"provenance.{field} has {len(values)} values for "
                          f"{num_stages} stages")
-    if self.noise_augmentation and (
-        len(self.noise_augmentation) != max(num_stages - 1, 0)):
+    if self.noise_augmentation and (len(self.noise_augmentation) != max(
+        num_stages - 1, 0)):
       raise ValueError(
           f"provenance.noise_augmentation has {len(self.noise_augmentation)} "
           f"values for {num_stages - 1} super-resolution stages")
 
 
 def _bytes_feature(values):
-  return tf.train.Feature(bytes_list=tf.train.BytesList(
-      value=[v.encode("utf-8") if isinstance(v, str) else bytes(v)
-             for v in values]))
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[
+      v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values
+  ]))
 
 
 def _int_feature(values):
@@ -176,8 +176,8 @@ def encode_example(image_uint8, label, classes, image_format="jpeg",
   Raises:
     ValueError: on an invalid image, label, format or provenance.
   """
-  if isinstance(label, (bool, np.bool_)) or not isinstance(
-      label, (int, np.integer)):
+  if isinstance(label,
+                (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
     raise ValueError(f"label must be an int, got {label!r}")
   if not 0 <= int(label) < len(classes):
     raise ValueError(f"label {label} is outside 0..{len(classes) - 1} of the "
@@ -185,8 +185,8 @@ def encode_example(image_uint8, label, classes, image_format="jpeg",
   image = _validate_image(image_uint8)
   encoded = encode_image(image, image_format, jpeg_quality)
   if file_name is None:
-    stem = (provenance.example_id if provenance is not None
-            else hashlib.sha1(encoded).hexdigest()[:16])
+    stem = (provenance.example_id if provenance is not None else
+            hashlib.sha1(encoded).hexdigest()[:16])
     file_name = stem + FILE_EXTENSIONS[image_format]
   info = classes[int(label)]
   feature = {
@@ -213,8 +213,8 @@ def encode_example(image_uint8, label, classes, image_format="jpeg",
         schema.GUIDANCE: _float_feature(provenance.guidance),
         schema.SAMPLER: _bytes_feature(provenance.sampler),
         schema.LOGVAR_COEFF: _float_feature(provenance.logvar_coeff),
-        schema.NOISE_AUGMENTATION: _float_feature(
-            provenance.noise_augmentation),
+        schema.NOISE_AUGMENTATION: _float_feature(provenance.noise_augmentation
+                                                 ),
     })
   return tf.train.Example(
       features=tf.train.Features(feature=feature)).SerializeToString(
@@ -245,8 +245,8 @@ def complete_shards(directory, split):
   """Sorted paths of the complete (renamed) shards of ``split``."""
   schema.check_split_name(split)
   paths = files.glob_in(directory, f"{split}-*-of-*")
-  return sorted(p for p in paths
-                if (parse_shard_file_name(p) or (None,))[0] == split)
+  return sorted(
+      p for p in paths if (parse_shard_file_name(p) or (None,))[0] == split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,8 +263,10 @@ class ShardInfo:
   class_counts: tuple[int, ...]
 
   def to_json(self):
-    return {"file_name": self.file_name, "num_examples": self.num_examples,
-            "class_counts": list(self.class_counts)}
+    return {
+        "file_name": self.file_name, "num_examples": self.num_examples,
+        "class_counts": list(self.class_counts)
+    }
 
   @classmethod
   def from_json(cls, obj):
@@ -329,8 +331,7 @@ class ShardWriter:
     tf.io.gfile.rename(self.temporary_path, self.path,
                        overwrite=self._overwrite)
     self._info = ShardInfo(
-        file_name=os.path.basename(self.path),
-        num_examples=self._num_examples,
+        file_name=os.path.basename(self.path), num_examples=self._num_examples,
         class_counts=tuple(int(c) for c in self._class_counts))
     return self._info
 
@@ -394,8 +395,9 @@ def remove_stale_temporaries(directory, older_than_seconds=0.0,
   candidates.update(files.glob_in(directory, f"*{TMP_SUFFIX_MARKER}*"))
   if shard_names is not None:
     shard_names = set(shard_names)
-    candidates = {p for p in candidates
-                  if temporary_shard_target(p) in shard_names}
+    candidates = {
+        p for p in candidates if temporary_shard_target(p) in shard_names
+    }
   for path in sorted(candidates):
     age_seconds = (now_ns - tf.io.gfile.stat(path).mtime_nsec) / 1e9
     if age_seconds >= older_than_seconds:

@@ -83,16 +83,15 @@ class Manifest:
       # shard name of this split (../x, /abs/path) would be read from
       # outside the set.
       parsed = shard_writer.parse_shard_file_name(shard.file_name)
-      if (os.path.basename(shard.file_name) != shard.file_name
-          or parsed is None or parsed[0] != split):
+      if (os.path.basename(shard.file_name) != shard.file_name or
+          parsed is None or parsed[0] != split):
         raise ValueError(
             f"shard name {shard.file_name!r} is not a file of split "
             f"{split!r} in the set's directory (expected e.g. "
             f"{shard_writer.shard_file_name(split, 0, 1)}); rebuild the "
             "manifest with split_manifest.rebuild")
     manifest = cls(split=split, num_classes=int(obj["num_classes"]),
-                   image_format=obj["image_format"],
-                   shards=shards,
+                   image_format=obj["image_format"], shards=shards,
                    num_shards=int(obj["num_shards"]),
                    num_examples=int(obj["num_examples"]),
                    class_counts=tuple(int(c) for c in obj["class_counts"]),
@@ -110,8 +109,8 @@ class Manifest:
         raise ValueError(f"shard {shard.file_name}'s class counts do not add "
                          f"up to its {shard.num_examples} examples")
       totals += shard.class_counts
-    if self.complete and (tuple(int(t) for t in totals) != self.class_counts
-                          or int(totals.sum()) != self.num_examples):
+    if self.complete and (tuple(int(t) for t in totals) != self.class_counts or
+                          int(totals.sum()) != self.num_examples):
       raise ValueError("the split's class counts and example count are not "
                        "the sums of its shards'")
 
@@ -119,15 +118,13 @@ class Manifest:
 def file_path(directory, split):
   """``<directory>/manifest-<split>.json``."""
   schema.check_split_name(split)
-  return os.path.join(directory,
-                      f"{PREFIX}{split}{EXTENSION}")
+  return os.path.join(directory, f"{PREFIX}{split}{EXTENSION}")
 
 
 def splits(directory):
   """Names of the splits that have a manifest in ``directory``, sorted."""
   names = files.glob_in(directory, f"{PREFIX}*{EXTENSION}")
-  return sorted(os.path.basename(n)[len(PREFIX):-len(EXTENSION)]
-                for n in names)
+  return sorted(os.path.basename(n)[len(PREFIX):-len(EXTENSION)] for n in names)
 
 
 def make(split, shard_infos, num_classes, image_format, settings=None):
@@ -157,12 +154,12 @@ def make(split, shard_infos, num_classes, image_format, settings=None):
     raise ValueError(f"split {split!r} lists a shard twice")
   class_counts = np.sum([s.class_counts for s in shards], axis=0)
   json.dumps(settings or {})  # Fails early on settings JSON can't hold.
-  return Manifest(
-      split=split, num_classes=num_classes, image_format=image_format,
-      shards=shards, num_shards=num_shards.pop(),
-      num_examples=int(class_counts.sum()),
-      class_counts=tuple(int(c) for c in class_counts),
-      settings=dict(settings or {}))
+  return Manifest(split=split, num_classes=num_classes,
+                  image_format=image_format, shards=shards,
+                  num_shards=num_shards.pop(),
+                  num_examples=int(class_counts.sum()),
+                  class_counts=tuple(int(c) for c in class_counts),
+                  settings=dict(settings or {}))
 
 
 def write(directory, split, shard_infos, num_classes, image_format,
@@ -278,12 +275,14 @@ def read_checked(directory, split):
         f"synthetic set {directory} is incomplete: {len(manifest.shards)} of "
         f"{manifest.num_shards} shards (generation still running?)")
   try:
-    counts = class_counts.count_per_class(
-        manifest.shard_paths(directory), num_classes=manifest.num_classes)
+    counts = class_counts.count_per_class(manifest.shard_paths(directory),
+                                          num_classes=manifest.num_classes)
   except ValueError as e:
     raise configuration.ConfigError(str(e)) from e
-  differing = [c for c in range(manifest.num_classes)
-               if counts[c] != manifest.class_counts[c]]
+  differing = [
+      c for c in range(manifest.num_classes)
+      if counts[c] != manifest.class_counts[c]
+  ]
   if differing:
     c = differing[0]
     raise configuration.ConfigError(

@@ -105,19 +105,19 @@ class CdmSyntheticImagenet(tfds.core.GeneratorBasedBuilder):
     for shard in manifest.shards:
       path = os.path.join(source_dir, shard.file_name)
       counts = np.zeros([manifest.num_classes], np.int64)
-      for index, record in enumerate(tf.data.TFRecordDataset(path)
-                                     .as_numpy_iterator()):
+      for index, record in enumerate(
+          tf.data.TFRecordDataset(path).as_numpy_iterator()):
         features = tf.train.Example.FromString(record).features.feature
-        label = (features[schema.TPU_LABEL].int64_list.value[0]
-                 - schema.TPU_LABEL_OFFSET)
+        label = (features[schema.TPU_LABEL].int64_list.value[0] -
+                 schema.TPU_LABEL_OFFSET)
         counts[label] += 1
         # The shard and position make the key unique even if file names
         # repeat.
         yield f"{shard.file_name}/{index}", {
             "image": features[schema.TPU_IMAGE].bytes_list.value[0],
             "label": label,
-            "file_name": features[schema.TPU_FILENAME].bytes_list.value[0]
-                         .decode("utf-8"),
+            "file_name": features[schema.TPU_FILENAME
+                                 ].bytes_list.value[0].decode("utf-8"),
         }
       if tuple(counts) != shard.class_counts:
         raise ValueError(f"{path}: records do not match the manifest's "
@@ -132,8 +132,10 @@ def label_names(classes):
   """
   names = [c.name for c in classes]
   repeated = {n for n in names if names.count(n) > 1}
-  return [f"{c.name} ({c.synset})" if c.name in repeated else c.name
-          for c in classes]
+  return [
+      f"{c.name} ({c.synset})" if c.name in repeated else c.name
+      for c in classes
+  ]
 
 
 def prepare(source_dir, data_dir):
@@ -143,6 +145,6 @@ def prepare(source_dir, data_dir):
     The builder, ready for ``as_dataset``.
   """
   builder = CdmSyntheticImagenet(data_dir=data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=source_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=source_dir))
   return builder

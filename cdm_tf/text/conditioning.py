@@ -25,28 +25,33 @@ TEXT_KEYS = (TEXT_POOLED, TEXT_TOKENS, TEXT_MASK)
 def text_inputs(text):
   """The U-Net's text inputs from ``TextEmbeddings`` or a dict of them."""
   if not isinstance(text, dict):
-    text = {TEXT_POOLED: text.pooled, TEXT_TOKENS: text.tokens,
-            TEXT_MASK: text.mask}
+    text = {
+        TEXT_POOLED: text.pooled, TEXT_TOKENS: text.tokens, TEXT_MASK: text.mask
+    }
   missing = [k for k in TEXT_KEYS if k not in text]
   if missing:
     raise ValueError(f"text conditioning lacks {missing}")
-  return {TEXT_POOLED: tf.cast(text[TEXT_POOLED], tf.float32),
-          TEXT_TOKENS: tf.cast(text[TEXT_TOKENS], tf.float32),
-          TEXT_MASK: tf.cast(text[TEXT_MASK], tf.bool)}
+  return {
+      TEXT_POOLED: tf.cast(text[TEXT_POOLED], tf.float32),
+      TEXT_TOKENS: tf.cast(text[TEXT_TOKENS], tf.float32),
+      TEXT_MASK: tf.cast(text[TEXT_MASK], tf.bool)
+  }
 
 
 def null_text(text):
   """The null prompt (no text) shaped like ``text``: zeros, mask False."""
-  return {TEXT_POOLED: tf.zeros_like(text[TEXT_POOLED]),
-          TEXT_TOKENS: tf.zeros_like(text[TEXT_TOKENS]),
-          TEXT_MASK: tf.zeros_like(text[TEXT_MASK])}
+  return {
+      TEXT_POOLED: tf.zeros_like(text[TEXT_POOLED]),
+      TEXT_TOKENS: tf.zeros_like(text[TEXT_TOKENS]),
+      TEXT_MASK: tf.zeros_like(text[TEXT_MASK])
+  }
 
 
 def drop_text(text, drop):
   """``text`` with the rows where ``drop`` [B] is True set to the null
   prompt."""
   null = null_text(text)
-  return {key: tf.where(tf.reshape(drop, [-1] + [1] * (text[key].shape.rank
-                                                       - 1)),
-                        null[key], text[key])
-          for key in TEXT_KEYS}
+  return {
+      key: tf.where(tf.reshape(drop, [-1] + [1] * (text[key].shape.rank - 1)),
+                    null[key], text[key]) for key in TEXT_KEYS
+  }

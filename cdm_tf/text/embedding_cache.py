@@ -36,9 +36,9 @@ def cache_key(encoder, prompts):
 
 
 def _entry(cache_dir, key):
-  return content_cache.Entry.of(
-      key, prefix=FILE_PREFIX, extension=content_cache.NPZ,
-      directories=[cache_dir], what="embedding cache")
+  return content_cache.Entry.of(key, prefix=FILE_PREFIX,
+                                extension=content_cache.NPZ,
+                                directories=[cache_dir], what="embedding cache")
 
 
 def cache_path(cache_dir, key):
@@ -54,14 +54,15 @@ def _check_shape(encoder, num_prompts):
     if arrays["tokens"].shape != expected:
       return f"its tokens have shape {arrays['tokens'].shape}, not {expected}"
     return None
+
   return check
 
 
 def load(cache_dir, encoder, prompts):
   """Cached ``TextEmbeddings`` for this key, or None (absent or stale)."""
   key = cache_key(encoder, prompts)
-  stored, _ = _entry(cache_dir, key).read(
-      _check_shape(encoder, len(key["prompts"])))
+  stored, _ = _entry(cache_dir,
+                     key).read(_check_shape(encoder, len(key["prompts"])))
   if stored is None:
     return None
   return encoder_lib.TextEmbeddings(tokens=stored["tokens"],
@@ -86,13 +87,14 @@ def encode(cache_dir, encoder, prompts, batch_size=64):
   prompts = encoder_lib.check_prompts(prompts)
   cached = load(cache_dir, encoder, prompts)
   if cached is not None:
-    logging.info("reusing %d cached %s prompt embeddings from %s",
-                 len(prompts), encoder.name, cache_dir)
+    logging.info("reusing %d cached %s prompt embeddings from %s", len(prompts),
+                 encoder.name, cache_dir)
     return cached
   embeddings = encoder.encode(prompts, batch_size=batch_size)
-  path = _entry(cache_dir, cache_key(encoder, prompts)).write(
-      {"tokens": embeddings.tokens, "mask": embeddings.mask,
-       "pooled": embeddings.pooled})
-  logging.info("encoded %d prompts with %s into %s", len(prompts),
-               encoder.name, path or "no cache (not writable)")
+  path = _entry(cache_dir, cache_key(encoder, prompts)).write({
+      "tokens": embeddings.tokens, "mask": embeddings.mask,
+      "pooled": embeddings.pooled
+  })
+  logging.info("encoded %d prompts with %s into %s", len(prompts), encoder.name,
+               path or "no cache (not writable)")
   return embeddings

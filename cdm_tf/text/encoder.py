@@ -36,8 +36,8 @@ class TextEmbeddings:
   pooled: np.ndarray
 
   def __post_init__(self):
-    b, l, d = self.tokens.shape
-    if self.mask.shape != (b, l) or self.pooled.shape != (b, d):
+    b, length, d = self.tokens.shape
+    if self.mask.shape != (b, length) or self.pooled.shape != (b, d):
       raise ValueError(f"inconsistent shapes: tokens {self.tokens.shape}, "
                        f"mask {self.mask.shape}, pooled {self.pooled.shape}")
 
@@ -47,8 +47,7 @@ class TextEmbeddings:
   def gather(self, indices):
     """Embeddings of the given rows, e.g. of a batch of class labels."""
     indices = np.asarray(indices)
-    return TextEmbeddings(tokens=self.tokens[indices],
-                          mask=self.mask[indices],
+    return TextEmbeddings(tokens=self.tokens[indices], mask=self.mask[indices],
                           pooled=self.pooled[indices])
 
 
@@ -77,8 +76,8 @@ def fingerprint(kind, settings, paths):
   files = sorted(
       fingerprints.of_file(p, sampled_above=fingerprints.FULL_HASH_MAX_BYTES)
       for p in paths)
-  return fingerprints.of_json({"kind": kind, "settings": settings,
-                               "files": files})
+  return fingerprints.of_json(
+      {"kind": kind, "settings": settings, "files": files})
 
 
 def check_prompts(prompts):
@@ -154,14 +153,14 @@ class TextEncoder(abc.ABC):
     if not prompts:
       return TextEmbeddings(
           tokens=np.zeros((0, self.max_length, self.embed_dim), np.float32),
-          mask=np.zeros((0, self.max_length), bool),
-          pooled=np.zeros((0, self.embed_dim), np.float32))
+          mask=np.zeros((0, self.max_length), bool), pooled=np.zeros(
+              (0, self.embed_dim), np.float32))
     token_ids, mask = self.tokenize(prompts)
     outputs = []
     for start in range(0, len(prompts), batch_size):
       end = start + batch_size
-      outputs.append(self._token_embeddings(token_ids[start:end],
-                                            mask[start:end]))
+      outputs.append(
+          self._token_embeddings(token_ids[start:end], mask[start:end]))
     tokens = np.concatenate(outputs).astype(np.float32)
     # Padding positions carry no meaning; zeros keep caches deterministic.
     tokens *= mask[..., None]

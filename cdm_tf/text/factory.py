@@ -42,8 +42,7 @@ def create_encoder(name="minilm", max_length=None, model_dir=None,
   from cdm_tf.text import t5  # pylint: disable=g-import-not-at-top
   if name == "minilm":
     return minilm.MiniLMEncoder(
-        model_dir=model_dir,
-        max_length=max_length or minilm.DEFAULT_MAX_LENGTH)
+        model_dir=model_dir, max_length=max_length or minilm.DEFAULT_MAX_LENGTH)
   if name == "t5":
     max_length = max_length or t5.DEFAULT_MAX_LENGTH
     if preset_dir:
@@ -61,8 +60,10 @@ def create_encoder(name="minilm", max_length=None, model_dir=None,
 
 def describe(encoder):
   """The encoder's identity, as recorded in a model's config."""
-  return {"name": encoder.name, "fingerprint": encoder.fingerprint,
-          "max_length": encoder.max_length, "embed_dim": encoder.embed_dim}
+  return {
+      "name": encoder.name, "fingerprint": encoder.fingerprint,
+      "max_length": encoder.max_length, "embed_dim": encoder.embed_dim
+  }
 
 
 def check_same_encoder(recorded, encoder, what):

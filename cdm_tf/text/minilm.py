@@ -118,16 +118,17 @@ def _bert_weight_map(backbone, num_heads):
     prefix = f"encoder.layer.{i}"
     attention = layer._self_attention_layer
     for dense, name in ((attention.query_dense, "query"),
-                        (attention.key_dense, "key"),
-                        (attention.value_dense, "value")):
+                        (attention.key_dense, "key"), (attention.value_dense,
+                                                       "value")):
       mapping += [
           (dense.kernel, f"{prefix}.attention.self.{name}.weight", qkv_kernel),
-          (dense.bias, f"{prefix}.attention.self.{name}.bias", qkv_bias)]
+          (dense.bias, f"{prefix}.attention.self.{name}.bias", qkv_bias)
+      ]
     mapping += [
         (attention.output_dense.kernel,
          f"{prefix}.attention.output.dense.weight", attention_output_kernel),
-        (attention.output_dense.bias,
-         f"{prefix}.attention.output.dense.bias", same),
+        (attention.output_dense.bias, f"{prefix}.attention.output.dense.bias",
+         same),
         (layer._self_attention_layer_norm.gamma,
          f"{prefix}.attention.output.LayerNorm.weight", same),
         (layer._self_attention_layer_norm.beta,
@@ -138,12 +139,12 @@ def _bert_weight_map(backbone, num_heads):
          f"{prefix}.intermediate.dense.bias", same),
         (layer._feedforward_output_dense.kernel,
          f"{prefix}.output.dense.weight", kernel),
-        (layer._feedforward_output_dense.bias,
-         f"{prefix}.output.dense.bias", same),
+        (layer._feedforward_output_dense.bias, f"{prefix}.output.dense.bias",
+         same),
         (layer._feedforward_layer_norm.gamma,
          f"{prefix}.output.LayerNorm.weight", same),
-        (layer._feedforward_layer_norm.beta,
-         f"{prefix}.output.LayerNorm.bias", same),
+        (layer._feedforward_layer_norm.beta, f"{prefix}.output.LayerNorm.bias",
+         same),
     ]
   # pylint: enable=protected-access
   return mapping
@@ -187,8 +188,10 @@ class MiniLMEncoder(encoder.TextEncoder):
   def __init__(self, model_dir=None, max_length=DEFAULT_MAX_LENGTH):
     super().__init__(max_length)
     self._model_dir = model_dir or default_model_dir()
-    paths = {f: os.path.join(self._model_dir, f)
-             for f in (WEIGHTS_FILE, VOCAB_FILE, CONFIG_FILE)}
+    paths = {
+        f: os.path.join(self._model_dir, f)
+        for f in (WEIGHTS_FILE, VOCAB_FILE, CONFIG_FILE)
+    }
     missing = [p for p in paths.values() if not os.path.exists(p)]
     if missing:
       raise FileNotFoundError(f"missing model files: {missing}")
@@ -208,8 +211,7 @@ class MiniLMEncoder(encoder.TextEncoder):
         sequence_length=self.max_length,
         start_value=self._tokenizer.cls_token_id,
         end_value=self._tokenizer.sep_token_id,
-        pad_value=self._tokenizer.pad_token_id,
-        return_padding_mask=True)
+        pad_value=self._tokenizer.pad_token_id, return_padding_mask=True)
 
     self._backbone = ExactGeluBertBackbone(
         vocabulary_size=self._config["vocab_size"],
@@ -240,9 +242,10 @@ class MiniLMEncoder(encoder.TextEncoder):
     return self._backbone
 
   def _compute_fingerprint(self):
-    settings = {"max_length": self.max_length, "lowercase": True,
-                "strip_accents": True, "pooling": "mean_l2",
-                "activation": "gelu_erf"}
+    settings = {
+        "max_length": self.max_length, "lowercase": True, "strip_accents": True,
+        "pooling": "mean_l2", "activation": "gelu_erf"
+    }
     return encoder.fingerprint(self.name, settings, self._paths.values())
 
   def tokenize(self, prompts):
@@ -251,11 +254,12 @@ class MiniLMEncoder(encoder.TextEncoder):
     return (np.asarray(token_ids, np.int32), np.asarray(mask, bool))
 
   def _token_embeddings(self, token_ids, mask):
-    outputs = self._backbone({
-        "token_ids": token_ids,
-        "segment_ids": np.zeros_like(token_ids),
-        "padding_mask": mask.astype(np.int32),
-    }, training=False)
+    outputs = self._backbone(
+        {
+            "token_ids": token_ids,
+            "segment_ids": np.zeros_like(token_ids),
+            "padding_mask": mask.astype(np.int32),
+        }, training=False)
     return np.asarray(outputs["sequence_output"], np.float32)
 
   def pool(self, tokens, mask):

@@ -32,9 +32,11 @@ DEFAULT_MAX_LENGTH = 64
 
 
 def _preset_files(preset_dir):
-  return [os.path.join(root, name)
-          for root, _, names in tf.io.gfile.walk(preset_dir)
-          for name in names]
+  return [
+      os.path.join(root, name)
+      for root, _, names in tf.io.gfile.walk(preset_dir)
+      for name in names
+  ]
 
 
 def _backbone_kwargs(config):
@@ -81,17 +83,16 @@ class T5Encoder(encoder.TextEncoder):
     self._backbone_config = backbone.get_config()
     self._tokenizer = tokenizer
     self._packer = keras_hub.layers.StartEndPacker(
-        sequence_length=self.max_length,
-        end_value=tokenizer.end_token_id,
-        pad_value=tokenizer.pad_token_id,
-        return_padding_mask=True)
+        sequence_length=self.max_length, end_value=tokenizer.end_token_id,
+        pad_value=tokenizer.pad_token_id, return_padding_mask=True)
     # The encoder output depends on the encoder inputs only, so this
     # sub-graph of the functional backbone is the whole text encoder.
     inputs = backbone.input
     self._encoder = keras.Model(
-        inputs={key: inputs[key]
-                for key in ("encoder_token_ids", "encoder_padding_mask")},
-        outputs=backbone.output["encoder_sequence_output"],
+        inputs={
+            key: inputs[key]
+            for key in ("encoder_token_ids", "encoder_padding_mask")
+        }, outputs=backbone.output["encoder_sequence_output"],
         name="t5_encoder")
     self._encoder.trainable = False
     self._embed_dim = backbone.hidden_dim
@@ -109,12 +110,11 @@ class T5Encoder(encoder.TextEncoder):
     # keras-hub reads a bare name as a hub handle; only a directory is local.
     if not tf.io.gfile.isdir(preset_dir):
       raise FileNotFoundError(f"{preset_dir} is not a local preset directory")
-    backbone = keras_hub.models.T5Backbone.from_preset(preset_dir,
-                                                       dtype=dtype)
+    backbone = keras_hub.models.T5Backbone.from_preset(preset_dir, dtype=dtype)
     tokenizer = keras_hub.tokenizers.T5Tokenizer.from_preset(preset_dir)
     return cls(backbone, tokenizer, max_length=max_length,
-               source_files=_preset_files(preset_dir),
-               name=name or os.path.basename(os.path.normpath(preset_dir)))
+               source_files=_preset_files(preset_dir), name=name or
+               os.path.basename(os.path.normpath(preset_dir)))
 
   @classmethod
   def from_files(cls, config, weights_path, spm_path,
@@ -152,14 +152,15 @@ class T5Encoder(encoder.TextEncoder):
     return self._encoder
 
   def _compute_fingerprint(self):
-    settings = {"max_length": self.max_length, "pooling": "mean",
-                "backbone": self._backbone_config}
+    settings = {
+        "max_length": self.max_length, "pooling": "mean",
+        "backbone": self._backbone_config
+    }
     if self._source_files:
       return encoder.fingerprint("t5", settings, self._source_files)
     # No files: hash the weights and the vocabulary themselves.
     settings["weights"] = fingerprints.of_arrays(self._encoder.get_weights())
-    settings["vocabulary"] = hashlib.sha256(
-        self._tokenizer.proto).hexdigest()
+    settings["vocabulary"] = hashlib.sha256(self._tokenizer.proto).hexdigest()
     return encoder.fingerprint("t5", settings, ())
 
   def tokenize(self, prompts):
@@ -168,8 +169,10 @@ class T5Encoder(encoder.TextEncoder):
     return (np.asarray(token_ids, np.int32), np.asarray(mask, bool))
 
   def _token_embeddings(self, token_ids, mask):
-    outputs = self._encoder({"encoder_token_ids": token_ids,
-                             "encoder_padding_mask": mask.astype(np.int32)},
-                            training=False)
-    return np.asarray(keras.ops.convert_to_numpy(
-        keras.ops.cast(outputs, "float32")))
+    outputs = self._encoder(
+        {
+            "encoder_token_ids": token_ids, "encoder_padding_mask": mask.astype(
+                np.int32)
+        }, training=False)
+    return np.asarray(
+        keras.ops.convert_to_numpy(keras.ops.cast(outputs, "float32")))

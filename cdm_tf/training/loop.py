@@ -78,8 +78,10 @@ def check_intervals(steps_per_execution, intervals):
   if steps_per_execution < 1:
     raise configuration.ConfigError(
         f"steps_per_execution must be positive, got {steps_per_execution}")
-  bad = [f"{name} = {every}" for name, every in intervals.items()
-         if every and every % steps_per_execution]
+  bad = [
+      f"{name} = {every}" for name, every in intervals.items()
+      if every and every % steps_per_execution
+  ]
   if bad:
     raise configuration.ConfigError(
         f"{', '.join(bad)}: progress, checkpoints, samples and evaluations "
@@ -103,8 +105,8 @@ class Checkpoints:
   other settings (``run_settings``) and records this run's.
   """
 
-  def __init__(self, checkpoint, model_dir, strategy, settings, *, every,
-               keep, weights, advice, before_save=None):
+  def __init__(self, checkpoint, model_dir, strategy, settings, *, every, keep,
+               weights, advice, before_save=None):
     """Args:
       checkpoint: the ``tf.train.Checkpoint`` of everything to save.
       model_dir: checkpoints go to ``<model_dir>/checkpoints``.
@@ -122,9 +124,8 @@ class Checkpoints:
     self.manager = preemption.checkpoint_manager(checkpoint, model_dir,
                                                  strategy, keep)
     run_settings.check_or_record(
-        model_dir, settings,
-        resuming=self.manager.latest_checkpoint is not None,
-        chief=strategies.is_chief(strategy))
+        model_dir, settings, resuming=self.manager.latest_checkpoint
+        is not None, chief=strategies.is_chief(strategy))
     floating = [v for v in weights if tf.as_dtype(v.dtype).is_floating]
     self._weights_are_finite = tf.function(lambda: tf.reduce_all(
         [tf.reduce_all(tf.math.is_finite(v)) for v in floating]))
@@ -208,20 +209,24 @@ def compile_steps(step_fn, steps_per_execution):
   if steps_per_execution == 1:
     one_step = tf.function(step_fn, autograph=False)
     return lambda iterator, count: {
-        name: [float(value)] for name, value in one_step(iterator).items()}
+        name: [float(value)] for name, value in one_step(iterator).items()
+    }
 
   @tf.function(autograph=False)
   def some_steps(iterator, count):
     # The first step outside the loop gives the metrics' names and dtypes.
     first = step_fn(iterator)
     names = sorted(first)
-    arrays = [tf.TensorArray(first[name].dtype, size=count).write(
-        0, first[name]) for name in names]
+    arrays = [
+        tf.TensorArray(first[name].dtype, size=count).write(0, first[name])
+        for name in names
+    ]
 
     def body(i, arrays):
       values = step_fn(iterator)
-      return i + 1, [array.write(i, values[name])
-                     for array, name in zip(arrays, names)]
+      return i + 1, [
+          array.write(i, values[name]) for array, name in zip(arrays, names)
+      ]
 
     _, arrays = tf.while_loop(lambda i, _: i < count, body,
                               (tf.constant(1), arrays), parallel_iterations=1)
@@ -229,8 +234,11 @@ def compile_steps(step_fn, steps_per_execution):
 
   def run(iterator, count):
     values = some_steps(iterator, tf.constant(count, tf.int32))
-    return {name: [float(v) for v in value.numpy()]
-            for name, value in values.items()}
+    return {
+        name: [float(v) for v in value.numpy()]
+        for name, value in values.items()
+    }
+
   return run
 
 
@@ -264,10 +272,12 @@ class TrainingLoop:
   non_finite_detail: Callable = lambda values: ""
 
   def __post_init__(self):
-    check_intervals(self.steps_per_execution, {
-        self.log_flag: self.log_every,
-        self.checkpoint_flag: self.checkpoints.every,
-        **{hook.flag: hook.every for hook in self.hooks}})
+    check_intervals(
+        self.steps_per_execution, {
+            self.log_flag: self.log_every,
+            self.checkpoint_flag: self.checkpoints.every,
+            **{hook.flag: hook.every for hook in self.hooks}
+        })
 
   def run(self, iterator, strategy, writer, start_step, print_fn, *,
           digest_variables, at_end=None):
@@ -337,8 +347,8 @@ class TrainingLoop:
     if step % self.checkpoints.every == 0:
       self.checkpoints.save(step)
     for hook in self.hooks:
-      if hook.every and step % hook.every == 0 and (
-          hook.at_last_step or step < self.num_steps):
+      if hook.every and step % hook.every == 0 and (hook.at_last_step or
+                                                    step < self.num_steps):
         hook_start = time.perf_counter()
         hook.run(step)
         if not hook.timed:

@@ -76,8 +76,8 @@ class WorkerCheckpoints:
     scratch = tempfile.mkdtemp(prefix="cdm_tf_worker_checkpoint_")
     try:
       path = tf.train.CheckpointManager(
-          self._checkpoint, scratch, max_to_keep=1).save(
-              checkpoint_number=checkpoint_number)
+          self._checkpoint, scratch,
+          max_to_keep=1).save(checkpoint_number=checkpoint_number)
     finally:
       shutil.rmtree(scratch, ignore_errors=True)
     self.latest_checkpoint = os.path.join(self.directory,

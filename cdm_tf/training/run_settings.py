@@ -56,8 +56,8 @@ def check_or_record(model_dir, settings, resuming, chief=True):
 
   if resuming:
     # Checkpoints that predate the record get one.
-    settings_record.check_or_write(path, settings, conflict,
-                                   compare=_summary, write=chief)
+    settings_record.check_or_write(path, settings, conflict, compare=_summary,
+                                   write=chief)
   elif chief:  # a new run
     files.atomic_write_json(path, settings)
 

@@ -9,8 +9,9 @@ from cdm_tf import fingerprints
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored",
               "tpu")
-_POLICIES = {"none": None, "bfloat16": "mixed_bfloat16",
-             "float16": "mixed_float16"}
+_POLICIES = {
+    "none": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"
+}
 MIXED_PRECISION_MODES = tuple(_POLICIES)
 
 
@@ -19,14 +20,14 @@ def define_flags():
   --mixed_precision and --cpu_replicas (call at module level)."""
   flags.DEFINE_enum("strategy", "default", STRATEGIES,
                     "tf.distribute strategy.")
-  flags.DEFINE_string("tpu", None,
-                      "TPU name or address (with --strategy=tpu).")
-  flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION_MODES,
-                    "bfloat16 on TPU and bf16-capable CPUs; float16 (with "
-                    "loss scaling when training) on GPUs.")
-  flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many "
-                       "logical devices before starting (0: leave it whole).",
-                       lower_bound=0)
+  flags.DEFINE_string("tpu", None, "TPU name or address (with --strategy=tpu).")
+  flags.DEFINE_enum(
+      "mixed_precision", "none", MIXED_PRECISION_MODES,
+      "bfloat16 on TPU and bf16-capable CPUs; float16 (with "
+      "loss scaling when training) on GPUs.")
+  flags.DEFINE_integer(
+      "cpu_replicas", 0, "Split the CPU into this many "
+      "logical devices before starting (0: leave it whole).", lower_bound=0)
 
 
 def dtype_policy(mode):
@@ -71,8 +72,9 @@ def is_chief(strategy):
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return True
   resolver = strategy.cluster_resolver
-  return resolver.task_type in (None, "chief") or (
-      resolver.task_type == "worker" and resolver.task_id == 0)
+  return resolver.task_type in (None,
+                                "chief") or (resolver.task_type == "worker" and
+                                             resolver.task_id == 0)
 
 
 def num_workers(strategy):
@@ -80,8 +82,12 @@ def num_workers(strategy):
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return 1
   spec = strategy.cluster_resolver.cluster_spec()
-  return max(1, sum(spec.num_tasks(job) for job in ("chief", "worker")
-                    if job in spec.jobs))
+  return max(
+      1,
+      sum(
+          spec.num_tasks(job)
+          for job in ("chief", "worker")
+          if job in spec.jobs))
 
 
 def print_weights_digest(strategy, variables, print_fn):
