@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cdm_tf import settings_record
 from cdm_tf.classifiers import input_pipeline
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
@@ -96,7 +97,10 @@ def test_rerun_keeps_the_subset_and_other_settings_are_refused(
   assert mtimes == {
       n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)
   }
-  with pytest.raises(ValueError, match="other settings"):
+  with pytest.raises(
+      settings_record.SettingsConflictError,
+      match=r"other settings \(per_class: 3 -> 4; see .*"
+      r"manifest-train\.json\); choose another directory"):
     real_subset.write_subset(source, out, per_class=4)
   with pytest.raises(ValueError, match="must differ"):
     real_subset.write_subset(source, source, per_class=1)

@@ -205,15 +205,13 @@ def train_classifier(model_dir, strategy, training_set, recipe, model_factory,
     num_steps: total steps; None is the recipe's epochs. A resumed run
       continues to this.
     checkpoint_every, keep_checkpoints, log_every: in steps.
-    eval_every_epochs: also evaluate every this many epochs (0: only at the
-      end).
+    eval_every_epochs: also evaluate every this many epochs (0: at the end).
     eval_batch_size: global evaluation batch; None is the training batch.
     synchronized_batch_norm: batch-norm statistics over the global batch
       (``synchronize_batch_norm``) instead of each replica's.
     seed: seed of the initial weights, data order and augmentation.
-    steps_per_execution: optimizer steps per compiled call (``loop``);
-      log_every, checkpoint_every and the evaluation interval must be
-      multiples of it.
+    steps_per_execution: optimizer steps per compiled call (``loop``); the
+      log, checkpoint and evaluation intervals must be multiples of it.
     print_fn: where progress lines go.
 
   Returns:

@@ -21,6 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from cdm_tf import settings_record
 from cdm_tf.data import class_counts
 from cdm_tf.data import class_names
 from cdm_tf.data import imagenet_reader
@@ -106,13 +107,8 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
   if os.path.abspath(source_dir) == os.path.abspath(output_dir):
     raise ValueError("the subset's directory must differ from the source's")
   settings = _settings(source_dir, fraction, per_class)
-  if os.path.exists(split_manifest.file_path(output_dir, TRAIN_SPLIT)):
-    existing = split_manifest.read(output_dir, TRAIN_SPLIT)
-    if dict(existing.settings) != settings:
-      raise ValueError(f"{output_dir} holds a subset made with other "
-                       f"settings ({dict(existing.settings)}); choose another "
-                       "directory")
-    return existing
+  if _check_existing(output_dir, settings):
+    return split_manifest.read(output_dir, TRAIN_SPLIT)
   classes = class_names.load_classes(source_dir)
   num_classes = len(classes)
   files = imagenet_reader.list_files(source_dir, TRAIN_SPLIT)
@@ -126,11 +122,42 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
 
   os.makedirs(output_dir, exist_ok=True)
   shard_writer.remove_stale_temporaries(output_dir)
+  infos = _write_shards(_labelled_records(files, keys), source_dir, output_dir,
+                        limits, num_classes, examples_per_shard)
+  for split in LINKED_SPLITS:
+    _link_split(source_dir, output_dir, split)
+  class_names.write_classes_file(output_dir, classes)
+  image_format = _source_image_format(source_dir)
+  return split_manifest.write(output_dir, TRAIN_SPLIT, infos, num_classes,
+                              image_format, settings)
+
+
+def _check_existing(output_dir, settings):
+  """Whether ``output_dir`` already holds this subset (its manifest is the
+  record); refuses one made with other settings."""
+  path = split_manifest.file_path(output_dir, TRAIN_SPLIT)
+
+  def compare(manifest, current):
+    return settings_record.differences(manifest.get("settings"), current)
+
+  return settings_record.check(
+      path, settings, lambda found:
+      (f"{output_dir} holds a subset made with other settings "
+       f"({settings_record.summary(found)}; see {path}); "
+       "choose another directory"), compare=compare)
+
+
+def _write_shards(records, source_dir, output_dir, limits, num_classes,
+                  examples_per_shard):
+  """Writes the first ``limits[c]`` records of each class c from
+  ``records`` (batches of (serialized, label)) as train shards; returns
+  their ``ShardInfo``s."""
+  total = int(limits.sum())
   num_shards = max(1, math.ceil(total / examples_per_shard))
   kept = np.zeros_like(limits)
   infos, writer, written = [], None, 0
   try:
-    for raw, labels in _labelled_records(files, keys).as_numpy_iterator():
+    for raw, labels in records.as_numpy_iterator():
       for record, label in zip(raw, labels):
         if not 0 <= label < num_classes:
           raise ValueError(f"{source_dir}: label {label} outside "
@@ -155,12 +182,7 @@ def write_subset(source_dir, output_dir, fraction=None, per_class=None,
   finally:
     if writer is not None:
       writer.abort()
-  for split in LINKED_SPLITS:
-    _link_split(source_dir, output_dir, split)
-  class_names.write_classes_file(output_dir, classes)
-  image_format = _source_image_format(source_dir)
-  return split_manifest.write(output_dir, TRAIN_SPLIT, infos, num_classes,
-                              image_format, settings)
+  return infos
 
 
 def _source_image_format(source_dir):

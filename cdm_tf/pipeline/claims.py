@@ -344,6 +344,37 @@ def steps(config, output_dir, strategy_flags=()):
   ]
   result += _diffusion_steps(config, output_dir, strategy_flags)
 
+  result += _claim_sweep_steps(config, output_dir, strategy_flags)
+
+  main_variant = config.augmentation_variants[0]
+  synthetic = os.path.join(output_dir, job.SYNTHETIC_DIR)
+  multiplier = synthetic_multiplier(config)
+  if multiplier > 0:
+    result.append(
+        runner.Step(
+            "generate", "generate.py",
+            (*_gin_flags(config, output_dir, config.generation_gin_files,
+                         _generation_bindings(config, output_dir,
+                                              main_variant)),
+             f"--real_data_dir={config.real_data_dir}",
+             f"--multiplier={multiplier:g}", f"--output_dir={synthetic}",
+             *strategy_flags), product=job.train_manifest(synthetic),
+            description=(f"claim 3: generate {multiplier:g} x the real class "
+                         "counts")))
+  for mix in config.data_mixes:
+    for k in mix.multipliers:
+      if k:
+        result += [
+            _classifier_step(config, output_dir, mix, k, seed, strategy_flags)
+            for seed in config.classifier_seeds
+        ]
+  return result
+
+
+def _claim_sweep_steps(config, output_dir, strategy_flags):
+  """The sweeps of claims 1 and 2 (guidance; conditioning augmentation),
+  one per generation seed and variant."""
+  result = []
   main_variant = config.augmentation_variants[0]
   for seed in config.generation_seeds:
     result.append(
@@ -367,28 +398,6 @@ def steps(config, output_dir, strategy_flags=()):
                f"{claim_sweeps.GENERATION_SEED_BINDING} = {seed}"),
               f"claim 1: {variant.description}, generation seed {seed}",
               strategy_flags))
-
-  synthetic = os.path.join(output_dir, job.SYNTHETIC_DIR)
-  multiplier = synthetic_multiplier(config)
-  if multiplier > 0:
-    result.append(
-        runner.Step(
-            "generate", "generate.py",
-            (*_gin_flags(config, output_dir, config.generation_gin_files,
-                         _generation_bindings(config, output_dir,
-                                              main_variant)),
-             f"--real_data_dir={config.real_data_dir}",
-             f"--multiplier={multiplier:g}", f"--output_dir={synthetic}",
-             *strategy_flags), product=job.train_manifest(synthetic),
-            description=(f"claim 3: generate {multiplier:g} x the real class "
-                         "counts")))
-  for mix in config.data_mixes:
-    for k in mix.multipliers:
-      if k:
-        result += [
-            _classifier_step(config, output_dir, mix, k, seed, strategy_flags)
-            for seed in config.classifier_seeds
-        ]
   return result
 
 
